@@ -1,0 +1,143 @@
+"""Typed exceptions: callers catch by meaning, not by message text.
+
+Every error sleepagent raises on purpose derives from :class:`SleepAgentError`. Misuse errors also
+derive from the builtin they refine (``ValueError``, ``KeyError``, ...) so generic handlers keep
+working.
+
+- misuse: :class:`ConfigError`, :class:`ShapeError`, :class:`StateMismatch`
+- wake/sleep: :class:`WindowFull`
+- loading and snapshots: :class:`CheckpointError`, :class:`FingerprintMismatch`,
+  :class:`SnapshotCorrupted`, :class:`SnapshotNotFound`, :class:`SnapshotExpired`,
+  :class:`AccessDenied`
+- agent runs: :class:`ToolError`, :class:`UsageLimitExceeded`, :class:`ModelBehaviorError`
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "SleepAgentError",
+    "ConfigError",
+    "ShapeError",
+    "StateMismatch",
+    "WindowFull",
+    "CheckpointError",
+    "FingerprintMismatch",
+    "SnapshotError",
+    "SnapshotCorrupted",
+    "SnapshotNotFound",
+    "SnapshotExpired",
+    "AccessDenied",
+    "ToolError",
+    "UsageLimitExceeded",
+    "ModelBehaviorError",
+]
+
+
+class SleepAgentError(Exception):
+    """Root of every error sleepagent raises on purpose."""
+
+
+# --- misuse -------------------------------------------------------------------------------------
+
+
+class ConfigError(SleepAgentError, ValueError):
+    """A configuration value is invalid. ``field`` names the offending field when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ShapeError(SleepAgentError, ValueError):
+    """Tensors passed to a public entry point have incompatible shapes, dtypes or devices."""
+
+
+class StateMismatch(SleepAgentError, ValueError):
+    """A state does not belong to this model (wrong layer layout, batch size or device)."""
+
+
+# --- wake / sleep -------------------------------------------------------------------------------
+
+
+class WindowFull(SleepAgentError):
+    """The tokens do not fit in the attention window: the caller must sleep (consolidate) first."""
+
+    def __init__(self, *, window: int, used: int, requested: int) -> None:
+        super().__init__(
+            f"{requested} token(s) do not fit in the attention window: {used} of {window} slots are "
+            f"used; consolidate the state (sleep) before feeding more"
+        )
+        self.window = window
+        self.used = used
+        self.requested = requested
+
+
+# --- checkpoints and snapshots ------------------------------------------------------------------
+
+
+class CheckpointError(SleepAgentError, ValueError):
+    """A checkpoint path or name cannot be loaded (missing, unknown name, unsupported type)."""
+
+
+class FingerprintMismatch(SleepAgentError, ValueError):
+    """A saved state or snapshot was made by a different model (config or weights differ)."""
+
+    def __init__(self, *, expected: str, found: str) -> None:
+        super().__init__(
+            f"the state was saved by a model with fingerprint {found[:16]}…, but this model's "
+            f"fingerprint is {expected[:16]}…; a state restores only into the model that made it"
+        )
+        self.expected = expected
+        self.found = found
+
+
+class SnapshotError(SleepAgentError):
+    """Base class of snapshot-store errors."""
+
+
+class SnapshotCorrupted(SnapshotError):
+    """A stored payload failed its integrity check (hash or format); nothing else is affected."""
+
+
+class SnapshotNotFound(SnapshotError, KeyError):
+    """No snapshot or session with that id exists (or it was erased)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class SnapshotExpired(SnapshotError):
+    """The snapshot's TTL has passed; expired snapshots are never returned."""
+
+
+class AccessDenied(SnapshotError, PermissionError):
+    """A tenant tried to read or change another tenant's session."""
+
+
+# --- agent runs ---------------------------------------------------------------------------------
+
+
+class ToolError(SleepAgentError):
+    """A tool failed; inside an agent run this becomes a tool-error message to the model."""
+
+    def __init__(self, message: str, *, tool_name: str | None = None) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+
+
+class UsageLimitExceeded(SleepAgentError):
+    """A run hit one of its usage limits. ``messages`` holds the conversation so far."""
+
+    def __init__(self, message: str, *, messages: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.messages = messages or []
+
+
+class ModelBehaviorError(SleepAgentError):
+    """The model produced something the runtime cannot act on (e.g. too many steps)."""
+
+    def __init__(self, message: str, *, body: str | None = None) -> None:
+        super().__init__(message)
+        self.body = body

@@ -1,0 +1,16 @@
+"""The sleep-enabled hybrid LM: config, kernels, layers, wake/sleep model and its state."""
+
+from .config import SleepHybridConfig
+from .hybrid import LMOutput, SleepHybridLM, SleepJob
+from .ops import gated_delta_rule
+from .state import FastState, HybridState
+
+__all__ = [
+    "SleepHybridConfig",
+    "SleepHybridLM",
+    "SleepJob",
+    "LMOutput",
+    "FastState",
+    "HybridState",
+    "gated_delta_rule",
+]

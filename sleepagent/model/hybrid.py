@@ -1,0 +1,495 @@
+"""SleepHybridLM: a windowed-attention + Gated DeltaNet hybrid that wakes and sleeps.
+
+The paper's pieces are public: ``h = model.embed(ids)``, ``h, fast = model.blocks(h, fast)``,
+``logits = model.head(h)``. Everything else is built from them:
+
+- **wake** (:meth:`SleepHybridLM.prefill`, :meth:`SleepHybridLM.step`): one pass over new tokens,
+  attention over the window's KV, GDN layers advancing the *working* fast state. Mutates the
+  state in place; never depends on the number of sleep loops.
+- **sleep** (:meth:`SleepHybridLM.consolidate`, or :meth:`SleepHybridLM.begin_sleep` pass by
+  pass): Algorithm 1 over the window's tokens, from the *committed* fast state at the window's
+  start: ``h = embed(c); N times: h, F = blocks(h, F)``. Returns a new state; the input state is
+  never touched, so an aborted sleep loses nothing.
+- **training forward** (``model(ids, loss_mask, loops=N)``): the same computation over a long
+  sequence split into windows, differentiable through every pass and window.
+
+With ``loop_layers=(a, b)`` only blocks ``[a, b)`` loop; blocks before run once before the loop
+and blocks after run once after it, over the loop's final hidden states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from ..errors import ConfigError, ShapeError, StateMismatch, WindowFull
+from .config import SleepHybridConfig
+from .layers import MLP, GatedDeltaNet, RMSNorm, WindowAttention
+from .state import FastState, HybridState
+
+__all__ = ["SleepHybridLM", "LMOutput", "SleepJob"]
+
+
+@dataclass
+class LMOutput:
+    """Result of the training forward: mean cross-entropy over loss positions (and, on request,
+    the wake-pass logits of every position)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    n_targets: int = 0
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: mixer (GDN or window attention), then SwiGLU MLP."""
+
+    def __init__(self, cfg: SleepHybridConfig, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer: nn.Module = GatedDeltaNet(cfg) if kind == "gdn" else WindowAttention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, cfg.mlp_hidden)
+
+
+class SleepHybridLM(nn.Module):
+    """The sleep-enabled hybrid language model (see module docstring)."""
+
+    def __init__(self, config: SleepHybridConfig) -> None:
+        super().__init__()
+        self.config = config
+        assert config.layer_types is not None
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, kind) for kind in config.layer_types)
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # layer index -> slot in FastState (GDN) or in the KV cache lists (attention)
+        self._gdn_slot = {layer: j for j, layer in enumerate(config.gdn_layers)}
+        self._attn_slot = {layer: j for j, layer in enumerate(config.attn_layers)}
+        self.reset_parameters()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # GPT-2 style: residual output projections shrink with depth.
+                scaled = name.endswith(("out.weight", "down.weight"))
+                nn.init.normal_(p, 0.0, std / (2 * self.config.n_layers) ** 0.5 if scaled else std)
+        for layer in self.layers:
+            if isinstance(layer.mixer, GatedDeltaNet):
+                layer.mixer.reset_gates()
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_emb.weight.dtype
+
+    # --- the paper's pieces ---------------------------------------------------------------------
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] -> hidden states [B, T, d]."""
+        self._check_ids(ids)
+        return self.tok_emb(ids)
+
+    def blocks(
+        self, h: torch.Tensor, fast: FastState, start: int = 0, stop: int | None = None
+    ) -> tuple[torch.Tensor, FastState]:
+        """Run blocks ``[start, stop)`` once over ``h`` (attention causal within ``h``, no KV kept).
+
+        Pure: ``fast`` is not modified; the returned FastState carries the advanced S and conv
+        tails of the GDN layers in the range and ``fast``'s entries for the others.
+        """
+        stop = self.config.n_layers if stop is None else stop
+        self._check_fast(fast, h.shape[0])
+        h, fast, _ = self._run(h, fast, start, stop)
+        return h, fast
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., d] -> logits [..., vocab]."""
+        return self.lm_head(self.norm(h))
+
+    def _run(
+        self,
+        h: torch.Tensor,
+        fast: FastState,
+        lo: int,
+        hi: int,
+        state: HybridState | None = None,
+    ) -> tuple[torch.Tensor, FastState, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+        """Blocks [lo, hi) over h. With ``state``, attention also sees the window's cached KV.
+
+        Returns the new h, the advanced FastState and, per attention layer run, its slot and the
+        new tokens' (k, v) for the caller to cache.
+        """
+        S, conv = list(fast.S), list(fast.conv)
+        new_kv: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        L = state.window_len if state is not None else 0
+        for i in range(lo, hi):
+            block = self.layers[i]
+            x = block.norm1(h)
+            if block.kind == "gdn":
+                j = self._gdn_slot[i]
+                y, S[j], conv[j] = block.mixer(x, S[j], conv[j])
+            else:
+                j = self._attn_slot[i]
+                past_k = past_v = None
+                if state is not None and L:
+                    past_k, past_v = state.k_cache[j][:, :, :L], state.v_cache[j][:, :, :L]
+                y, k, v = block.mixer(x, past_k, past_v)
+                new_kv.append((j, k, v))
+            h = h + y
+            h = h + block.mlp(block.norm2(h))
+        return h, FastState(S=tuple(S), conv=tuple(conv)), new_kv
+
+    # --- wake -----------------------------------------------------------------------------------
+
+    def new_state(self, batch_size: int = 1, device=None) -> HybridState:
+        """A fresh state: zero fast weights, empty window."""
+        if batch_size < 1:
+            raise ShapeError(f"batch_size must be >= 1, got {batch_size}")
+        return HybridState.empty(
+            self.config, batch_size, device=device or self.device, h_dtype=self.dtype
+        )
+
+    @torch.no_grad()
+    def prefill(
+        self, ids: torch.Tensor, state: HybridState, consolidate: bool | torch.Tensor = True
+    ) -> torch.Tensor:
+        """Wake: read ``ids`` [B, T] into the window; returns logits [B, T, vocab].
+
+        ``consolidate=False`` (or a [B, T] bool mask) marks tokens that sleep must leave out of
+        the fast weights (never-consolidate spans); they are still visible while in the window.
+        Raises :class:`WindowFull` if the tokens do not fit: sleep first.
+        """
+        if ids.dim() != 2:
+            raise ShapeError(f"prefill expects token ids of shape [batch, tokens], got {tuple(ids.shape)}")
+        B, T = ids.shape
+        self._check_state(state)
+        if B != state.batch_size:
+            raise StateMismatch(f"ids have batch size {B} but the state holds {state.batch_size} sequences")
+        L, W = state.window_len, state.window
+        if T == 0:
+            return torch.empty(B, 0, self.config.vocab_size, device=self.device, dtype=self.dtype)
+        if L + T > W:
+            raise WindowFull(window=W, used=L, requested=T)
+        ids = ids.to(state.device)
+        mask = self._mask_tensor(consolidate, B, T, state.device)
+        a, b = self.config.span
+        n = self.config.n_layers
+        h = self.embed(ids)
+        h, working, kv1 = self._run(h, state.working, 0, b, state)
+        state.window_h[:, L : L + T] = h
+        if b < n:
+            h, working, kv2 = self._run(h, working, b, n, state)
+            kv1 += kv2
+        logits = self.head(h)
+        for j, k, v in kv1:
+            state.k_cache[j][:, :, L : L + T] = k
+            state.v_cache[j][:, :, L : L + T] = v
+        state.working = working
+        state.window_ids[:, L : L + T] = ids
+        state.consolidate_mask[:, L : L + T] = mask
+        state.window_len = L + T
+        state.tokens_seen += T
+        return logits
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, state: HybridState, consolidate: bool | torch.Tensor = True) -> torch.Tensor:
+        """Wake: decode one token per sequence (ids [B] or [B, 1]); returns logits [B, vocab]."""
+        if ids.dim() == 1:
+            ids = ids[:, None]
+        if ids.dim() != 2 or ids.shape[1] != 1:
+            raise ShapeError(f"step expects one token per sequence ([B] or [B, 1]), got {tuple(ids.shape)}")
+        return self.prefill(ids, state, consolidate)[:, -1]
+
+    # --- sleep ----------------------------------------------------------------------------------
+
+    def begin_sleep(self, state: HybridState, loops: int | None = None) -> SleepJob:
+        """Start a consolidation of ``state``'s window that runs one pass per :meth:`SleepJob.run_pass`.
+
+        The engine uses this to run sleep in the gaps of wake work and to stop between passes.
+        """
+        return SleepJob(self, state, self._loops(loops))
+
+    @torch.no_grad()
+    def consolidate(self, state: HybridState, loops: int | None = None) -> HybridState:
+        """Sleep: run all passes of Algorithm 1 and return the new state (``state`` is untouched)."""
+        job = self.begin_sleep(state, loops)
+        while not job.done:
+            job.run_pass()
+        return job.commit()
+
+    def _loops(self, loops: int | None) -> int:
+        n = self.config.sleep_loops if loops is None else loops
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"loops must be an integer >= 1, got {loops!r}", field="loops")
+        return n
+
+    # --- training forward -----------------------------------------------------------------------
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        loss_mask: torch.Tensor | None = None,
+        loops: int | None = None,
+        *,
+        checkpoint: bool = False,
+        detach_every: int | None = None,
+        return_logits: bool = False,
+        fast: FastState | None = None,
+    ) -> LMOutput:
+        """Algorithm 1 over a long sequence, split into windows exactly as wake would split it.
+
+        ``loss_mask[b, t]`` marks token t as a target (predicted from position t - 1); default:
+        every token after the first. Each window runs pass 1 from the committed FastState (its
+        logits give the loss), then, unless it is the last window, the consolidation passes that
+        produce the next window's committed state. With ``evict="sliding"`` windows overlap by
+        ``keep`` tokens and only the oldest ``W - keep`` are consolidated. ``checkpoint``
+        recomputes each window in backward; ``detach_every=k`` truncates backprop every k windows.
+        """
+        if ids.dim() != 2:
+            raise ShapeError(f"forward expects token ids [batch, tokens], got {tuple(ids.shape)}")
+        self._check_ids(ids)
+        B, T = ids.shape
+        if loss_mask is None:
+            loss_mask = torch.ones(B, T, dtype=torch.bool, device=ids.device)
+            loss_mask[:, 0] = False
+        elif loss_mask.shape != ids.shape:
+            raise ShapeError(f"loss_mask shape {tuple(loss_mask.shape)} must equal ids shape {tuple(ids.shape)}")
+        loops = self._loops(loops)
+        cfg = self.config
+        W = cfg.window
+        stride = W - cfg.keep if cfg.evict == "sliding" else W
+        fast = fast if fast is not None else FastState.zeros(cfg, B, device=ids.device, dtype=self.dtype)
+        # targets[t] = ids[t + 1], active where loss_mask[t + 1]
+        targets = torch.full_like(ids, -100)
+        targets[:, :-1] = torch.where(loss_mask[:, 1:].bool(), ids[:, 1:], -100)
+
+        total = torch.zeros((), device=ids.device)
+        n_targets = int((targets != -100).sum())
+        logits_out: list[torch.Tensor] = []
+        start, k = 0, 0
+        while True:
+            end = min(start + W, T)
+            new_from = 0 if k == 0 else cfg.keep if cfg.evict == "sliding" else 0
+            last = end >= T
+            win_ids, win_tgt = ids[:, start:end], targets[:, start:end].clone()
+            win_tgt[:, :new_from] = -100  # kept tokens were already scored in the previous window
+            consolidate_len = 0 if last else min(stride, end - start)
+            args = (win_ids, win_tgt, consolidate_len, loops, return_logits, new_from)
+            if checkpoint and torch.is_grad_enabled():
+                tensors = (*fast.S, *fast.conv)
+                loss_sum, logits, *flat = activation_checkpoint(
+                    self._window_step, args, *tensors, use_reentrant=False
+                )
+            else:
+                loss_sum, logits, *flat = self._window_step(args, *fast.S, *fast.conv)
+            total = total + loss_sum
+            if return_logits:
+                logits_out.append(logits)
+            if last:
+                break
+            n = len(fast.S)
+            fast = FastState(S=tuple(flat[:n]), conv=tuple(flat[n:]))
+            k += 1
+            if detach_every and k % detach_every == 0:
+                fast = fast.detach()
+            start += stride
+        loss = total / max(n_targets, 1)
+        return LMOutput(loss=loss, logits=torch.cat(logits_out, 1) if return_logits else None, n_targets=n_targets)
+
+    def _window_step(self, args, *tensors: torch.Tensor):
+        """One window of the training forward: wake pass (loss) + consolidation passes."""
+        win_ids, win_tgt, consolidate_len, loops, return_logits, new_from = args
+        n = len(tensors) // 2
+        fast = FastState(S=tuple(tensors[:n]), conv=tuple(tensors[n:]))
+        a, b = self.config.span
+        n_layers = self.config.n_layers
+        h_span, F1, _ = self._run(self.embed(win_ids), fast, 0, b)
+        h, F_wake, _ = self._run(h_span, F1, b, n_layers)
+        logits = self.head(h)
+        loss_sum = F.cross_entropy(
+            logits.flatten(0, 1).float(), win_tgt.flatten(), ignore_index=-100, reduction="sum"
+        )
+        out_logits = logits[:, new_from:] if return_logits else torch.empty(0, device=h.device)
+        if consolidate_len == win_ids.shape[1]:
+            # the whole window is consolidated: the wake pass is pass 1 (as in SleepJob)
+            if loops == 1:
+                fast = F_wake
+            else:
+                for _ in range(loops - 1):
+                    h_span, F1, _ = self._run(h_span, F1, a, b)
+                fast = self._run(h_span, F1, b, n_layers)[1] if b < n_layers else F1
+        elif consolidate_len:
+            fast = self._algorithm1(win_ids[:, :consolidate_len], fast, loops)
+        return (loss_sum, out_logits, *fast.S, *fast.conv)
+
+    def _algorithm1(self, ids: torch.Tensor, fast: FastState, loops: int) -> FastState:
+        """Commit ``ids`` into ``fast``: prefix once, looped span ``loops`` times, suffix once."""
+        a, b = self.config.span
+        h, F1 = self._run(self.embed(ids), fast, 0, b)[:2]
+        for _ in range(loops - 1):
+            h, F1 = self._run(h, F1, a, b)[:2]
+        if b < self.config.n_layers:
+            F1 = self._run(h, F1, b, self.config.n_layers)[1]
+        return F1
+
+    # --- identity -------------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical config JSON and every parameter's name, dtype, shape and bytes.
+
+        A snapshot restores only into a model with the same fingerprint: fast weights written by
+        one set of weights mean nothing to another.
+        """
+        digest = hashlib.sha256(self.config.to_json().encode())
+        for name, p in sorted(self.state_dict().items()):
+            t = p.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
+
+    def save_state(self, state: HybridState) -> bytes:
+        """Serialise ``state`` (safetensors bytes tagged with this model's fingerprint)."""
+        return state.to_bytes(self.fingerprint())
+
+    def load_state(self, data: bytes, fingerprint: str | None = None) -> HybridState:
+        """Inverse of :meth:`save_state`; raises FingerprintMismatch for another model's state."""
+        return HybridState.from_bytes(
+            data, cfg=self.config, fingerprint=fingerprint or self.fingerprint(), device=self.device
+        )
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise ShapeError(f"token ids must be an integer tensor, got {ids.dtype}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ShapeError(
+                f"token ids must lie in [0, {self.config.vocab_size}), got range "
+                f"[{int(ids.min())}, {int(ids.max())}]"
+            )
+
+    def _check_fast(self, fast: FastState, batch: int) -> None:
+        if len(fast.S) != len(self.config.gdn_layers):
+            raise StateMismatch(
+                f"FastState has {len(fast.S)} fast-weight matrices, model has {len(self.config.gdn_layers)} GDN layers"
+            )
+        if fast.batch_size != batch:
+            raise StateMismatch(f"FastState batch size {fast.batch_size} != hidden states batch size {batch}")
+
+    def _check_state(self, state: HybridState) -> None:
+        if not isinstance(state, HybridState):
+            raise StateMismatch(f"expected a HybridState, got {type(state).__name__}")
+        if state.window != self.config.window or len(state.k_cache) != len(self.config.attn_layers):
+            raise StateMismatch("the state was made for a model with another window or layer layout")
+        self._check_fast(state.working, state.batch_size)
+
+    @staticmethod
+    def _mask_tensor(consolidate: bool | torch.Tensor, B: int, T: int, device) -> torch.Tensor:
+        if isinstance(consolidate, bool):
+            return torch.full((B, T), consolidate, dtype=torch.bool, device=device)
+        if consolidate.shape != (B, T):
+            raise ShapeError(f"consolidate mask shape {tuple(consolidate.shape)} must be {(B, T)}")
+        return consolidate.to(device=device, dtype=torch.bool)
+
+
+class SleepJob:
+    """One consolidation of a window, run a pass at a time (see :meth:`SleepHybridLM.begin_sleep`).
+
+    ``run_pass()`` runs the next pass; ``commit()`` returns the new state from the passes run so
+    far (at least one; committing early is ``on_wake="commit"``). Dropping the job is an abort:
+    the source state was never modified. Pass 1 reuses what wake computed when the whole window
+    is consolidated (hard eviction, nothing masked), so N = 1 commits exactly the working state.
+    """
+
+    def __init__(self, model: SleepHybridLM, state: HybridState, loops: int) -> None:
+        model._check_state(state)
+        self.model, self.state, self.loops = model, state, loops
+        cfg = model.config
+        L = state.window_len
+        if cfg.evict == "sliding":
+            self.evict_len = max(L - cfg.keep, 0)
+        else:
+            self.evict_len = L
+        mask = state.consolidate_mask[:, : self.evict_len]
+        if mask.shape[0] > 1 and not bool((mask == mask[:1]).all()):
+            raise StateMismatch(
+                "sequences in this batched state mask different tokens out of consolidation; "
+                "consolidate them as separate states"
+            )
+        self._keep_cols = mask[0].nonzero().flatten() if mask.shape[1] else mask.new_zeros(0, dtype=torch.long)
+        self.n_consolidated = int(self._keep_cols.numel())
+        self.reuse_wake = cfg.evict == "hard" and self.n_consolidated == L
+        self.passes_done = 0
+        self._h: torch.Tensor | None = None
+        self._fast: FastState = state.fast
+
+    @property
+    def done(self) -> bool:
+        return self.passes_done >= self.loops or self.n_consolidated == 0
+
+    @torch.no_grad()
+    def run_pass(self) -> None:
+        """Run the next pass (a no-op once all ``loops`` passes ran)."""
+        if self.done:
+            return
+        m, st = self.model, self.state
+        a, b = m.config.span
+        if self.passes_done == 0:
+            if self.reuse_wake:
+                self._h = st.window_h[:, : st.window_len]
+                self._fast = st.working
+            else:
+                ids = st.window_ids[:, self._keep_cols]
+                self._h, self._fast, _ = m._run(m.embed(ids), st.fast, 0, b)
+        else:
+            assert self._h is not None
+            self._h, self._fast, _ = m._run(self._h, self._fast, a, b)
+        self.passes_done += 1
+
+    @torch.no_grad()
+    def commit(self) -> HybridState:
+        """The new state: committed = the consolidated FastState; window cleared or cut."""
+        m, st, cfg = self.model, self.state, self.model.config
+        if self.n_consolidated == 0 and self.evict_len == 0:
+            return st.clone()
+        if self.n_consolidated and self.passes_done == 0:
+            self.run_pass()
+        fast = self._fast
+        n, b = cfg.n_layers, cfg.span[1]
+        if self.n_consolidated and b < n and not (self.reuse_wake and self.passes_done == 1):
+            # the blocks after the looped span run once, from their committed state, over the
+            # loop's final hidden states
+            assert self._h is not None
+            fast = m._run(self._h, self._merge_suffix(fast), b, n)[1]
+        new = HybridState.empty(cfg, st.batch_size, device=st.device, h_dtype=st.window_h.dtype, fast=fast)
+        kept = st.window_len - self.evict_len
+        if kept:
+            lo = self.evict_len
+            m.prefill(st.window_ids[:, lo : st.window_len], new, st.consolidate_mask[:, lo : st.window_len])
+        new.tokens_seen = st.tokens_seen
+        new.tokens_consolidated = st.tokens_consolidated + self.n_consolidated
+        new.sleeps = st.sleeps + 1
+        return new
+
+    def _merge_suffix(self, fast: FastState) -> FastState:
+        """``fast`` with the suffix GDN layers' entries reset to the committed state's."""
+        cfg, committed = self.model.config, self.state.fast
+        b = cfg.span[1]
+        S, conv = list(fast.S), list(fast.conv)
+        for j, layer in enumerate(cfg.gdn_layers):
+            if layer >= b:
+                S[j], conv[j] = committed.S[j], committed.conv[j]
+        return FastState(S=tuple(S), conv=tuple(conv))

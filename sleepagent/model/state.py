@@ -1,0 +1,267 @@
+"""FastState and HybridState: what a sequence carries between wake steps and across sleeps.
+
+Sizes never grow with the number of tokens read: the fast weights are fixed-size matrices, and the
+attention KV lives in buffers of exactly ``window`` slots, preallocated once per state.
+
+States serialise to safetensors bytes (never pickle): tensors plus a string header with the
+format version and the fingerprint of the model that made them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..errors import FingerprintMismatch, SnapshotCorrupted, StateMismatch
+
+if TYPE_CHECKING:
+    from .config import SleepHybridConfig
+
+__all__ = ["FastState", "HybridState", "STATE_FORMAT_VERSION"]
+
+STATE_FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FastState:
+    """All recurrent state of the block stack: the paper's F.
+
+    S:    one [B, HV, K, V] float32 fast-weight matrix per GDN layer (K-first, as fla).
+    conv: one [B, conv_dim, conv_size - 1] short-conv tail per GDN layer.
+
+    Frozen and never mutated in place: every pass returns a new FastState, so a committed state
+    can be shared by several sleep passes (and an aborted sleep) safely.
+    """
+
+    S: tuple[torch.Tensor, ...]
+    conv: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def zeros(cls, cfg: SleepHybridConfig, batch_size: int, device=None, dtype=torch.float32) -> FastState:
+        n = len(cfg.gdn_layers)
+        S = tuple(
+            torch.zeros(batch_size, cfg.v_heads, cfg.head_k_dim, cfg.head_v_dim, device=device)
+            for _ in range(n)
+        )
+        conv = tuple(
+            torch.zeros(batch_size, cfg.conv_dim, cfg.conv_size - 1, device=device, dtype=dtype)
+            for _ in range(n)
+        )
+        return cls(S=S, conv=conv)
+
+    @property
+    def batch_size(self) -> int:
+        return self.S[0].shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.S, *self.conv))
+
+    def clone(self) -> FastState:
+        return FastState(S=tuple(s.clone() for s in self.S), conv=tuple(c.clone() for c in self.conv))
+
+    def detach(self) -> FastState:
+        return FastState(S=tuple(s.detach() for s in self.S), conv=tuple(c.detach() for c in self.conv))
+
+    def equal(self, other: FastState) -> bool:
+        """Bit-exact equality of every tensor."""
+        return len(self.S) == len(other.S) and all(
+            torch.equal(a, b) for a, b in zip((*self.S, *self.conv), (*other.S, *other.conv), strict=True)
+        )
+
+
+@dataclass(kw_only=True, eq=False)
+class HybridState:
+    """Per-sequence state of a :class:`~sleepagent.model.SleepHybridLM` between calls.
+
+    fast:        committed FastState at the window's start (what sleep wrote).
+    working:     FastState advanced over the window's tokens so far (what wake reads).
+    k_cache, v_cache: per attention layer [B, Hkv, W, D]; slots [0, window_len) are valid.
+    window_ids:  [B, W] token ids in the window.
+    consolidate_mask: [B, W] bool; False = leave this token out of the fast weights at sleep.
+    window_h:    [B, W, d] the wake pass's hidden states at the end of the looped span; it is the
+                 paper's pass-1 output, reused so that sleep pass 1 costs nothing.
+    window_len:  tokens currently in the window.
+    tokens_seen / tokens_consolidated: running counters (not part of the math).
+    """
+
+    fast: FastState
+    working: FastState
+    k_cache: list[torch.Tensor]
+    v_cache: list[torch.Tensor]
+    window_ids: torch.Tensor
+    consolidate_mask: torch.Tensor
+    window_h: torch.Tensor
+    window_len: int = 0
+    tokens_seen: int = 0
+    tokens_consolidated: int = 0
+    sleeps: int = field(default=0)
+
+    @property
+    def fast_weights(self) -> list[torch.Tensor]:
+        """The committed fast-weight matrices, one [B, HV, K, V] per GDN layer."""
+        return list(self.fast.S)
+
+    @property
+    def batch_size(self) -> int:
+        return self.window_ids.shape[0]
+
+    @property
+    def window(self) -> int:
+        return self.window_ids.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.window_ids.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the state's tensors (constant for a given config and batch size)."""
+        tensors = [*self.k_cache, *self.v_cache, self.window_ids, self.consolidate_mask, self.window_h]
+        return self.fast.nbytes + self.working.nbytes + sum(t.numel() * t.element_size() for t in tensors)
+
+    def ids(self) -> torch.Tensor:
+        """The window's token ids, [B, window_len]."""
+        return self.window_ids[:, : self.window_len]
+
+    def clone(self) -> HybridState:
+        return replace(
+            self,
+            fast=self.fast.clone(),
+            working=self.working.clone(),
+            k_cache=[k.clone() for k in self.k_cache],
+            v_cache=[v.clone() for v in self.v_cache],
+            window_ids=self.window_ids.clone(),
+            consolidate_mask=self.consolidate_mask.clone(),
+            window_h=self.window_h.clone(),
+        )
+
+    # --- serialisation --------------------------------------------------------------------------
+
+    def to_bytes(self, fingerprint: str) -> bytes:
+        """Serialise to safetensors bytes; only the valid window slots are written."""
+        L = self.window_len
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, fs in (("fast", self.fast), ("working", self.working)):
+            for i, s in enumerate(fs.S):
+                tensors[f"{prefix}.S.{i}"] = s
+            for i, c in enumerate(fs.conv):
+                tensors[f"{prefix}.conv.{i}"] = c
+        for i, (k, v) in enumerate(zip(self.k_cache, self.v_cache, strict=True)):
+            tensors[f"kv.k.{i}"] = k[:, :, :L]
+            tensors[f"kv.v.{i}"] = v[:, :, :L]
+        tensors["window.ids"] = self.window_ids[:, :L]
+        tensors["window.mask"] = self.consolidate_mask[:, :L]
+        tensors["window.h"] = self.window_h[:, :L]
+        # clone: after a hard sleep `working` and `fast` share storage, which safetensors refuses
+        tensors = {k: t.detach().cpu().clone() for k, t in tensors.items()}
+        meta = {
+            "format": "sleepagent.HybridState",
+            "format_version": STATE_FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "counters": json.dumps(
+                {
+                    "window_len": L,
+                    "window": self.window,
+                    "tokens_seen": self.tokens_seen,
+                    "tokens_consolidated": self.tokens_consolidated,
+                    "sleeps": self.sleeps,
+                }
+            ),
+        }
+        return st_save(tensors, metadata=meta)
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, cfg: SleepHybridConfig, fingerprint: str, device=None
+    ) -> HybridState:
+        """Inverse of :meth:`to_bytes`; raises if the bytes were made by another model."""
+        meta = read_header(data)
+        if meta.get("format") != "sleepagent.HybridState":
+            raise SnapshotCorrupted(f"not a sleepagent state (format={meta.get('format')!r})")
+        if meta.get("format_version") != STATE_FORMAT_VERSION:
+            raise SnapshotCorrupted(
+                f"state format version {meta.get('format_version')!r} is not supported "
+                f"(this sleepagent reads version {STATE_FORMAT_VERSION})"
+            )
+        if meta.get("fingerprint") != fingerprint:
+            raise FingerprintMismatch(expected=fingerprint, found=str(meta.get("fingerprint")))
+        try:
+            t = st_load(data)
+            counters = json.loads(meta["counters"])
+        except (SafetensorError, KeyError, ValueError) as e:
+            raise SnapshotCorrupted(f"state payload is unreadable: {e}") from None
+        n_gdn, n_attn = len(cfg.gdn_layers), len(cfg.attn_layers)
+        L, W = counters["window_len"], counters["window"]
+        if W != cfg.window:
+            raise StateMismatch(f"state has window {W}, model has window {cfg.window}")
+        try:
+            fast, working = (
+                FastState(
+                    S=tuple(t[f"{p}.S.{i}"].to(device) for i in range(n_gdn)),
+                    conv=tuple(t[f"{p}.conv.{i}"].to(device) for i in range(n_gdn)),
+                )
+                for p in ("fast", "working")
+            )
+            B = t["window.ids"].shape[0]
+            state = cls.empty(cfg, B, device=device, h_dtype=t["window.h"].dtype, fast=fast)
+            state.working = working
+            for i in range(n_attn):
+                state.k_cache[i][:, :, :L] = t[f"kv.k.{i}"]
+                state.v_cache[i][:, :, :L] = t[f"kv.v.{i}"]
+            state.window_ids[:, :L] = t["window.ids"]
+            state.consolidate_mask[:, :L] = t["window.mask"]
+            state.window_h[:, :L] = t["window.h"]
+        except (KeyError, RuntimeError) as e:
+            raise SnapshotCorrupted(f"state payload does not match the model's layout: {e}") from None
+        state.window_len = L
+        state.tokens_seen = counters["tokens_seen"]
+        state.tokens_consolidated = counters["tokens_consolidated"]
+        state.sleeps = counters["sleeps"]
+        return state
+
+    @classmethod
+    def empty(
+        cls,
+        cfg: SleepHybridConfig,
+        batch_size: int,
+        *,
+        device=None,
+        h_dtype: torch.dtype = torch.float32,
+        fast: FastState | None = None,
+    ) -> HybridState:
+        """A state with an empty window whose committed and working state are ``fast`` (zeros)."""
+        fast = fast if fast is not None else FastState.zeros(cfg, batch_size, device=device, dtype=h_dtype)
+        W, B = cfg.window, batch_size
+        kv_shape = (B, cfg.attn_kv_heads, W, cfg.attn_head_dim)
+        n_attn = len(cfg.attn_layers)
+        return cls(
+            fast=fast,
+            working=fast,
+            k_cache=[torch.zeros(kv_shape, device=device, dtype=h_dtype) for _ in range(n_attn)],
+            v_cache=[torch.zeros(kv_shape, device=device, dtype=h_dtype) for _ in range(n_attn)],
+            window_ids=torch.zeros(B, W, dtype=torch.long, device=device),
+            consolidate_mask=torch.ones(B, W, dtype=torch.bool, device=device),
+            window_h=torch.zeros(B, W, cfg.d_model, device=device, dtype=h_dtype),
+        )
+
+
+def read_header(data: bytes) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of a payload, without materialising its tensors."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        if n <= 0 or n > len(data) - 8:
+            raise ValueError("header length out of range")
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SnapshotCorrupted(f"payload is not a safetensors blob: {e}") from None
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise SnapshotCorrupted("payload metadata is not a string map")
+    return meta

@@ -1,0 +1,1 @@
+"""Snapshot store, shipped as ``sleepagent.storage``."""

@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny real models that run in milliseconds on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sleepagent.model import SleepHybridConfig, SleepHybridLM
+
+
+def tiny_config(**overrides) -> SleepHybridConfig:
+    base = dict(
+        vocab_size=61, d_model=32, n_layers=4, n_heads=2, gdn_heads=2, window=16, chunk_size=8,
+    )
+    base.update(overrides)
+    return SleepHybridConfig(**base)
+
+
+def tiny_model(seed: int = 0, **overrides) -> SleepHybridLM:
+    torch.manual_seed(seed)
+    return SleepHybridLM(tiny_config(**overrides)).eval()
+
+
+@pytest.fixture
+def model() -> SleepHybridLM:
+    return tiny_model()

@@ -1,0 +1,276 @@
+"""Wake, sleep and the training forward of SleepHybridLM, against the paper's Algorithm 1."""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+
+from sleepagent.errors import FingerprintMismatch, ShapeError, SnapshotCorrupted, StateMismatch, WindowFull
+from sleepagent.model import FastState, HybridState, SleepHybridLM
+
+from ..conftest import tiny_model
+
+MODES = {
+    "hard": {},
+    "sliding": dict(evict="sliding", keep=5),
+    "hard-looped-span": dict(n_layers=5, layer_types=("attn", "gdn", "attn", "gdn", "gdn"), loop_layers=(1, 4)),
+    "sliding-looped-span": dict(evict="sliding", keep=3, loop_layers=(0, 2)),
+}
+
+
+def ids_for(model: SleepHybridLM, B: int, T: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, model.config.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def algorithm1(model: SleepHybridLM, window_ids: torch.Tensor, fast: FastState, loops: int) -> FastState:
+    """The paper's loop, written with the public pieces only (looped span, prefix and suffix once)."""
+    a, b = model.config.span
+    n = model.config.n_layers
+    h, fast = model.blocks(model.embed(window_ids), fast, 0, a)
+    for _ in range(loops):
+        h, fast = model.blocks(h, fast, a, b)
+    h, fast = model.blocks(h, fast, b, n)
+    return fast
+
+
+def fill(model: SleepHybridLM, ids: torch.Tensor, state: HybridState, **kw) -> HybridState:
+    model.prefill(ids, state, **kw)
+    return state
+
+
+@pytest.mark.parametrize("mode", ["hard", "hard-looped-span"])
+def test_consolidate_one_loop_is_the_plain_hybrid(mode):
+    """N = 1 commits exactly the working state the wake pass carried (a plain hybrid's state)."""
+    model = tiny_model(**MODES[mode])
+    state = model.new_state(2)
+    for chunk in ids_for(model, 2, 16).split([5, 1, 7, 3], dim=1):
+        model.prefill(chunk, state)
+    new = model.consolidate(state, loops=1)
+    assert new.fast.equal(state.working)
+    assert new.working.equal(state.working)
+    assert new.window_len == 0
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("loops", [1, 2, 4])
+def test_consolidate_commits_algorithm1(mode, loops):
+    model = tiny_model(**MODES[mode])
+    cfg = model.config
+    state = model.new_state(2)
+    # one earlier sleep, so the committed state at the window's start is not zeros
+    model.prefill(ids_for(model, 2, cfg.window, seed=1), state)
+    state = model.consolidate(state, loops=2)
+    start_fast = state.fast
+    model.prefill(ids_for(model, 2, cfg.window - state.window_len, seed=2), state)
+    before = state.clone()
+
+    new = model.consolidate(state, loops=loops)
+
+    evicted = cfg.window - cfg.keep
+    expected = algorithm1(model, state.window_ids[:, :evicted], start_fast, loops)
+    for got, want in zip((*new.fast.S, *new.fast.conv), (*expected.S, *expected.conv), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # the input state is untouched (an aborted sleep loses nothing)
+    assert state.fast.equal(before.fast) and state.working.equal(before.working)
+    assert torch.equal(state.k_cache[0], before.k_cache[0]) and state.window_len == before.window_len
+    assert new.tokens_consolidated == state.tokens_consolidated + evicted
+    if cfg.evict == "hard":
+        assert new.window_len == 0 and new.working.equal(new.fast)
+    else:
+        # sliding: the last `keep` tokens stay, and the working state is the committed one
+        # advanced over them
+        assert new.window_len == cfg.keep
+        assert torch.equal(new.ids(), state.window_ids[:, evicted : cfg.window])
+        ref = model.new_state(2)
+        ref.fast = ref.working = new.fast
+        model.prefill(new.ids(), ref)
+        assert new.working.equal(ref.working)
+        assert torch.equal(new.k_cache[0][:, :, : cfg.keep], ref.k_cache[0][:, :, : cfg.keep])
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_more_loops_commit_different_fast_weights(mode):
+    model = tiny_model(**MODES[mode])
+    state = fill(model, ids_for(model, 1, model.config.window), model.new_state())
+    one, four = model.consolidate(state, loops=1), model.consolidate(state, loops=4)
+    assert any(not torch.allclose(a, b) for a, b in zip(one.fast.S, four.fast.S, strict=True))
+    assert not one.fast.equal(four.fast)
+
+
+def test_sleep_job_runs_pass_by_pass_and_commits_early(model):
+    state = fill(model, ids_for(model, 1, 12), model.new_state())
+    job = model.begin_sleep(state, loops=4)
+    job.run_pass()
+    job.run_pass()
+    assert job.passes_done == 2 and not job.done
+    early = job.commit()
+    two = model.consolidate(state, loops=2)
+    assert early.fast.equal(two.fast)
+    assert state.window_len == 12  # the source state still holds its window
+
+
+@pytest.mark.parametrize("mode", ["hard", "sliding", "hard-looped-span"])
+@pytest.mark.parametrize("loops", [1, 3])
+def test_masked_tokens_equal_removed_tokens(mode, loops):
+    """Tokens with consolidate=False leave exactly the fast weights of the window without them."""
+    model = tiny_model(**MODES[mode])
+    cfg = model.config
+    ids = ids_for(model, 2, cfg.window)
+    masked = model.new_state(2)
+    model.prefill(ids[:, :4], masked)
+    model.prefill(ids[:, 4:9], masked, consolidate=False)
+    model.prefill(ids[:, 9:], masked)
+    got = model.consolidate(masked, loops=loops)
+
+    evicted = cfg.window - cfg.keep
+    kept = torch.cat([ids[:, :4], ids[:, 9:evicted]], dim=1)
+    removed = model.new_state(2)
+    model.prefill(kept, removed)
+    if cfg.evict == "sliding":
+        expected = algorithm1(model, kept, removed.fast, loops)
+        assert got.fast.equal(expected)
+    else:
+        want = model.consolidate(removed, loops=loops)
+        assert got.fast.equal(want.fast)
+    assert got.tokens_consolidated == kept.shape[1]
+
+
+def test_fully_masked_window_commits_nothing(model):
+    state = fill(model, ids_for(model, 1, 10), model.new_state(), consolidate=False)
+    new = model.consolidate(state, loops=3)
+    assert new.fast.equal(state.fast) and new.window_len == 0 and new.tokens_consolidated == 0
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("loops", [1, 3])
+def test_wake_decode_equals_training_forward(mode, loops):
+    """Token-by-token decode, sleeping whenever the window is full, gives the training logits."""
+    model = tiny_model(**MODES[mode])
+    ids = ids_for(model, 2, 3 * model.config.window + 5)
+    with torch.no_grad():
+        train_logits = model(ids, loops=loops, return_logits=True).logits
+    state = model.new_state(2)
+    logits = []
+    for t in range(ids.shape[1]):
+        try:
+            logits.append(model.step(ids[:, t], state))
+        except WindowFull:
+            state = model.consolidate(state, loops=loops)
+            logits.append(model.step(ids[:, t], state))
+    torch.testing.assert_close(torch.stack(logits, 1), train_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_training_forward_loss_and_gradients():
+    model = tiny_model(tie_embeddings=False)  # so embedding gradients come only through the blocks
+    ids = ids_for(model, 2, 40)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, -3:] = True  # only the last tokens are scored: gradients reach window 1 only through S
+    out = model(ids, mask, loops=2)
+    assert out.n_targets == 6
+    logits = model(ids, loops=2, return_logits=True).logits
+    want = torch.nn.functional.cross_entropy(logits[:, -4:-1].flatten(0, 1), ids[:, -3:].flatten())
+    torch.testing.assert_close(out.loss, want)
+    out.loss.backward()
+    assert model.tok_emb.weight.grad is not None
+    # the first window's tokens are never scored, yet their embeddings get gradient via fast weights
+    first = ids[:, :16].unique()
+    assert model.tok_emb.weight.grad[first].abs().sum() > 0
+    # checkpointing recomputes and gives the same gradients
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(ids, mask, loops=2, checkpoint=True).loss.backward()
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_detach_every_truncates_backprop():
+    model = tiny_model(tie_embeddings=False)
+    ids = ids_for(model, 1, 48)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, -2:] = True
+    model(ids, mask, detach_every=1).loss.backward()
+    only_first = set(ids[0, :16].tolist()) - set(ids[0, 16:].tolist())
+    assert only_first and all(model.tok_emb.weight.grad[i].abs().sum() == 0 for i in only_first)
+
+
+def tensor_bytes(blob: bytes) -> int:
+    return sum(t.numel() * t.element_size() for t in safetensors.torch.load(blob).values())
+
+
+def test_memory_stays_bounded(model):
+    state = model.new_state()
+    sizes = []
+    for w in range(50):
+        model.prefill(ids_for(model, 1, model.config.window, seed=w), state)
+        state = model.consolidate(state, loops=2)
+        sizes.append(state.nbytes)
+        if w == 0:
+            first = tensor_bytes(model.save_state(state))
+    assert len(set(sizes)) == 1
+    assert tensor_bytes(model.save_state(state)) == first
+    assert state.tokens_consolidated == 50 * model.config.window
+
+
+@pytest.mark.parametrize("mode", ["hard", "sliding"])
+def test_save_load_round_trip_is_bit_exact(mode):
+    model = tiny_model(**MODES[mode])
+    state = model.new_state(2)
+    model.prefill(ids_for(model, 2, 16), state)
+    state = model.consolidate(state, loops=2)
+    model.prefill(ids_for(model, 2, 6, seed=3), state, consolidate=False)
+    loaded = model.load_state(model.save_state(state))
+    assert loaded.fast.equal(state.fast) and loaded.working.equal(state.working)
+    L = state.window_len
+    assert loaded.window_len == L and torch.equal(loaded.ids(), state.ids())
+    assert torch.equal(loaded.consolidate_mask[:, :L], state.consolidate_mask[:, :L])
+    for a, b in zip(loaded.k_cache + loaded.v_cache, state.k_cache + state.v_cache, strict=True):
+        assert torch.equal(a[:, :, :L], b[:, :, :L])
+    assert (loaded.tokens_seen, loaded.sleeps) == (state.tokens_seen, state.sleeps)
+    # the restored state continues exactly like the original
+    nxt = ids_for(model, 2, 1, seed=9)[:, 0]
+    assert torch.equal(model.step(nxt, loaded), model.step(nxt, state))
+
+
+def test_loading_into_another_model_raises(model):
+    blob = model.save_state(fill(model, ids_for(model, 1, 4), model.new_state()))
+    other = tiny_model(seed=1)
+    assert other.fingerprint() != model.fingerprint()
+    with pytest.raises(FingerprintMismatch, match="fingerprint"):
+        other.load_state(blob)
+    with pytest.raises(SnapshotCorrupted):
+        model.load_state(b"not a state")
+
+
+def test_fingerprint_tracks_weights_and_config(model):
+    fp = model.fingerprint()
+    assert fp == tiny_model().fingerprint()
+    with torch.no_grad():
+        model.layers[0].mlp.down.weight[0, 0] += 1e-3
+    assert model.fingerprint() != fp
+    assert tiny_model(window=32).fingerprint() != fp
+
+
+def test_wake_errors_are_clear(model):
+    state = model.new_state()
+    model.prefill(ids_for(model, 1, 10), state)
+    with pytest.raises(WindowFull) as info:
+        model.prefill(ids_for(model, 1, 7), state)
+    assert info.value.window == 16 and info.value.used == 10
+    assert state.window_len == 10  # nothing half-written
+    with pytest.raises(ShapeError, match=r"\[0, 61\)"):
+        model.prefill(torch.tensor([[61]]), state)
+    with pytest.raises(StateMismatch, match="batch"):
+        model.prefill(ids_for(model, 2, 1), state)
+    with pytest.raises(ShapeError):
+        model.step(ids_for(model, 1, 2), state)
+    with pytest.raises(StateMismatch):
+        tiny_model(window=32).prefill(ids_for(model, 1, 1), state)
+
+
+def test_batched_rows_with_different_masks_are_refused(model):
+    state = model.new_state(2)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    model.prefill(ids_for(model, 2, 3), state, consolidate=mask)
+    with pytest.raises(StateMismatch, match="separate"):
+        model.consolidate(state)
