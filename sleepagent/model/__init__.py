@@ -3,6 +3,7 @@
 from .config import SleepHybridConfig
 from .hybrid import LMOutput, SleepHybridLM, SleepJob
 from .ops import gated_delta_rule
+from .pretrained import SleepModel
 from .state import FastState, HybridState
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "FastState",
     "HybridState",
     "gated_delta_rule",
+    "SleepModel",
 ]

@@ -1,0 +1,127 @@
+"""Benchmarks behind ``sleepagent bench``: ratios against a baseline run in the same process.
+
+Wall-clock numbers depend on the machine; the ratios are what the targets are stated in:
+
+- ``kernels``: the chunked GDN kernel vs the token-by-token recurrent reference (forward, and
+  forward + backward), ratio = recurrent time / chunked time.
+- ``wake``: per-token decode latency for several sleep-loop counts N. Sleep runs between wake
+  steps, never inside one, so the ratio N=8 / N=1 should stay ~1.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from .model import SleepHybridConfig, SleepModel
+from .model.ops import gated_delta_rule
+
+__all__ = ["bench_kernels", "bench_wake", "timeit"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], *, repeats: int, device: torch.device, warmup: int = 1) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs, after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_kernels(
+    lengths: tuple[int, ...] = (512, 2048, 8192),
+    *,
+    batch: int = 1,
+    heads: int = 4,
+    head_dim: int = 64,
+    repeats: int = 3,
+    device: str | torch.device = "cpu",
+    fast_backend: str = "auto",
+) -> dict:
+    """Chunked (or fla, on CUDA with backend auto) vs recurrent, forward and forward+backward."""
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    cases = []
+    for T in lengths:
+        shape = (batch, T, heads, head_dim)
+
+        def rand(*s, scale=1.0):
+            return (torch.randn(*s, generator=gen) * scale).to(device).requires_grad_()
+
+        q, k, v = rand(*shape), rand(*shape), rand(*shape)
+        g = (-torch.rand(batch, T, heads, generator=gen) * 0.1).to(device).requires_grad_()
+        beta = torch.rand(batch, T, heads, generator=gen).to(device).requires_grad_()
+        S0 = rand(batch, heads, head_dim, head_dim, scale=0.1)
+        inputs = (q, k, v, g, beta)
+
+        def run(backend: str, backward: bool):
+            def fn():
+                with torch.set_grad_enabled(backward):
+                    o, S = gated_delta_rule(
+                        *inputs, initial_state=S0, output_final_state=True, use_qk_l2norm=True, backend=backend
+                    )
+                    if backward:
+                        (o.sum() + S.sum()).backward()
+
+            return fn
+
+        row = {"T": T}
+        for name, backend in (("chunk", fast_backend), ("recurrent", "torch_recurrent")):
+            row[f"{name}_fwd_s"] = timeit(run(backend, False), repeats=repeats, device=device)
+            row[f"{name}_fwdbwd_s"] = timeit(run(backend, True), repeats=repeats, device=device)
+        row["fwd_ratio"] = row["recurrent_fwd_s"] / row["chunk_fwd_s"]
+        row["fwdbwd_ratio"] = row["recurrent_fwdbwd_s"] / row["chunk_fwdbwd_s"]
+        cases.append(row)
+    backend = "fla" if device.type == "cuda" and fast_backend == "auto" else "torch_chunk"
+    return {"device": str(device), "backend": backend, "heads": heads, "head_dim": head_dim, "cases": cases}
+
+
+def bench_wake(
+    loops: tuple[int, ...] = (1, 2, 4, 8),
+    *,
+    tokens: int = 256,
+    rounds: int = 3,
+    device: str | torch.device = "cpu",
+    config: SleepHybridConfig | None = None,
+) -> dict:
+    """Median per-token decode latency (ms) per N; sleeps run between steps, as the engine does."""
+    device = torch.device(device)
+    config = config or SleepHybridConfig(
+        vocab_size=268, d_model=128, n_layers=4, n_heads=4, gdn_heads=4, window=64
+    )
+    sm = SleepModel.from_config(config, seed=0, device=device)
+    model = sm.model
+    ids = torch.randint(0, config.vocab_size, (tokens,), generator=torch.Generator().manual_seed(0)).to(device)
+    per_n: dict[int, list[float]] = {n: [] for n in loops}
+    warm = model.new_state(1, device=device)
+    for t in range(min(tokens, config.window)):  # warm up allocator and kernels, untimed
+        model.step(ids[t : t + 1], warm)
+    for _ in range(rounds):  # interleave the N values so drift hits all of them alike
+        for n in loops:
+            state = model.new_state(1, device=device)
+            for t in range(tokens):
+                if state.window_len == config.window:
+                    state = model.consolidate(state, loops=n)  # off the decode path
+                _sync(device)
+                t0 = time.perf_counter()
+                model.step(ids[t : t + 1], state)
+                _sync(device)
+                per_n[n].append(time.perf_counter() - t0)
+    ms = {str(n): 1000 * statistics.median(v) for n, v in per_n.items()}
+    result = {"device": str(device), "tokens": tokens, "window": config.window, "ms_per_token": ms}
+    if "1" in ms and str(max(loops)) in ms:
+        result[f"ratio_{max(loops)}_over_1"] = ms[str(max(loops))] / ms["1"]
+    return result

@@ -1,0 +1,113 @@
+"""The ``sleepagent`` command line: demo, bench (and, as they land, train, eval, snapshots)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="sleepagent: an agent runtime for sleep-enabled hybrid LMs.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks, printed as ratios against a baseline run in the same process.")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter("values must be positive integers")
+    return values
+
+
+@app.command()
+def demo(
+    loops: Annotated[int, typer.Option(min=1, help="sleep passes N per consolidation")] = 4,
+    tokens: Annotated[int, typer.Option(min=1, help="document length in tokens")] = 2000,
+) -> None:
+    """Smoke run: a small random model reads a long document, sleeping whenever its window fills."""
+    import torch
+
+    from .model import SleepHybridConfig, SleepModel
+
+    cfg = SleepHybridConfig(vocab_size=268, d_model=64, n_layers=4, n_heads=4, gdn_heads=4, window=128)
+    sm = SleepModel.from_config(cfg, seed=0)
+    text = " ".join(f"Fact {i}: the key {i * 7919 % 1000} opens door {i}." for i in range(tokens // 20 + 1))
+    ids = torch.tensor(sm.tokenizer.encode(text, specials=False)[:tokens])
+    model, state = sm.model, sm.model.new_state()
+    wake_s = sleep_s = 0.0
+    for chunk in ids.split(32):
+        if state.window_len + len(chunk) > cfg.window:
+            t0 = time.perf_counter()
+            state = model.consolidate(state, loops=loops)
+            sleep_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.prefill(chunk[None], state)
+        wake_s += time.perf_counter() - t0
+    console.print(f"[bold]sleepagent demo[/] (untrained {sm!r})")
+    console.print(
+        f"read {state.tokens_seen} tokens with a {cfg.window}-token window: {state.sleeps} sleeps × {loops} passes, "
+        f"{state.tokens_consolidated} tokens consolidated into {state.fast.nbytes / 1024:.0f} KiB of fast weights"
+    )
+    console.print(f"wake {1000 * wake_s / state.tokens_seen:.3f} ms/token, sleep {sleep_s:.2f} s in total")
+
+
+@bench_app.command("kernels")
+def bench_kernels_cmd(
+    lengths: Annotated[str, typer.Option(help="sequence lengths T, comma-separated")] = "512,2048,8192",
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Chunked GDN kernel vs the recurrent reference: forward and forward+backward time and ratio."""
+    from .bench import bench_kernels
+
+    result = bench_kernels(_lengths(lengths), repeats=repeats, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"gated delta rule on {result['device']} ({result['backend']} vs torch_recurrent)")
+    for col in ("T", "chunk fwd ms", "recurrent fwd ms", "fwd ratio", "chunk f+b ms", "recurrent f+b ms", "f+b ratio"):
+        table.add_column(col, justify="right")
+    for c in result["cases"]:
+        table.add_row(
+            str(c["T"]),
+            f"{1000 * c['chunk_fwd_s']:.1f}", f"{1000 * c['recurrent_fwd_s']:.1f}", f"{c['fwd_ratio']:.1f}x",
+            f"{1000 * c['chunk_fwdbwd_s']:.1f}", f"{1000 * c['recurrent_fwdbwd_s']:.1f}", f"{c['fwdbwd_ratio']:.1f}x",
+        )
+    console.print(table)
+
+
+@bench_app.command("wake")
+def bench_wake_cmd(
+    loops: Annotated[str, typer.Option(help="sleep-loop counts N, comma-separated")] = "1,2,4,8",
+    tokens: Annotated[int, typer.Option(min=1)] = 256,
+    rounds: Annotated[int, typer.Option(min=1)] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Per-token decode latency for each N (sleep runs between steps, never on the decode path)."""
+    from .bench import bench_wake
+
+    result = bench_wake(_lengths(loops), tokens=tokens, rounds=rounds, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"wake decode latency on {result['device']} (window {result['window']})")
+    table.add_column("N", justify="right")
+    table.add_column("ms / token", justify="right")
+    table.add_column("vs N=1", justify="right")
+    base = result["ms_per_token"].get("1")
+    for n, ms in result["ms_per_token"].items():
+        table.add_row(n, f"{ms:.3f}", f"{ms / base:.3f}" if base else "-")
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()

@@ -1,0 +1,137 @@
+"""SleepModel: a SleepHybridLM with its tokenizer and fingerprint, loaded from a local directory.
+
+A checkpoint directory holds ``config.json`` (the SleepHybridConfig), ``model.safetensors`` and
+``tokenizer.json``. Names of shipped checkpoints resolve to ``sleepagent/checkpoints/<name>``;
+nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, ConfigError
+from ..tokenizer import ByteTokenizer
+from .config import SleepHybridConfig
+from .hybrid import SleepHybridLM
+
+__all__ = ["SleepModel", "CHECKPOINTS_DIR", "shipped_checkpoints"]
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def shipped_checkpoints() -> list[str]:
+    """Names of the checkpoints that ship inside the package."""
+    if not CHECKPOINTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in CHECKPOINTS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+class SleepModel:
+    """What the runtime runs: ``model`` (SleepHybridLM), ``tokenizer`` and ``fingerprint``.
+
+    The fingerprint is computed once at load; a snapshot restores only into a model with the same
+    fingerprint. Call :meth:`refresh_fingerprint` after changing the weights in place.
+    """
+
+    def __init__(self, model: SleepHybridLM, tokenizer: ByteTokenizer | None = None, name: str = "model") -> None:
+        self.model = model
+        self.tokenizer = tokenizer or ByteTokenizer()
+        self.name = name
+        if model.config.vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError(
+                f"vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size} tokens",
+                field="vocab_size",
+            )
+        self.fingerprint = model.fingerprint()
+
+    @property
+    def config(self) -> SleepHybridConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def refresh_fingerprint(self) -> str:
+        self.fingerprint = self.model.fingerprint()
+        return self.fingerprint
+
+    def __repr__(self) -> str:
+        return f"SleepModel(name={self.name!r}, fingerprint={self.fingerprint[:12]}…, window={self.config.window})"
+
+    @classmethod
+    def from_config(
+        cls, config: SleepHybridConfig | dict, seed: int = 0, device=None, name: str = "random"
+    ) -> SleepModel:
+        """A randomly initialised model (tests, benchmarks, smoke runs); same seed, same weights."""
+        if isinstance(config, dict):
+            config = SleepHybridConfig(**config)
+        gen_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            model = SleepHybridLM(config)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        return cls(model.to(device).eval(), name=name)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device=None) -> SleepModel:
+        """Load a local checkpoint directory or a shipped checkpoint by name."""
+        path = resolve_checkpoint(name_or_path)
+        try:
+            raw = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read {path / 'config.json'}: {e}") from None
+        if "model_type" in raw and "vocab_size" in raw and "d_model" not in raw:
+            raise CheckpointError(
+                f"{path} holds a transformers model ({raw['model_type']!r}); "
+                "transformers GDN hybrids load through sleepagent.model.hf"
+            )
+        config = SleepHybridConfig(**raw)
+        tok_file = path / "tokenizer.json"
+        tokenizer = ByteTokenizer.from_dict(json.loads(tok_file.read_text())) if tok_file.exists() else ByteTokenizer()
+        model = SleepHybridLM(config)
+        try:
+            weights = load_file(str(path / "model.safetensors"))
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f"cannot read {path / 'model.safetensors'}: {e}") from None
+        if config.tie_embeddings:
+            weights.setdefault("lm_head.weight", weights.get("tok_emb.weight"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path / 'model.safetensors'} does not match its config: missing {missing}, unexpected {unexpected}"
+            )
+        return cls(model.to(device).eval(), tokenizer, name=path.name)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write config.json, model.safetensors and tokenizer.json into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(json.loads(self.config.to_json()), indent=2) + "\n")
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if self.config.tie_embeddings:
+            weights.pop("lm_head.weight", None)
+        save_file(weights, str(path / "model.safetensors"), metadata={"fingerprint": self.fingerprint})
+        (path / "tokenizer.json").write_text(json.dumps(self.tokenizer.to_dict(), indent=2) + "\n")
+        return path
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    shipped = CHECKPOINTS_DIR / str(name_or_path)
+    if shipped.is_dir():
+        return shipped
+    names = ", ".join(shipped_checkpoints()) or "none"
+    raise CheckpointError(
+        f"no checkpoint directory {str(name_or_path)!r} and no shipped checkpoint by that name "
+        f"(shipped: {names}); sleepagent never downloads weights"
+    )

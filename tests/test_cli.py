@@ -1,0 +1,38 @@
+"""The CLI runs end to end (real model, tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from sleepagent.cli import app
+
+runner = CliRunner()
+
+
+def test_demo_reads_a_document_and_sleeps():
+    result = runner.invoke(app, ["demo", "--tokens", "600", "--loops", "2"])
+    assert result.exit_code == 0, result.output
+    assert "sleeps × 2 passes" in result.output
+
+
+def test_bench_kernels_json():
+    result = runner.invoke(app, ["bench", "kernels", "--lengths", "64,100", "--repeats", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [c["T"] for c in data["cases"]] == [64, 100]
+    assert all(c["fwd_ratio"] > 0 and c["fwdbwd_ratio"] > 0 for c in data["cases"])
+
+
+def test_bench_wake_json():
+    result = runner.invoke(app, ["bench", "wake", "--loops", "1,2", "--tokens", "80", "--rounds", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data["ms_per_token"]) == {"1", "2"}
+
+
+def test_bad_option_is_reported():
+    result = runner.invoke(app, ["bench", "kernels", "--lengths", "a,b"])
+    assert result.exit_code != 0
+    assert "comma-separated integers" in result.output
