@@ -213,6 +213,65 @@ class SleepHybridLM(nn.Module):
             raise ShapeError(f"step expects one token per sequence ([B] or [B, 1]), got {tuple(ids.shape)}")
         return self.prefill(ids, state, consolidate)[:, -1]
 
+    @torch.no_grad()
+    def step_many(self, ids: torch.Tensor, states: list[HybridState]) -> torch.Tensor:
+        """Wake: decode one token for each of several single-sequence states in one batched pass.
+
+        ``ids``: [n] tokens, one per state; states may hold windows of different lengths. Gives
+        the same logits as ``step`` on each state alone (up to float rounding) at a fraction of
+        the cost, which is how the engine serves many sessions at once. Returns [n, vocab].
+        """
+        n = len(states)
+        if ids.shape != (n,):
+            raise ShapeError(f"step_many expects one token per state: ids shape {tuple(ids.shape)}, {n} states")
+        for st in states:
+            self._check_state(st)
+            if st.batch_size != 1:
+                raise StateMismatch("step_many takes single-sequence states (batch size 1)")
+            if st.window_len + 1 > st.window:
+                raise WindowFull(window=st.window, used=st.window_len, requested=1)
+        device = states[0].device
+        ids = ids.to(device)[:, None]
+        lengths = torch.tensor([st.window_len for st in states], device=device)
+        Lmax = int(lengths.max())
+        n_gdn = len(self.config.gdn_layers)
+        S = [torch.cat([st.working.S[j] for st in states]) for j in range(n_gdn)]
+        conv = [torch.cat([st.working.conv[j] for st in states]) for j in range(n_gdn)]
+        new_kv: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        b_span = self.config.span[1]
+        h = self.embed(ids)
+        h_span = h
+        for i, block in enumerate(self.layers):
+            x = block.norm1(h)
+            if block.kind == "gdn":
+                j = self._gdn_slot[i]
+                y, S[j], conv[j] = block.mixer(x, S[j], conv[j])
+            else:
+                j = self._attn_slot[i]
+                past_k = torch.cat([st.k_cache[j][:, :, :Lmax] for st in states])
+                past_v = torch.cat([st.v_cache[j][:, :, :Lmax] for st in states])
+                y, k, v = block.mixer.forward_rows(x, past_k, past_v, lengths)
+                new_kv.append((j, k, v))
+            h = h + y
+            h = h + block.mlp(block.norm2(h))
+            if i == b_span - 1:
+                h_span = h
+        logits = self.head(h)[:, 0]
+        for r, st in enumerate(states):
+            L = st.window_len
+            for j, k, v in new_kv:
+                st.k_cache[j][:, :, L] = k[r, :, 0]
+                st.v_cache[j][:, :, L] = v[r, :, 0]
+            st.working = FastState(
+                S=tuple(s[r : r + 1] for s in S), conv=tuple(c[r : r + 1] for c in conv)
+            )
+            st.window_h[:, L] = h_span[r]
+            st.window_ids[:, L] = ids[r]
+            st.consolidate_mask[:, L] = True
+            st.window_len = L + 1
+            st.tokens_seen += 1
+        return logits
+
     # --- sleep ----------------------------------------------------------------------------------
 
     def begin_sleep(self, state: HybridState, loops: int | None = None) -> SleepJob:

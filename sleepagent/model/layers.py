@@ -104,6 +104,36 @@ class WindowAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.out(y), k, v
 
+    def forward_rows(
+        self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new token per row, rows with different window lengths (batched decode).
+
+        x: [B, 1, d]; past_k/past_v: [B, Hkv, Lmax, D] whose slots >= lengths[b] are padding;
+        lengths: [B] long. Row b's token sits at window position lengths[b] and sees keys
+        0..lengths[b]-1 plus itself, exactly as :meth:`forward` with that row alone.
+        """
+        B, T, _ = x.shape
+        assert T == 1
+        D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
+        Lmax = past_k.shape[2]
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, 1, H, D).transpose(1, 2)
+        k = k.view(B, 1, Hkv, D).transpose(1, 2)
+        v = v.view(B, 1, Hkv, D).transpose(1, 2)
+        cos, sin = rope_tables(lengths, D, self.theta, q.dtype)  # [B, D/2]
+        cos, sin = cos[:, None, None, :], sin[:, None, None, :]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all = torch.cat([past_k, k], dim=2)
+        v_all = torch.cat([past_v, v], dim=2)
+        slots = torch.arange(Lmax + 1, device=x.device)
+        mask = (slots[None, :] < lengths[:, None]) | (slots[None, :] == Lmax)  # [B, Lmax + 1]
+        y = F.scaled_dot_product_attention(
+            q, k_all, v_all, attn_mask=mask[:, None, None, :], enable_gqa=H != Hkv
+        )
+        y = y.transpose(1, 2).reshape(B, 1, H * D)
+        return self.out(y), k, v
+
 
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet token mixer; its recurrent state S [B, HV, K, V] is the fast weights.

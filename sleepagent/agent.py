@@ -1,0 +1,446 @@
+"""Agent: the tool-call loop over a sleep-enabled model, sleeping whenever it waits.
+
+A run: the user's message is prefilled into the session; the model generates a turn; every
+``<tool_call>`` in it is executed (concurrently) while the engine consolidates the window in the
+background; the results are prefilled; repeat until a turn has no tool call. The session's state
+carries the conversation: earlier turns are never re-read, and what left the window lives only in
+the fast weights.
+
+Failures the model causes (malformed calls, unknown tools, bad arguments, tool exceptions,
+timeouts) become tool-error messages and the run goes on. Cancellation (an anyio cancel scope,
+or ``run.cancel()`` on a stream) always propagates promptly; finished turns and committed sleeps
+stay, the interrupted sleep is finished, committed or dropped per ``SleepPolicy.on_wake``, and the
+session remains usable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import torch
+from anyio.lowlevel import current_token
+
+from .engine import Engine, EngineSession, SleepStats
+from .errors import ConfigError, SleepAgentError, UsageLimitExceeded
+from .messages import (
+    Event,
+    FinalEvent,
+    Message,
+    RunResult,
+    SleepEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    Usage,
+    UsageLimits,
+)
+from .model import SleepModel
+from .policy import MemoryPolicy, SleepPolicy
+from .tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, ToolResult, split_text_and_calls
+
+__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo"]
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+@dataclass
+class TurnInfo:
+    """What a scripted model (see :mod:`sleepagent.testing`) is told about the turn it writes."""
+
+    session_id: str
+    step: int
+    tools: list[dict[str, Any]]
+    stats: SleepStats
+
+
+class Agent:
+    """An agent over a sleep-enabled model.
+
+    Args:
+        model: a :class:`SleepModel`, a checkpoint name or path, or a scripted test model
+            (:class:`sleepagent.testing.FunctionModel`).
+        tools: :class:`Tool` objects or plain functions (sync or async).
+        sleep: when the model consolidates (default ``SleepPolicy()``: 4 passes, in pauses).
+        memory: what sessions may keep (never-consolidate patterns, retention, ...).
+        store: a snapshot store for persistent sessions (see ``sleepagent.storage``).
+        system_prompt: the first turn of every session.
+        max_steps: model requests per run (each turn is one request); more raises
+            :class:`UsageLimitExceeded`.
+        max_tokens: tokens per generated turn.
+        temperature: 0 = greedy decoding.
+        tool_timeout: seconds any one tool call may take in a run (the stricter of this and the
+            tool's own timeout wins); a timeout becomes a tool-error message.
+        engine: share one :class:`Engine` (one model on one device) between agents.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        sleep: SleepPolicy | None = None,
+        memory: MemoryPolicy | None = None,
+        store: Any = None,
+        system_prompt: str | None = None,
+        max_steps: int = 10,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+        tool_timeout: float | None = None,
+        usage_limits: UsageLimits | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        from .testing import FunctionModel
+
+        self.scripted: FunctionModel | None = model if isinstance(model, FunctionModel) else None
+        base = self.scripted.base if self.scripted is not None else model
+        if engine is not None:
+            if base is not None and base is not engine.model:
+                raise ConfigError("model and engine disagree: pass the engine's model (or only the engine)")
+            self.engine = engine
+        else:
+            if base is None:
+                from .testing import tiny_model
+
+                base = tiny_model()
+            self.engine = Engine(base if isinstance(base, SleepModel) else SleepModel.from_pretrained(base))
+        self.model: SleepModel = self.engine.model
+        if max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {max_steps}", field="max_steps")
+        if max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}", field="max_tokens")
+        if temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {temperature}", field="temperature")
+        self.tools = ToolRegistry(tools)
+        self.sleep = sleep or SleepPolicy()
+        self.memory = memory or MemoryPolicy()
+        self.store = store
+        self.system_prompt = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+        self.max_steps = max_steps
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.seed = seed
+        self.tool_timeout = tool_timeout
+        self.usage_limits = usage_limits or UsageLimits()
+
+    def session(self, id: str | None = None) -> AgentSession:
+        """A multi-turn conversation; use as ``async with agent.session() as s: await s.run(...)``."""
+        return AgentSession(self, self.engine.session(id, policy=self.sleep))
+
+    async def run(self, task: str | Message, *, session: AgentSession | None = None, **kw: Any) -> RunResult:
+        """Run ``task`` to a final answer (in ``session``, or a fresh one closed afterwards)."""
+        if session is not None:
+            return await session.run(task, **kw)
+        async with self.session() as s:
+            return await s.run(task, **kw)
+
+    def run_sync(self, task: str | Message, **kw: Any) -> RunResult:
+        """:meth:`run` for synchronous code (starts its own event loop)."""
+        return anyio.run(lambda: self.run(task, **kw))
+
+    def run_stream(self, task: str | Message, *, session: AgentSession | None = None, **kw: Any) -> AgentRun:
+        """Stream a run's events: ``async with agent.run_stream(task) as run: async for ev in run``."""
+        return AgentRun(self, task, session, kw)
+
+    def close(self) -> None:
+        """Stop the engine's worker thread (only if this agent created it)."""
+        self.engine.close()
+
+    def tool_prompt(self) -> str:
+        """The tool list appended to the system prompt: one compact line per tool.
+
+        Byte-level models pay for every character of context, so the full JSON schemas (which
+        the runtime still uses to validate arguments) are summarised as ``name(arg: type)``.
+        """
+        if not len(self.tools):
+            return ""
+        lines = []
+        for spec in self.tools.specs():
+            fn = spec["function"]
+            params = fn["parameters"].get("properties", {})
+            args = ", ".join(f"{name}: {_type_name(p)}" for name, p in params.items())
+            desc = fn.get("description", "").split(". ")[0].strip()
+            lines.append(f"- {fn['name']}({args}): {desc}")
+        return "\nTools (call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>):\n" + "\n".join(lines)
+
+
+def _type_name(schema: dict[str, Any]) -> str:
+    if "type" in schema:
+        return str(schema["type"])
+    options = [o.get("type", "any") for o in schema.get("anyOf", [])]
+    return "|".join(o for o in options if o != "null") + ("?" if "null" in options else "") if options else "any"
+
+
+class AgentSession:
+    """A conversation with one agent; its model state carries every turn (no re-prefill)."""
+
+    def __init__(self, agent: Agent, engine_session: EngineSession) -> None:
+        self.agent = agent
+        self.engine_session = engine_session
+        self.history: list[Message] = []
+        self.usage = Usage()
+        self._pending: list[tuple[list[int], bool]] = []
+        self._started = False
+        self._lock = anyio.Lock()
+        self._emit: Callable[[Event], None] | None = None
+        self._token = None
+        self._rng = torch.Generator().manual_seed(agent.seed)
+        engine_session.on_event = self._on_engine_event
+        self.closed = False
+
+    @property
+    def id(self) -> str:
+        return self.engine_session.id
+
+    @property
+    def stats(self) -> SleepStats:
+        return self.engine_session.stats
+
+    async def __aenter__(self) -> AgentSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End the session; its pending sleep is dropped (nothing is persisted here)."""
+        if not self.closed:
+            self.closed = True
+            self.agent.engine.close_session(self.engine_session)
+
+    def run_stream(self, message: str | Message, **kw: Any) -> AgentRun:
+        return AgentRun(self.agent, message, self, kw)
+
+    async def run(
+        self,
+        message: str | Message,
+        *,
+        usage_limits: UsageLimits | None = None,
+        tool_timeout: float | None = None,
+    ) -> RunResult:
+        """One user message to a final answer."""
+        if self.closed:
+            raise SleepAgentError(f"session {self.id} is closed")
+        async with self._lock:
+            return await self._run(message, usage_limits or self.agent.usage_limits, tool_timeout)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def _run(self, message: str | Message, limits: UsageLimits, tool_timeout: float | None) -> RunResult:
+        agent, engine, es = self.agent, self.agent.engine, self.engine_session
+        tok = agent.model.tokenizer
+        msg = message if isinstance(message, Message) else Message("user", message)
+        if msg.role != "user":
+            raise ConfigError(f"a run starts with a user message, got role {msg.role!r}")
+        msg.consolidate = msg.consolidate and agent.memory.allows_consolidation(msg.content)
+        usage = Usage()
+        run_messages: list[Message] = [msg]
+        stats_before = es.stats.copy()
+        timeout = tool_timeout if tool_timeout is not None else agent.tool_timeout
+        try:
+            if not self._started:
+                system = agent.system_prompt + agent.tool_prompt()
+                self._pending.append((tok.render_turn("system", system, trusted=True), True))
+                self._started = True
+            self._pending.append((tok.render_turn("user", msg.content), msg.consolidate))
+            self._pending.append((tok.generation_prompt(), True))
+            output = ""
+            for step in range(agent.max_steps + 1):
+                if step == agent.max_steps:
+                    raise UsageLimitExceeded(
+                        f"the run needed more than max_steps={agent.max_steps} model requests",
+                        messages=list(run_messages),
+                    )
+                limits.check_before_request(usage, run_messages)
+                logits = await self._flush(usage)
+                limits.check_tokens(usage, run_messages)
+                usage.requests += 1
+                text = await self._generate(logits, usage, step, run_messages)
+                limits.check_tokens(usage, run_messages)
+                prose, calls = split_text_and_calls(text)
+                reply = Message("assistant", text, tool_calls=list(calls))
+                run_messages.append(reply)
+                if not calls:
+                    output = prose.strip()
+                    break
+                limits.check_tool_calls(usage, len(calls), run_messages)
+                usage.tool_calls += len(calls)
+                for call in calls:
+                    self._post(ToolCallEvent("tool_call", call=call))
+                engine.pause(es)  # the model waits for its tools: sleep now, off the hot path
+                results = await self._execute(calls, timeout)
+                for result in results:
+                    allowed = agent.memory.allows_consolidation(result.content)
+                    run_messages.append(
+                        Message(
+                            "tool", result.content, consolidate=allowed, tool_call_id=result.call_id,
+                            tool_name=result.name, is_error=result.is_error,
+                        )
+                    )
+                    self._post(ToolResultEvent("tool_result", result=result))
+                    self._pending.append((tok.render_tool_result(result.render()), allowed))
+                self._pending.append((tok.generation_prompt(), True))
+            engine.pause(es)  # the user reads the answer and thinks: sleep now
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                engine.interrupt(es)
+            self.history.extend(run_messages)
+            self.usage = self.usage + usage
+            raise
+        self.history.extend(run_messages)
+        self.usage = self.usage + usage
+        result = RunResult(
+            output=output, messages=run_messages, usage=usage, sleep=es.stats.since(stats_before), session_id=self.id
+        )
+        self._post(FinalEvent("final", result=result))
+        return result
+
+    async def _flush(self, usage: Usage) -> torch.Tensor:
+        """Prefill what is pending (segment by segment, as their consolidate flags differ)."""
+        logits = None
+        while self._pending:
+            ids, consolidate = self._pending[0]
+            logits = await self.agent.engine.prefill(self.engine_session, ids, consolidate)
+            self._pending.pop(0)
+            usage.input_tokens += len(ids)
+        assert logits is not None
+        return logits
+
+    async def _generate(self, logits: torch.Tensor, usage: Usage, step: int, run_messages: list[Message]) -> str:
+        """One assistant turn; every emitted token is fed through the model (a real decode step).
+
+        The closing ``<|end|>`` is left pending: it is read with the next prefill.
+        """
+        agent, tok = self.agent, self.agent.model.tokenizer
+        stop = {tok.end_id, tok.eos_id}
+        emitted: list[int] = []
+        if agent.scripted is not None:
+            info = TurnInfo(self.id, step, agent.tools.specs(), self.stats)
+            text = await agent.scripted.respond(self.history + run_messages, info)
+            script = tok.encode(text)[: agent.max_tokens]
+        else:
+            script = None
+        try:
+            for i in range(agent.max_tokens):
+                if script is not None:
+                    if i >= len(script):
+                        break
+                    nxt = script[i]
+                else:
+                    nxt = self._sample(logits)
+                    if nxt in stop:
+                        break
+                logits = await agent.engine.decode(self.engine_session, nxt)
+                emitted.append(nxt)
+                usage.output_tokens += 1
+                self._post(TokenEvent("token", text=tok.decode([nxt])))
+        finally:
+            self._pending.append(([tok.end_id], True))  # close the turn, even when cancelled
+        return tok.decode(emitted)
+
+    def _sample(self, logits: torch.Tensor) -> int:
+        if self.agent.temperature == 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / self.agent.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self._rng))
+
+    async def _execute(self, calls: Sequence[ToolCall | MalformedToolCall], timeout: float | None) -> list[ToolResult]:
+        """Run the turn's tool calls concurrently; results keep the calls' order."""
+        results: list[ToolResult | None] = [None] * len(calls)
+
+        async def one(i: int, call: ToolCall | MalformedToolCall) -> None:
+            results[i] = await self.agent.tools.execute(call, timeout=timeout)
+
+        async with anyio.create_task_group() as tg:
+            for i, call in enumerate(calls):
+                tg.start_soon(one, i, call)
+        return [r for r in results if r is not None]
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def _post(self, event: Event) -> None:
+        if self._emit is not None:
+            self._emit(event)
+
+    def _on_engine_event(self, kind: str, data: dict[str, Any]) -> None:
+        """Called on the engine's worker thread; hop to the stream's event loop."""
+        emit, token = self._emit, self._token
+        if emit is None or token is None:
+            return
+        try:
+            token.backend_class.run_sync_soon(emit, (SleepEvent(kind, data=dict(data)),), token.native_token)
+        except Exception:
+            pass
+
+
+class AgentRun:
+    """A streamed run: ``async with agent.run_stream(task) as run: async for event in run: ...``.
+
+    ``run.cancel()`` stops it promptly (see :class:`Agent` for what is kept); ``run.result`` is the
+    :class:`RunResult` once a :class:`FinalEvent` was seen.
+    """
+
+    def __init__(self, agent: Agent, task: str | Message, session: AgentSession | None, kw: dict[str, Any]):
+        self.agent, self.task, self.session, self.kw = agent, task, session, kw
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self._own_session = session is None
+        self._scope: anyio.CancelScope | None = None
+        self._tg = None
+
+    async def __aenter__(self) -> AgentRun:
+        if self.session is None:
+            self.session = self.agent.session()
+        self._send, self._recv = anyio.create_memory_object_stream[Event](max_buffer_size=10_000)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._produce)
+        return self
+
+    async def _produce(self) -> None:
+        session = self.session
+        assert session is not None
+        session._emit = self._send.send_nowait
+        session._token = current_token()
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                self.result = await session.run(self.task, **self.kw)
+        except Exception as e:  # surfaced by __aiter__ / __aexit__
+            self.error = e
+        finally:
+            session._emit = None
+            session._token = None
+            self._send.close()
+
+    def cancel(self) -> None:
+        """Cancel the run now (finished turns and committed sleeps are kept)."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._scope is not None and self._scope.cancelled_caught
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        async with self._recv:
+            async for event in self._recv:
+                yield event
+        if self.error is not None:
+            raise self.error
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        try:
+            await self._tg.__aexit__(*exc)
+        finally:
+            if self._own_session and self.session is not None:
+                await self.session.close()
+        if self.error is not None and exc[0] is None:
+            raise self.error

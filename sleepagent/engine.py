@@ -1,0 +1,481 @@
+"""Engine: one model on one device; wake work first, sleep work in the gaps.
+
+All model work runs on one worker thread, so the model and every session's state are touched by
+one thread only and no lock is held around torch calls. Two classes of work:
+
+- **wake** (a session's prefill or decode; latency-critical): always taken first. Decode steps of
+  different sessions that are waiting at the same time run as one batched step.
+- **sleep** (one consolidation pass of one session): runs only when no wake work waits, one pass
+  at a time, round-robin over sleeping sessions, so a wake request waits at most one pass.
+
+A session's sleep starts when the agent pauses (a tool call in flight, a user thinking) and the
+:class:`~sleepagent.policy.SleepPolicy` allows it, or is forced when a wake step does not fit the
+window. When a session wakes while its own sleep is unfinished, ``on_wake`` decides: finish it,
+commit what is done, or abort (the window is intact, so nothing is lost).
+
+The async API is backend-neutral (anyio): a caller awaits an :class:`anyio.Event` that the worker
+sets through the caller's event-loop token, without blocking the worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import anyio
+import torch
+from anyio.lowlevel import EventLoopToken, current_token
+
+from .errors import ConfigError, SleepAgentError
+from .model import HybridState, SleepJob, SleepModel
+from .policy import SleepPolicy
+
+__all__ = ["Engine", "EngineSession", "SleepStats", "EngineClosed"]
+
+
+class EngineClosed(SleepAgentError):
+    """The engine was closed; no more work is accepted."""
+
+
+@dataclass
+class SleepStats:
+    """Per-session counters. Sleep seconds split into hidden (overlapped with a pause) and
+    exposed (the session was waiting for its own sleep, or the sleep was forced)."""
+
+    sleep_s_total: float = 0.0
+    sleep_s_hidden: float = 0.0
+    sleep_s_exposed: float = 0.0
+    passes: int = 0
+    sleeps: int = 0
+    forced_sleeps: int = 0
+    aborted_sleeps: int = 0
+    tokens_consolidated: int = 0
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+    wake_wait_s: float = 0.0
+    window_fill: float = 0.0
+
+    @property
+    def wake_ms_per_token(self) -> float:
+        """Mean compute time of a decode step (batched steps are shared among their rows)."""
+        return 1000 * self.decode_s / self.decode_tokens if self.decode_tokens else 0.0
+
+    @property
+    def hidden_fraction(self) -> float:
+        return self.sleep_s_hidden / self.sleep_s_total if self.sleep_s_total else 1.0
+
+    def copy(self) -> SleepStats:
+        return SleepStats(**asdict(self))
+
+    def since(self, before: SleepStats) -> SleepStats:
+        """The counters accumulated after ``before`` (window_fill is the current value)."""
+        now, then = asdict(self), asdict(before)
+        diff = {k: now[k] - then[k] for k in now if k != "window_fill"}
+        return SleepStats(**diff, window_fill=self.window_fill)
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "wake_ms_per_token": self.wake_ms_per_token}
+
+
+@dataclass(eq=False)
+class EngineSession:
+    """One sequence served by an engine: its HybridState, sleep policy and stats.
+
+    Touch ``state`` only through engine calls (or after the engine is idle): the worker thread
+    owns it while work is queued.
+    """
+
+    id: str
+    state: HybridState
+    policy: SleepPolicy
+    stats: SleepStats = field(default_factory=SleepStats)
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+    # sleep bookkeeping, touched by the worker (and under the engine lock by pause/interrupt)
+    _job: SleepJob | None = None
+    _job_reason: str = "pause"
+    _sleep_requested: bool = False
+    _interrupted: bool = False
+    _wake_since: float | None = None
+    closed: bool = False
+
+    @property
+    def sleeping(self) -> bool:
+        return self._job is not None or self._sleep_requested
+
+
+@dataclass(eq=False)
+class _Request:
+    kind: Literal["prefill", "decode", "call"]
+    session: EngineSession
+    payload: Any
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+    token: EventLoopToken | None = None
+    event: anyio.Event | None = None
+    cancelled: bool = False
+
+
+class Engine:
+    """Owns one model on one device and a worker thread that runs all of its work.
+
+    ``model``: a :class:`SleepModel` or a checkpoint name/path. ``batch_wake``: batch decode steps
+    of concurrent sessions (``max_batch`` rows at most).
+    """
+
+    def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32) -> None:
+        self.model = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}", field="max_batch")
+        self.batch_wake = batch_wake
+        self.max_batch = max_batch
+        self._cv = threading.Condition()
+        self._wake: deque[_Request] = deque()
+        self._sleepers: deque[EngineSession] = deque()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._ids = itertools.count(1)
+        self.batched_steps = 0  # decode steps that served more than one session
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    def session(
+        self, session_id: str | None = None, *, policy: SleepPolicy | None = None, state: HybridState | None = None
+    ) -> EngineSession:
+        """A new session with a fresh state (or ``state``, e.g. restored from a snapshot)."""
+        lm = self.model.model
+        if state is not None:
+            lm._check_state(state)
+        return EngineSession(
+            id=session_id or uuid.uuid4().hex[:12],
+            state=state if state is not None else lm.new_state(1),
+            policy=policy or SleepPolicy(),
+        )
+
+    # --- async API ------------------------------------------------------------------------------
+
+    async def prefill(self, session: EngineSession, ids: list[int], consolidate: bool = True) -> torch.Tensor:
+        """Read ``ids`` into the session (sleeping first whenever the window is full); returns
+        the logits after the last token, [vocab]."""
+        if not ids:
+            raise ConfigError("prefill needs at least one token")
+        return await self._submit("prefill", session, (list(ids), consolidate))
+
+    async def decode(self, session: EngineSession, token: int) -> torch.Tensor:
+        """Feed one token (the one just emitted); returns the next logits, [vocab]."""
+        return await self._submit("decode", session, int(token))
+
+    async def call(self, session: EngineSession, fn: Callable[[HybridState], Any]) -> Any:
+        """Run ``fn(state)`` on the worker, in order with the session's wake work (e.g. snapshot)."""
+        return await self._submit("call", session, fn)
+
+    def pause(self, session: EngineSession) -> bool:
+        """The session waits (tool in flight, user thinking): start sleeping if the policy says so.
+
+        Non-blocking; returns whether a sleep was scheduled.
+        """
+        p = session.policy
+        st = session.state
+        with self._cv:
+            if self._closed or session.closed or p.when != "pause" or session.sleeping:
+                return False
+            if st.window_len == 0 or st.window_len < p.min_fill * st.window:
+                return False
+            session._sleep_requested = True
+            session._interrupted = False
+            session._wake_since = None
+            self._sleepers.append(session)
+            self._cv.notify()
+            return True
+
+    def interrupt(self, session: EngineSession) -> None:
+        """Stop the session's sleep per its ``on_wake`` without waking it (used on cancellation).
+
+        Non-blocking: the worker finishes, commits or drops the passes as soon as it can.
+        """
+        with self._cv:
+            if session.sleeping:
+                session._interrupted = True
+                if session not in self._sleepers:
+                    self._sleepers.appendleft(session)
+                self._cv.notify()
+
+    async def wait_idle(self, session: EngineSession) -> None:
+        """Wait until the session has no sleep in progress (its pending passes ran and committed)."""
+        while session.sleeping and not self._closed:
+            await anyio.sleep(0.002)
+
+    def close_session(self, session: EngineSession) -> None:
+        with self._cv:
+            session.closed = True
+            session._sleep_requested = False
+            session._job = None
+            if session in self._sleepers:
+                self._sleepers.remove(session)
+
+    def close(self) -> None:
+        """Stop the worker; queued requests fail with :class:`EngineClosed`."""
+        with self._cv:
+            self._closed = True
+            pending = list(self._wake)
+            self._wake.clear()
+            self._cv.notify_all()
+        for req in pending:
+            self._finish(req, exc=EngineClosed("the engine was closed"))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _submit(self, kind, session: EngineSession, payload) -> Any:
+        if session.closed:
+            raise EngineClosed(f"session {session.id} is closed")
+        req = _Request(kind, session, payload, token=current_token(), event=anyio.Event())
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the engine was closed")
+            self._ensure_worker()
+            if session.sleeping and session._wake_since is None:
+                session._wake_since = req.enqueued
+            self._wake.append(req)
+            self._cv.notify()
+        try:
+            await req.event.wait()
+        except BaseException:
+            # Cancelled: a request the worker has not started is dropped; one it is running
+            # completes (model steps are atomic) and its result is simply not read.
+            req.cancelled = True
+            raise
+        return req.future.result()
+
+    def _ensure_worker(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="sleepagent-engine", daemon=True)
+            self._thread.start()
+
+    def _finish(self, req: _Request, result: Any = None, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            req.future.set_exception(exc)
+        else:
+            req.future.set_result(result)
+        if req.token is not None and req.event is not None:
+            try:
+                req.token.backend_class.run_sync_soon(req.event.set, (), req.token.native_token)
+            except Exception:  # the caller's event loop is gone; nobody is waiting
+                pass
+
+    def _emit(self, session: EngineSession, kind: str, **data: Any) -> None:
+        if session.on_event is not None:
+            try:
+                session.on_event(kind, data)
+            except Exception:
+                pass
+
+    # --- worker ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cv:
+                while not self._closed and not self._wake and not self._sleepers:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                batch = self._take_wake_batch() if self._wake else None
+                sleeper = self._sleepers.popleft() if batch is None else None
+            if batch is not None:
+                self._run_wake(batch)
+            elif sleeper is not None:
+                self._run_sleep_pass(sleeper)
+
+    def _take_wake_batch(self) -> list[_Request]:
+        """The next wake work: one request, or several sessions' decode steps batched (FIFO kept
+        per session: a session contributes only its oldest request)."""
+        first = self._wake.popleft()
+        if first.kind != "decode" or not self.batch_wake:
+            return [first]
+        batch, seen, rest = [first], {id(first.session)}, deque()
+        while self._wake and len(batch) < self.max_batch:
+            req = self._wake.popleft()
+            if req.kind == "decode" and id(req.session) not in seen:
+                batch.append(req)
+                seen.add(id(req.session))
+            else:
+                rest.append(req)
+                seen.add(id(req.session))
+        self._wake.extendleft(reversed(rest))
+        return batch
+
+    def _run_wake(self, batch: list[_Request]) -> None:
+        batch = [r for r in batch if not r.cancelled]
+        ready = []
+        for req in batch:
+            try:
+                self._settle_sleep(req.session, woken=True)
+                req.session.stats.wake_wait_s += time.perf_counter() - req.enqueued
+                if req.kind == "decode":
+                    self._make_room(req.session, 1)
+                    ready.append(req)
+                elif req.kind == "prefill":
+                    self._finish(req, self._prefill(req.session, *req.payload))
+                else:
+                    self._finish(req, req.payload(req.session.state))
+            except BaseException as e:  # report to the caller, keep serving others
+                self._finish(req, exc=e)
+        if not ready:
+            return
+        lm = self.model.model
+        try:
+            t0 = time.perf_counter()
+            if len(ready) == 1:
+                logits = lm.step(torch.tensor([ready[0].payload]), ready[0].session.state)
+            else:
+                logits = lm.step_many(torch.tensor([r.payload for r in ready]), [r.session.state for r in ready])
+                self.batched_steps += 1
+            dt = (time.perf_counter() - t0) / len(ready)
+        except BaseException as e:
+            for req in ready:
+                self._finish(req, exc=e)
+            return
+        for i, req in enumerate(ready):
+            s = req.session
+            s.stats.decode_tokens += 1
+            s.stats.decode_s += dt
+            s.stats.window_fill = s.state.window_len / s.state.window
+            self._finish(req, logits[i].clone())
+
+    def _prefill(self, session: EngineSession, ids: list[int], consolidate: bool) -> torch.Tensor:
+        lm = self.model.model
+        st = session.state
+        pos, logits = 0, None
+        while pos < len(ids):
+            self._make_room(session, 1)
+            st = session.state
+            n = min(st.window - st.window_len, len(ids) - pos)
+            t0 = time.perf_counter()
+            logits = lm.prefill(torch.tensor([ids[pos : pos + n]]), st, consolidate=consolidate)
+            session.stats.prefill_s += time.perf_counter() - t0
+            session.stats.prefill_tokens += n
+            pos += n
+        session.stats.window_fill = session.state.window_len / session.state.window
+        assert logits is not None
+        return logits[0, -1].clone()
+
+    def _make_room(self, session: EngineSession, n: int) -> None:
+        """Forced sleep: the next ``n`` tokens do not fit the window."""
+        st = session.state
+        if st.window_len + n <= st.window:
+            return
+        self._settle_sleep(session, woken=True)
+        if session.state.window_len + n <= session.state.window:
+            return
+        session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
+        session._job_reason = "forced"
+        session.stats.forced_sleeps += 1
+        self._emit(session, "sleep_started", reason="forced", loops=session.policy.loops)
+        while not session._job.done:
+            self._timed_pass(session, exposed_from=0.0)
+        self._commit(session, exposed_from=0.0)
+
+    def _settle_sleep(self, session: EngineSession, *, woken: bool) -> None:
+        """The session wakes (or its run was cancelled): resolve its sleep per ``on_wake``.
+
+        Passes run here are exposed when a wake is waiting for them, hidden otherwise.
+        """
+        with self._cv:
+            session._sleep_requested = False
+            if session in self._sleepers:
+                self._sleepers.remove(session)
+        job = session._job
+        if job is None:
+            session._wake_since = None
+            return  # a sleep that never started has nothing to finish or commit
+        exposed_from = 0.0 if woken else None
+        mode = session.policy.on_wake
+        if mode == "abort":
+            self._abort(session)
+            return
+        if mode == "commit":
+            if job.passes_done == 0:
+                self._timed_pass(session, exposed_from)
+        else:
+            while not job.done:
+                self._timed_pass(session, exposed_from)
+        self._commit(session, exposed_from)
+
+    def _run_sleep_pass(self, session: EngineSession) -> None:
+        """One pass of a paused session's sleep (the worker's gap work)."""
+        if session.closed:
+            return
+        if session._interrupted:
+            session._interrupted = False
+            self._settle_sleep(session, woken=False)
+            return
+        if session._job is None:
+            if not session._sleep_requested:
+                return
+            session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
+            session._job_reason = "pause"
+            session._sleep_requested = False
+            self._emit(session, "sleep_started", reason="pause", loops=session.policy.loops)
+        self._timed_pass(session, exposed_from=session._wake_since)
+        if session._job is not None and session._job.done:
+            self._commit(session, exposed_from=session._wake_since)
+        elif session._job is not None:
+            with self._cv:
+                self._sleepers.append(session)
+
+    def _timed_pass(self, session: EngineSession, exposed_from: float | None) -> None:
+        """Run one pass; seconds after ``exposed_from`` (a wake was waiting) count as exposed."""
+        assert session._job is not None
+        t0 = time.perf_counter()
+        session._job.run_pass()
+        t1 = time.perf_counter()
+        self._account(session, t0, t1, exposed_from)
+        session.stats.passes += 1
+
+    def _account(self, session: EngineSession, t0: float, t1: float, exposed_from: float | None) -> None:
+        if session._job_reason == "forced" or (exposed_from is not None and exposed_from <= t0):
+            exposed = t1 - t0
+        elif exposed_from is not None:
+            exposed = max(0.0, t1 - exposed_from)
+        else:
+            exposed = 0.0
+        s = session.stats
+        s.sleep_s_total += t1 - t0
+        s.sleep_s_exposed += exposed
+        s.sleep_s_hidden += (t1 - t0) - exposed
+
+    def _commit(self, session: EngineSession, exposed_from: float | None) -> None:
+        job = session._job
+        assert job is not None
+        t0 = time.perf_counter()
+        new_state = job.commit()
+        t1 = time.perf_counter()
+        self._account(session, t0, t1, exposed_from)
+        session.state = new_state
+        session._job = None
+        session._wake_since = None
+        session.stats.sleeps += 1
+        session.stats.tokens_consolidated += job.n_consolidated
+        session.stats.window_fill = new_state.window_len / new_state.window
+        self._emit(session, "sleep_finished", passes=job.passes_done, committed=True, reason=session._job_reason)
+
+    def _abort(self, session: EngineSession) -> None:
+        job = session._job
+        session._job = None
+        session._wake_since = None
+        session.stats.aborted_sleeps += 1
+        self._emit(session, "sleep_finished", passes=job.passes_done if job else 0, committed=False, reason="abort")

@@ -1,0 +1,82 @@
+"""Policies: when the model sleeps (SleepPolicy) and what a session may remember (MemoryPolicy).
+
+Both are frozen pydantic models: validated where they are built, safe to share between sessions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = ["SleepPolicy", "MemoryPolicy"]
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or None
+            msg = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'policy'}: {x['msg']}" for x in e.errors())
+            raise ConfigError(f"invalid {type(self).__name__}: {msg}", field=field) from None
+
+
+class SleepPolicy(_Policy):
+    """When and how a session consolidates its window into the fast weights.
+
+    loops:    N, passes per consolidation (1 = plain hybrid, no extra offline compute).
+    when:     "pause": also sleep opportunistically whenever the agent waits (a tool call is in
+              flight, or the user is thinking) and the window is at least ``min_fill`` full;
+              "full": sleep only when a wake step does not fit the window (forced, exposed).
+    min_fill: fraction of the window that must be filled before a pause triggers a sleep.
+    on_wake:  the session wakes before the passes finish: "finish" them first (the wait is
+              exposed), "commit" the passes done so far (at least one), or "abort" them (the
+              window is intact, nothing is lost; the next sleep starts over).
+    """
+
+    loops: int = Field(default=4, ge=1)
+    when: Literal["pause", "full"] = "pause"
+    min_fill: float = Field(default=0.5, ge=0.0, le=1.0)
+    on_wake: Literal["finish", "commit", "abort"] = "finish"
+
+
+class MemoryPolicy(_Policy):
+    """What a session may keep, where, and for how long (enforced by the agent and the store).
+
+    retention:         "ephemeral" (never stored), "session" (stored while the session lives),
+                       "persistent" (kept after close, until ttl / erase).
+    ttl:               seconds a snapshot stays readable; expired ones are never returned.
+    max_snapshots:     keep only the newest k snapshots of a session.
+    never_consolidate: regexes; a message matching any is usable while in the window but never
+                       enters the fast weights.
+    erase_on_close:    delete the session's snapshots (for real) when it closes.
+    persist_window:    also store the raw window token ids, for exact mid-window resume.
+    """
+
+    retention: Literal["ephemeral", "session", "persistent"] = "session"
+    ttl: float | None = Field(default=None, gt=0)
+    max_snapshots: int | None = Field(default=None, ge=1)
+    never_consolidate: tuple[str, ...] = ()
+    erase_on_close: bool = False
+    persist_window: bool = False
+
+    @field_validator("never_consolidate")
+    @classmethod
+    def _compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"pattern {p!r} is not a valid regex: {e}") from None
+        return patterns
+
+    def allows_consolidation(self, text: str) -> bool:
+        """False if ``text`` matches a never-consolidate pattern."""
+        return not any(re.search(p, text) for p in self.never_consolidate)

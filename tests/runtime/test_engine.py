@@ -1,0 +1,148 @@
+"""Engine: wake before sleep, on_wake modes, forced sleep, isolation and batching (real model)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import torch
+
+from sleepagent.engine import Engine
+from sleepagent.policy import SleepPolicy
+from sleepagent.testing import tiny_model
+
+
+@pytest.fixture
+def engine():
+    with Engine(tiny_model()) as e:
+        yield e
+
+
+def text_ids(engine: Engine, text: str) -> list[int]:
+    return engine.model.tokenizer.encode(text, specials=False)
+
+
+async def test_prefill_and_decode_match_the_model(engine):
+    s = engine.session()
+    ids = text_ids(engine, "the engine runs the real model")
+    logits = await engine.prefill(s, ids)
+    nxt = await engine.decode(s, 7)
+    lm = engine.model.model
+    ref = lm.new_state()
+    want = lm.prefill(torch.tensor([ids]), ref)[0, -1]
+    torch.testing.assert_close(logits, want)
+    torch.testing.assert_close(nxt, lm.step(torch.tensor([7]), ref)[0])
+
+
+async def test_long_prefill_sleeps_when_full_and_counts_it_exposed(engine):
+    s = engine.session(policy=SleepPolicy(loops=2, when="full"))
+    await engine.prefill(s, text_ids(engine, "x" * 300))  # window is 128
+    st = s.stats
+    assert st.forced_sleeps == 2 and st.sleeps == 2 and st.passes == 4
+    assert s.state.window_len == 300 - 256 and s.state.tokens_consolidated == 256
+    assert st.sleep_s_total > 0 and st.sleep_s_exposed == pytest.approx(st.sleep_s_total)
+    assert st.sleep_s_hidden == pytest.approx(0.0, abs=1e-12)
+
+
+async def test_pause_sleep_runs_in_the_background_and_is_hidden(engine):
+    s = engine.session(policy=SleepPolicy(loops=3, min_fill=0.5))
+    await engine.prefill(s, text_ids(engine, "a" * 40))
+    assert not engine.pause(s)  # below min_fill: nothing to do
+    await engine.prefill(s, text_ids(engine, "b" * 40))
+    assert engine.pause(s)
+    await engine.wait_idle(s)
+    assert s.stats.sleeps == 1 and s.stats.passes == 3 and s.state.window_len == 0
+    assert s.stats.sleep_s_hidden == pytest.approx(s.stats.sleep_s_total) and s.stats.sleep_s_exposed == 0
+    # same commit as a direct consolidation
+    lm = engine.model.model
+    ref = lm.new_state()
+    lm.prefill(torch.tensor([text_ids(engine, "a" * 40 + "b" * 40)]), ref)
+    # prefills were split differently, so compare with tolerance
+    want = lm.consolidate(ref, loops=3)
+    for a, b in zip(s.state.fast.S, want.fast.S, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("on_wake", ["finish", "commit", "abort"])
+async def test_waking_mid_sleep_follows_on_wake(on_wake):
+    # a bigger window makes each pass slow enough to wake in the middle
+    with Engine(tiny_model(window=512, d_model=128)) as engine:
+        s = engine.session(policy=SleepPolicy(loops=30, min_fill=0.1, on_wake=on_wake))
+        await engine.prefill(s, text_ids(engine, "c" * 500))
+        window_before = s.state.window_len
+        assert engine.pause(s)
+        while s.stats.passes < 2:
+            await anyio.sleep(0.001)
+        await engine.decode(s, 5)  # wake
+        st = s.stats
+        if on_wake == "finish":
+            assert st.passes >= 30 and st.sleeps == 1 and st.sleep_s_exposed > 0
+            assert s.state.window_len == 1
+        elif on_wake == "commit":
+            assert 2 <= st.passes < 30 and st.sleeps == 1
+            assert s.state.window_len == 1
+        else:
+            assert st.aborted_sleeps == 1 and st.sleeps == 0
+            # the window is intact: nothing was lost, the token went after it
+            assert s.state.window_len == window_before + 1
+            assert s.state.fast.equal(engine.model.model.new_state().fast)
+
+
+async def test_wake_work_of_other_sessions_goes_first():
+    with Engine(tiny_model(window=512, d_model=128)) as engine:
+        sleeper = engine.session(policy=SleepPolicy(loops=300, min_fill=0.1))
+        awake = engine.session()
+        await engine.prefill(sleeper, text_ids(engine, "d" * 500))
+        await engine.prefill(awake, text_ids(engine, "hello"))
+        engine.pause(sleeper)
+        while sleeper.stats.passes < 1:
+            await anyio.sleep(0.001)
+        for _ in range(5):
+            await engine.decode(awake, 3)
+        # the other session's decode did not wait for the whole sleep
+        assert sleeper.sleeping and sleeper.stats.passes < 300
+        engine.close_session(sleeper)
+
+
+async def test_sessions_are_isolated_and_batched(engine):
+    sessions = [engine.session() for _ in range(6)]
+    prompts = [text_ids(engine, f"session {i} says " + "z" * i) for i in range(6)]
+    results: dict[int, list[int]] = {}
+
+    async def greedy(i: int) -> None:
+        s = sessions[i]
+        logits = await engine.prefill(s, prompts[i])
+        out = []
+        for _ in range(12):
+            t = int(logits.argmax())
+            out.append(t)
+            logits = await engine.decode(s, t)
+        results[i] = out
+
+    async with anyio.create_task_group() as tg:
+        for i in range(6):
+            tg.start_soon(greedy, i)
+    assert engine.batched_steps > 0
+    # each session alone, one at a time, gives the same tokens
+    lm = engine.model.model
+    for i in range(6):
+        st = lm.new_state()
+        logits = lm.prefill(torch.tensor([prompts[i]]), st)[0, -1]
+        out = []
+        for _ in range(12):
+            t = int(logits.argmax())
+            out.append(t)
+            logits = lm.step(torch.tensor([t]), st)[0]
+        assert results[i] == out
+
+
+async def test_cancelled_request_is_dropped_and_engine_keeps_serving(engine):
+    s = engine.session()
+    with anyio.move_on_after(0):
+        await engine.prefill(s, text_ids(engine, "never read"))
+    await engine.prefill(s, text_ids(engine, "ok"))
+    assert s.state.window_len in (2, 12)  # the cancelled one is dropped unless it already ran
+    engine.close()
+    from sleepagent.engine import EngineClosed
+
+    with pytest.raises(EngineClosed):
+        await engine.decode(s, 1)
