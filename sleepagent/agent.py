@@ -403,7 +403,7 @@ class AgentRun:
     async def _produce(self) -> None:
         session = self.session
         assert session is not None
-        session._emit = self._send.send_nowait
+        session._emit = self._send_event
         session._token = current_token()
         try:
             with anyio.CancelScope() as scope:
@@ -415,6 +415,12 @@ class AgentRun:
             session._emit = None
             session._token = None
             self._send.close()
+
+    def _send_event(self, event: Event) -> None:
+        try:
+            self._send.send_nowait(event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
+            pass  # the consumer is gone (or far behind); events are advisory
 
     def cancel(self) -> None:
         """Cancel the run now (finished turns and committed sleeps are kept)."""

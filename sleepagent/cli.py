@@ -109,5 +109,53 @@ def bench_wake_cmd(
     console.print(table)
 
 
+@bench_app.command("agent")
+def bench_agent_cmd(
+    latency: Annotated[float, typer.Option(min=0.0, help="seconds each page takes to arrive")] = 0.2,
+    loops: Annotated[int, typer.Option(min=1, help="sleep passes N")] = 4,
+    pages: Annotated[int, typer.Option(min=1)] = 12,
+    page_chars: Annotated[int, typer.Option(min=1)] = 300,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """An agent reads a document page by page: sleep in pauses vs only when full vs N = 1."""
+    from .bench import bench_agent
+
+    result = bench_agent(latency=latency, loops=loops, pages=pages, page_chars=page_chars, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"agent reading {pages} pages, tool latency {latency}s, N={loops}, window {result['window']}")
+    for col in ("schedule", "total s", "sleep s", "hidden s", "exposed s", "hidden %", "forced", "wake ms/token"):
+        table.add_column(col, justify="right")
+    for name, r in result["schedules"].items():
+        table.add_row(
+            name, f"{r['total_s']:.2f}", f"{r['sleep_s']:.3f}", f"{r['hidden_s']:.3f}", f"{r['exposed_s']:.3f}",
+            f"{100 * r['hidden_fraction']:.1f}", str(r["forced_sleeps"]), f"{r['wake_ms_per_token']:.2f}",
+        )
+    console.print(table)
+    console.print(f"user-visible time, pause / full: {result['pause_over_full_total']:.3f}")
+
+
+@bench_app.command("engine")
+def bench_engine_cmd(
+    sessions: Annotated[int, typer.Option(min=1)] = 10,
+    tokens: Annotated[int, typer.Option(min=1)] = 64,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Concurrent sessions' decode throughput: batched wake steps vs one session at a time."""
+    from .bench import bench_engine
+
+    result = bench_engine(sessions=sessions, tokens=tokens, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"{sessions} sessions × {tokens} tokens on {result['device']}: serial {result['serial_tok_s']:.0f} tok/s, "
+        f"batched {result['batched_tok_s']:.0f} tok/s, speedup {result['speedup']:.2f}x"
+    )
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app()

@@ -19,8 +19,9 @@ sets through the caller's event-loop token, without blocking the worker.
 
 from __future__ import annotations
 
-import itertools
+import atexit
 import threading
+import weakref
 import time
 import uuid
 from collections import deque
@@ -38,6 +39,16 @@ from .model import HybridState, SleepJob, SleepModel
 from .policy import SleepPolicy
 
 __all__ = ["Engine", "EngineSession", "SleepStats", "EngineClosed"]
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # A daemon worker killed in the middle of a torch call aborts the interpreter at exit.
+    for engine in list(_ENGINES):
+        engine.close()
 
 
 class EngineClosed(SleepAgentError):
@@ -142,8 +153,9 @@ class Engine:
         self._sleepers: deque[EngineSession] = deque()
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._ids = itertools.count(1)
         self.batched_steps = 0  # decode steps that served more than one session
+        self.idle_exit_s = 30.0
+        _ENGINES.add(self)
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -290,7 +302,11 @@ class Engine:
         while True:
             with self._cv:
                 while not self._closed and not self._wake and not self._sleepers:
-                    self._cv.wait()
+                    if not self._cv.wait(timeout=self.idle_exit_s):
+                        if not self._wake and not self._sleepers:
+                            # idle: let the thread go; the next request starts a new one
+                            self._thread = None
+                            return
                 if self._closed:
                     return
                 batch = self._take_wake_batch() if self._wake else None
