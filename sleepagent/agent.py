@@ -24,7 +24,7 @@ import torch
 from anyio.lowlevel import current_token
 
 from .engine import Engine, EngineSession, SleepStats
-from .errors import ConfigError, SleepAgentError, UsageLimitExceeded
+from .errors import ConfigError, FingerprintMismatch, SleepAgentError, UsageLimitExceeded
 from .messages import (
     Event,
     FinalEvent,
@@ -37,7 +37,7 @@ from .messages import (
     Usage,
     UsageLimits,
 )
-from .model import SleepModel
+from .model import HybridState, SleepModel
 from .policy import MemoryPolicy, SleepPolicy
 from .tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, ToolResult, split_text_and_calls
 
@@ -126,9 +126,28 @@ class Agent:
         self.tool_timeout = tool_timeout
         self.usage_limits = usage_limits or UsageLimits()
 
-    def session(self, id: str | None = None) -> AgentSession:
-        """A multi-turn conversation; use as ``async with agent.session() as s: await s.run(...)``."""
-        return AgentSession(self, self.engine.session(id, policy=self.sleep))
+    def session(self, id: str | None = None, *, tenant: str = "default") -> AgentSession:
+        """A multi-turn conversation; use as ``async with agent.session() as s: await s.run(...)``.
+
+        With a ``store`` and a non-ephemeral memory policy, the session is persisted after every
+        consolidation, and opening an ``id`` that exists resumes it from its latest snapshot
+        (raising FingerprintMismatch for another model's session, AccessDenied for another
+        tenant's). Ephemeral sessions never touch the store.
+        """
+        if self.store is None or self.memory.retention == "ephemeral":
+            return AgentSession(self, self.engine.session(id, policy=self.sleep))
+        fp = self.model.fingerprint
+        info = self.store.open_session(id, tenant=tenant, fingerprint=fp, policy=self.memory)
+        if info.fingerprint != fp:
+            raise FingerprintMismatch(expected=fp, found=info.fingerprint)
+        latest = self.store.latest(info.id, tenant=tenant, fingerprint=fp)
+        es = self.engine.session(info.id, policy=self.sleep)
+        if latest is not None:
+            snap, payload = latest
+            es.state = HybridState.from_bytes(payload, cfg=self.model.config, fingerprint=fp, device=self.model.device)
+            es.pending = [(list(ids), bool(flag)) for ids, flag in snap.meta.get("pending", [])]
+            es.meta = dict(snap.meta.get("session", {}))
+        return AgentSession(self, es, tenant=tenant, persisted=True)
 
     async def run(self, task: str | Message, *, session: AgentSession | None = None, **kw: Any) -> RunResult:
         """Run ``task`` to a final answer (in ``session``, or a fresh one closed afterwards)."""
@@ -177,13 +196,17 @@ def _type_name(schema: dict[str, Any]) -> str:
 class AgentSession:
     """A conversation with one agent; its model state carries every turn (no re-prefill)."""
 
-    def __init__(self, agent: Agent, engine_session: EngineSession) -> None:
+    def __init__(
+        self, agent: Agent, engine_session: EngineSession, *, tenant: str = "default", persisted: bool = False
+    ) -> None:
         self.agent = agent
         self.engine_session = engine_session
+        self.tenant = tenant
+        self.persisted = persisted
+        if persisted:
+            engine_session.on_commit = self._persist
         self.history: list[Message] = []
         self.usage = Usage()
-        self._pending: list[tuple[list[int], bool]] = []
-        self._started = False
         self._lock = anyio.Lock()
         self._emit: Callable[[Event], None] | None = None
         self._token = None
@@ -206,10 +229,43 @@ class AgentSession:
         await self.close()
 
     async def close(self) -> None:
-        """End the session; its pending sleep is dropped (nothing is persisted here)."""
-        if not self.closed:
+        """End the session. Persistent sessions save their state first (consolidating the window
+        unless ``persist_window``); ``session`` retention and ``erase_on_close`` erase it."""
+        if self.closed:
+            return
+        engine, es, memory = self.agent.engine, self.engine_session, self.agent.memory
+        try:
+            if self.persisted:
+                await engine.wait_idle(es)
+                if memory.retention == "persistent" and not memory.erase_on_close:
+                    if memory.persist_window:
+                        await engine.call(es, lambda _state: self._persist(es))
+                    elif es.state.window_len:
+                        await engine.consolidate(es)  # persisted by the commit hook
+                if memory.retention == "session" or memory.erase_on_close:
+                    await engine.call(es, lambda _state: None)  # let queued work finish first
+                    self.agent.store.erase(self.id, tenant=self.tenant)
+        finally:
             self.closed = True
-            self.agent.engine.close_session(self.engine_session)
+            engine.close_session(es)
+
+    def _persist(self, es: EngineSession) -> None:
+        """Write a snapshot of the session (runs on the engine worker, right after a commit)."""
+        agent, memory = self.agent, self.agent.memory
+        state = es.state
+        if not memory.persist_window and state.window_len:
+            # only the committed fast weights: the raw window stays out of the store
+            kept = HybridState.empty(agent.model.config, state.batch_size, device=state.device, fast=state.fast)
+            kept.tokens_seen, kept.tokens_consolidated, kept.sleeps = (
+                state.tokens_seen - state.window_len, state.tokens_consolidated, state.sleeps,
+            )
+            state = kept
+        # never-consolidate segments are never written anywhere
+        pending = [[ids, flag] for ids, flag in list(es.pending) if flag]
+        agent.store.save(
+            self.id, state.to_bytes(agent.model.fingerprint), tenant=self.tenant, loops=es.policy.loops,
+            meta={"pending": pending, "session": dict(es.meta)},
+        )
 
     def run_stream(self, message: str | Message, **kw: Any) -> AgentRun:
         return AgentRun(self.agent, message, self, kw)
@@ -241,12 +297,12 @@ class AgentSession:
         stats_before = es.stats.copy()
         timeout = tool_timeout if tool_timeout is not None else agent.tool_timeout
         try:
-            if not self._started:
+            if not es.meta.get("system_read"):
                 system = agent.system_prompt + agent.tool_prompt()
-                self._pending.append((tok.render_turn("system", system, trusted=True), True))
-                self._started = True
-            self._pending.append((tok.render_turn("user", msg.content), msg.consolidate))
-            self._pending.append((tok.generation_prompt(), True))
+                self._read(tok.render_turn("system", system, trusted=True), True, usage)
+                es.meta["system_read"] = True
+            self._read(tok.render_turn("user", msg.content), msg.consolidate, usage)
+            self._read(tok.generation_prompt(), True, usage)
             output = ""
             for step in range(agent.max_steps + 1):
                 if step == agent.max_steps:
@@ -255,7 +311,7 @@ class AgentSession:
                         messages=list(run_messages),
                     )
                 limits.check_before_request(usage, run_messages)
-                logits = await self._flush(usage)
+                logits = await engine.flush(es)
                 limits.check_tokens(usage, run_messages)
                 usage.requests += 1
                 text = await self._generate(logits, usage, step, run_messages)
@@ -281,8 +337,8 @@ class AgentSession:
                         )
                     )
                     self._post(ToolResultEvent("tool_result", result=result))
-                    self._pending.append((tok.render_tool_result(result.render()), allowed))
-                self._pending.append((tok.generation_prompt(), True))
+                    self._read(tok.render_tool_result(result.render()), allowed, usage)
+                self._read(tok.generation_prompt(), True, usage)
             engine.pause(es)  # the user reads the answer and thinks: sleep now
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -298,16 +354,10 @@ class AgentSession:
         self._post(FinalEvent("final", result=result))
         return result
 
-    async def _flush(self, usage: Usage) -> torch.Tensor:
-        """Prefill what is pending (segment by segment, as their consolidate flags differ)."""
-        logits = None
-        while self._pending:
-            ids, consolidate = self._pending[0]
-            logits = await self.agent.engine.prefill(self.engine_session, ids, consolidate)
-            self._pending.pop(0)
-            usage.input_tokens += len(ids)
-        assert logits is not None
-        return logits
+    def _read(self, ids: list[int], consolidate: bool, usage: Usage) -> None:
+        """Queue tokens for the model; they are read by the next flush (cancel-safe)."""
+        self.agent.engine.append(self.engine_session, ids, consolidate)
+        usage.input_tokens += len(ids)
 
     async def _generate(self, logits: torch.Tensor, usage: Usage, step: int, run_messages: list[Message]) -> str:
         """One assistant turn; every emitted token is fed through the model (a real decode step).
@@ -338,7 +388,8 @@ class AgentSession:
                 usage.output_tokens += 1
                 self._post(TokenEvent("token", text=tok.decode([nxt])))
         finally:
-            self._pending.append(([tok.end_id], True))  # close the turn, even when cancelled
+            # close the turn, even when cancelled; read with the next flush
+            self._read([tok.end_id], True, usage)
         return tok.decode(emitted)
 
     def _sample(self, logits: torch.Tensor) -> int:

@@ -110,6 +110,11 @@ class EngineSession:
     policy: SleepPolicy
     stats: SleepStats = field(default_factory=SleepStats)
     on_event: Callable[[str, dict[str, Any]], None] | None = None
+    on_commit: Callable[[EngineSession], None] | None = None
+    # tokens queued to be read, as (ids, consolidate) segments; read by flush() on the worker
+    pending: list[tuple[list[int], bool]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    persist_error: BaseException | None = None
     # sleep bookkeeping, touched by the worker (and under the engine lock by pause/interrupt)
     _job: SleepJob | None = None
     _job_reason: str = "pause"
@@ -125,7 +130,7 @@ class EngineSession:
 
 @dataclass(eq=False)
 class _Request:
-    kind: Literal["prefill", "decode", "call"]
+    kind: Literal["flush", "decode", "call", "sleep"]
     session: EngineSession
     payload: Any
     future: Future = field(default_factory=Future)
@@ -174,12 +179,33 @@ class Engine:
 
     # --- async API ------------------------------------------------------------------------------
 
+    def append(self, session: EngineSession, ids: list[int], consolidate: bool = True) -> None:
+        """Queue tokens to be read by the next :meth:`flush` (non-blocking).
+
+        Queued tokens belong to the session until read: a cancelled flush leaves them queued, and
+        a snapshot taken in between records them.
+        """
+        if ids:
+            with self._cv:
+                session.pending.append((list(ids), bool(consolidate)))
+
+    async def flush(self, session: EngineSession) -> torch.Tensor:
+        """Read every queued token (sleeping first whenever the window is full); returns the
+        logits after the last one, [vocab]."""
+        if not session.pending:
+            raise ConfigError("nothing to read: append tokens first")
+        return await self._submit("flush", session, None)
+
     async def prefill(self, session: EngineSession, ids: list[int], consolidate: bool = True) -> torch.Tensor:
-        """Read ``ids`` into the session (sleeping first whenever the window is full); returns
-        the logits after the last token, [vocab]."""
+        """:meth:`append` then :meth:`flush`."""
         if not ids:
             raise ConfigError("prefill needs at least one token")
-        return await self._submit("prefill", session, (list(ids), consolidate))
+        self.append(session, ids, consolidate)
+        return await self.flush(session)
+
+    async def consolidate(self, session: EngineSession) -> None:
+        """Sleep now over whatever is in the window (all passes; exposed), e.g. before a close."""
+        await self._submit("sleep", session, None)
 
     async def decode(self, session: EngineSession, token: int) -> torch.Tensor:
         """Feed one token (the one just emitted); returns the next logits, [vocab]."""
@@ -344,8 +370,11 @@ class Engine:
                 if req.kind == "decode":
                     self._make_room(req.session, 1)
                     ready.append(req)
-                elif req.kind == "prefill":
-                    self._finish(req, self._prefill(req.session, *req.payload))
+                elif req.kind == "flush":
+                    self._finish(req, self._flush(req.session))
+                elif req.kind == "sleep":
+                    self._sleep_now(req.session)
+                    self._finish(req, None)
                 else:
                     self._finish(req, req.payload(req.session.state))
             except BaseException as e:  # report to the caller, keep serving others
@@ -371,6 +400,27 @@ class Engine:
             s.stats.decode_s += dt
             s.stats.window_fill = s.state.window_len / s.state.window
             self._finish(req, logits[i].clone())
+
+    def _flush(self, session: EngineSession) -> torch.Tensor:
+        logits = None
+        while session.pending:
+            ids, consolidate = session.pending[0]
+            logits = self._prefill(session, ids, consolidate)
+            with self._cv:
+                session.pending.pop(0)
+        if logits is None:
+            raise ConfigError("nothing to read: append tokens first")
+        return logits
+
+    def _sleep_now(self, session: EngineSession) -> None:
+        if session.state.window_len == 0:
+            return
+        session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
+        session._job_reason = "forced"
+        self._emit(session, "sleep_started", reason="requested", loops=session.policy.loops)
+        while not session._job.done:
+            self._timed_pass(session, exposed_from=0.0)
+        self._commit(session, exposed_from=0.0)
 
     def _prefill(self, session: EngineSession, ids: list[int], consolidate: bool) -> torch.Tensor:
         lm = self.model.model
@@ -482,11 +532,18 @@ class Engine:
         t1 = time.perf_counter()
         self._account(session, t0, t1, exposed_from)
         session.state = new_state
-        session._job = None
-        session._wake_since = None
         session.stats.sleeps += 1
         session.stats.tokens_consolidated += job.n_consolidated
         session.stats.window_fill = new_state.window_len / new_state.window
+        if session.on_commit is not None:  # before the sleep counts as over: wait_idle covers it
+            try:
+                session.on_commit(session)
+                session.persist_error = None
+            except Exception as e:  # a failing store must not take the engine down
+                session.persist_error = e
+                self._emit(session, "persist_failed", error=str(e))
+        session._job = None
+        session._wake_since = None
         self._emit(session, "sleep_finished", passes=job.passes_done, committed=True, reason=session._job_reason)
 
     def _abort(self, session: EngineSession) -> None:

@@ -1,1 +1,5 @@
-"""Snapshot store, shipped as ``sleepagent.storage``."""
+"""Snapshot store, shipped as ``sleepagent.storage``: session fast weights in SQLite/PostgreSQL."""
+
+from .store import EraseReceipt, EventRecord, SessionInfo, SnapshotInfo, SnapshotStore
+
+__all__ = ["SnapshotStore", "SessionInfo", "SnapshotInfo", "EventRecord", "EraseReceipt"]
