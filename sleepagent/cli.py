@@ -157,5 +157,33 @@ def bench_engine_cmd(
     )
 
 
+@bench_app.command("store")
+def bench_store_cmd(
+    url: Annotated[str | None, typer.Option(help="a PostgreSQL URL to use instead of a temporary server")] = None,
+    postgres: Annotated[bool, typer.Option(help="also bench PostgreSQL (temporary local server)")] = True,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
+    writers: Annotated[int, typer.Option(min=1)] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Snapshot write/restore latency and bytes (small model, 2B-class state) and concurrent writes."""
+    from .bench import bench_store
+
+    result = bench_store(url=url, postgres=postgres, repeats=repeats, writers=writers)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title="snapshot store")
+    for col in ("backend", "state", "MB", "write ms", "restore ms"):
+        table.add_column(col, justify="right")
+    for backend, row in result["backends"].items():
+        for name in ("small", "2b-class"):
+            r = row[name]
+            table.add_row(backend, name, f"{r['bytes'] / 1e6:.2f}", f"{r['write_ms']:.1f}", f"{r['restore_ms']:.1f}")
+    console.print(table)
+    for backend, row in result["backends"].items():
+        c = row["concurrent"]
+        console.print(f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s ({c['mb_per_s']:.1f} MB/s)")
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app()

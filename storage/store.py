@@ -135,7 +135,7 @@ class SnapshotStore:
                 if not self.path.parent.is_dir():
                     raise ConfigError(f"directory {self.path.parent} does not exist", field="url")
                 self.engine: Engine = create_engine(
-                    parsed, connect_args={"timeout": 60, "check_same_thread": False}
+                    parsed, connect_args={"timeout": 30, "check_same_thread": False}
                 )
                 event.listen(self.engine, "connect", _sqlite_on_connect)
                 event.listen(self.engine, "begin", _sqlite_on_begin)
@@ -163,8 +163,13 @@ class SnapshotStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
-        with self._sessions() as db, db.begin():
-            yield db
+        try:
+            with self._sessions() as db, db.begin():
+                yield db
+        except _Denied as e:
+            # audited after the rollback, in a transaction of its own
+            self.record("denied", e.tenant, e.session_id, action=e.action, owner=e.owner)
+            raise AccessDenied(str(e)) from None
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -364,9 +369,7 @@ class SnapshotStore:
 
     def _check_tenant(self, row: SessionRow, tenant: str, action: str) -> None:
         if row.tenant != tenant:
-            # audited in its own transaction: the caller's is about to roll back
-            self.record("denied", tenant, row.id, action=action, owner=row.tenant)
-            raise AccessDenied(f"tenant {tenant!r} may not {action} session {row.id!r}")
+            raise _Denied(tenant, row.id, action, row.tenant)
 
     def _sample(self, db: Session, session_id: str) -> list[bytes]:
         """Slices of the session's payloads (from their tensor data, past the header) to look for
@@ -390,6 +393,14 @@ class SnapshotStore:
         self.engine.dispose()  # flush and close pooled connections before reading the file
         data = self.path.read_bytes()
         return not any(n in data for n in needles)
+
+
+class _Denied(AccessDenied):
+    """Carries the audit record of a denied access to :meth:`SnapshotStore._tx`."""
+
+    def __init__(self, tenant: str, session_id: str, action: str, owner: str) -> None:
+        super().__init__(f"tenant {tenant!r} may not {action} session {session_id!r}")
+        self.tenant, self.session_id, self.action, self.owner = tenant, session_id, action, owner
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

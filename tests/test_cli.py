@@ -36,3 +36,12 @@ def test_bad_option_is_reported():
     result = runner.invoke(app, ["bench", "kernels", "--lengths", "a,b"])
     assert result.exit_code != 0
     assert "comma-separated integers" in result.output
+
+
+def test_bench_store_json_sqlite_only():
+    result = runner.invoke(app, ["bench", "store", "--no-postgres", "--repeats", "1", "--writers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    sqlite = data["backends"]["sqlite"]
+    assert sqlite["2b-class"]["bytes"] > 24 * 12 * 96 * 256 * 4  # the fast weights, stored once
+    assert sqlite["small"]["write_ms"] > 0 and sqlite["concurrent"]["snapshots_per_s"] > 0

@@ -148,7 +148,10 @@ class HybridState:
         """Serialise to safetensors bytes; only the valid window slots are written."""
         L = self.window_len
         tensors: dict[str, torch.Tensor] = {}
-        for prefix, fs in (("fast", self.fast), ("working", self.working)):
+        # After a hard sleep the working state is the committed one: store it once.
+        working_is_fast = self.working is self.fast or self.working.equal(self.fast)
+        pairs = [("fast", self.fast)] if working_is_fast else [("fast", self.fast), ("working", self.working)]
+        for prefix, fs in pairs:
             for i, s in enumerate(fs.S):
                 tensors[f"{prefix}.S.{i}"] = s
             for i, c in enumerate(fs.conv):
@@ -172,6 +175,7 @@ class HybridState:
                     "tokens_seen": self.tokens_seen,
                     "tokens_consolidated": self.tokens_consolidated,
                     "sleeps": self.sleeps,
+                    "working_is_fast": working_is_fast,
                 }
             ),
         }
@@ -207,7 +211,7 @@ class HybridState:
                     S=tuple(t[f"{p}.S.{i}"].to(device) for i in range(n_gdn)),
                     conv=tuple(t[f"{p}.conv.{i}"].to(device) for i in range(n_gdn)),
                 )
-                for p in ("fast", "working")
+                for p in ("fast", "fast" if counters.get("working_is_fast") else "working")
             )
             B = t["window.ids"].shape[0]
             state = cls.empty(cfg, B, device=device, h_dtype=t["window.h"].dtype, fast=fast)
