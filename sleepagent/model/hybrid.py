@@ -20,6 +20,7 @@ and blocks after run once after it, over the loop's final hidden states.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -126,8 +127,10 @@ class SleepHybridLM(nn.Module):
         lo: int,
         hi: int,
         state: HybridState | None = None,
+        attend: Callable[[int, WindowAttention, torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
     ) -> tuple[torch.Tensor, FastState, list[tuple[int, torch.Tensor, torch.Tensor]]]:
-        """Blocks [lo, hi) over h. With ``state``, attention also sees the window's cached KV.
+        """Blocks [lo, hi) over h. With ``state``, attention also sees the window's cached KV;
+        ``attend(slot, mixer, x) -> (y, k, v)`` replaces the attention call altogether.
 
         Returns the new h, the advanced FastState and, per attention layer run, its slot and the
         new tokens' (k, v) for the caller to cache.
@@ -143,10 +146,12 @@ class SleepHybridLM(nn.Module):
                 y, S[j], conv[j] = block.mixer(x, S[j], conv[j])
             else:
                 j = self._attn_slot[i]
-                past_k = past_v = None
-                if state is not None and L:
-                    past_k, past_v = state.k_cache[j][:, :, :L], state.v_cache[j][:, :, :L]
-                y, k, v = block.mixer(x, past_k, past_v)
+                if attend is not None:
+                    y, k, v = attend(j, block.mixer, x)
+                elif state is not None and L:
+                    y, k, v = block.mixer(x, state.k_cache[j][:, :, :L], state.v_cache[j][:, :, :L])
+                else:
+                    y, k, v = block.mixer(x)
                 new_kv.append((j, k, v))
             h = h + y
             h = h + block.mlp(block.norm2(h))
@@ -234,29 +239,22 @@ class SleepHybridLM(nn.Module):
         ids = ids.to(device)[:, None]
         lengths = torch.tensor([st.window_len for st in states], device=device)
         Lmax = int(lengths.max())
-        n_gdn = len(self.config.gdn_layers)
-        S = [torch.cat([st.working.S[j] for st in states]) for j in range(n_gdn)]
-        conv = [torch.cat([st.working.conv[j] for st in states]) for j in range(n_gdn)]
-        new_kv: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        b_span = self.config.span[1]
-        h = self.embed(ids)
-        h_span = h
-        for i, block in enumerate(self.layers):
-            x = block.norm1(h)
-            if block.kind == "gdn":
-                j = self._gdn_slot[i]
-                y, S[j], conv[j] = block.mixer(x, S[j], conv[j])
-            else:
-                j = self._attn_slot[i]
-                past_k = torch.cat([st.k_cache[j][:, :, :Lmax] for st in states])
-                past_v = torch.cat([st.v_cache[j][:, :, :Lmax] for st in states])
-                y, k, v = block.mixer.forward_rows(x, past_k, past_v, lengths)
-                new_kv.append((j, k, v))
-            h = h + y
-            h = h + block.mlp(block.norm2(h))
-            if i == b_span - 1:
-                h_span = h
+        working = FastState(
+            S=tuple(torch.cat(t) for t in zip(*(st.working.S for st in states), strict=True)),
+            conv=tuple(torch.cat(t) for t in zip(*(st.working.conv for st in states), strict=True)),
+        )
+
+        def attend(j: int, mixer: WindowAttention, x: torch.Tensor):
+            past_k = torch.cat([st.k_cache[j][:, :, :Lmax] for st in states])
+            past_v = torch.cat([st.v_cache[j][:, :, :Lmax] for st in states])
+            return mixer.forward_rows(x, past_k, past_v, lengths)
+
+        b = self.config.span[1]
+        h_span, working, new_kv = self._run(self.embed(ids), working, 0, b, attend=attend)
+        h, working, kv2 = self._run(h_span, working, b, self.config.n_layers, attend=attend)
+        new_kv += kv2
         logits = self.head(h)[:, 0]
+        S, conv = working.S, working.conv
         for r, st in enumerate(states):
             L = st.window_len
             for j, k, v in new_kv:

@@ -274,3 +274,33 @@ def test_batched_rows_with_different_masks_are_refused(model):
     model.prefill(ids_for(model, 2, 3), state, consolidate=mask)
     with pytest.raises(StateMismatch, match="separate"):
         model.consolidate(state)
+
+
+@pytest.mark.parametrize("mode", ["hard", "hard-looped-span"])
+def test_step_many_equals_separate_steps(mode):
+    """Batched decode over states with different window lengths equals one step per state."""
+    model = tiny_model(**MODES[mode])
+    lengths = [0, 1, 5, 15]
+    batched, alone = [], []
+    for i, n in enumerate(lengths):
+        for group in (batched, alone):
+            st = model.new_state()
+            if n:
+                model.prefill(ids_for(model, 1, n, seed=i), st)
+            group.append(st)
+    tokens = ids_for(model, 1, len(lengths), seed=7)[0]
+    got = model.step_many(tokens, batched)
+    want = torch.stack([model.step(tokens[i : i + 1], st)[0] for i, st in enumerate(alone)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(batched, alone, strict=True):
+        assert a.window_len == b.window_len and torch.equal(a.ids(), b.ids())
+        for x, y in zip((*a.working.S, *a.k_cache, *a.v_cache), (*b.working.S, *b.k_cache, *b.v_cache), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(WindowFull):
+        model.step_many(tokens[:1], [batched[3]] if batched[3].window_len == 16 else [fill_to_full(model)])
+
+
+def fill_to_full(model: SleepHybridLM) -> HybridState:
+    st = model.new_state()
+    model.prefill(ids_for(model, 1, model.config.window), st)
+    return st
