@@ -297,7 +297,7 @@ def test_step_many_equals_separate_steps(mode):
         for x, y in zip((*a.working.S, *a.k_cache, *a.v_cache), (*b.working.S, *b.k_cache, *b.v_cache), strict=True):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
     with pytest.raises(WindowFull):
-        model.step_many(tokens[:1], [batched[3]] if batched[3].window_len == 16 else [fill_to_full(model)])
+        model.step_many(tokens[:1], [fill_to_full(model)])
 
 
 def fill_to_full(model: SleepHybridLM) -> HybridState:
