@@ -58,6 +58,77 @@ def demo(
     console.print(f"wake {1000 * wake_s / state.tokens_seen:.3f} ms/token, sleep {sleep_s:.2f} s in total")
 
 
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help="rule110 | depo | gsm_inf")] = "depo",
+    loops: Annotated[int, typer.Option(min=1, help="sleep passes N during training")] = 4,
+    steps: Annotated[int, typer.Option(min=1)] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    optimizer: Annotated[str, typer.Option(help="adamw | muon")] = "adamw",
+    lr: Annotated[float, typer.Option(help="Muon lr (matrices)")] = 2e-3,
+    adam_lr: Annotated[float, typer.Option(help="AdamW lr")] = 1e-3,
+    d_model: Annotated[int, typer.Option(min=8)] = 128,
+    n_layers: Annotated[int, typer.Option(min=1)] = 4,
+    seed: int = 0,
+    task_args: Annotated[str, typer.Option(help='task settings as JSON, e.g. \'{"n_max": 20, "k_max": 8}\'')] = "{}",
+    warmup_gdn_steps: Annotated[int, typer.Option(min=0)] = 0,
+    checkpoint: Annotated[bool, typer.Option(help="activation checkpointing per window")] = False,
+    device: str = "cpu",
+    out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
+) -> None:
+    """Train a sleep-enabled hybrid on a synthetic task; resumable; writes safetensors + config.json."""
+    from pydantic import ValidationError
+
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    try:
+        cfg = TrainConfig(
+            task=task, task_kwargs=json.loads(task_args), loops=loops, steps=steps, batch_size=batch_size,
+            optimizer=optimizer, lr=lr, adam_lr=adam_lr, d_model=d_model, n_layers=n_layers, seed=seed,
+            warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, device=device,
+        )
+    except (ValidationError, json.JSONDecodeError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0]) from None
+    result = run_train(cfg, out)
+    console.print(f"trained {result['step']} steps, loss {result['loss']:.4f} → {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint_dir: Annotated[str, typer.Argument(help="a directory written by `sleepagent train`")],
+    loops: Annotated[str, typer.Option(help="N values, comma-separated")] = "1,2,4",
+    n: Annotated[int, typer.Option(min=1, help="test examples per difficulty")] = 200,
+    seed: int = 12345,
+    plot: Annotated[str | None, typer.Option(help="write a PNG plot here")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Accuracy per difficulty and per N on a fresh seeded test set."""
+    from .errors import SleepAgentError
+    from .train import evaluate, load_checkpoint, make_task, plot_accuracy
+
+    try:
+        model, meta = load_checkpoint(checkpoint_dir)
+    except SleepAgentError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    cfg = meta.get("config", {})
+    task = make_task(cfg.get("task", "depo"), **cfg.get("task_kwargs", {}))
+    result = evaluate(model, task, list(_lengths(loops)), n=n, seed=seed)
+    if plot:
+        plot_accuracy(result, plot, title=f"{task.name}, trained with N={cfg.get('loops')}")
+    if as_json:
+        print(json.dumps({"task": task.name, "accuracy": {str(k): {str(d): a for d, a in v.items()} for k, v in result.items()}}))
+        return
+    table = Table(title=f"{task.name}: exact match ({checkpoint_dir}, trained N={cfg.get('loops')}, step {meta.get('step')})")
+    table.add_column("difficulty", justify="right")
+    for N in result:
+        table.add_column(f"N={N}", justify="right")
+    for d in sorted(next(iter(result.values()))):
+        table.add_row(str(d), *[f"{result[N][d]:.3f}" for N in result])
+    console.print(table)
+
+
 @bench_app.command("kernels")
 def bench_kernels_cmd(
     lengths: Annotated[str, typer.Option(help="sequence lengths T, comma-separated")] = "512,2048,8192",

@@ -45,3 +45,27 @@ def test_bench_store_json_sqlite_only():
     sqlite = data["backends"]["sqlite"]
     assert sqlite["2b-class"]["bytes"] > 24 * 12 * 96 * 256 * 4  # the fast weights, stored once
     assert sqlite["small"]["write_ms"] > 0 and sqlite["concurrent"]["snapshots_per_s"] > 0
+
+
+def test_train_then_eval(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--task", "rule110", "--task-args", '{"steps": [2]}', "--loops", "2", "--steps", "2",
+            "--batch-size", "2", "--d-model", "16", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", str(out), "--loops", "1,2", "--n", "4", "--json", "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.strip().splitlines()[-1])
+    assert set(data["accuracy"]) == {"1", "2"} and set(data["accuracy"]["1"]) == {"2"}
+    assert (tmp_path / "p.png").exists()
+
+
+def test_eval_of_a_missing_checkpoint_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "cannot load checkpoint" in result.output
+
+
+def test_train_with_bad_task_args_is_a_clear_error():
+    result = runner.invoke(app, ["train", "--task-args", "{not json"])
+    assert result.exit_code != 0 and "Invalid value" in result.output

@@ -95,7 +95,16 @@ class SleepModel:
             )
         config = SleepHybridConfig(**raw)
         tok_file = path / "tokenizer.json"
-        tokenizer = ByteTokenizer.from_dict(json.loads(tok_file.read_text())) if tok_file.exists() else ByteTokenizer()
+        tok_spec = json.loads(tok_file.read_text()) if tok_file.exists() else {"type": "byte"}
+        if tok_spec.get("type") == "task":
+            raise CheckpointError(
+                f"{path} is a {tok_spec.get('task')!r} task model (its own token ids, no chat tokenizer); "
+                "load it with sleepagent.train.load_checkpoint or `sleepagent eval`"
+            )
+        try:
+            tokenizer = ByteTokenizer.from_dict(tok_spec)
+        except ValueError as e:
+            raise CheckpointError(f"{tok_file}: {e}") from None
         model = SleepHybridLM(config)
         try:
             weights = load_file(str(path / "model.safetensors"))

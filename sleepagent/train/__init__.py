@@ -1,0 +1,9 @@
+"""Synthetic tasks (rule110, depo, gsm_inf), the trainer and evaluation."""
+
+from .tasks import TASKS, Depo, Example, GsmInf, Rule110, make_task
+from .trainer import TrainConfig, evaluate, load_checkpoint, plot_accuracy, train
+
+__all__ = [
+    "TASKS", "Depo", "Example", "GsmInf", "Rule110", "make_task",
+    "TrainConfig", "evaluate", "load_checkpoint", "plot_accuracy", "train",
+]

@@ -1,0 +1,207 @@
+"""Synthetic tasks of the paper, generated procedurally from a seed.
+
+Every task yields :class:`Example` objects: token ids, a loss mask on the answer tokens (the
+target convention of :meth:`SleepHybridLM.forward`: ``loss_mask[t]`` marks token t as predicted
+from position t - 1), the positions of each answer (exact match per answer), and a difficulty.
+Exact match under teacher forcing equals exact match of greedy decoding, so evaluation is one
+batched forward pass.
+
+``rule110`` (character level, vocabulary ``0``=bit 0, ``1``=bit 1, ``2``=query, ``3``=pad):
+    R independent rows of width 24, one per hard-evicted window of W = 24 tokens, then the query
+    window ``2 l_1 .. l_R``: l_i is the first bit of row i after t Rule-110 steps (periodic
+    boundary). t is the difficulty. Exact = all R labels right (chance 2^-R).
+
+``depo`` (Physics of LMs 4.1's Depo, token level): node names are words of 1..max_len tokens from
+    ``1..m`` with the last token shifted to ``m+1..2m`` (marks the word end). ONE directed cycle
+    over n nodes; the edges ``u v`` (two words back to back) in random order, left-padded with
+    ``pad`` to a fixed length so they fill exactly ``edge_windows`` windows; then Q queries
+    ``<hop_k> start <ans> answer`` (distinct starts): answer = the node k steps along the cycle.
+    Loss on ``<ans>`` and the answer tokens. Difficulty = k. Ids: 0 bos, 1..2m names, 2m+1 pad,
+    2m+2 ``<ans>``, 2m+3+j ``<hop_{2^j}>``.
+
+``gsm_inf`` (GSM-Infinite's symbolic subset, byte level): the question ``Q: V123456?`` first,
+    then shuffled statements ``assign V1 = V2 + 1.`` / ``- 1`` / plain copy, one chain of ``op``
+    statements from a root ``assign Vx = <0..10>``, plus filler chains whose root is never
+    assigned; then ``A: <value>.``. Difficulty = op. Loss on the answer digits and the ``.``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Example", "Rule110", "Depo", "GsmInf", "TASKS", "make_task", "collate"]
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    loss_mask: list[bool]
+    answers: list[list[int]]  # positions of each answer's tokens (exact match per answer)
+    difficulty: int
+    meta: dict = field(default_factory=dict)
+
+
+def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch to one length (padding is never a target)."""
+    T = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(examples), T, dtype=torch.bool)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = torch.tensor(e.loss_mask)
+    return ids, mask
+
+
+def rule110_step(row: list[int]) -> list[int]:
+    n = len(row)
+    # Rule 110: new = (center OR right) AND NOT (left AND center AND right)
+    return [
+        int((row[i] or row[(i + 1) % n]) and not (row[i - 1] and row[i] and row[(i + 1) % n]))
+        for i in range(n)
+    ]
+
+
+class Rule110:
+    """See module docstring. ``steps`` is the training distribution of t."""
+
+    name = "rule110"
+    window = 24
+
+    def __init__(self, rows: int = 4, width: int = 24, steps: tuple[int, ...] = (32,)) -> None:
+        if width != self.window:
+            raise ValueError("rule110 rows fill exactly one window of 24 tokens")
+        self.rows, self.width, self.steps = rows, width, steps
+        self.vocab_size = 4
+        self.pad_id = 3
+
+    def sample(self, rng: random.Random, difficulty: int | None = None) -> Example:
+        t = difficulty if difficulty is not None else rng.choice(self.steps)
+        ids: list[int] = []
+        labels = []
+        for _ in range(self.rows):
+            row = [rng.randint(0, 1) for _ in range(self.width)]
+            ids += row
+            for _ in range(t):
+                row = rule110_step(row)
+            labels.append(row[0])
+        ids.append(2)
+        start = len(ids)
+        ids += labels
+        mask = [False] * start + [True] * self.rows
+        return Example(ids, mask, [list(range(start, start + self.rows))], t)  # exact = all R labels
+
+    def test_difficulties(self) -> list[int]:
+        return sorted(set(self.steps))
+
+
+class Depo:
+    """See module docstring. ``n_max`` nodes at most, hops up to ``k_max``."""
+
+    name = "depo"
+
+    def __init__(
+        self, n_max: int = 75, k_max: int = 16, m: int = 50, max_len: int = 2, queries: int = 10,
+        window: int = 75, edge_windows: int = 4,
+    ) -> None:
+        self.n_max, self.k_max, self.m, self.max_len, self.queries = n_max, k_max, m, max_len, queries
+        self.window, self.edge_windows = window, edge_windows
+        self.bos, self.pad, self.ans = 0, 2 * m + 1, 2 * m + 2
+        self.hops = [2**j for j in range(int(math.log2(k_max)) + 1)]
+        if k_max not in self.hops:
+            self.hops.append(k_max)
+        self.vocab_size = 2 * m + 3 + len(self.hops)
+        self.pad_id = self.pad
+        if 1 + 2 * n_max * (1 + max_len) / 2 > window * edge_windows:
+            raise ValueError(f"{n_max} edges do not fit {edge_windows} windows of {window} tokens on average")
+
+    def hop_token(self, k: int) -> int:
+        return 2 * self.m + 3 + self.hops.index(k)
+
+    def _names(self, rng: random.Random, n: int) -> list[list[int]]:
+        names: set[tuple[int, ...]] = set()
+        while len(names) < n:
+            length = rng.randint(1, self.max_len)
+            word = [rng.randint(1, self.m) for _ in range(length)]
+            word[-1] += self.m
+            names.add(tuple(word))
+        out = [list(w) for w in names]
+        rng.shuffle(out)
+        return out
+
+    def sample(self, rng: random.Random, difficulty: int | None = None, n: int | None = None) -> Example:
+        if n is None:
+            # n in 3..N with weight 1 / (n + sqrt(N)), as the original generator
+            ns = list(range(3, self.n_max + 1))
+            n = rng.choices(ns, weights=[1 / (x + math.sqrt(self.n_max)) for x in ns])[0]
+        edge_len = self.window * self.edge_windows - 1
+        while True:  # names are random-length words; redraw in the rare case the edges overflow
+            names = self._names(rng, n)
+            edges = [names[i] + names[(i + 1) % n] for i in range(n)]
+            rng.shuffle(edges)
+            body = [t for e in edges for t in e]
+            if len(body) <= edge_len:
+                break
+        ids = [self.bos] + [self.pad] * (edge_len - len(body)) + body
+        mask = [False] * len(ids)
+        answers = []
+        starts = rng.sample(range(n), min(self.queries, n))
+        for s in starts:
+            k = difficulty if difficulty is not None else rng.choice([h for h in self.hops if h <= self.k_max])
+            ids += [self.hop_token(k)] + names[s]
+            a0 = len(ids)
+            ids += [self.ans] + names[(s + k) % n]
+            mask += [False] * (1 + len(names[s])) + [True] * (1 + len(names[(s + k) % n]))
+            answers.append(list(range(a0, len(ids))))
+        return Example(ids, mask, answers, difficulty or 0, {"n": n})
+
+    def test_difficulties(self) -> list[int]:
+        return self.hops
+
+
+class GsmInf:
+    """See module docstring. ``ops`` is the training distribution of the number of operations."""
+
+    name = "gsm_inf"
+
+    def __init__(self, ops: tuple[int, ...] = (1, 2, 4, 8), filler: int = 12, window: int = 256) -> None:
+        self.ops, self.filler, self.window = ops, filler, window
+        self.vocab_size = 268
+        self.pad_id = 256
+
+    def sample(self, rng: random.Random, difficulty: int | None = None) -> Example:
+        op = difficulty if difficulty is not None else rng.choice(self.ops)
+        names = rng.sample(range(100000, 999999), op + 1 + self.filler * 2)
+        var = [f"V{x}" for x in names]
+        value = rng.randint(0, 10)
+        statements = [f"assign {var[0]} = {value}"]
+        for i in range(1, op + 1):
+            kind = rng.choice(["+ 1", "- 1", ""])
+            statements.append(f"assign {var[i]} = {var[i - 1]}" + (f" {kind}" if kind else ""))
+            value += 1 if kind == "+ 1" else -1 if kind == "- 1" else 0
+        pool = var[op + 1 :]
+        for i in range(0, len(pool) - 1, 2):  # filler: the source is never assigned
+            statements.append(f"assign {pool[i + 1]} = {pool[i]} + 1")
+        rng.shuffle(statements)
+        prompt = f"Q: {var[op]}? " + ". ".join(statements) + ". A: "
+        answer = f"{value}."
+        ids = list(prompt.encode()) + list(answer.encode())
+        mask = [False] * len(prompt.encode()) + [True] * len(answer.encode())
+        start = len(prompt.encode())
+        return Example(ids, mask, [list(range(start, len(ids)))], op)
+
+    def test_difficulties(self) -> list[int]:
+        return sorted(set(self.ops))
+
+
+TASKS = {"rule110": Rule110, "depo": Depo, "gsm_inf": GsmInf}
+
+
+def make_task(name: str, **kwargs):
+    try:
+        return TASKS[name](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None

@@ -1,0 +1,244 @@
+"""Training and evaluation on the synthetic tasks: the sleep effect, measured.
+
+``train(cfg, out)`` trains a SleepHybridLM with the training forward of Algorithm 1 (masked
+cross-entropy on answer tokens; backprop through every window and sleep pass), writes a checkpoint
+directory (``config.json``, ``model.safetensors``, ``train.json``, ``optimizer.safetensors``) every
+``save_every`` steps, and resumes from it. Nothing is pickled: optimizer moments go to
+safetensors, scalars to JSON.
+
+``evaluate(model, task, loops)`` scores exact match per answer on a fresh seeded test set, per
+difficulty and per N, with one batched forward pass per batch (exact match under teacher forcing
+equals exact match of greedy decoding).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..errors import CheckpointError
+from ..model import SleepHybridConfig, SleepHybridLM
+from .tasks import collate, make_task
+
+__all__ = ["TrainConfig", "train", "evaluate", "load_checkpoint", "plot_accuracy"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (stored in ``train.json`` for resume/reproduction)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = "depo"
+    task_kwargs: dict[str, Any] = Field(default_factory=dict)
+    loops: int = Field(default=4, ge=1)
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=2e-3, gt=0)
+    adam_lr: float = Field(default=1e-3, gt=0, description="AdamW lr for non-matrix params (and all, with adamw)")
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_gdn_steps: int = Field(default=0, ge=0, description="first steps train only the GDN layers")
+    grad_clip: float = Field(default=1.0, gt=0)
+    checkpoint: bool = Field(default=False, description="activation checkpointing per window")
+    detach_every: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    d_model: int = Field(default=128, gt=0)
+    n_layers: int = Field(default=4, gt=0)
+    n_heads: int = Field(default=4, gt=0)
+    layer_types: tuple[str, ...] | None = None
+    save_every: int = Field(default=200, ge=1)
+    device: str = "cpu"
+
+
+def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
+    mcfg = SleepHybridConfig(
+        vocab_size=task.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, window=task.window, evict="hard",
+        sleep_loops=cfg.loops, tie_embeddings=False,
+    )
+    torch.manual_seed(cfg.seed)
+    return SleepHybridLM(mcfg)
+
+
+def _optimizers(cfg: TrainConfig, model: SleepHybridLM) -> list[torch.optim.Optimizer]:
+    matrices = [p for n, p in model.named_parameters() if p.dim() == 2 and "tok_emb" not in n and "lm_head" not in n]
+    others = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "tok_emb" not in n and "lm_head" not in n)]
+    if cfg.optimizer == "muon":
+        return [
+            torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(others, lr=cfg.adam_lr, weight_decay=0.0),
+        ]
+    return [torch.optim.AdamW(model.parameters(), lr=cfg.adam_lr, weight_decay=cfg.weight_decay)]
+
+
+def _save_optimizers(opts: list[torch.optim.Optimizer], path: Path) -> dict:
+    tensors, scalars = {}, {}
+    for i, opt in enumerate(opts):
+        sd = opt.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{i}.{pid}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    scalars[f"{i}.{pid}.{k}"] = v
+    save_file(tensors, str(path))
+    return scalars
+
+
+def _load_optimizers(opts: list[torch.optim.Optimizer], path: Path, scalars: dict) -> None:
+    tensors = load_file(str(path))
+    for i, opt in enumerate(opts):
+        sd = opt.state_dict()
+        state: dict[int, dict[str, Any]] = {}
+        for key, v in {**tensors, **scalars}.items():
+            oi, pid, name = key.split(".", 2)
+            if int(oi) == i:
+                state.setdefault(int(pid), {})[name] = v
+        sd["state"] = state
+        opt.load_state_dict(sd)
+
+
+def save_checkpoint(out: Path, model: SleepHybridLM, cfg: TrainConfig, step: int, history: list, opts) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "config.json").write_text(json.dumps(json.loads(model.config.to_json()), indent=2) + "\n")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    scalars = _save_optimizers(opts, tmp / "optimizer.safetensors")
+    (tmp / "tokenizer.json").write_text(json.dumps({"type": "task", "task": cfg.task}) + "\n")
+    (tmp / "train.json").write_text(
+        json.dumps({"config": cfg.model_dump(mode="json"), "step": step, "history": history,
+                    "optimizer_scalars": scalars}, indent=1) + "\n"
+    )
+    for f in tmp.iterdir():  # rename file by file: a crash mid-save leaves a loadable checkpoint
+        f.replace(out / f.name)
+    tmp.rmdir()
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[SleepHybridLM, dict]:
+    """A trained task model and its ``train.json`` (config, step, history)."""
+    path = Path(path)
+    try:
+        mcfg = SleepHybridConfig.from_json((path / "config.json").read_text())
+        meta = json.loads((path / "train.json").read_text()) if (path / "train.json").exists() else {}
+        weights = load_file(str(path / "model.safetensors"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from None
+    model = SleepHybridLM(mcfg)
+    model.load_state_dict(weights, strict=not mcfg.tie_embeddings)
+    return model.to(device), meta
+
+
+def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: bool = True) -> dict:
+    """Train (or resume) a run; returns ``{"step", "loss", "history"}``."""
+    out = Path(out)
+    task = make_task(cfg.task, **cfg.task_kwargs)
+    model = build_model(cfg, task).to(cfg.device)
+    opts = _optimizers(cfg, model)
+    step, history = 0, []
+    if resume and (out / "train.json").exists():
+        meta = json.loads((out / "train.json").read_text())
+        saved = TrainConfig(**meta["config"])
+        if saved.model_dump(exclude={"steps", "save_every", "device"}) != cfg.model_dump(exclude={"steps", "save_every", "device"}):
+            raise CheckpointError(f"{out} holds a run with another config; use another --out or the same settings")
+        loaded, _ = load_checkpoint(out, cfg.device)
+        model.load_state_dict(loaded.state_dict())
+        _load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
+        step, history = meta["step"], meta["history"]
+    gdn_params = {id(p) for i in model.config.gdn_layers for p in model.layers[i].parameters()}
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.task} N={cfg.loops}")
+    t0, tokens, loss_ema = time.perf_counter(), 0, None
+    while step < cfg.steps:
+        rng = random.Random(f"{cfg.seed}-{step}")  # one stream per step: a resumed run sees the same batches
+        batch = [task.sample(rng) for _ in range(cfg.batch_size)]
+        ids, mask = collate(batch, task.pad_id)
+        ids, mask = ids.to(cfg.device), mask.to(cfg.device)
+        out_ = model(ids, mask, loops=cfg.loops, checkpoint=cfg.checkpoint, detach_every=cfg.detach_every)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        out_.loss.backward()
+        if step < cfg.warmup_gdn_steps:  # warm-up: only the GDN layers learn
+            for p in model.parameters():
+                if id(p) not in gdn_params:
+                    p.grad = None
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for opt in opts:
+            opt.step()
+        step += 1
+        tokens += ids.numel()
+        loss = out_.loss.detach().item()
+        loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        if step % 10 == 0:
+            history.append({"step": step, "loss": loss_ema})
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(out, model, cfg, step, history, opts)
+    bar.close()
+    return {"step": step, "loss": loss_ema, "history": history}
+
+
+@torch.no_grad()
+def evaluate(
+    model: SleepHybridLM,
+    task,
+    loops: list[int],
+    *,
+    n: int = 200,
+    seed: int = 12345,
+    batch_size: int = 32,
+    difficulties: list[int] | None = None,
+) -> dict[int, dict[int, float]]:
+    """Exact-match accuracy per N (outer key) and difficulty (inner key) on a seeded test set."""
+    model.eval()
+    difficulties = difficulties or task.test_difficulties()
+    result: dict[int, dict[int, float]] = {}
+    device = model.device
+    for d in difficulties:
+        rng = random.Random(f"{seed}-{d}")
+        examples = [task.sample(rng, d) for _ in range(n)]
+        for N in loops:
+            right = total = 0
+            for i in range(0, n, batch_size):
+                chunk = examples[i : i + batch_size]
+                ids, mask = collate(chunk, task.pad_id)
+                logits = model(ids.to(device), mask.to(device), loops=N, return_logits=True).logits
+                pred = logits.argmax(-1).cpu()
+                for b, ex in enumerate(chunk):
+                    for positions in ex.answers:
+                        total += 1
+                        right += all(int(pred[b, p - 1]) == ex.ids[p] for p in positions)
+            result.setdefault(N, {})[d] = right / max(total, 1)
+    return result
+
+
+def plot_accuracy(result: dict[int, dict[int, float]], path: str | Path, title: str = "") -> Path:
+    """Accuracy vs difficulty, one line per N, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for N, row in sorted(result.items()):
+        xs = sorted(row)
+        ax.plot(xs, [row[x] for x in xs], marker="o", label=f"N = {N}")
+    ax.set_xlabel("difficulty")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,74 @@
+"""The trainer: resumes exactly, saves no pickles, warm-up freezes non-GDN layers, eval reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sleepagent.errors import CheckpointError
+from sleepagent.train import TrainConfig, evaluate, load_checkpoint, make_task, plot_accuracy, train
+
+DEPO = dict(task="depo", task_kwargs=dict(n_max=6, k_max=2, window=12, edge_windows=3, queries=3))
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{**DEPO, "loops": 2, "steps": 4, "batch_size": 4, "d_model": 32, "n_heads": 2,
+                          "save_every": 2, **kw})
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)[0].state_dict()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equals_uninterrupted(tmp_path, optimizer):
+    train(cfg(optimizer=optimizer), tmp_path / "full", progress=False)
+    train(cfg(optimizer=optimizer, steps=2), tmp_path / "split", progress=False)
+    train(cfg(optimizer=optimizer), tmp_path / "split", progress=False)  # resumes at step 2
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    meta = json.loads((tmp_path / "split" / "train.json").read_text())
+    assert meta["step"] == 4
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [
+        "config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json", "train.json"]
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    train(cfg(steps=2), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="another config"):
+        train(cfg(loops=3), tmp_path / "r", progress=False)
+
+
+def test_training_changes_weights_and_gdn_warmup_freezes_the_rest(tmp_path):
+    train(cfg(steps=2, warmup_gdn_steps=2), tmp_path / "w", progress=False)
+    trained = weights(tmp_path / "w")
+    task = make_task(DEPO["task"], **DEPO["task_kwargs"])
+    from sleepagent.train.trainer import build_model
+
+    init = build_model(cfg(), task).state_dict()
+    gdn = [k for k in init if k.startswith(("layers.0.", "layers.2."))]  # default layout: gdn, attn, gdn, attn
+    other = [k for k in init if k not in gdn]
+    assert any(not torch.equal(init[k], trained[k]) for k in gdn)
+    assert all(torch.equal(init[k], trained[k]) for k in other)
+
+
+def test_evaluate_reports_per_loops_and_difficulty(tmp_path):
+    train(cfg(steps=2), tmp_path / "e", progress=False)
+    model, meta = load_checkpoint(tmp_path / "e")
+    task = make_task(DEPO["task"], **DEPO["task_kwargs"])
+    result = evaluate(model, task, [1, 2], n=8)
+    assert set(result) == {1, 2} and set(result[1]) == {1, 2}
+    assert all(0.0 <= a <= 1.0 for row in result.values() for a in row.values())
+    png = plot_accuracy(result, tmp_path / "acc.png", title="t")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_task_checkpoint_is_not_a_chat_model(tmp_path):
+    from sleepagent.model import SleepModel
+
+    train(cfg(steps=1), tmp_path / "t", progress=False)
+    with pytest.raises(CheckpointError, match="task model"):
+        SleepModel.from_pretrained(tmp_path / "t")
