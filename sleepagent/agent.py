@@ -428,7 +428,9 @@ class AgentSession:
 
 
 class AgentRun:
-    """A streamed run: ``async with agent.run_stream(task) as run: async for event in run: ...``.
+    """A streamed run: ``async with agent.run_stream(task) as run: async for event in run: ...``
+    (or plainly ``async for event in agent.run_stream(task)``; the context manager also gives
+    ``run.cancel()`` and lets you stop iterating early safely).
 
     ``run.cancel()`` stops it promptly (see :class:`Agent` for what is kept); ``run.result`` is the
     :class:`RunResult` once a :class:`FinalEvent` was seen.
@@ -483,7 +485,14 @@ class AgentRun:
         return self._scope is not None and self._scope.cancelled_caught
 
     def __aiter__(self) -> AsyncIterator[Event]:
+        if self._tg is None:  # bare `async for event in agent.run_stream(task)`
+            return self._self_managed()
         return self._events()
+
+    async def _self_managed(self) -> AsyncIterator[Event]:
+        async with self:
+            async for event in self._events():
+                yield event
 
     async def _events(self) -> AsyncIterator[Event]:
         async with self._recv:

@@ -267,3 +267,9 @@ async def test_ten_concurrent_sessions_match_sequential_runs():
         assert engine.batched_steps > 0
     assert concurrent == sequential
     assert len(set(sequential)) > 1  # the sessions really differ
+
+
+async def test_run_stream_as_a_plain_async_iterator():
+    agent = Agent(TestModel(["plain"]), sleep=SleepPolicy(loops=1, when="full"))
+    events = [event async for event in agent.run_stream("hi")]
+    assert events[-1].kind == "final" and events[-1].result.output == "plain"
