@@ -41,7 +41,7 @@ from .model import HybridState, SleepModel
 from .policy import MemoryPolicy, SleepPolicy
 from .tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, ToolResult, split_text_and_calls
 
-__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo"]
+__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "render_tool_prompt"]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -169,21 +169,25 @@ class Agent:
         self.engine.close()
 
     def tool_prompt(self) -> str:
-        """The tool list appended to the system prompt: one compact line per tool.
+        return render_tool_prompt(self.tools)
 
-        Byte-level models pay for every character of context, so the full JSON schemas (which
-        the runtime still uses to validate arguments) are summarised as ``name(arg: type)``.
-        """
-        if not len(self.tools):
-            return ""
-        lines = []
-        for spec in self.tools.specs():
-            fn = spec["function"]
-            params = fn["parameters"].get("properties", {})
-            args = ", ".join(f"{name}: {_type_name(p)}" for name, p in params.items())
-            desc = fn.get("description", "").split(". ")[0].strip()
-            lines.append(f"- {fn['name']}({args}): {desc}")
-        return "\nTools (call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>):\n" + "\n".join(lines)
+
+def render_tool_prompt(tools: ToolRegistry) -> str:
+    """The tool list appended to the system prompt: one compact line per tool.
+
+    Byte-level models pay for every character of context, so the full JSON schemas (which the
+    runtime still uses to validate arguments) are summarised as ``name(arg: type): summary``.
+    """
+    if not len(tools):
+        return ""
+    lines = []
+    for spec in tools.specs():
+        fn = spec["function"]
+        params = fn["parameters"].get("properties", {})
+        args = ", ".join(f"{name}: {_type_name(p)}" for name, p in params.items())
+        desc = fn.get("description", "").split(". ")[0].strip()
+        lines.append(f"- {fn['name']}({args}): {desc}")
+    return "\nTools (call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>):\n" + "\n".join(lines)
 
 
 def _type_name(schema: dict[str, Any]) -> str:

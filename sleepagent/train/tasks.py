@@ -201,7 +201,11 @@ TASKS = {"rule110": Rule110, "depo": Depo, "gsm_inf": GsmInf}
 
 
 def make_task(name: str, **kwargs):
+    if name == "docqa":
+        from .docqa import DocQA
+
+        return DocQA(**kwargs)
     try:
         return TASKS[name](**kwargs)
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted([*TASKS, 'docqa'])}") from None

@@ -1,0 +1,138 @@
+"""docqa: the demo model's task: read a long document through tool calls, then answer
+multi-hop questions about it, possibly several turns later.
+
+The document is a set of facts ``The road from Kalo leads to Miru.`` forming ONE cycle over n
+places (shuffled, like depo's edges written as sentences), served by the paged
+:class:`~sleepagent.tools.DocumentReader`. A transcript, rendered with exactly the tokens the
+:class:`~sleepagent.Agent` reads and emits at run time::
+
+    <|system|>{DOCQA_SYSTEM}{tool list}<|end|>
+    <|user|>Read the document.<|end|>
+    <|assistant|><tool_call>{"name": "next_page", "arguments": {}}</tool_call><|end|>
+    <|tool|><tool_response>[page 1/P]
+    ...</tool_response><|end|>
+    ... one call per page, until the page that ends with [end of document] ...
+    <|assistant|>Done.<|end|>
+    <|user|>From Kalo, follow 2 roads. Where are you?<|end|>
+    <|assistant|>Miru<|end|>
+    ... more questions ...
+
+Loss on every assistant token (the tool calls, "Done.", the answers and their ``<|end|>``).
+Difficulty = hops. The pages leave the attention window long before the questions come, so
+answers must come from the fast weights.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..agent import render_tool_prompt
+from ..tokenizer import ByteTokenizer
+from ..tools import DocumentReader, ToolRegistry, render_tool_call
+from ..tools.calls import ToolResult
+from .tasks import Example
+
+__all__ = ["DocQA", "DOCQA_SYSTEM", "Transcript", "Turn"]
+
+DOCQA_SYSTEM = "You read documents with the tools, then answer questions about them."
+READ_REQUEST = "Read the document."
+DONE = "Done."
+
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+
+
+@dataclass
+class Turn:
+    role: str  # system | user | assistant | tool
+    text: str
+
+
+@dataclass
+class Transcript:
+    turns: list[Turn]
+    document: str
+    questions: list[tuple[str, str, int]]  # (question, answer, hops)
+
+
+class DocQA:
+    """Generator of docqa transcripts (see module docstring)."""
+
+    name = "docqa"
+
+    def __init__(
+        self,
+        n_places: tuple[int, int] = (6, 12),
+        hops: tuple[int, ...] = (1, 2, 3),
+        questions: int = 3,
+        page_chars: int = 240,
+        window: int = 256,
+    ) -> None:
+        self.n_places, self.hops, self.questions = n_places, hops, questions
+        self.page_chars, self.window = page_chars, window
+        self.tokenizer = ByteTokenizer()
+        self.vocab_size = self.tokenizer.vocab_size
+        self.pad_id = self.tokenizer.pad_id
+
+    def _names(self, rng: random.Random, n: int) -> list[str]:
+        names: set[str] = set()
+        while len(names) < n:
+            names.add("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(2)).capitalize())
+        out = sorted(names)
+        rng.shuffle(out)
+        return out
+
+    def transcript(self, rng: random.Random, hops: int | None = None) -> Transcript:
+        n = rng.randint(*self.n_places)
+        names = self._names(rng, n)
+        facts = [f"The road from {names[i]} leads to {names[(i + 1) % n]}." for i in range(n)]
+        rng.shuffle(facts)
+        document = " ".join(facts)
+        reader = DocumentReader.from_text(document, page_chars=self.page_chars)
+        turns = [Turn("system", DOCQA_SYSTEM + render_tool_prompt(ToolRegistry(reader.tools))), Turn("user", READ_REQUEST)]
+        for number in range(1, reader.page_count + 1):
+            turns.append(Turn("assistant", render_tool_call("next_page", {})))
+            turns.append(Turn("tool", reader.render_page(number)))
+        turns.append(Turn("assistant", DONE))
+        questions = []
+        for start in rng.sample(range(n), min(self.questions, n)):
+            k = hops if hops is not None else rng.choice(self.hops)
+            q = f"From {names[start]}, follow {k} road{'s' if k > 1 else ''}. Where are you?"
+            a = names[(start + k) % n]
+            turns += [Turn("user", q), Turn("assistant", a)]
+            questions.append((q, a, k))
+        return Transcript(turns, document, questions)
+
+    def render(self, t: Transcript) -> Example:
+        """Token ids exactly as the Agent reads/emits them; loss on the assistant's tokens."""
+        tok = self.tokenizer
+        ids: list[int] = []
+        mask: list[bool] = []
+        answers: list[list[int]] = []
+        for i, turn in enumerate(t.turns):
+            if turn.role == "assistant":
+                ids.append(tok.generation_prompt()[0])
+                mask.append(False)
+                start = len(ids)
+                body = tok.encode(turn.text) + [tok.end_id]
+                ids += body
+                mask += [True] * len(body)
+                if t.turns[i - 1].role == "user" and t.turns[i - 1].text != READ_REQUEST:
+                    answers.append(list(range(start, len(ids))))
+            elif turn.role == "tool":
+                piece = tok.render_tool_result(ToolResult(call_id="", name="next_page", content=turn.text).render())
+                ids += piece
+                mask += [False] * len(piece)
+            else:
+                piece = tok.render_turn(turn.role, turn.text, trusted=turn.role == "system")
+                ids += piece
+                mask += [False] * len(piece)
+        hops = [k for _, _, k in t.questions]
+        return Example(ids, mask, answers, hops[0] if len(set(hops)) == 1 else 0, {"hops": hops})
+
+    def sample(self, rng: random.Random, difficulty: int | None = None) -> Example:
+        return self.render(self.transcript(rng, difficulty))
+
+    def test_difficulties(self) -> list[int]:
+        return sorted(set(self.hops))

@@ -1,0 +1,46 @@
+"""docqa transcripts are token-for-token what the Agent reads and emits at run time."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from sleepagent import Agent, SleepPolicy
+from sleepagent.testing import FunctionModel, tiny_model
+from sleepagent.tools import DocumentReader
+from sleepagent.train.docqa import DOCQA_SYSTEM, DocQA
+
+
+async def test_rendered_transcript_equals_what_the_agent_reads():
+    task = DocQA(n_places=(5, 7), page_chars=120)
+    t = task.transcript(random.Random(3))
+    ex = task.render(t)
+    reader = DocumentReader.from_text(t.document, page_chars=task.page_chars)
+    replies = iter([turn.text for turn in t.turns if turn.role == "assistant"])
+    model = FunctionModel(lambda messages, info: next(replies), base=tiny_model(window=4096))
+    agent = Agent(model, tools=reader.tools, system_prompt=DOCQA_SYSTEM, sleep=SleepPolicy(loops=1, when="full"),
+                  max_steps=50)
+    async with agent.session() as session:
+        first = await session.run("Read the document.")
+        assert first.output == "Done."
+        for question, answer, _ in t.questions:
+            assert (await session.run(question)).output == answer
+        es = session.engine_session
+        read = es.state.ids()[0].tolist() + [i for ids, _ in es.pending for i in ids]
+    assert read == ex.ids
+
+
+def test_answers_and_loss_mask():
+    task = DocQA(hops=(2,), questions=2)
+    ex = task.sample(random.Random(0))
+    tok = task.tokenizer
+    assert len(ex.answers) == 2 and ex.meta["hops"] == [2, 2]
+    for positions in ex.answers:
+        assert ex.ids[positions[-1]] == tok.end_id and all(ex.loss_mask[p] for p in positions)
+        assert tok.decode([ex.ids[p] for p in positions[:-1]]).isalpha()
+    # every assistant token (and its <|end|>) is a target, nothing else is
+    t = task.transcript(random.Random(0))
+    assert sum(ex.loss_mask) == sum(len(tok.encode(u.text)) + 1 for u in t.turns if u.role == "assistant")
+    ids = torch.tensor(ex.ids)
+    assert int((ids[torch.tensor(ex.loss_mask)] == tok.special_ids["<|user|>"]).sum()) == 0
