@@ -461,15 +461,22 @@ class Engine:
         Passes run here are exposed when a wake is waiting for them, hidden otherwise.
         """
         with self._cv:
+            requested = session._sleep_requested
             session._sleep_requested = False
             if session in self._sleepers:
                 self._sleepers.remove(session)
+        mode = session.policy.on_wake
+        if session._job is None and requested and mode != "abort" and not session.closed:
+            # the pause asked for a sleep that the worker had not reached yet: it counts as
+            # begun, so the window boundary is the pause's, whatever the timing
+            session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
+            session._job_reason = "pause"
+            self._emit(session, "sleep_started", reason="pause", loops=session.policy.loops)
         job = session._job
         if job is None:
             session._wake_since = None
-            return  # a sleep that never started has nothing to finish or commit
+            return
         exposed_from = 0.0 if woken else None
-        mode = session.policy.on_wake
         if mode == "abort":
             self._abort(session)
             return

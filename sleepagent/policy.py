@@ -38,7 +38,9 @@ class SleepPolicy(_Policy):
     min_fill: fraction of the window that must be filled before a pause triggers a sleep.
     on_wake:  the session wakes before the passes finish: "finish" them first (the wait is
               exposed), "commit" the passes done so far (at least one), or "abort" them (the
-              window is intact, nothing is lost; the next sleep starts over).
+              window is intact, nothing is lost; the next sleep starts over). A sleep counts
+              as begun at the pause, even if no pass ran yet, so window boundaries do not
+              depend on timing (except with "abort").
     """
 
     loops: int = Field(default=4, ge=1)

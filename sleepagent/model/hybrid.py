@@ -305,6 +305,7 @@ class SleepHybridLM(nn.Module):
         detach_every: int | None = None,
         return_logits: bool = False,
         fast: FastState | None = None,
+        window_lengths: list[int] | None = None,
     ) -> LMOutput:
         """Algorithm 1 over a long sequence, split into windows exactly as wake would split it.
 
@@ -314,6 +315,8 @@ class SleepHybridLM(nn.Module):
         produce the next window's committed state. With ``evict="sliding"`` windows overlap by
         ``keep`` tokens and only the oldest ``W - keep`` are consolidated. ``checkpoint``
         recomputes each window in backward; ``detach_every=k`` truncates backprop every k windows.
+        ``window_lengths`` (hard eviction) gives the windows explicitly, e.g. to train on the
+        boundaries the runtime's pause-time sleeps will produce; each at most ``window``.
         """
         if ids.dim() != 2:
             raise ShapeError(f"forward expects token ids [batch, tokens], got {tuple(ids.shape)}")
@@ -336,14 +339,21 @@ class SleepHybridLM(nn.Module):
         total = torch.zeros((), device=ids.device)
         n_targets = int((targets != -100).sum())
         logits_out: list[torch.Tensor] = []
+        if window_lengths is not None:
+            if cfg.evict != "hard":
+                raise ConfigError("window_lengths needs evict='hard'", field="window_lengths")
+            if sum(window_lengths) != T or not all(0 < n <= W for n in window_lengths):
+                raise ShapeError(
+                    f"window_lengths must be positive, at most window={W}, and sum to {T} tokens; got {window_lengths}"
+                )
         start, k = 0, 0
         while True:
-            end = min(start + W, T)
+            end = min(start + (window_lengths[k] if window_lengths is not None else W), T)
             new_from = 0 if k == 0 else cfg.keep if cfg.evict == "sliding" else 0
             last = end >= T
             win_ids, win_tgt = ids[:, start:end], targets[:, start:end].clone()
             win_tgt[:, :new_from] = -100  # kept tokens were already scored in the previous window
-            consolidate_len = 0 if last else min(stride, end - start)
+            consolidate_len = 0 if last else end - start if window_lengths is not None else min(stride, end - start)
             args = (win_ids, win_tgt, consolidate_len, loops, return_logits, new_from)
             if checkpoint and torch.is_grad_enabled():
                 tensors = (*fast.S, *fast.conv)
@@ -362,7 +372,7 @@ class SleepHybridLM(nn.Module):
             k += 1
             if detach_every and k % detach_every == 0:
                 fast = fast.detach()
-            start += stride
+            start = end if window_lengths is not None else start + stride
         loss = total / max(n_targets, 1)
         return LMOutput(loss=loss, logits=torch.cat(logits_out, 1) if return_logits else None, n_targets=n_targets)
 

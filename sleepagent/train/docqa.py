@@ -110,6 +110,7 @@ class DocQA:
         ids: list[int] = []
         mask: list[bool] = []
         answers: list[list[int]] = []
+        pauses: list[int] = []  # tokens read when the agent waits (its turn's <|end|> is still queued)
         for i, turn in enumerate(t.turns):
             if turn.role == "assistant":
                 ids.append(tok.generation_prompt()[0])
@@ -118,6 +119,7 @@ class DocQA:
                 body = tok.encode(turn.text) + [tok.end_id]
                 ids += body
                 mask += [True] * len(body)
+                pauses.append(len(ids) - 1)
                 if t.turns[i - 1].role == "user" and t.turns[i - 1].text != READ_REQUEST:
                     answers.append(list(range(start, len(ids))))
             elif turn.role == "tool":
@@ -129,10 +131,29 @@ class DocQA:
                 ids += piece
                 mask += [False] * len(piece)
         hops = [k for _, _, k in t.questions]
-        return Example(ids, mask, answers, hops[0] if len(set(hops)) == 1 else 0, {"hops": hops})
+        return Example(ids, mask, answers, hops[0] if len(set(hops)) == 1 else 0, {"hops": hops, "pauses": pauses})
 
     def sample(self, rng: random.Random, difficulty: int | None = None) -> Example:
         return self.render(self.transcript(rng, difficulty))
 
     def test_difficulties(self) -> list[int]:
         return sorted(set(self.hops))
+
+
+def pause_windows(n_tokens: int, pauses: list[int], window: int, min_fill: float) -> list[int]:
+    """The windows the Engine produces for a transcript under ``SleepPolicy(when="pause",
+    min_fill=...)`` (with on_wake="finish"): a sleep at every pause where the window is at least
+    ``min_fill`` full, and a forced one whenever it is full. Feed to the training forward as
+    ``window_lengths`` so training sees the runtime's boundaries."""
+    out, start = [], 0
+    pause_set = set(pauses)
+    for read in range(1, n_tokens + 1):
+        if read - start == window:
+            out.append(window)
+            start = read
+        elif read in pause_set and read - start >= min_fill * window and read < n_tokens:
+            out.append(read - start)
+            start = read
+    if n_tokens > start:
+        out.append(n_tokens - start)
+    return out

@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     n_layers: int = Field(default=4, gt=0)
     n_heads: int = Field(default=4, gt=0)
     layer_types: tuple[str, ...] | None = None
+    min_fill: float = Field(default=0.5, ge=0, le=1, description="pause sleeps: as SleepPolicy.min_fill")
     save_every: int = Field(default=200, ge=1)
     device: str = "cpu"
 
@@ -106,14 +107,19 @@ def _load_optimizers(opts: list[torch.optim.Optimizer], path: Path, scalars: dic
         opt.load_state_dict(sd)
 
 
-def save_checkpoint(out: Path, model: SleepHybridLM, cfg: TrainConfig, step: int, history: list, opts) -> None:
+def save_checkpoint(
+    out: Path, model: SleepHybridLM, cfg: TrainConfig, step: int, history: list, opts, task=None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".tmp"
     tmp.mkdir(exist_ok=True)
     (tmp / "config.json").write_text(json.dumps(json.loads(model.config.to_json()), indent=2) + "\n")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     scalars = _save_optimizers(opts, tmp / "optimizer.safetensors")
-    (tmp / "tokenizer.json").write_text(json.dumps({"type": "task", "task": cfg.task}) + "\n")
+    # chat tasks (docqa) write their byte tokenizer: the checkpoint then loads as a SleepModel
+    tok = getattr(task, "tokenizer", None)
+    spec = tok.to_dict() if tok is not None else {"type": "task", "task": cfg.task}
+    (tmp / "tokenizer.json").write_text(json.dumps(spec) + "\n")
     (tmp / "train.json").write_text(
         json.dumps({"config": cfg.model_dump(mode="json"), "step": step, "history": history,
                     "optimizer_scalars": scalars}, indent=1) + "\n"
@@ -160,12 +166,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
     while step < cfg.steps:
         rng = random.Random(f"{cfg.seed}-{step}")  # one stream per step: a resumed run sees the same batches
         batch = [task.sample(rng) for _ in range(cfg.batch_size)]
-        ids, mask = collate(batch, task.pad_id)
-        ids, mask = ids.to(cfg.device), mask.to(cfg.device)
-        out_ = model(ids, mask, loops=cfg.loops, checkpoint=cfg.checkpoint, detach_every=cfg.detach_every)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        out_.loss.backward()
+        loss_t, n_tokens = _loss(model, task, batch, cfg)
+        loss_t.backward()
         if step < cfg.warmup_gdn_steps:  # warm-up: only the GDN layers learn
             for p in model.parameters():
                 if id(p) not in gdn_params:
@@ -174,17 +178,47 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
         for opt in opts:
             opt.step()
         step += 1
-        tokens += ids.numel()
-        loss = out_.loss.detach().item()
+        tokens += n_tokens
+        loss = loss_t.detach().item()
         loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
         if step % 10 == 0:
             history.append({"step": step, "loss": loss_ema})
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(out, model, cfg, step, history, opts)
+            save_checkpoint(out, model, cfg, step, history, opts, task)
     bar.close()
     return {"step": step, "loss": loss_ema, "history": history}
+
+
+def _windows(task, ex, min_fill: float) -> list[int] | None:
+    """Explicit windows for tasks whose examples carry the runtime's pause points (docqa)."""
+    if "pauses" not in ex.meta:
+        return None
+    from .docqa import pause_windows
+
+    return pause_windows(len(ex.ids), ex.meta["pauses"], task.window, min_fill)
+
+
+def _loss(model: SleepHybridLM, task, batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the batch's answer tokens (and the number of tokens read).
+
+    Examples with their own window boundaries run one by one (rows of a batch share windows).
+    """
+    kw = dict(loops=cfg.loops, checkpoint=cfg.checkpoint, detach_every=cfg.detach_every)
+    if _windows(task, batch[0], cfg.min_fill) is None:
+        ids, mask = collate(batch, task.pad_id)
+        return model(ids.to(cfg.device), mask.to(cfg.device), **kw).loss, ids.numel()
+    total, count, tokens = None, 0, 0
+    for ex in batch:
+        ids, mask = collate([ex], task.pad_id)
+        out = model(ids.to(cfg.device), mask.to(cfg.device), window_lengths=_windows(task, ex, cfg.min_fill), **kw)
+        part = out.loss * out.n_targets
+        total = part if total is None else total + part
+        count += out.n_targets
+        tokens += len(ex.ids)
+    assert total is not None
+    return total / max(count, 1), tokens
 
 
 @torch.no_grad()
@@ -197,6 +231,7 @@ def evaluate(
     seed: int = 12345,
     batch_size: int = 32,
     difficulties: list[int] | None = None,
+    min_fill: float = 0.5,
 ) -> dict[int, dict[int, float]]:
     """Exact-match accuracy per N (outer key) and difficulty (inner key) on a seeded test set."""
     model.eval()
@@ -208,10 +243,13 @@ def evaluate(
         examples = [task.sample(rng, d) for _ in range(n)]
         for N in loops:
             right = total = 0
-            for i in range(0, n, batch_size):
-                chunk = examples[i : i + batch_size]
+            per_example = _windows(task, examples[0], min_fill) is not None
+            step = 1 if per_example else batch_size
+            for i in range(0, n, step):
+                chunk = examples[i : i + step]
                 ids, mask = collate(chunk, task.pad_id)
-                logits = model(ids.to(device), mask.to(device), loops=N, return_logits=True).logits
+                windows = _windows(task, chunk[0], min_fill) if per_example else None
+                logits = model(ids.to(device), mask.to(device), loops=N, return_logits=True, window_lengths=windows).logits
                 pred = logits.argmax(-1).cpu()
                 for b, ex in enumerate(chunk):
                     for positions in ex.answers:

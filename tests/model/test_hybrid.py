@@ -304,3 +304,25 @@ def fill_to_full(model: SleepHybridLM) -> HybridState:
     st = model.new_state()
     model.prefill(ids_for(model, 1, model.config.window), st)
     return st
+
+
+@pytest.mark.parametrize("loops", [1, 3])
+def test_explicit_windows_match_wake_with_early_sleeps(loops):
+    """Sleeping before the window is full (as pauses do) is what window_lengths trains on."""
+    model = tiny_model()
+    ids = ids_for(model, 2, 40)
+    lengths = [5, 16, 9, 10]
+    with torch.no_grad():
+        train_logits = model(ids, loops=loops, return_logits=True, window_lengths=lengths).logits
+    state, logits, pos = model.new_state(2), [], 0
+    for n in lengths:
+        if pos:
+            state = model.consolidate(state, loops=loops)
+        for t in range(pos, pos + n):
+            logits.append(model.step(ids[:, t], state))
+        pos += n
+    torch.testing.assert_close(torch.stack(logits, 1), train_logits, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ShapeError, match="sum to 40"):
+        model(ids, window_lengths=[16, 16])
+    with pytest.raises(ShapeError, match="at most window"):
+        model(ids, window_lengths=[20, 20])

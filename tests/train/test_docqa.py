@@ -44,3 +44,43 @@ def test_answers_and_loss_mask():
     assert sum(ex.loss_mask) == sum(len(tok.encode(u.text)) + 1 for u in t.turns if u.role == "assistant")
     ids = torch.tensor(ex.ids)
     assert int((ids[torch.tensor(ex.loss_mask)] == tok.special_ids["<|user|>"]).sum()) == 0
+
+
+async def test_pause_windows_are_the_engines_sleeps():
+    from sleepagent.train.docqa import pause_windows
+
+    task = DocQA(n_places=(8, 10), page_chars=150)
+    t = task.transcript(random.Random(5))
+    ex = task.render(t)
+    W, min_fill = 256, 0.4
+    windows = pause_windows(len(ex.ids), ex.meta["pauses"], W, min_fill)
+    assert sum(windows) == len(ex.ids) and max(windows) <= W and len(windows) > 2
+    reader = DocumentReader.from_text(t.document, page_chars=task.page_chars)
+    replies = iter([turn.text for turn in t.turns if turn.role == "assistant"])
+    base = tiny_model(window=W)
+    agent = Agent(FunctionModel(lambda m, i: next(replies), base=base), tools=reader.tools, system_prompt=DOCQA_SYSTEM,
+                  sleep=SleepPolicy(loops=2, when="pause", min_fill=min_fill, on_wake="finish"), max_steps=50)
+    async with agent.session() as session:
+        await session.run("Read the document.")
+        for question, _, _ in t.questions:
+            await agent.engine.wait_idle(session.engine_session)
+            await session.run(question)
+        es = session.engine_session
+        await agent.engine.wait_idle(es)
+        # the last pause (after the final answer) sleeps too; pause_windows stops at the end
+        assert es.stats.sleeps == len(windows) - 1 + (es.state.window_len == 0)
+    # the same windows through the model directly give the same committed fast weights
+    lm = base.model
+    state, pos = lm.new_state(), 0
+    ids = torch.tensor([ex.ids])
+    for n in windows[:-1]:
+        lm.prefill(ids[:, pos : pos + n], state)
+        state = lm.consolidate(state, loops=2)
+        pos += n
+    engine_fast = es.state.fast if es.state.window_len else None
+    if engine_fast is None:  # engine slept after the last answer as well
+        lm.prefill(ids[:, pos:-1], state)
+        state = lm.consolidate(state, loops=2)
+        engine_fast = es.state.fast
+    for a, b in zip(engine_fast.S, state.fast.S, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

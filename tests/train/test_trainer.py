@@ -72,3 +72,19 @@ def test_task_checkpoint_is_not_a_chat_model(tmp_path):
     train(cfg(steps=1), tmp_path / "t", progress=False)
     with pytest.raises(CheckpointError, match="task model"):
         SleepModel.from_pretrained(tmp_path / "t")
+
+
+async def test_docqa_training_gives_a_chat_model(tmp_path):
+    from sleepagent import Agent, SleepPolicy
+    from sleepagent.model import SleepModel
+    from sleepagent.testing import TestModel
+
+    kw = dict(n_places=(3, 4), questions=1, page_chars=100, window=192)
+    c = TrainConfig(task="docqa", task_kwargs=kw, loops=2, steps=1, batch_size=2, d_model=32, n_heads=2, min_fill=0.3)
+    train(c, tmp_path / "d", progress=False)
+    sm = SleepModel.from_pretrained(tmp_path / "d")
+    agent = Agent(TestModel(["Done."], base=sm), sleep=SleepPolicy(loops=2), system_prompt="x")
+    assert (await agent.run("Read the document.")).output == "Done."
+    model, _ = load_checkpoint(tmp_path / "d")
+    result = evaluate(model, make_task("docqa", **kw), [1, 2], n=2)
+    assert set(result) == {1, 2} and set(result[1]) == {1, 2, 3}
