@@ -101,12 +101,16 @@ class Agent:
             if base is not None and base is not engine.model:
                 raise ConfigError("model and engine disagree: pass the engine's model (or only the engine)")
             self.engine = engine
+            self._owns_engine = False
         else:
             if base is None:
+                if self.scripted is None:
+                    raise ConfigError("Agent needs a model: a SleepModel, a checkpoint name or path", field="model")
                 from .testing import tiny_model
 
-                base = tiny_model()
+                base = tiny_model()  # a scripted model still needs real weights to run
             self.engine = Engine(base if isinstance(base, SleepModel) else SleepModel.from_pretrained(base))
+            self._owns_engine = True
         self.model: SleepModel = self.engine.model
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}", field="max_steps")
@@ -166,7 +170,8 @@ class Agent:
 
     def close(self) -> None:
         """Stop the engine's worker thread (only if this agent created it)."""
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
 
     def tool_prompt(self) -> str:
         return render_tool_prompt(self.tools)

@@ -273,3 +273,16 @@ async def test_run_stream_as_a_plain_async_iterator():
     agent = Agent(TestModel(["plain"]), sleep=SleepPolicy(loops=1, when="full"))
     events = [event async for event in agent.run_stream("hi")]
     assert events[-1].kind == "final" and events[-1].result.output == "plain"
+
+
+def test_agent_needs_a_model_and_never_closes_a_shared_engine():
+    from sleepagent.engine import Engine
+    from sleepagent.errors import CheckpointError, ConfigError
+
+    with pytest.raises(ConfigError, match="needs a model"):
+        Agent(None)
+    with pytest.raises(CheckpointError, match="never downloads"):
+        Agent("no-such-checkpoint")
+    with Engine(tiny_model()) as engine:
+        Agent(None, engine=engine).close()
+        assert Agent(TestModel(["still up"]), engine=engine).run_sync("hi").output == "still up"
