@@ -252,10 +252,10 @@ class Engine:
             await anyio.sleep(0.002)
 
     def close_session(self, session: EngineSession) -> None:
+        """No more work for this session; a sleep in progress is dropped by the worker."""
         with self._cv:
             session.closed = True
             session._sleep_requested = False
-            session._job = None
             if session in self._sleepers:
                 self._sleepers.remove(session)
 
@@ -340,7 +340,11 @@ class Engine:
             if batch is not None:
                 self._run_wake(batch)
             elif sleeper is not None:
-                self._run_sleep_pass(sleeper)
+                try:
+                    self._run_sleep_pass(sleeper)
+                except Exception as e:  # a broken sleep must not stop the worker: drop it
+                    sleeper._job = None
+                    self._emit(sleeper, "sleep_failed", error=repr(e))
 
     def _take_wake_batch(self) -> list[_Request]:
         """The next wake work: one request, or several sessions' decode steps batched (FIFO kept
@@ -491,6 +495,7 @@ class Engine:
     def _run_sleep_pass(self, session: EngineSession) -> None:
         """One pass of a paused session's sleep (the worker's gap work)."""
         if session.closed:
+            session._job = None
             return
         if session._interrupted:
             session._interrupted = False
