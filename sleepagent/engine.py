@@ -125,7 +125,7 @@ class EngineSession:
 
     @property
     def sleeping(self) -> bool:
-        return self._job is not None or self._sleep_requested
+        return not self.closed and (self._job is not None or self._sleep_requested)
 
 
 @dataclass(eq=False)
