@@ -73,6 +73,7 @@ def train(
     task_args: Annotated[str, typer.Option(help='task settings as JSON, e.g. \'{"n_max": 20, "k_max": 8}\'')] = "{}",
     warmup_gdn_steps: Annotated[int, typer.Option(min=0)] = 0,
     checkpoint: Annotated[bool, typer.Option(help="activation checkpointing per window")] = False,
+    save_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints")] = 200,
     device: str = "cpu",
     out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
 ) -> None:
@@ -86,7 +87,7 @@ def train(
         cfg = TrainConfig(
             task=task, task_kwargs=json.loads(task_args), loops=loops, steps=steps, batch_size=batch_size,
             optimizer=optimizer, lr=lr, adam_lr=adam_lr, d_model=d_model, n_layers=n_layers, seed=seed,
-            warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, device=device,
+            warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, save_every=save_every, device=device,
         )
     except (ValidationError, json.JSONDecodeError) as e:
         raise typer.BadParameter(str(e).splitlines()[0]) from None
