@@ -177,16 +177,18 @@ class Agent:
         return render_tool_prompt(self.tools)
 
 
-def render_tool_prompt(tools: ToolRegistry) -> str:
+def render_tool_prompt(tools: ToolRegistry | list[dict[str, Any]]) -> str:
     """The tool list appended to the system prompt: one compact line per tool.
 
-    Byte-level models pay for every character of context, so the full JSON schemas (which the
-    runtime still uses to validate arguments) are summarised as ``name(arg: type): summary``.
+    ``tools``: a registry, or OpenAI-format tool specs. Byte-level models pay for every
+    character of context, so the full JSON schemas (which the runtime still uses to validate
+    arguments) are summarised as ``name(arg: type): summary``.
     """
-    if not len(tools):
+    specs = tools.specs() if isinstance(tools, ToolRegistry) else list(tools)
+    if not specs:
         return ""
     lines = []
-    for spec in tools.specs():
+    for spec in specs:
         fn = spec["function"]
         params = fn["parameters"].get("properties", {})
         args = ", ".join(f"{name}: {_type_name(p)}" for name, p in params.items())

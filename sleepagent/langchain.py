@@ -1,0 +1,410 @@
+"""ChatSleepModel: a LangChain chat model over a sleep-enabled hybrid.
+
+LangChain sends the whole history on every call; the model's state already holds what it has
+read. Each session (``config["configurable"]["session_id"]``; default: a fresh ephemeral
+session per call) remembers the messages it has read, reads only the new suffix, and is rebuilt
+(with a warning) when the history no longer starts with what it holds. Between calls the
+session's window is consolidated in the background, exactly as in :class:`~sleepagent.Agent`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import nullcontext
+from contextvars import ContextVar, copy_context
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import torch
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.runnables.config import ensure_config
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+
+from .agent import DEFAULT_SYSTEM_PROMPT, render_tool_prompt
+from .engine import Engine, EngineSession
+from .errors import ConfigError
+from .model import SleepModel
+from .policy import SleepPolicy
+from .tools import MalformedToolCall, ToolResult, render_tool_call, render_tool_response, split_text_and_calls
+
+__all__ = ["ChatSleepModel"]
+
+logger = logging.getLogger(__name__)
+
+# The RunnableConfig of the current call: LangChain does not hand it to _generate, and the
+# session id lives in config["configurable"]["session_id"].
+_CALL_CONFIG: ContextVar[dict[str, Any] | None] = ContextVar("sleepagent_call_config", default=None)
+
+
+@dataclass
+class _Session:
+    engine_session: EngineSession
+    seen: list[str] = field(default_factory=list)  # keys of the messages already read
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+    return "".join(parts)
+
+
+def _key(message: BaseMessage) -> str:
+    """What identifies a message for the prefix check (ids and metadata do not count)."""
+    calls = [(c["name"], c["args"]) for c in getattr(message, "tool_calls", []) or []]
+    return json.dumps([message.type, _text(message.content), calls, getattr(message, "tool_call_id", None)],
+                      sort_keys=True, default=str)
+
+
+class ChatSleepModel(BaseChatModel):
+    """LangChain chat model for sleepagent models.
+
+    ``model`` is a shipped checkpoint name or a local directory (default: ``$SLEEPAGENT_MODEL``,
+    else ``docqa-small``), or use :meth:`from_model` with a loaded :class:`SleepModel`. ``temperature`` 0 (default) decodes greedily. The standard
+    parameters ``timeout``, ``stop``, ``max_retries`` and ``api_key`` are accepted; ``api_key``
+    and ``max_retries`` have no meaning for a local model.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    model: str = Field(
+        default_factory=lambda: os.environ.get("SLEEPAGENT_MODEL", "docqa-small"), alias="model_name"
+    )
+    temperature: float | None = 0.0
+    max_tokens: int | None = 256
+    timeout: float | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    max_retries: int | None = None
+    api_key: SecretStr | None = None
+    streaming: bool = False
+    loops: int = Field(default=4, ge=1, description="sleep passes N")
+    system_prompt: str | None = None
+    seed: int = 0
+
+    _sleep_model: SleepModel | None = PrivateAttr(default=None)
+    _engine: Engine | None = PrivateAttr(default=None)
+    _sessions: dict[str, _Session] = PrivateAttr(default_factory=dict)
+    _init_lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    @classmethod
+    def from_model(cls, sleep_model: SleepModel, **kwargs: Any) -> ChatSleepModel:
+        chat = cls(model=kwargs.pop("model", sleep_model.name), **kwargs)
+        chat._sleep_model = sleep_model
+        return chat
+
+    @property
+    def _llm_type(self) -> str:
+        return "sleepagent"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "loops": self.loops, "temperature": self.temperature}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="sleepagent", ls_model_name=kwargs.get("model", self.model), ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        if max_tokens := kwargs.get("max_tokens", self.max_tokens):
+            params["ls_max_tokens"] = max_tokens
+        if stop := stop or kwargs.get("stop") or self.stop:
+            params["ls_stop"] = stop
+        return params
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Tools (LangChain tools, pydantic models, functions, OpenAI dicts) the model may call.
+
+        ``tool_choice`` is accepted for compatibility; a small local model cannot be forced to
+        call a tool, so it is only recorded.
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    # --- calls: remember the config for the session id ------------------------------------------
+
+    def invoke(self, input: LanguageModelInput, config: Any = None, **kwargs: Any) -> AIMessage:
+        token = _CALL_CONFIG.set(ensure_config(config))
+        try:
+            return super().invoke(input, config, **kwargs)
+        finally:
+            _CALL_CONFIG.reset(token)
+
+    async def ainvoke(self, input: LanguageModelInput, config: Any = None, **kwargs: Any) -> AIMessage:
+        token = _CALL_CONFIG.set(ensure_config(config))
+        try:
+            return await super().ainvoke(input, config, **kwargs)
+        finally:
+            _CALL_CONFIG.reset(token)
+
+    def stream(self, input: LanguageModelInput, config: Any = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        _CALL_CONFIG.set(ensure_config(config))  # generators: set in this (copied) context
+        yield from super().stream(input, config, **kwargs)
+
+    async def astream(self, input: LanguageModelInput, config: Any = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        _CALL_CONFIG.set(ensure_config(config))
+        async for chunk in super().astream(input, config, **kwargs):
+            yield chunk
+
+    # --- engine and sessions --------------------------------------------------------------------
+
+    @property
+    def sleep_model(self) -> SleepModel:
+        with self._init_lock:
+            if self._sleep_model is None:
+                self._sleep_model = SleepModel.from_pretrained(self.model)
+            return self._sleep_model
+
+    @property
+    def engine(self) -> Engine:
+        with self._init_lock:
+            if self._engine is None:
+                sm = self._sleep_model
+                if sm is None:
+                    sm = self._sleep_model = SleepModel.from_pretrained(self.model)
+                self._engine = Engine(sm)
+            return self._engine
+
+    def _session(self, session_id: str | None) -> tuple[_Session, bool]:
+        policy = SleepPolicy(loops=self.loops)
+        if session_id is None:
+            return _Session(self.engine.session(policy=policy)), True
+        s = self._sessions.get(session_id)
+        if s is None:
+            s = self._sessions[session_id] = _Session(self.engine.session(session_id, policy=policy))
+        return s, False
+
+    def _tokens_for(self, messages: list[BaseMessage], tools: list[dict] | None, first: bool) -> list[tuple[list[int], bool]]:
+        tok = self.sleep_model.tokenizer
+        out: list[tuple[list[int], bool]] = []
+        tool_text = render_tool_prompt(tools or [])
+        has_system = any(isinstance(m, SystemMessage) for m in messages)
+        if first and not has_system:
+            out.append((tok.render_turn("system", (self.system_prompt or DEFAULT_SYSTEM_PROMPT) + tool_text, trusted=True), True))
+        for m in messages:
+            text = _text(m.content)
+            if isinstance(m, SystemMessage):
+                out.append((tok.render_turn("system", text + (tool_text if first else ""), trusted=True), True))
+            elif isinstance(m, HumanMessage):
+                out.append((tok.render_turn("user", text), True))
+            elif isinstance(m, AIMessage):
+                body = text + "".join(render_tool_call(c["name"], c["args"]) for c in m.tool_calls)
+                out.append((tok.generation_prompt() + tok.encode(body) + [tok.end_id], True))
+            elif isinstance(m, ToolMessage):
+                result = ToolResult(call_id=m.tool_call_id, name=m.name or "", content=text,
+                                    is_error=getattr(m, "status", "success") == "error")
+                out.append((tok.render_tool_result(render_tool_response(result)), True))
+            else:
+                raise ConfigError(f"unsupported message type {m.type!r}")
+        out.append((tok.generation_prompt(), True))
+        return out
+
+    async def _respond(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
+        on_token: Callable[[str], None] | None = None,
+    ) -> tuple[str, int, int]:
+        """Read the unseen messages, generate one turn; returns (text, input tokens, output tokens)."""
+        config = _CALL_CONFIG.get() or ensure_config()
+        session_id = (config.get("configurable") or {}).get("session_id")
+        s, ephemeral = self._session(session_id)
+        engine, es, tok = self.engine, s.engine_session, self.sleep_model.tokenizer
+        keys = [_key(m) for m in messages]
+        if s.seen and keys[: len(s.seen)] != s.seen:
+            logger.warning("session %s: the history differs from what the model read; rebuilding the session", session_id)
+            engine.close_session(es)
+            s.engine_session = es = engine.session(session_id, policy=SleepPolicy(loops=self.loops))
+            s.seen = []
+            es.pending.clear()
+        new = messages[len(s.seen):]
+        segments = self._tokens_for(new, kwargs.get("tools"), first=not s.seen)
+        n_in = sum(len(ids) for ids, _ in segments)
+        for ids, flag in segments:
+            engine.append(es, ids, flag)
+        temperature = kwargs.get("temperature", self.temperature) or 0.0
+        max_tokens = kwargs.get("max_tokens", self.max_tokens) or 256
+        stops = list(stop or kwargs.get("stop") or self.stop or [])
+        rng = torch.Generator().manual_seed(self.seed)
+        emitted: list[int] = []
+        text = ""
+        try:
+            with anyio.fail_after(self.timeout) if self.timeout else nullcontext():
+                logits = await engine.flush(es)
+                for _ in range(max_tokens):
+                    if temperature > 0:
+                        nxt = int(torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=rng))
+                    else:
+                        nxt = int(logits.argmax())
+                    if nxt in (tok.end_id, tok.eos_id):
+                        break
+                    logits = await engine.decode(es, nxt)
+                    emitted.append(nxt)
+                    piece = tok.decode([nxt])
+                    text += piece
+                    if on_token is not None:
+                        on_token(piece)
+                    if any(x in text for x in stops):
+                        break
+        finally:
+            engine.append(es, [tok.end_id], True)
+        cuts = [text.find(x) for x in stops if x and x in text]
+        if cuts:
+            text = text[: min(cuts)]
+        if ephemeral:
+            engine.close_session(es)
+        else:
+            s.seen = keys + [_key(_ai_message(text))]
+            engine.pause(es)  # the caller thinks (or runs tools): sleep now
+        return text, n_in, len(emitted)
+
+    # --- LangChain entry points -----------------------------------------------------------------
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> ChatResult:
+        text, n_in, n_out = await self._respond(messages, stop, kwargs)
+        return self._result(text, n_in, n_out)
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> ChatResult:
+        text, n_in, n_out = _run_in_new_loop(lambda: self._respond(messages, stop, kwargs))
+        return self._result(text, n_in, n_out)
+
+    def _result(self, text: str, n_in: int, n_out: int) -> ChatResult:
+        message = _ai_message(text)
+        message.usage_metadata = {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+        message.response_metadata = {"model_name": self.model, "model_provider": "sleepagent"}
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _astream(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        send, recv = anyio.create_memory_object_stream[str](max_buffer_size=100_000)
+        result: dict[str, Any] = {}
+
+        async def produce() -> None:
+            try:
+                result["out"] = await self._respond(messages, stop, kwargs, on_token=send.send_nowait)
+            finally:
+                send.close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with recv:
+                async for piece in recv:
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                    if run_manager:
+                        await run_manager.on_llm_new_token(piece, chunk=chunk)
+                    yield chunk
+        yield self._last_chunk(*result["out"])
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        pieces: queue.Queue[Any] = queue.Queue()
+        done = object()
+        config = _CALL_CONFIG.get()
+
+        def worker() -> None:
+            _CALL_CONFIG.set(config)
+            try:
+                out = _run_in_new_loop(lambda: self._respond(messages, stop, kwargs, on_token=pieces.put))
+                pieces.put(("__result__", out))
+            except BaseException as e:  # re-raised in the caller's thread
+                pieces.put(("__error__", e))
+            finally:
+                pieces.put(done)
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        final = None
+        while (item := pieces.get()) is not done:
+            if isinstance(item, tuple) and item[0] == "__error__":
+                raise item[1]
+            if isinstance(item, tuple) and item[0] == "__result__":
+                final = item[1]
+                continue
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+            if run_manager:
+                run_manager.on_llm_new_token(item, chunk=chunk)
+            yield chunk
+        thread.join()
+        assert final is not None
+        yield self._last_chunk(*final)
+
+    def _last_chunk(self, text: str, n_in: int, n_out: int) -> ChatGenerationChunk:
+        full = _ai_message(text)
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                tool_call_chunks=[
+                    tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+                    for i, c in enumerate(full.tool_calls)
+                ],
+                usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
+                response_metadata={"model_name": self.model, "model_provider": "sleepagent"},
+                chunk_position="last",
+            )
+        )
+
+
+def _ai_message(text: str) -> AIMessage:
+    prose, calls = split_text_and_calls(text)
+    good = [c for c in calls if not isinstance(c, MalformedToolCall)]
+    bad = [c for c in calls if isinstance(c, MalformedToolCall)]
+    return AIMessage(
+        content=prose if calls else text,
+        tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in good],
+        invalid_tool_calls=[
+            {"type": "invalid_tool_call", "name": c.name, "args": c.raw, "id": None, "error": c.reason} for c in bad
+        ],
+    )
+
+
+def _run_in_new_loop(fn: Callable[[], Any]) -> Any:
+    """Run a coroutine function to completion from sync code (LangChain's sync API), keeping the
+    caller's context (the call config) visible inside."""
+    ctx = copy_context()
+
+    async def main() -> Any:
+        for var, value in ctx.items():
+            if var is _CALL_CONFIG:
+                var.set(value)
+        return await fn()
+
+    return anyio.run(main)
