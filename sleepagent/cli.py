@@ -13,6 +13,8 @@ from rich.table import Table
 app = typer.Typer(help="sleepagent: an agent runtime for sleep-enabled hybrid LMs.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks, printed as ratios against a baseline run in the same process.")
 app.add_typer(bench_app, name="bench")
+snap_app = typer.Typer(help="Inspect and manage session snapshots in a store.", no_args_is_help=True)
+app.add_typer(snap_app, name="snapshots")
 console = Console()
 
 
@@ -255,6 +257,136 @@ def bench_store_cmd(
     for backend, row in result["backends"].items():
         c = row["concurrent"]
         console.print(f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s ({c['mb_per_s']:.1f} MB/s)")
+
+
+StoreOpt = Annotated[str, typer.Option("--store", help="store URL, e.g. sqlite:///sleepagent.db")]
+TenantOpt = Annotated[str, typer.Option(help="tenant the sessions belong to")]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _open_store(url: str):
+    from .storage import SnapshotStore
+
+    return SnapshotStore(url)
+
+
+def _store_call(fn):
+    """Run a store operation; a typed error becomes one clear line and exit code 2."""
+    from .errors import SleepAgentError
+
+    try:
+        return fn()
+    except SleepAgentError as e:
+        raise _fail(str(e)) from None
+
+
+def _when(t: float | None) -> str:
+    import datetime as dt
+
+    return "never" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@snap_app.command("list")
+def snapshots_list(store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
+    """Sessions and their snapshots."""
+    st = _store_call(lambda: _open_store(store))
+    table = Table(title=f"sessions of tenant {tenant!r} in {store}")
+    for col in ("session", "retention", "snapshot", "created (UTC)", "expires", "tokens", "loops", "bytes"):
+        table.add_column(col)
+    for sess in _store_call(lambda: st.list_sessions(tenant=tenant)):
+        snaps = _store_call(lambda s=sess: st.list_snapshots(s.id, tenant=tenant))
+        if not snaps:
+            table.add_row(sess.id, sess.policy.retention, "-", _when(sess.created_at), "-", "-", "-", "-")
+        for snap in snaps:
+            table.add_row(sess.id, sess.policy.retention, str(snap.id), _when(snap.created_at), _when(snap.expires_at),
+                          str(snap.tokens_consolidated), str(snap.loops), str(snap.size))
+    console.print(table)
+
+
+@snap_app.command("show")
+def snapshots_show(snapshot_id: int, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
+    """Per-layer fast-weight norms, effective rank, bytes; the policy and expiry."""
+    from .inspect import layer_stats
+
+    st = _store_call(lambda: _open_store(store))
+    info, payload = _store_call(lambda: st.load(snapshot_id, tenant=tenant))
+    sess = _store_call(lambda: st.get_session(info.session_id, tenant=tenant))
+    console.print(
+        f"snapshot {info.id} of session {info.session_id!r}: {info.size} bytes, {info.tokens_consolidated} tokens "
+        f"consolidated with N={info.loops}, created {_when(info.created_at)}, expires {_when(info.expires_at)}, "
+        f"retention {sess.policy.retention}, sha256 {info.sha256[:16]}…, model {info.fingerprint[:16]}…"
+    )
+    table = Table(title="fast weights per GDN layer")
+    for col in ("layer", "shape", "‖S‖_F", "effective rank", "bytes"):
+        table.add_column(col, justify="right")
+    for row in _store_call(lambda: layer_stats(payload)):
+        table.add_row(str(row["layer"]), "×".join(map(str, row["shape"])), f"{row['norm']:.4f}",
+                      f"{row['effective_rank']:.2f}", str(row["bytes"]))
+    console.print(table)
+
+
+@snap_app.command("diff")
+def snapshots_diff(a: int, b: int, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
+    """Compare two snapshots layer by layer."""
+    from .inspect import diff_stats
+
+    st = _store_call(lambda: _open_store(store))
+    _, pa = _store_call(lambda: st.load(a, tenant=tenant))
+    _, pb = _store_call(lambda: st.load(b, tenant=tenant))
+    table = Table(title=f"snapshot {a} vs {b}")
+    for col in ("layer", "‖A−B‖_F", "relative", "cosine"):
+        table.add_column(col, justify="right")
+    for row in _store_call(lambda: diff_stats(pa, pb)):
+        table.add_row(str(row["layer"]), f"{row['diff_norm']:.4f}", f"{row['relative']:.4f}", f"{row['cosine']:.4f}")
+    console.print(table)
+
+
+@snap_app.command("export")
+def snapshots_export(
+    snapshot_id: int,
+    out: Annotated[str, typer.Option(help="file to write (safetensors)")],
+    store: StoreOpt = "sqlite:///sleepagent.db",
+    tenant: TenantOpt = "default",
+) -> None:
+    """Write a snapshot's verified payload to a safetensors file."""
+    from pathlib import Path
+
+    st = _store_call(lambda: _open_store(store))
+    _, payload = _store_call(lambda: st.load(snapshot_id, tenant=tenant))
+    path = Path(out)
+    if not path.parent.is_dir():
+        raise _fail(f"directory {path.parent} does not exist")
+    path.write_bytes(payload)
+    st.record("export", tenant, None, snapshot=snapshot_id, path=str(path))
+    console.print(f"wrote {len(payload)} bytes to {path}")
+
+
+@snap_app.command("erase")
+def snapshots_erase(session_id: str, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
+    """Erase a session and all its snapshots for real; prints the receipt."""
+    st = _store_call(lambda: _open_store(store))
+    r = _store_call(lambda: st.erase(session_id, tenant=tenant))
+    console.print(f"erased session {r.session_id!r}: {r.snapshots} snapshot(s), {r.bytes} bytes; verified: {r.verified}")
+
+
+@snap_app.command("plot")
+def snapshots_plot(
+    snapshot_id: int,
+    out: Annotated[str, typer.Option(help="directory for the PNG files")] = ".",
+    store: StoreOpt = "sqlite:///sleepagent.db",
+    tenant: TenantOpt = "default",
+) -> None:
+    """PNG heat-maps of each layer's fast weights and a per-layer norm chart."""
+    from .inspect import plot_snapshot
+
+    st = _store_call(lambda: _open_store(store))
+    _, payload = _store_call(lambda: st.load(snapshot_id, tenant=tenant))
+    for path in _store_call(lambda: plot_snapshot(payload, out, name=f"snapshot{snapshot_id}")):
+        console.print(f"wrote {path}")
 
 
 def main() -> None:  # pragma: no cover - console-script entry
