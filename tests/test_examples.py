@@ -1,0 +1,31 @@
+"""Every example runs (short settings, the small random model)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> dict:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return runpy.run_path(str(EXAMPLES / name), run_name="example")
+    finally:
+        sys.path.pop(0)
+
+
+async def test_persisted_session_example(tmp_path, capsys):
+    example = load("persisted_session.py")
+    outputs = await example["main"](f"sqlite:///{tmp_path / 's.db'}", None, "ex")
+    assert len(outputs) == 2
+    assert "snapshot(s) stored" in capsys.readouterr().out
+
+
+def test_langchain_example(capsys):
+    example = load("langchain_agent.py")
+    messages = example["main"](None, max_rounds=2)
+    assert messages[0].type == "system" and messages[2].type == "ai"
+    assert "human" in capsys.readouterr().out
