@@ -259,6 +259,33 @@ def bench_store_cmd(
         console.print(f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s ({c['mb_per_s']:.1f} MB/s)")
 
 
+@bench_app.command("memory")
+def bench_memory_cmd(
+    tokens: Annotated[str, typer.Option(help="session lengths, comma-separated")] = "1000,10000,100000",
+    run_full_up_to: Annotated[int, typer.Option(help="run the no-eviction model up to this length")] = 10_000,
+    plot: Annotated[str | None, typer.Option(help="write a PNG plot here")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Per-session memory: the sleep hybrid vs the same model whose KV cache keeps everything."""
+    from .bench import bench_memory
+
+    result = bench_memory(_lengths(tokens), run_full_up_to=run_full_up_to, plot=plot)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title="session memory (d=128, 4 layers; state = what a session holds between calls)")
+    for col in ("tokens", "sleep state MB", "sleep peak RSS MB", "no-eviction state MB", "no-eviction peak RSS MB", "state ratio"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        full = r["full"]
+        table.add_row(
+            str(r["tokens"]), f"{r['sleep']['state_bytes'] / 1e6:.2f}", f"{r['sleep']['peak_rss_mb']:.0f}",
+            f"{full['state_bytes'] / 1e6:.2f}", f"{full['peak_rss_mb']:.0f}" + ("" if full["ran"] else " (allocated only)"),
+            f"{r['state_ratio']:.1f}x",
+        )
+    console.print(table)
+
+
 StoreOpt = Annotated[str, typer.Option("--store", help="store URL, e.g. sqlite:///sleepagent.db")]
 TenantOpt = Annotated[str, typer.Option(help="tenant the sessions belong to")]
 

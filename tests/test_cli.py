@@ -69,3 +69,12 @@ def test_eval_of_a_missing_checkpoint_is_one_clear_line(tmp_path):
 def test_train_with_bad_task_args_is_a_clear_error():
     result = runner.invoke(app, ["train", "--task-args", "{not json"])
     assert result.exit_code != 0 and "Invalid value" in result.output
+
+
+def test_bench_memory_json():
+    result = runner.invoke(app, ["bench", "memory", "--tokens", "300,1200", "--run-full-up-to", "300", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert rows[0]["sleep"]["state_bytes"] == rows[1]["sleep"]["state_bytes"]  # bounded
+    assert rows[1]["full"]["state_bytes"] > rows[0]["full"]["state_bytes"]  # the KV grows
+    assert rows[0]["full"]["ran"] and not rows[1]["full"]["ran"]
