@@ -417,18 +417,25 @@ class Engine:
         return logits
 
     def _sleep_now(self, session: EngineSession) -> None:
-        if session.state.window_len == 0:
-            return
+        if session.state.window_len:
+            self._sleep_through(session, event_reason="requested")
+
+    def _begin(self, session: EngineSession, reason: str, event_reason: str | None = None) -> SleepJob:
+        """Start a sleep job; ``reason`` "forced" makes all of its time exposed."""
         session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
-        session._job_reason = "forced"
-        self._emit(session, "sleep_started", reason="requested", loops=session.policy.loops)
-        while not session._job.done:
+        session._job_reason = reason
+        self._emit(session, "sleep_started", reason=event_reason or reason, loops=session.policy.loops)
+        return session._job
+
+    def _sleep_through(self, session: EngineSession, event_reason: str) -> None:
+        """All passes now, on the hot path (exposed), then commit."""
+        job = self._begin(session, "forced", event_reason)
+        while not job.done:
             self._timed_pass(session, exposed_from=0.0)
         self._commit(session, exposed_from=0.0)
 
     def _prefill(self, session: EngineSession, ids: list[int], consolidate: bool) -> torch.Tensor:
         lm = self.model.model
-        st = session.state
         pos, logits = 0, None
         while pos < len(ids):
             self._make_room(session, 1)
@@ -451,13 +458,8 @@ class Engine:
         self._settle_sleep(session, woken=True)
         if session.state.window_len + n <= session.state.window:
             return
-        session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
-        session._job_reason = "forced"
         session.stats.forced_sleeps += 1
-        self._emit(session, "sleep_started", reason="forced", loops=session.policy.loops)
-        while not session._job.done:
-            self._timed_pass(session, exposed_from=0.0)
-        self._commit(session, exposed_from=0.0)
+        self._sleep_through(session, event_reason="forced")
 
     def _settle_sleep(self, session: EngineSession, *, woken: bool) -> None:
         """The session wakes (or its run was cancelled): resolve its sleep per ``on_wake``.
@@ -473,9 +475,7 @@ class Engine:
         if session._job is None and requested and mode != "abort" and not session.closed:
             # the pause asked for a sleep that the worker had not reached yet: it counts as
             # begun, so the window boundary is the pause's, whatever the timing
-            session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
-            session._job_reason = "pause"
-            self._emit(session, "sleep_started", reason="pause", loops=session.policy.loops)
+            self._begin(session, "pause")
         job = session._job
         if job is None:
             session._wake_since = None
@@ -504,10 +504,8 @@ class Engine:
         if session._job is None:
             if not session._sleep_requested:
                 return
-            session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
-            session._job_reason = "pause"
             session._sleep_requested = False
-            self._emit(session, "sleep_started", reason="pause", loops=session.policy.loops)
+            self._begin(session, "pause")
         self._timed_pass(session, exposed_from=session._wake_since)
         if session._job is not None and session._job.done:
             self._commit(session, exposed_from=session._wake_since)

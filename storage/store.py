@@ -199,10 +199,7 @@ class SnapshotStore:
 
     def get_session(self, session_id: str, *, tenant: str) -> SessionInfo:
         with self._tx() as db:
-            row = db.get(SessionRow, session_id)
-            if row is None:
-                raise SnapshotNotFound(f"no session {session_id!r}")
-            self._check_tenant(row, tenant, "read")
+            row = self._session_row(db, session_id, tenant, "read")
             return _session_info(row)
 
     def list_sessions(self, *, tenant: str | None = None) -> list[SessionInfo]:
@@ -228,10 +225,7 @@ class SnapshotStore:
         counters = json.loads(header.get("counters", "{}"))
         now = self.clock()
         with self._tx() as db:
-            srow = db.get(SessionRow, session_id)
-            if srow is None:
-                raise SnapshotNotFound(f"no session {session_id!r}")
-            self._check_tenant(srow, tenant, "write")
+            srow = self._session_row(db, session_id, tenant, "write")
             policy = MemoryPolicy(**srow.policy)
             if header.get("fingerprint") != srow.fingerprint:
                 raise FingerprintMismatch(expected=srow.fingerprint, found=str(header.get("fingerprint")))
@@ -264,10 +258,7 @@ class SnapshotStore:
     def list_snapshots(self, session_id: str, *, tenant: str, include_expired: bool = False) -> list[SnapshotInfo]:
         now = self.clock()
         with self._tx() as db:
-            srow = db.get(SessionRow, session_id)
-            if srow is None:
-                raise SnapshotNotFound(f"no session {session_id!r}")
-            self._check_tenant(srow, tenant, "list")
+            self._session_row(db, session_id, tenant, "list")
             q = select(SnapshotRow).where(SnapshotRow.session_id == session_id)
             if not include_expired:
                 q = q.where((SnapshotRow.expires_at.is_(None)) | (SnapshotRow.expires_at > now))
@@ -310,10 +301,7 @@ class SnapshotStore:
     def erase(self, session_id: str, *, tenant: str) -> EraseReceipt:
         """Delete the session and every snapshot of it, for real, and leave a receipt event."""
         with self._tx() as db:
-            srow = db.get(SessionRow, session_id)
-            if srow is None:
-                raise SnapshotNotFound(f"no session {session_id!r}")
-            self._check_tenant(srow, tenant, "erase")
+            srow = self._session_row(db, session_id, tenant, "erase")
             rows = db.execute(
                 select(SnapshotRow.sha256, SnapshotRow.size).where(SnapshotRow.session_id == session_id)
             ).all()
@@ -366,6 +354,14 @@ class SnapshotStore:
     def _event(self, kind: str, tenant: str, session_id: str | None, **detail: Any) -> EventRow:
         return EventRow(created_at=self.clock(), tenant=tenant, session_id=session_id, kind=kind,
                         detail=json.dumps(detail, sort_keys=True, default=str))
+
+    def _session_row(self, db: Session, session_id: str, tenant: str, action: str) -> SessionRow:
+        """The session's row, checked to belong to ``tenant``."""
+        row = db.get(SessionRow, session_id)
+        if row is None:
+            raise SnapshotNotFound(f"no session {session_id!r}")
+        self._check_tenant(row, tenant, action)
+        return row
 
     def _check_tenant(self, row: SessionRow, tenant: str, action: str) -> None:
         if row.tenant != tenant:

@@ -199,15 +199,29 @@ class SleepHybridLM(nn.Module):
             h, working, kv2 = self._run(h, working, b, n, state)
             kv1 += kv2
         logits = self.head(h)
-        for j, k, v in kv1:
+        self._append(state, ids, mask, state.window_h[:, L : L + T], kv1, working)
+        return logits
+
+    @staticmethod
+    def _append(
+        state: HybridState,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        h_span: torch.Tensor,
+        new_kv: list[tuple[int, torch.Tensor, torch.Tensor]],
+        working: FastState,
+    ) -> None:
+        """Record T new tokens in the window: ids/mask [B, T], h_span [B, T, d], KV [B, H, T, D]."""
+        L, T = state.window_len, ids.shape[1]
+        for j, k, v in new_kv:
             state.k_cache[j][:, :, L : L + T] = k
             state.v_cache[j][:, :, L : L + T] = v
         state.working = working
+        state.window_h[:, L : L + T] = h_span
         state.window_ids[:, L : L + T] = ids
         state.consolidate_mask[:, L : L + T] = mask
         state.window_len = L + T
         state.tokens_seen += T
-        return logits
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: HybridState, consolidate: bool | torch.Tensor = True) -> torch.Tensor:
@@ -256,18 +270,12 @@ class SleepHybridLM(nn.Module):
         logits = self.head(h)[:, 0]
         S, conv = working.S, working.conv
         for r, st in enumerate(states):
-            L = st.window_len
-            for j, k, v in new_kv:
-                st.k_cache[j][:, :, L] = k[r, :, 0]
-                st.v_cache[j][:, :, L] = v[r, :, 0]
-            st.working = FastState(
-                S=tuple(s[r : r + 1] for s in S), conv=tuple(c[r : r + 1] for c in conv)
+            row = slice(r, r + 1)
+            self._append(
+                st, ids[row], torch.ones_like(ids[row], dtype=torch.bool), h_span[row],
+                [(j, k[row], v[row]) for j, k, v in new_kv],
+                FastState(S=tuple(s[row] for s in S), conv=tuple(c[row] for c in conv)),
             )
-            st.window_h[:, L] = h_span[r]
-            st.window_ids[:, L] = ids[r]
-            st.consolidate_mask[:, L] = True
-            st.window_len = L + 1
-            st.tokens_seen += 1
         return logits
 
     # --- sleep ----------------------------------------------------------------------------------
