@@ -115,6 +115,9 @@ class EngineSession:
     pending: list[tuple[list[int], bool]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     persist_error: BaseException | None = None
+    # logits after the last token read (a flush whose tokens an earlier flush already read,
+    # e.g. one that was cancelled after the worker took it, answers with these)
+    last_logits: torch.Tensor | None = None
     # sleep bookkeeping, touched by the worker (and under the engine lock by pause/interrupt)
     _job: SleepJob | None = None
     _job_reason: str = "pause"
@@ -403,18 +406,18 @@ class Engine:
             s.stats.decode_tokens += 1
             s.stats.decode_s += dt
             s.stats.window_fill = s.state.window_len / s.state.window
-            self._finish(req, logits[i].clone())
+            s.last_logits = logits[i].clone()
+            self._finish(req, s.last_logits)
 
     def _flush(self, session: EngineSession) -> torch.Tensor:
-        logits = None
         while session.pending:
             ids, consolidate = session.pending[0]
-            logits = self._prefill(session, ids, consolidate)
+            session.last_logits = self._prefill(session, ids, consolidate)
             with self._cv:
                 session.pending.pop(0)
-        if logits is None:
+        if session.last_logits is None:
             raise ConfigError("nothing to read: append tokens first")
-        return logits
+        return session.last_logits
 
     def _sleep_now(self, session: EngineSession) -> None:
         if session.state.window_len:

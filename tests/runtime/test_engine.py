@@ -135,6 +135,27 @@ async def test_sessions_are_isolated_and_batched(engine):
         assert results[i] == out
 
 
+async def test_a_flush_whose_tokens_were_already_read_returns_their_logits(engine):
+    # Both flushes are queued before the worker runs; the first reads every queued token, the
+    # second has nothing left to read and answers with the logits after the last token.
+    s = engine.session()
+    engine.append(s, text_ids(engine, "first "))
+    engine.append(s, text_ids(engine, "second"))
+    results = []
+
+    async def flush() -> None:
+        results.append(await engine.flush(s))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flush)
+        tg.start_soon(flush)
+    lm = engine.model.model
+    want = lm.prefill(torch.tensor([text_ids(engine, "first second")]), lm.new_state())[0, -1]
+    assert len(results) == 2 and s.state.window_len == 12
+    for got in results:
+        torch.testing.assert_close(got, want)
+
+
 async def test_cancelled_request_is_dropped_and_engine_keeps_serving(engine):
     s = engine.session()
     with anyio.move_on_after(0):
