@@ -148,7 +148,9 @@ def chunk_gated_delta_rule(
     dt = _compute_dtype(q, k, v, g, beta)
     B, T, HV, K = q.shape
     V = v.shape[-1]
-    C = chunk_size
+    # A sequence shorter than one chunk is one chunk of its own length: padding it to
+    # chunk_size would only multiply zeros (short windows, small prefills).
+    C = max(1, min(chunk_size, T))
     # [B, T, HV, *] -> [B, HV, T, *], compute dtype
     q, k, v = (x.transpose(1, 2).to(dt) for x in (q, k, v))
     g, beta = (x.transpose(1, 2).to(dt) for x in (g, beta))
