@@ -74,8 +74,15 @@ def train(
     seed: int = 0,
     task_args: Annotated[str, typer.Option(help='task settings as JSON, e.g. \'{"n_max": 20, "k_max": 8}\'')] = "{}",
     warmup_gdn_steps: Annotated[int, typer.Option(min=0)] = 0,
+    schedule: Annotated[str, typer.Option(help="lr after warm-up: constant | cosine")] = "constant",
+    warmup_steps: Annotated[int, typer.Option(min=0, help="linear lr warm-up steps")] = 0,
+    n_heads: Annotated[int, typer.Option(min=1)] = 4,
+    layer_types: Annotated[str | None, typer.Option(help="comma-separated gdn/attn per layer")] = None,
     checkpoint: Annotated[bool, typer.Option(help="activation checkpointing per window")] = False,
     save_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints")] = 200,
+    eval_every: Annotated[int | None, typer.Option(min=1, help="score a test set every k steps")] = None,
+    eval_n: Annotated[int, typer.Option(min=1, help="test examples per difficulty for --eval-every")] = 100,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch")] = None,
     device: str = "cpu",
     out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
 ) -> None:
@@ -90,10 +97,21 @@ def train(
             task=task, task_kwargs=json.loads(task_args), loops=loops, steps=steps, batch_size=batch_size,
             optimizer=optimizer, lr=lr, adam_lr=adam_lr, d_model=d_model, n_layers=n_layers, seed=seed,
             warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, save_every=save_every, device=device,
+            schedule=schedule, warmup_steps=warmup_steps, n_heads=n_heads, eval_every=eval_every, eval_n=eval_n,
+            layer_types=tuple(t.strip() for t in layer_types.split(",")) if layer_types else None,
         )
     except (ValidationError, json.JSONDecodeError) as e:
-        raise typer.BadParameter(str(e).splitlines()[0]) from None
-    result = run_train(cfg, out)
+        raise typer.BadParameter(_first_error(e)) from None
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from .errors import SleepAgentError
+
+    try:
+        result = run_train(cfg, out)
+    except (SleepAgentError, ValueError, TypeError) as e:  # bad task settings, layer types, resume clash
+        raise _fail(str(e)) from None
     console.print(f"trained {result['step']} steps, loss {result['loss']:.4f} → {out}")
 
 
@@ -288,6 +306,16 @@ def bench_memory_cmd(
 
 StoreOpt = Annotated[str, typer.Option("--store", help="store URL, e.g. sqlite:///sleepagent.db")]
 TenantOpt = Annotated[str, typer.Option(help="tenant the sessions belong to")]
+
+
+def _first_error(e: Exception) -> str:
+    """One line for a pydantic or JSON error: ``field: message`` rather than a count of errors."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError) and e.errors():
+        err = e.errors()[0]
+        return f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}"
+    return str(e).splitlines()[0]
 
 
 def _fail(message: str) -> typer.Exit:

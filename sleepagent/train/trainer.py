@@ -14,6 +14,7 @@ equals exact match of greedy decoding).
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -47,6 +48,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_gdn_steps: int = Field(default=0, ge=0, description="first steps train only the GDN layers")
     grad_clip: float = Field(default=1.0, gt=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="lr after warm-up: constant, or cosine decay to 10% at the last step"
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="linear lr warm-up from 0")
     checkpoint: bool = Field(default=False, description="activation checkpointing per window")
     detach_every: int | None = Field(default=None, ge=1)
     seed: int = 0
@@ -56,7 +61,28 @@ class TrainConfig(BaseModel):
     layer_types: tuple[str, ...] | None = None
     min_fill: float = Field(default=0.5, ge=0, le=1, description="pause sleeps: as SleepPolicy.min_fill")
     save_every: int = Field(default=200, ge=1)
+    eval_every: int | None = Field(
+        default=None, ge=1, description="score a fixed test set every k steps (kept in train.json's 'evals')"
+    )
+    eval_n: int = Field(default=100, ge=1, description="test examples per difficulty for eval_every")
+    eval_loops: tuple[int, ...] | None = Field(default=None, description="N values scored by eval_every; default (1, loops)")
     device: str = "cpu"
+
+
+# Settings that do not change what is learned: a run may be resumed with other values.
+_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops"}
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of the base learning rates at ``step`` (0-based): linear warm-up, then constant
+    or cosine decay to 10%. A function of the step alone, so a resumed run follows the same curve."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
@@ -108,7 +134,8 @@ def _load_optimizers(opts: list[torch.optim.Optimizer], path: Path, scalars: dic
 
 
 def save_checkpoint(
-    out: Path, model: SleepHybridLM, cfg: TrainConfig, step: int, history: list, opts, task=None
+    out: Path, model: SleepHybridLM, cfg: TrainConfig, step: int, history: list, opts, task=None,
+    evals: list | None = None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".tmp"
@@ -122,7 +149,7 @@ def save_checkpoint(
     (tmp / "tokenizer.json").write_text(json.dumps(spec) + "\n")
     (tmp / "train.json").write_text(
         json.dumps({"config": cfg.model_dump(mode="json"), "step": step, "history": history,
-                    "optimizer_scalars": scalars}, indent=1) + "\n"
+                    "evals": evals or [], "optimizer_scalars": scalars}, indent=1) + "\n"
     )
     for f in tmp.iterdir():  # rename file by file: a crash mid-save leaves a loadable checkpoint
         f.replace(out / f.name)
@@ -149,16 +176,17 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
     task = make_task(cfg.task, **cfg.task_kwargs)
     model = build_model(cfg, task).to(cfg.device)
     opts = _optimizers(cfg, model)
-    step, history = 0, []
+    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in opts]
+    step, history, evals = 0, [], []
     if resume and (out / "train.json").exists():
         meta = json.loads((out / "train.json").read_text())
         saved = TrainConfig(**meta["config"])
-        if saved.model_dump(exclude={"steps", "save_every", "device"}) != cfg.model_dump(exclude={"steps", "save_every", "device"}):
+        if saved.model_dump(exclude=_RESUMABLE) != cfg.model_dump(exclude=_RESUMABLE):
             raise CheckpointError(f"{out} holds a run with another config; use another --out or the same settings")
         loaded, _ = load_checkpoint(out, cfg.device)
         model.load_state_dict(loaded.state_dict())
         _load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
-        step, history = meta["step"], meta["history"]
+        step, history, evals = meta["step"], meta["history"], meta.get("evals", [])
     gdn_params = {id(p) for i in model.config.gdn_layers for p in model.layers[i].parameters()}
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.task} N={cfg.loops}")
@@ -166,8 +194,11 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
     while step < cfg.steps:
         rng = random.Random(f"{cfg.seed}-{step}")  # one stream per step: a resumed run sees the same batches
         batch = [task.sample(rng) for _ in range(cfg.batch_size)]
-        for opt in opts:
+        factor = lr_factor(cfg, step)
+        for opt, lrs in zip(opts, base_lrs, strict=True):
             opt.zero_grad(set_to_none=True)
+            for group, lr in zip(opt.param_groups, lrs, strict=True):
+                group["lr"] = lr * factor
         loss_t, n_tokens = _loss(model, task, batch, cfg)
         loss_t.backward()
         if step < cfg.warmup_gdn_steps:  # warm-up: only the GDN layers learn
@@ -185,10 +216,24 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
         bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
         if step % 10 == 0:
             history.append({"step": step, "loss": loss_ema})
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if not evals or evals[-1]["step"] != step:
+                evals.append({"step": step, "accuracy": _jsonable(_periodic_eval(model, task, cfg))})
+            model.train()
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(out, model, cfg, step, history, opts, task)
+            save_checkpoint(out, model, cfg, step, history, opts, task, evals)
     bar.close()
-    return {"step": step, "loss": loss_ema, "history": history}
+    return {"step": step, "loss": loss_ema, "history": history, "evals": evals}
+
+
+def _periodic_eval(model: SleepHybridLM, task, cfg: TrainConfig) -> dict[int, dict[int, float]]:
+    # its own seed, apart from evaluate()'s default test set, so the final score stays untouched
+    loops = list(cfg.eval_loops or sorted({1, cfg.loops}))
+    return evaluate(model, task, loops, n=cfg.eval_n, seed=777, min_fill=cfg.min_fill)
+
+
+def _jsonable(result: dict[int, dict[int, float]]) -> dict[str, dict[str, float]]:
+    return {str(N): {str(d): a for d, a in row.items()} for N, row in result.items()}
 
 
 def _windows(task, ex, min_fill: float) -> list[int] | None:

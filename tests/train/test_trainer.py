@@ -88,3 +88,24 @@ async def test_docqa_training_gives_a_chat_model(tmp_path):
     model, _ = load_checkpoint(tmp_path / "d")
     result = evaluate(model, make_task("docqa", **kw), [1, 2], n=2)
     assert set(result) == {1, 2} and set(result[1]) == {1, 2, 3}
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    from sleepagent.train.trainer import lr_factor
+
+    c = cfg(steps=100, warmup_steps=10, schedule="cosine")
+    factors = [lr_factor(c, s) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # non-increasing after warm-up
+    assert factors[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(lr_factor(cfg(steps=100), s) == 1.0 for s in range(100))  # constant, no warm-up
+
+
+def test_periodic_eval_is_recorded_and_survives_resume(tmp_path):
+    train(cfg(steps=2, eval_every=2, eval_n=4), tmp_path / "p", progress=False)
+    # eval settings do not change what is learned: resuming with others is allowed
+    result = train(cfg(steps=4, eval_every=1, eval_n=4), tmp_path / "p", progress=False)
+    evals = json.loads((tmp_path / "p" / "train.json").read_text())["evals"]
+    assert [e["step"] for e in evals] == [2, 3, 4] == [e["step"] for e in result["evals"]]
+    assert set(evals[0]["accuracy"]) == {"1", "2"}  # N = 1 and the trained N
+    assert set(evals[0]["accuracy"]["2"]) == {"1", "2"}  # per difficulty (hops)
