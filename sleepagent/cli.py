@@ -83,6 +83,7 @@ def train(
     eval_every: Annotated[int | None, typer.Option(min=1, help="score a test set every k steps")] = None,
     eval_n: Annotated[int, typer.Option(min=1, help="test examples per difficulty for --eval-every")] = 100,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch")] = None,
+    init_from: Annotated[str | None, typer.Option(help="start from this checkpoint's weights")] = None,
     device: str = "cpu",
     out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
 ) -> None:
@@ -98,6 +99,7 @@ def train(
             optimizer=optimizer, lr=lr, adam_lr=adam_lr, d_model=d_model, n_layers=n_layers, seed=seed,
             warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, save_every=save_every, device=device,
             schedule=schedule, warmup_steps=warmup_steps, n_heads=n_heads, eval_every=eval_every, eval_n=eval_n,
+            init_from=init_from,
             layer_types=tuple(t.strip() for t in layer_types.split(",")) if layer_types else None,
         )
     except (ValidationError, json.JSONDecodeError) as e:
@@ -113,6 +115,41 @@ def train(
     except (SleepAgentError, ValueError, TypeError) as e:  # bad task settings, layer types, resume clash
         raise _fail(str(e)) from None
     console.print(f"trained {result['step']} steps, loss {result['loss']:.4f} → {out}")
+
+
+@app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="a preset from sleepagent.train.study.STUDIES")],
+    out: Annotated[str, typer.Option(help="run directories (resumed if they exist)")] = "runs/study",
+    docs: Annotated[str, typer.Option(help="where the table, JSON and plots go")] = "docs",
+    jobs: Annotated[int, typer.Option(min=1, help="runs trained in parallel processes")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per run")] = None,
+    device: str = "cpu",
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Train one task with N = 1 and N = 4 (two seeds each), score all runs, write docs/NAME.*"""
+    import shlex
+    import sys
+
+    from .train.study import STUDIES, run_study
+
+    if name not in STUDIES:
+        raise _fail(f"unknown study {name!r}; choose one of {', '.join(sorted(STUDIES))}")
+    command = "sleepagent " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
+    report = run_study(STUDIES[name], out, docs, jobs=jobs, threads=threads, device=device, progress=not quiet,
+                       command=command)
+    table = Table(title=f"study {name}: {report['summary']}")
+    table.add_column("difficulty", justify="right")
+    loops = sorted(set(report["loops"]))
+    for n in loops:
+        table.add_column(f"trained N={n}", justify="right")
+    table.add_column("margin", justify="right")
+    table.add_column("> seed spread", justify="center")
+    for d, row in report["comparison"].items():
+        table.add_row(d, *[f"{row[f'N{n}_mean']:.3f} ± {row[f'N{n}_spread'] / 2:.3f}" for n in loops],
+                      f"{row['margin']:+.3f}", "yes" if row["beats_spread"] else "no")
+    console.print(table)
+    console.print(f"wrote {docs}/{name}.md, .json, _final.png, _curve.png")
 
 
 @app.command("eval")

@@ -33,7 +33,7 @@ from ..tools import DocumentReader, ToolRegistry, render_tool_call
 from ..tools.calls import ToolResult
 from .tasks import Example
 
-__all__ = ["DocQA", "DOCQA_SYSTEM", "Transcript", "Turn"]
+__all__ = ["DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "reader_tools", "pause_windows"]
 
 DOCQA_SYSTEM = "You read documents with the tools, then answer questions about them."
 READ_REQUEST = "Read the document."
@@ -83,21 +83,25 @@ class DocQA:
         rng.shuffle(out)
         return out
 
-    def transcript(self, rng: random.Random, hops: int | None = None) -> Transcript:
-        n = rng.randint(*self.n_places)
+    def transcript(
+        self, rng: random.Random, hops: int | None = None, n: int | None = None, hop_seq: list[int] | None = None
+    ) -> Transcript:
+        """One transcript; ``hops`` fixes every question's hop count, ``hop_seq`` each in turn."""
+        n = n if n is not None else rng.randint(*self.n_places)
         names = self._names(rng, n)
         facts = [f"The road from {names[i]} leads to {names[(i + 1) % n]}." for i in range(n)]
         rng.shuffle(facts)
         document = " ".join(facts)
         reader = DocumentReader.from_text(document, page_chars=self.page_chars)
-        turns = [Turn("system", DOCQA_SYSTEM + render_tool_prompt(ToolRegistry(reader.tools))), Turn("user", READ_REQUEST)]
+        system = DOCQA_SYSTEM + render_tool_prompt(ToolRegistry(reader_tools(reader)))
+        turns = [Turn("system", system), Turn("user", READ_REQUEST)]
         for number in range(1, reader.page_count + 1):
             turns.append(Turn("assistant", render_tool_call("next_page", {})))
             turns.append(Turn("tool", reader.render_page(number)))
         turns.append(Turn("assistant", DONE))
         questions = []
-        for start in rng.sample(range(n), min(self.questions, n)):
-            k = hops if hops is not None else rng.choice(self.hops)
+        for i, start in enumerate(rng.sample(range(n), min(self.questions, n))):
+            k = hops if hops is not None else hop_seq[i] if hop_seq is not None else rng.choice(self.hops)
             q = f"From {names[start]}, follow {k} road{'s' if k > 1 else ''}. Where are you?"
             a = names[(start + k) % n]
             turns += [Turn("user", q), Turn("assistant", a)]
@@ -133,11 +137,25 @@ class DocQA:
         hops = [k for _, _, k in t.questions]
         return Example(ids, mask, answers, hops[0] if len(set(hops)) == 1 else 0, {"hops": hops, "pauses": pauses})
 
-    def sample(self, rng: random.Random, difficulty: int | None = None) -> Example:
-        return self.render(self.transcript(rng, difficulty))
+    def sample(self, rng: random.Random, difficulty: int | None = None, n: int | None = None) -> Example:
+        return self.render(self.transcript(rng, difficulty, n))
+
+    def sample_batch(self, rng: random.Random, size: int) -> list[Example]:
+        """``size`` transcripts over documents of one size with the same hop counts: names and
+        facts have fixed lengths, so the transcripts share their length and pause points, and
+        train as one batch."""
+        n = rng.randint(*self.n_places)
+        hop_seq = [rng.choice(self.hops) for _ in range(self.questions)]  # questions' lengths vary with k
+        return [self.render(self.transcript(rng, n=n, hop_seq=hop_seq)) for _ in range(size)]
 
     def test_difficulties(self) -> list[int]:
         return sorted(set(self.hops))
+
+
+def reader_tools(reader: DocumentReader) -> list:
+    """The tools a docqa agent gets: ``next_page`` alone. The model reads front to back, and a
+    byte-level model pays for every character of the tool list in its system prompt."""
+    return [t for t in reader.tools if t.name.endswith("next_page")]
 
 
 def pause_windows(n_tokens: int, pauses: list[int], window: int, min_fill: float) -> list[int]:

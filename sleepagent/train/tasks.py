@@ -16,7 +16,8 @@ batched forward pass.
     over n nodes; the edges ``u v`` (two words back to back) in random order, left-padded with
     ``pad`` to a fixed length so they fill exactly ``edge_windows`` windows; then Q queries
     ``<hop_k> start <ans> answer`` (distinct starts): answer = the node k steps along the cycle.
-    Loss on ``<ans>`` and the answer tokens. Difficulty = k. Ids: 0 bos, 1..2m names, 2m+1 pad,
+    Loss on ``<ans>`` and the answer tokens. Difficulty = k; test examples (a given k) use
+    n = n_max, training draws n in 3..n_max with weight 1/(n + sqrt(n_max)). Ids: 0 bos, 1..2m names, 2m+1 pad,
     2m+2 ``<ans>``, 2m+3+j ``<hop_{2^j}>``.
 
 ``gsm_inf`` (GSM-Infinite's symbolic subset, byte level): the question ``Q: V123456?`` first,
@@ -133,6 +134,8 @@ class Depo:
         return out
 
     def sample(self, rng: random.Random, difficulty: int | None = None, n: int | None = None) -> Example:
+        if n is None and difficulty is not None:
+            n = self.n_max  # test examples: the full graph, as in the paper's test set
         if n is None:
             # n in 3..N with weight 1 / (n + sqrt(N)), as the original generator
             ns = list(range(3, self.n_max + 1))

@@ -66,6 +66,9 @@ class TrainConfig(BaseModel):
     )
     eval_n: int = Field(default=100, ge=1, description="test examples per difficulty for eval_every")
     eval_loops: tuple[int, ...] | None = Field(default=None, description="N values scored by eval_every; default (1, loops)")
+    init_from: str | None = Field(
+        default=None, description="start from this checkpoint's weights (same architecture; fresh optimizer)"
+    )
     device: str = "cpu"
 
 
@@ -187,13 +190,18 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
         model.load_state_dict(loaded.state_dict())
         _load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
         step, history, evals = meta["step"], meta["history"], meta.get("evals", [])
+    elif cfg.init_from:
+        start, _ = load_checkpoint(cfg.init_from, cfg.device)
+        if start.config.model_dump(exclude={"sleep_loops"}) != model.config.model_dump(exclude={"sleep_loops"}):
+            raise CheckpointError(f"init_from={cfg.init_from} has another architecture than this run")
+        model.load_state_dict(start.state_dict())
     gdn_params = {id(p) for i in model.config.gdn_layers for p in model.layers[i].parameters()}
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.task} N={cfg.loops}")
     t0, tokens, loss_ema = time.perf_counter(), 0, None
     while step < cfg.steps:
         rng = random.Random(f"{cfg.seed}-{step}")  # one stream per step: a resumed run sees the same batches
-        batch = [task.sample(rng) for _ in range(cfg.batch_size)]
+        batch = _sample_batch(task, rng, cfg.batch_size)
         factor = lr_factor(cfg, step)
         for opt, lrs in zip(opts, base_lrs, strict=True):
             opt.zero_grad(set_to_none=True)
@@ -245,23 +253,36 @@ def _windows(task, ex, min_fill: float) -> list[int] | None:
     return pause_windows(len(ex.ids), ex.meta["pauses"], task.window, min_fill)
 
 
-def _loss(model: SleepHybridLM, task, batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the batch's answer tokens (and the number of tokens read).
+def _groups(task, examples: list, min_fill: float) -> list[tuple[list[int] | None, list]]:
+    """Examples that can share one forward pass: rows of a batch share their windows, so examples
+    with their own window boundaries (docqa) are grouped by length and boundaries."""
+    groups: dict[tuple, tuple[list[int] | None, list]] = {}
+    for ex in examples:
+        windows = _windows(task, ex, min_fill)
+        key = (len(ex.ids), tuple(windows)) if windows is not None else ()
+        groups.setdefault(key, (windows, []))[1].append(ex)
+    return list(groups.values())
 
-    Examples with their own window boundaries run one by one (rows of a batch share windows).
-    """
+
+def _sample_batch(task, rng: random.Random, size: int) -> list:
+    # Tasks may draw a whole batch at once (docqa: one document size per batch, so the batch
+    # shares its window boundaries and runs as one forward pass).
+    if hasattr(task, "sample_batch"):
+        return task.sample_batch(rng, size)
+    return [task.sample(rng) for _ in range(size)]
+
+
+def _loss(model: SleepHybridLM, task, batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the batch's answer tokens (and the number of tokens read)."""
     kw = dict(loops=cfg.loops, checkpoint=cfg.checkpoint, detach_every=cfg.detach_every)
-    if _windows(task, batch[0], cfg.min_fill) is None:
-        ids, mask = collate(batch, task.pad_id)
-        return model(ids.to(cfg.device), mask.to(cfg.device), **kw).loss, ids.numel()
     total, count, tokens = None, 0, 0
-    for ex in batch:
-        ids, mask = collate([ex], task.pad_id)
-        out = model(ids.to(cfg.device), mask.to(cfg.device), window_lengths=_windows(task, ex, cfg.min_fill), **kw)
+    for windows, group in _groups(task, batch, cfg.min_fill):
+        ids, mask = collate(group, task.pad_id)
+        out = model(ids.to(cfg.device), mask.to(cfg.device), window_lengths=windows, **kw)
         part = out.loss * out.n_targets
         total = part if total is None else total + part
         count += out.n_targets
-        tokens += len(ex.ids)
+        tokens += ids.numel()
     assert total is not None
     return total / max(count, 1), tokens
 
@@ -288,18 +309,18 @@ def evaluate(
         examples = [task.sample(rng, d) for _ in range(n)]
         for N in loops:
             right = total = 0
-            per_example = _windows(task, examples[0], min_fill) is not None
-            step = 1 if per_example else batch_size
-            for i in range(0, n, step):
-                chunk = examples[i : i + step]
-                ids, mask = collate(chunk, task.pad_id)
-                windows = _windows(task, chunk[0], min_fill) if per_example else None
-                logits = model(ids.to(device), mask.to(device), loops=N, return_logits=True, window_lengths=windows).logits
-                pred = logits.argmax(-1).cpu()
-                for b, ex in enumerate(chunk):
-                    for positions in ex.answers:
-                        total += 1
-                        right += all(int(pred[b, p - 1]) == ex.ids[p] for p in positions)
+            for windows, group in _groups(task, examples, min_fill):
+                for i in range(0, len(group), batch_size):
+                    chunk = group[i : i + batch_size]
+                    ids, mask = collate(chunk, task.pad_id)
+                    logits = model(
+                        ids.to(device), mask.to(device), loops=N, return_logits=True, window_lengths=windows
+                    ).logits
+                    pred = logits.argmax(-1).cpu()
+                    for b, ex in enumerate(chunk):
+                        for positions in ex.answers:
+                            total += 1
+                            right += all(int(pred[b, p - 1]) == ex.ids[p] for p in positions)
             result.setdefault(N, {})[d] = right / max(total, 1)
     return result
 

@@ -9,7 +9,7 @@ import torch
 from sleepagent import Agent, SleepPolicy
 from sleepagent.testing import FunctionModel, tiny_model
 from sleepagent.tools import DocumentReader
-from sleepagent.train.docqa import DOCQA_SYSTEM, DocQA
+from sleepagent.train.docqa import DOCQA_SYSTEM, DocQA, reader_tools
 
 
 async def test_rendered_transcript_equals_what_the_agent_reads():
@@ -19,7 +19,7 @@ async def test_rendered_transcript_equals_what_the_agent_reads():
     reader = DocumentReader.from_text(t.document, page_chars=task.page_chars)
     replies = iter([turn.text for turn in t.turns if turn.role == "assistant"])
     model = FunctionModel(lambda messages, info: next(replies), base=tiny_model(window=4096))
-    agent = Agent(model, tools=reader.tools, system_prompt=DOCQA_SYSTEM, sleep=SleepPolicy(loops=1, when="full"),
+    agent = Agent(model, tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM, sleep=SleepPolicy(loops=1, when="full"),
                   max_steps=50)
     async with agent.session() as session:
         first = await session.run("Read the document.")
@@ -58,7 +58,7 @@ async def test_pause_windows_are_the_engines_sleeps():
     reader = DocumentReader.from_text(t.document, page_chars=task.page_chars)
     replies = iter([turn.text for turn in t.turns if turn.role == "assistant"])
     base = tiny_model(window=W)
-    agent = Agent(FunctionModel(lambda m, i: next(replies), base=base), tools=reader.tools, system_prompt=DOCQA_SYSTEM,
+    agent = Agent(FunctionModel(lambda m, i: next(replies), base=base), tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM,
                   sleep=SleepPolicy(loops=2, when="pause", min_fill=min_fill, on_wake="finish"), max_steps=50)
     async with agent.session() as session:
         await session.run("Read the document.")

@@ -50,7 +50,7 @@ def test_depo_answers_follow_the_cycle(k):
     body = [t for t in ex.ids[1:edge_end] if t != task.pad]
     words = parse_words(body, task.m)
     succ = {words[i]: words[i + 1] for i in range(0, len(words), 2)}
-    assert len(succ) == ex.meta["n"]  # one out-edge per node: a single cycle
+    assert len(succ) == ex.meta["n"] == task.n_max  # a single cycle over all nodes (test: n = n_max)
     rest = ex.ids[edge_end:]
     for q in re.finditer(r"h(.*?)a(.*?)(?=h|$)", "".join("h" if t == task.hop_token(k) else "a" if t == task.ans else f"<{t}>" for t in rest)):
         start = tuple(int(x) for x in re.findall(r"<(\d+)>", q.group(1)))

@@ -109,3 +109,19 @@ def test_periodic_eval_is_recorded_and_survives_resume(tmp_path):
     assert [e["step"] for e in evals] == [2, 3, 4] == [e["step"] for e in result["evals"]]
     assert set(evals[0]["accuracy"]) == {"1", "2"}  # N = 1 and the trained N
     assert set(evals[0]["accuracy"]["2"]) == {"1", "2"}  # per difficulty (hops)
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path):
+    train(cfg(steps=2, loops=1), tmp_path / "n1", progress=False)
+    start = weights(tmp_path / "n1")
+    result = train(cfg(steps=1, loops=2, init_from=str(tmp_path / "n1")), tmp_path / "n2", progress=False)
+    assert result["step"] == 1
+    after = weights(tmp_path / "n2")
+    assert any(not torch.equal(start[k], after[k]) for k in start)  # trained on from there
+    # a fresh run from the same start moves the same way: the start really was n1's weights
+    train(cfg(steps=1, loops=2, init_from=str(tmp_path / "n1")), tmp_path / "n2b", progress=False)
+    assert all(torch.equal(after[k], v) for k, v in weights(tmp_path / "n2b").items())
+    scratch = train(cfg(steps=1, loops=2), tmp_path / "scratch", progress=False)
+    assert scratch["step"] == 1 and any(not torch.equal(after[k], v) for k, v in weights(tmp_path / "scratch").items())
+    with pytest.raises(CheckpointError, match="another architecture"):
+        train(cfg(steps=1, d_model=48, init_from=str(tmp_path / "n1")), tmp_path / "bad", progress=False)

@@ -1,0 +1,259 @@
+"""Studies: the sleep effect, measured, one command per result.
+
+A study trains the same model on one task with several N (sleep passes during training) and two
+or more seeds, each run resumable, scoring a fixed test set every ``eval_every`` steps; then it
+scores every final checkpoint on a fresh, larger seeded test set and writes:
+
+- ``<docs>/<name>.json``: every number (settings, per-run curves, final accuracies, margins);
+- ``<docs>/<name>.md``: the table, the command that reproduces it, the machine and wall time;
+- ``<docs>/<name>_final.png``: accuracy vs difficulty, one line per training N (mean of seeds,
+  each seed a marker);
+- ``<docs>/<name>_curve.png``: accuracy on the deepest difficulties vs training step, per run.
+
+The claim a study checks, per difficulty: the mean accuracy of the largest N beats the mean of
+N = 1 by more than the spread (max - min) between seeds of either. ``sleepagent study NAME``
+runs a preset from :data:`STUDIES`; the presets are sized for a 2-core CPU (each run well under
+an hour there); the same command runs unchanged on CUDA with ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .tasks import make_task
+from .trainer import TrainConfig, evaluate, load_checkpoint, train
+
+__all__ = ["Study", "STUDIES", "run_study", "summarize"]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One comparison: ``task`` trained with each N in ``loops`` and each seed in ``seeds``."""
+
+    name: str
+    summary: str
+    task: str
+    task_kwargs: dict[str, Any]
+    train: dict[str, Any]  # TrainConfig fields shared by every run (steps, sizes, lr, ...)
+    loops: tuple[int, ...] = (1, 4)
+    seeds: tuple[int, ...] = (0, 1)
+    eval_n: int = 500  # final test examples per difficulty
+    eval_seed: int = 12345
+    deep: tuple[int, ...] = ()  # the difficulties the curve plot follows (default: the two hardest)
+
+    def runs(self) -> list[tuple[str, TrainConfig]]:
+        return [
+            (f"N{n}_s{seed}", TrainConfig(task=self.task, task_kwargs=dict(self.task_kwargs), loops=n, seed=seed,
+                                          **self.train))
+            for n in self.loops
+            for seed in self.seeds
+        ]
+
+
+STUDIES: dict[str, Study] = {}
+
+
+def _register(study: Study) -> Study:
+    STUDIES[study.name] = study
+    return study
+
+
+def _train_one(args: tuple[dict, str, int | None, bool]) -> str:
+    cfg_json, out, threads, progress = args
+    if threads:
+        torch.set_num_threads(threads)
+    train(TrainConfig(**cfg_json), out, progress=progress)
+    return out
+
+
+def run_study(
+    study: Study,
+    out: str | Path = "runs/study",
+    docs: str | Path = "docs",
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train every run (resuming finished or partial ones), score them, write the docs files."""
+    out, docs = Path(out) / study.name, Path(docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    runs = [(name, cfg.model_copy(update={"device": device})) for name, cfg in study.runs()]
+    t0 = time.perf_counter()
+    work = [(cfg.model_dump(mode="json"), str(out / name), threads, progress) for name, cfg in runs]
+    if jobs > 1:
+        # spawn, not fork: forking a process that already runs torch threads can deadlock
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_train_one, work))
+    else:
+        for item in work:
+            _train_one(item)
+    train_s = time.perf_counter() - t0
+
+    task = make_task(study.task, **study.task_kwargs)
+    results: dict[str, Any] = {}
+    for name, cfg in runs:
+        model, meta = load_checkpoint(out / name, device)
+        inference = sorted({1, cfg.loops})
+        final = evaluate(model, task, inference, n=study.eval_n, seed=study.eval_seed, min_fill=cfg.min_fill)
+        results[name] = {
+            "loops": cfg.loops,
+            "seed": cfg.seed,
+            "steps": meta.get("step"),
+            "final": {str(N): {str(d): a for d, a in row.items()} for N, row in final.items()},
+            "curve": meta.get("evals", []),
+        }
+    report = {
+        "study": study.name,
+        "summary": study.summary,
+        "task": study.task,
+        "task_kwargs": study.task_kwargs,
+        "train": study.train,
+        "loops": list(study.loops),
+        "seeds": list(study.seeds),
+        "eval_n": study.eval_n,
+        "runs": results,
+        "comparison": summarize(results, study.loops),
+        "machine": _machine(device),
+        "train_wall_s": round(train_s, 1),
+        "command": command or f"sleepagent study {study.name}",
+    }
+    (docs / f"{study.name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_final(report, docs / f"{study.name}_final.png")
+    plot_curves(report, docs / f"{study.name}_curve.png", deep=study.deep)
+    (docs / f"{study.name}.md").write_text(markdown(report))
+    return report
+
+
+def summarize(results: dict[str, Any], loops: tuple[int, ...]) -> dict[str, dict[str, float | bool]]:
+    """Per difficulty: each training N's mean accuracy (at its own N), the seed spread, and
+    whether the largest N beats N = 1 by more than either spread."""
+    lo, hi = min(loops), max(loops)
+    by_n: dict[int, list[dict[str, float]]] = {}
+    for r in results.values():
+        by_n.setdefault(r["loops"], []).append(r["final"][str(r["loops"])])
+    difficulties = sorted({int(d) for rows in by_n.values() for row in rows for d in row})
+    out: dict[str, dict[str, float | bool]] = {}
+    for d in difficulties:
+        row: dict[str, float | bool] = {}
+        for n, finals in sorted(by_n.items()):
+            accs = [f[str(d)] for f in finals]
+            row[f"N{n}_mean"] = sum(accs) / len(accs)
+            row[f"N{n}_spread"] = max(accs) - min(accs)
+        margin = float(row[f"N{hi}_mean"]) - float(row[f"N{lo}_mean"])
+        row["margin"] = margin
+        row["beats_spread"] = margin > max(float(row[f"N{lo}_spread"]), float(row[f"N{hi}_spread"]))
+        out[str(d)] = row
+    return out
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import os
+
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The study as a markdown page: settings, table, claim per difficulty, plots."""
+    loops = report["loops"]
+    lo, hi = min(loops), max(loops)
+    lines = [
+        f"# Study `{report['study']}`: {report['summary']}",
+        "",
+        f"Reproduce: `{report['command']}` (resumable; {report['train_wall_s'] / 60:.0f} min of training "
+        f"on {report['machine']}).",
+        "",
+        f"Task `{report['task']}` with `{json.dumps(report['task_kwargs'])}`; every run: "
+        f"`{json.dumps(report['train'])}`; seeds {report['seeds']}; final test set: {report['eval_n']} "
+        "examples per difficulty (fresh seed), exact match per answer.",
+        "",
+        "| difficulty | " + " | ".join(f"trained N={n} (mean ± spread/2)" for n in sorted(set(loops)))
+        + f" | margin N={hi} − N={lo} | beats seed spread |",
+        "|---" * (len(set(loops)) + 3) + "|",
+    ]
+    for d, row in report["comparison"].items():
+        cells = [f"{row[f'N{n}_mean']:.3f} ± {float(row[f'N{n}_spread']) / 2:.3f}" for n in sorted(set(loops))]
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {row['margin']:+.3f} | {'yes' if row['beats_spread'] else 'no'} |")
+    lines += ["", "Per run (accuracy at the run's own N, and at N = 1 for the same weights):", ""]
+    lines.append("| run | steps | " + " | ".join(f"d={d}" for d in report["comparison"]) + " |")
+    lines.append("|---" * (len(report["comparison"]) + 2) + "|")
+    for name, r in report["runs"].items():
+        for N, row in sorted(r["final"].items(), key=lambda kv: -int(kv[0])):
+            label = name if int(N) == r["loops"] else f"{name} at N=1"
+            lines.append(f"| {label} | {r['steps']} | " + " | ".join(f"{row[d]:.3f}" for d in report["comparison"]) + " |")
+    lines += [
+        "",
+        f"![accuracy vs difficulty]({report['study']}_final.png)",
+        f"![accuracy vs training step]({report['study']}_curve.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_final(report: dict[str, Any], path: Path) -> Path:
+    """Accuracy vs difficulty per training N: the mean as a line, each seed as a marker."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for i, n in enumerate(sorted(set(report["loops"]))):
+        color = f"C{i}"
+        ds = [int(d) for d in report["comparison"]]
+        ax.plot(ds, [report["comparison"][str(d)][f"N{n}_mean"] for d in ds], color=color, marker="o",
+                label=f"trained N = {n}")
+        for r in report["runs"].values():
+            if r["loops"] == n:
+                row = r["final"][str(n)]
+                ax.scatter(ds, [row[str(d)] for d in ds], color=color, marker="x", alpha=0.6)
+    _finish(ax, "difficulty", f"{report['task']}: accuracy (x = seeds)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(report: dict[str, Any], path: Path, deep: tuple[int, ...] = ()) -> Path:
+    """Accuracy vs training step on the deepest difficulties, one line per run."""
+    plt = _pyplot()
+    difficulties = [str(d) for d in deep] or list(report["comparison"])[-2:]
+    fig, axes = plt.subplots(1, len(difficulties), figsize=(4.5 * len(difficulties), 3.5), dpi=120, squeeze=False)
+    for ax, d in zip(axes[0], difficulties, strict=True):
+        for i, n in enumerate(sorted(set(report["loops"]))):
+            for j, (name, r) in enumerate(x for x in report["runs"].items() if x[1]["loops"] == n):
+                curve = [(e["step"], e["accuracy"][str(n)][d]) for e in r["curve"] if str(n) in e["accuracy"]]
+                if curve:
+                    xs, ys = zip(*curve, strict=True)
+                    ax.plot(xs, ys, color=f"C{i}", linestyle="-" if j == 0 else "--", label=name)
+        _finish(ax, "training step", f"difficulty {d}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display is assumed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finish(ax, xlabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
