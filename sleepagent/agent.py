@@ -37,11 +37,11 @@ from .messages import (
     Usage,
     UsageLimits,
 )
-from .model import HybridState, SleepModel
+from .model import SleepModel
 from .policy import MemoryPolicy, SleepPolicy
 from .tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, ToolResult, split_text_and_calls
 
-__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "render_tool_prompt"]
+__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "render_tool_prompt", "render_system_turn"]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -148,7 +148,7 @@ class Agent:
         es = self.engine.session(info.id, policy=self.sleep)
         if latest is not None:
             snap, payload = latest
-            es.state = HybridState.from_bytes(payload, cfg=self.model.config, fingerprint=fp, device=self.model.device)
+            es.state = self.model.state_from_bytes(payload)
             es.pending = [(list(ids), bool(flag)) for ids, flag in snap.meta.get("pending", [])]
             es.meta = dict(snap.meta.get("session", {}))
         return AgentSession(self, es, tenant=tenant, persisted=True)
@@ -175,6 +175,14 @@ class Agent:
 
     def tool_prompt(self) -> str:
         return render_tool_prompt(self.tools)
+
+
+def render_system_turn(tok: Any, text: str, specs: list[dict[str, Any]]) -> list[int]:
+    """The system turn with the tool list: in the tokenizer's own format when it has one (the
+    chat template of a transformers model), else as :func:`render_tool_prompt` text."""
+    if hasattr(tok, "render_system"):
+        return tok.render_system(text, specs)
+    return tok.render_turn("system", text + render_tool_prompt(specs), trusted=True)
 
 
 def render_tool_prompt(tools: ToolRegistry | list[dict[str, Any]]) -> str:
@@ -266,11 +274,7 @@ class AgentSession:
         state = es.state
         if not memory.persist_window and state.window_len:
             # only the committed fast weights: the raw window stays out of the store
-            kept = HybridState.empty(agent.model.config, state.batch_size, device=state.device, fast=state.fast)
-            kept.tokens_seen, kept.tokens_consolidated, kept.sleeps = (
-                state.tokens_seen - state.window_len, state.tokens_consolidated, state.sleeps,
-            )
-            state = kept
+            state = state.without_window()
         # never-consolidate segments are never written anywhere
         pending = [[ids, flag] for ids, flag in list(es.pending) if flag]
         agent.store.save(
@@ -309,8 +313,7 @@ class AgentSession:
         timeout = tool_timeout if tool_timeout is not None else agent.tool_timeout
         try:
             if not es.meta.get("system_read"):
-                system = agent.system_prompt + agent.tool_prompt()
-                self._read(tok.render_turn("system", system, trusted=True), True, usage)
+                self._read(render_system_turn(tok, agent.system_prompt, agent.tools.specs()), True, usage)
                 es.meta["system_read"] = True
             self._read(tok.render_turn("user", msg.content), msg.consolidate, usage)
             self._read(tok.generation_prompt(), True, usage)

@@ -40,7 +40,7 @@ from langchain_core.runnables.config import ensure_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
-from .agent import DEFAULT_SYSTEM_PROMPT, render_tool_prompt
+from .agent import DEFAULT_SYSTEM_PROMPT, render_system_turn
 from .engine import Engine, EngineSession
 from .errors import ConfigError
 from .model import SleepModel
@@ -208,14 +208,14 @@ class ChatSleepModel(BaseChatModel):
     def _tokens_for(self, messages: list[BaseMessage], tools: list[dict] | None, first: bool) -> list[tuple[list[int], bool]]:
         tok = self.sleep_model.tokenizer
         out: list[tuple[list[int], bool]] = []
-        tool_text = render_tool_prompt(tools or [])
+        specs = list(tools or [])
         has_system = any(isinstance(m, SystemMessage) for m in messages)
         if first and not has_system:
-            out.append((tok.render_turn("system", (self.system_prompt or DEFAULT_SYSTEM_PROMPT) + tool_text, trusted=True), True))
+            out.append((render_system_turn(tok, self.system_prompt or DEFAULT_SYSTEM_PROMPT, specs), True))
         for m in messages:
             text = _text(m.content)
             if isinstance(m, SystemMessage):
-                out.append((tok.render_turn("system", text + (tool_text if first else ""), trusted=True), True))
+                out.append((render_system_turn(tok, text, specs if first else []), True))
             elif isinstance(m, HumanMessage):
                 out.append((tok.render_turn("user", text), True))
             elif isinstance(m, AIMessage):

@@ -168,6 +168,8 @@ def _parse_body(body: str, *, raw: str) -> ToolCall | MalformedToolCall:
         body = fenced.group("body").strip()
     if not body:
         return MalformedToolCall(raw=raw, reason="the tool call is empty; expected a JSON object")
+    if body.startswith("<function="):
+        return _parse_xml_body(body, raw=raw)
     try:
         payload = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -205,6 +207,37 @@ def _parse_body(body: str, *, raw: str) -> ToolCall | MalformedToolCall:
             name=name,
             reason=f'"arguments" must be a JSON object, not {_json_type(arguments)}',
         )
+    return ToolCall(name=name, arguments=arguments, raw=raw)
+
+
+_XML_FUNCTION = re.compile(r"^<function=(?P<name>[^>\n]*)>(?P<params>.*)</function>$", re.DOTALL)
+_XML_PARAM = re.compile(r"<parameter=(?P<name>[^>\n]+)>\n?(?P<value>.*?)\n?</parameter>", re.DOTALL)
+
+
+def _parse_xml_body(body: str, *, raw: str) -> ToolCall | MalformedToolCall:
+    """The XML call format of Qwen3.5-style chat templates::
+
+        <function=name>
+        <parameter=city>
+        Paris
+        </parameter>
+        </function>
+
+    A parameter value that parses as JSON (numbers, objects, true) is taken as that value.
+    """
+    m = _XML_FUNCTION.match(body)
+    if m is None:
+        return MalformedToolCall(raw=raw, reason="the <function=...> block is not closed with </function>")
+    name = m.group("name").strip()
+    if not name:
+        return MalformedToolCall(raw=raw, reason="the <function=...> tag names no function")
+    arguments: dict[str, Any] = {}
+    for p in _XML_PARAM.finditer(m.group("params")):
+        value = p.group("value")
+        try:
+            arguments[p.group("name").strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[p.group("name").strip()] = value
     return ToolCall(name=name, arguments=arguments, raw=raw)
 
 

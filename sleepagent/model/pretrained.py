@@ -38,10 +38,19 @@ class SleepModel:
     fingerprint. Call :meth:`refresh_fingerprint` after changing the weights in place.
     """
 
-    def __init__(self, model: SleepHybridLM, tokenizer: ByteTokenizer | None = None, name: str = "model") -> None:
+    def __init__(
+        self,
+        model: SleepHybridLM,
+        tokenizer: ByteTokenizer | None = None,
+        name: str = "model",
+        train_config: dict | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer or ByteTokenizer()
         self.name = name
+        # how the checkpoint was trained (its train.json "config"; {} if unknown): the demo asks
+        # questions in the trained distribution and sleeps at the trained pause threshold
+        self.train_config = dict(train_config or {})
         if model.config.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(
                 f"vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
@@ -57,6 +66,14 @@ class SleepModel:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def new_state(self):
+        """An empty single-sequence state for this model."""
+        return self.model.new_state(1)
+
+    def state_from_bytes(self, data: bytes):
+        """A state from snapshot bytes (raises FingerprintMismatch for another model's state)."""
+        return self.model.load_state(data, self.fingerprint)
 
     def refresh_fingerprint(self) -> str:
         self.fingerprint = self.model.fingerprint()
@@ -81,18 +98,24 @@ class SleepModel:
         return cls(model.to(device).eval(), name=name)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device=None) -> SleepModel:
-        """Load a local checkpoint directory or a shipped checkpoint by name."""
+    def from_pretrained(cls, name_or_path: str | Path, device=None, **hf_options) -> SleepModel:
+        """Load a local checkpoint directory or a shipped checkpoint by name.
+
+        A directory holding a transformers checkpoint of a Gated-DeltaNet hybrid (qwen3_5,
+        qwen3_next, olmo_hybrid) loads through :mod:`sleepagent.model.hf`; ``hf_options``
+        (``window``, ``loops``, ``loop_layers``, ``dtype``) set its sleep.
+        """
         path = resolve_checkpoint(name_or_path)
         try:
             raw = json.loads((path / "config.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read {path / 'config.json'}: {e}") from None
-        if "model_type" in raw and "vocab_size" in raw and "d_model" not in raw:
-            raise CheckpointError(
-                f"{path} holds a transformers model ({raw['model_type']!r}); "
-                "transformers GDN hybrids load through sleepagent.model.hf"
-            )
+        if isinstance(raw, dict) and "model_type" in raw and "d_model" not in raw:
+            from .hf import load_transformers_hybrid
+
+            return load_transformers_hybrid(path, device=device, **hf_options)
+        if hf_options:
+            raise ConfigError(f"{sorted(hf_options)} apply to transformers checkpoints only; {path} is a sleepagent checkpoint")
         config = SleepHybridConfig(**raw)
         tok_file = path / "tokenizer.json"
         tok_spec = json.loads(tok_file.read_text()) if tok_file.exists() else {"type": "byte"}
@@ -117,7 +140,12 @@ class SleepModel:
             raise CheckpointError(
                 f"{path / 'model.safetensors'} does not match its config: missing {missing}, unexpected {unexpected}"
             )
-        return cls(model.to(device).eval(), tokenizer, name=path.name)
+        train_file = path / "train.json"
+        try:
+            train_config = json.loads(train_file.read_text()).get("config", {}) if train_file.exists() else {}
+        except (OSError, json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"cannot read {train_file}: {e}") from None
+        return cls(model.to(device).eval(), tokenizer, name=path.name, train_config=train_config)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors and tokenizer.json into ``path``."""

@@ -126,6 +126,25 @@ class HybridState:
         tensors = [*self.k_cache, *self.v_cache, self.window_ids, self.consolidate_mask, self.window_h]
         return self.fast.nbytes + self.working.nbytes + sum(t.numel() * t.element_size() for t in tensors)
 
+    def without_window(self) -> HybridState:
+        """The committed state alone, window empty (a snapshot that must not hold the raw window)."""
+        kept = HybridState.empty_like(self, fast=self.fast)
+        kept.tokens_seen = self.tokens_seen - self.window_len
+        kept.tokens_consolidated, kept.sleeps = self.tokens_consolidated, self.sleeps
+        return kept
+
+    @classmethod
+    def empty_like(cls, other: HybridState, fast: FastState) -> HybridState:
+        return cls(
+            fast=fast,
+            working=fast,
+            k_cache=[torch.zeros_like(k) for k in other.k_cache],
+            v_cache=[torch.zeros_like(v) for v in other.v_cache],
+            window_ids=torch.zeros_like(other.window_ids),
+            consolidate_mask=torch.ones_like(other.consolidate_mask),
+            window_h=torch.zeros_like(other.window_h),
+        )
+
     def ids(self) -> torch.Tensor:
         """The window's token ids, [B, window_len]."""
         return self.window_ids[:, : self.window_len]
