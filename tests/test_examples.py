@@ -29,3 +29,11 @@ def test_langchain_example(capsys):
     messages = example["main"](None, max_rounds=2)
     assert messages[0].type == "system" and messages[2].type == "ai"
     assert "human" in capsys.readouterr().out
+
+
+async def test_hf_hybrid_example_on_a_tiny_qwen3_5(capsys):
+    example = load("hf_hybrid_agent.py")
+    report = await example["main"](None, window=1024, loops=2, device=None, tiny=True)
+    assert report["answer"] == "The answer is 391."
+    assert report["sleeps"] >= 1 and report["sleep_s_exposed"] == 0 < report["sleep_s_hidden"]
+    assert "fast_weight_bytes" in capsys.readouterr().out
