@@ -30,34 +30,68 @@ def _lengths(text: str) -> tuple[int, ...]:
 
 @app.command()
 def demo(
-    loops: Annotated[int, typer.Option(min=1, help="sleep passes N per consolidation")] = 4,
-    tokens: Annotated[int, typer.Option(min=1, help="document length in tokens")] = 2000,
+    model: Annotated[str, typer.Option(help="shipped checkpoint name or local directory")] = "docqa-small",
+    loops: Annotated[str, typer.Option(help="sleep passes N to compare, comma-separated")] = "4,1",
+    questions: Annotated[int, typer.Option(min=1, help="questions asked after reading")] = 8,
+    latency: Annotated[float, typer.Option(min=0.0, help="simulated seconds per page fetch")] = 0.3,
+    think: Annotated[float, typer.Option(min=0.0, help="simulated user think time between questions")] = 0.2,
+    seed: int = 0,
 ) -> None:
-    """Smoke run: a small random model reads a long document, sleeping whenever its window fills."""
-    import torch
+    """Long-document QA: the agent reads a document page by page through a tool, sleeping during
+    each fetch, then answers multi-hop questions from its fast weights; N = 4 vs N = 1."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .model import SleepHybridConfig, SleepModel
+    from .demo import run_demo
+    from .errors import SleepAgentError
+    from .model import SleepModel
 
-    cfg = SleepHybridConfig(vocab_size=268, d_model=64, n_layers=4, n_heads=4, gdn_heads=4, window=128)
-    sm = SleepModel.from_config(cfg, seed=0)
-    text = " ".join(f"Fact {i}: the key {i * 7919 % 1000} opens door {i}." for i in range(tokens // 20 + 1))
-    ids = torch.tensor(sm.tokenizer.encode(text, specials=False)[:tokens])
-    model, state = sm.model, sm.model.new_state()
-    wake_s = sleep_s = 0.0
-    for chunk in ids.split(32):
-        if state.window_len + len(chunk) > cfg.window:
-            t0 = time.perf_counter()
-            state = model.consolidate(state, loops=loops)
-            sleep_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.prefill(chunk[None], state)
-        wake_s += time.perf_counter() - t0
-    console.print(f"[bold]sleepagent demo[/] (untrained {sm!r})")
-    console.print(
-        f"read {state.tokens_seen} tokens with a {cfg.window}-token window: {state.sleeps} sleeps × {loops} passes, "
-        f"{state.tokens_consolidated} tokens consolidated into {state.fast.nbytes / 1024:.0f} KiB of fast weights"
-    )
-    console.print(f"wake {1000 * wake_s / state.tokens_seen:.3f} ms/token, sleep {sleep_s:.2f} s in total")
+    ns = _lengths(loops)
+    try:
+        sm = SleepModel.from_pretrained(model)
+    except SleepAgentError as e:
+        raise _fail(str(e)) from None
+    console.print(f"[bold]sleepagent demo[/]: {sm!r}")
+    with Progress(TextColumn("[bold]N={task.fields[n]}[/] reading"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("pages"), console=console, transient=False) as progress:
+        bars: dict[int, int] = {}
+
+        def on_page(n: int, read: int, total: int) -> None:
+            if n not in bars:
+                bars[n] = progress.add_task("read", total=total, n=n)
+            progress.update(bars[n], completed=read, total=total)
+
+        runs = run_demo(sm, questions=questions, loops=ns, latency=latency, think=think, seed=seed, on_page=on_page)
+    first = runs[0]
+    qa = Table(title=f"answers (N={first.loops}" + "".join(f" | N={r.loops}" for r in runs[1:]) + ")")
+    qa.add_column("question")
+    qa.add_column("truth")
+    for r in runs:
+        qa.add_column(f"N={r.loops}")
+    for i, a in enumerate(first.answers):
+        cells = [f"[green]{r.answers[i]['answer']}[/]" if r.answers[i]["right"] else f"[red]{r.answers[i]['answer'] or '∅'}[/]"
+                 for r in runs]
+        qa.add_row(a["question"], a["truth"], *cells)
+    console.print(qa)
+    summary = Table(title="summary")
+    summary.add_column("")
+    for r in runs:
+        summary.add_column(f"N={r.loops}", justify="right")
+    hops = sorted({k for r in runs for k in r.accuracy_by_hops()})
+    rows = [("accuracy", lambda r: f"{r.accuracy:.0%}")]
+    rows += [(f"  {k}-hop", lambda r, k=k: f"{r.accuracy_by_hops().get(k, 0):.0%}") for k in hops]
+    rows += [
+        ("pages read", lambda r: f"{r.pages_read}/{r.pages}"),
+        ("tokens read", lambda r: f"{r.tokens_read:,}"),
+        ("most tokens in the KV window", lambda r: f"{r.max_window_tokens} (window {r.window})"),
+        ("fast-weight bytes", lambda r: f"{r.fast_weight_bytes / 1024:.0f} KiB"),
+        ("sleeps", lambda r: str(r.sleeps)),
+        ("sleep hidden / exposed", lambda r: f"{r.sleep_s_hidden:.2f} s / {r.sleep_s_exposed:.2f} s"),
+        ("wake latency", lambda r: f"{r.wake_ms_per_token:.2f} ms/token"),
+        ("wall time", lambda r: f"{r.wall_s:.1f} s"),
+    ]
+    for name, cell in rows:
+        summary.add_row(name, *(cell(r) for r in runs))
+    console.print(summary)
 
 
 @app.command()

@@ -11,10 +11,18 @@ from sleepagent.cli import app
 runner = CliRunner()
 
 
-def test_demo_reads_a_document_and_sleeps():
-    result = runner.invoke(app, ["demo", "--tokens", "600", "--loops", "2"])
+def test_demo_answers_with_the_shipped_model_and_compares_n():
+    result = runner.invoke(app, ["demo", "--questions", "3", "--latency", "0.05", "--think", "0.01"])
     assert result.exit_code == 0, result.output
-    assert "sleeps × 2 passes" in result.output
+    for text in ("N=4 reading", "N=1 reading", "summary", "tokens read", "most tokens in the KV window",
+                 "fast-weight bytes", "sleep hidden / exposed", "wake latency", "1-hop"):
+        assert text in result.output
+
+
+def test_demo_with_an_unknown_model_is_one_clear_line():
+    result = runner.invoke(app, ["demo", "--model", "no-such-model"])
+    assert result.exit_code == 2
+    assert "no shipped checkpoint" in result.output and len(result.output.strip().splitlines()) <= 2
 
 
 def test_bench_kernels_json():

@@ -68,7 +68,13 @@ class DocQA:
         questions: int = 3,
         page_chars: int = 240,
         window: int = 256,
+        name_len: int = 4,
     ) -> None:
+        if name_len not in (1, 2, 4):
+            raise ValueError(f"name_len must be 1 (a capital letter), 2 or 4 (syllables), got {name_len}")
+        if name_len == 1 and n_places[1] > 26:
+            raise ValueError("one-letter names allow at most 26 places")
+        self.name_len = name_len
         self.n_places, self.hops, self.questions = n_places, hops, questions
         self.page_chars, self.window = page_chars, window
         self.tokenizer = ByteTokenizer()
@@ -77,8 +83,11 @@ class DocQA:
 
     def _names(self, rng: random.Random, n: int) -> list[str]:
         names: set[str] = set()
+        if self.name_len == 1:
+            names.update(rng.sample("ABCDEFGHIJKLMNOPQRSTUVWXYZ", n))
         while len(names) < n:
-            names.add("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(2)).capitalize())
+            syllables = self.name_len // 2
+            names.add("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables)).capitalize())
         out = sorted(names)
         rng.shuffle(out)
         return out
