@@ -37,3 +37,16 @@ async def test_hf_hybrid_example_on_a_tiny_qwen3_5(capsys):
     assert report["answer"] == "The answer is 391."
     assert report["sleeps"] >= 1 and report["sleep_s_exposed"] == 0 < report["sleep_s_hidden"]
     assert "fast_weight_bytes" in capsys.readouterr().out
+
+
+async def test_long_document_qa_example_on_a_users_file(tmp_path, capsys):
+    doc = tmp_path / "notes.txt"
+    doc.write_text(" ".join(f"Line {i}: the meeting room {i} has {i * 3} chairs." for i in range(40)))
+    example = load("long_document_qa.py")
+    report = await example["main"](str(doc), ["How many chairs are in room 7?", "Which room is largest?"],
+                                   latency=0.1)
+    # how many pages the model chooses to read is up to the model; the mechanics are not
+    assert report["pages"] > 3 and 1 <= report["pages_read"] <= report["pages"]
+    assert report["most_tokens_in_window"] <= report["window"]
+    assert report["sleeps"] >= 1 and len(report["answers"]) == 2
+    assert "read page" in capsys.readouterr().out
