@@ -405,4 +405,4 @@ def bench_memory(tokens: tuple[int, ...] = (1000, 10_000, 100_000), *, run_full_
         fig.tight_layout()
         fig.savefig(plot)
         plt.close(fig)
-    return {"rows": rows}
+    return {"rows": rows, "plot": plot}

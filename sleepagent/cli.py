@@ -11,7 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(help="sleepagent: an agent runtime for sleep-enabled hybrid LMs.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks, printed as ratios against a baseline run in the same process.")
+bench_app = typer.Typer(
+    help="Benchmarks, printed as ratios against a baseline run in the same process. "
+    "With no subcommand: all of them, written to docs/benchmarks.md.",
+    invoke_without_command=True,
+)
 app.add_typer(bench_app, name="bench")
 snap_app = typer.Typer(help="Inspect and manage session snapshots in a store.", no_args_is_help=True)
 app.add_typer(snap_app, name="snapshots")
@@ -219,6 +223,22 @@ def eval_cmd(
     for d in sorted(next(iter(result.values()))):
         table.add_row(str(d), *[f"{result[N][d]:.3f}" for N in result])
     console.print(table)
+
+
+@bench_app.callback()
+def bench_all(
+    ctx: typer.Context,
+    out: Annotated[str, typer.Option(help="markdown report to write")] = "docs/benchmarks.md",
+    quick: Annotated[bool, typer.Option(help="small sizes (a smoke run, not figures to quote)")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Run every benchmark (kernels, wake, agent, engine, store, memory) and write a markdown table."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .bench_report import write_report
+
+    path = write_report(out, quick=quick, device=device, progress=lambda m: console.print(f"[dim]{m}[/]"))
+    console.print(f"wrote {path} (and {path.with_name('memory.png')})")
 
 
 @bench_app.command("kernels")

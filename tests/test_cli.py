@@ -86,3 +86,13 @@ def test_bench_memory_json():
     assert rows[0]["sleep"]["state_bytes"] == rows[1]["sleep"]["state_bytes"]  # bounded
     assert rows[1]["full"]["state_bytes"] > rows[0]["full"]["state_bytes"]  # the KV grows
     assert rows[0]["full"]["ran"] and not rows[1]["full"]["ran"]
+
+
+def test_bench_with_no_subcommand_writes_the_markdown_report(tmp_path):
+    out = tmp_path / "docs" / "benchmarks.md"
+    result = runner.invoke(app, ["bench", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    for heading in ("## Kernels", "## Wake latency", "## Agent", "## Engine", "## Snapshot store", "## Session memory"):
+        assert heading in text
+    assert "cores" in text and (tmp_path / "docs" / "memory.png").stat().st_size > 1000

@@ -1,0 +1,141 @@
+"""``sleepagent bench`` with no subcommand: every benchmark, written as one markdown report.
+
+Each section states its ratio against the baseline measured in the same process, and the report
+starts with the machine it ran on, so figures from different machines are never mixed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import bench
+
+__all__ = ["machine", "run_all", "to_markdown", "write_report"]
+
+QUICK = {
+    "kernels": dict(lengths=(256, 1024), repeats=1),
+    "wake": dict(loops=(1, 4), tokens=64, rounds=1),
+    "agent": dict(latency=0.05, pages=4, page_chars=200),
+    "engine": dict(sessions=4, tokens=16),
+    "store": dict(repeats=1, writers=2, postgres=False),
+    "memory": dict(tokens=(1000, 10_000), run_full_up_to=1000),
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def run_all(*, quick: bool = False, device: str = "cpu", plot: str | None = None, progress=print) -> dict[str, Any]:
+    """Run kernels, wake, agent, engine, store and memory; ``quick`` shrinks every size (tests)."""
+    kw = QUICK if quick else {k: {} for k in QUICK}
+    out: dict[str, Any] = {"machine": machine(), "quick": quick}
+    steps = [
+        ("kernels", lambda: bench.bench_kernels(device=device, **kw["kernels"])),
+        ("wake", lambda: bench.bench_wake(device=device, **kw["wake"])),
+        ("agent", lambda: bench.bench_agent(device=device, **kw["agent"])),
+        ("engine", lambda: bench.bench_engine(device=device, **kw["engine"])),
+        ("store", lambda: bench.bench_store(**kw["store"])),
+        ("memory", lambda: bench.bench_memory(plot=plot, **kw["memory"])),
+    ]
+    for name, fn in steps:
+        progress(f"bench {name} ...")
+        t0 = time.perf_counter()
+        out[name] = fn()
+        out[name]["bench_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    return [_row(*header), _row(*["---:"] * len(header)), *(_row(*r) for r in rows), ""]
+
+
+def to_markdown(r: dict[str, Any], command: str = "sleepagent bench") -> str:
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {m['date']}. Machine: {m['cpu']}, {m['cores']} cores "
+        f"({m['torch_threads']} torch threads), GPU: {m['gpu'] or 'none'}; Python {m['python']}, "
+        f"torch {m['torch']}. Every ratio compares two runs in the same process, on this machine.",
+        "",
+    ]
+    k = r["kernels"]
+    lines += [f"## Kernels: gated delta rule, {k['backend']} vs the token-by-token reference ({k['device']})", ""]
+    lines += _table(
+        ["T", "chunked fwd ms", "recurrent fwd ms", "fwd speed-up", "chunked fwd+bwd ms", "recurrent fwd+bwd ms", "fwd+bwd speed-up"],
+        [[c["T"], f"{1e3 * c['chunk_fwd_s']:.1f}", f"{1e3 * c['recurrent_fwd_s']:.1f}", f"{c['fwd_ratio']:.1f}x",
+          f"{1e3 * c['chunk_fwdbwd_s']:.1f}", f"{1e3 * c['recurrent_fwdbwd_s']:.1f}", f"{c['fwdbwd_ratio']:.1f}x"]
+         for c in k["cases"]],
+    )
+    w = r["wake"]
+    base = w["ms_per_token"].get("1")
+    lines += [f"## Wake latency vs sleep passes N (window {w['window']})", "",
+              "Sleep runs between wake steps, never inside one: per-token latency should not grow with N.", ""]
+    lines += _table(["N", "ms / token", "vs N=1"],
+                    [[n, f"{ms:.3f}", f"{ms / base:.3f}" if base else "-"] for n, ms in w["ms_per_token"].items()])
+    a = r["agent"]
+    lines += [f"## Agent: sleep hidden in tool latency (window {a['window']})", ""]
+    lines += _table(
+        ["schedule", "total s", "sleep s", "hidden s", "exposed s", "hidden %", "forced sleeps", "wake ms/token"],
+        [[name, f"{s['total_s']:.2f}", f"{s['sleep_s']:.3f}", f"{s['hidden_s']:.3f}", f"{s['exposed_s']:.3f}",
+          f"{100 * s['hidden_fraction']:.0f}", s["forced_sleeps"], f"{s['wake_ms_per_token']:.2f}"]
+         for name, s in a["schedules"].items()],
+    )
+    lines += [f"User-visible time, sleeping in pauses / sleeping only when full: **{a['pause_over_full_total']:.2f}**", ""]
+    e = r["engine"]
+    lines += ["## Engine: concurrent sessions", "",
+              f"Batched wake steps vs one session at a time: {e['serial_tok_s']:.0f} → {e['batched_tok_s']:.0f} "
+              f"tokens/s, **{e['speedup']:.2f}x**.", ""]
+    s = r["store"]
+    lines += ["## Snapshot store", ""]
+    lines += _table(
+        ["backend", "state", "MB", "write ms", "restore ms"],
+        [[b, name, f"{row[name]['bytes'] / 1e6:.2f}", f"{row[name]['write_ms']:.1f}", f"{row[name]['restore_ms']:.1f}"]
+         for b, row in s["backends"].items() for name in ("small", "2b-class")],
+    )
+    lines += [f"- {b}: {row['concurrent']['writers']} concurrent writers, "
+              f"{row['concurrent']['snapshots_per_s']:.0f} snapshots/s" for b, row in s["backends"].items()]
+    lines += [""]
+    mem = r["memory"]
+    lines += ["## Session memory: sleep vs a KV cache that keeps everything", ""]
+    lines += _table(
+        ["tokens", "sleep state MB", "no-eviction state MB", "ratio"],
+        [[f"{row['tokens']:,}", f"{row['sleep']['state_bytes'] / 1e6:.2f}",
+          f"{row['full']['state_bytes'] / 1e6:.2f}" + ("" if row["full"]["ran"] else " (allocated only)"),
+          f"{row['state_ratio']:.1f}x"] for row in mem["rows"]],
+    )
+    if mem.get("plot"):
+        lines += [f"![session memory]({Path(mem['plot']).name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(path: str | Path, *, quick: bool = False, device: str = "cpu", progress=print) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot = str(path.with_name("memory.png"))
+    result = run_all(quick=quick, device=device, plot=plot, progress=progress)
+    command = "sleepagent bench" + (" --quick" if quick else "") + (f" --out {path}" if str(path) != "docs/benchmarks.md" else "")
+    path.write_text(to_markdown(result, command) + "\n")
+    return path
