@@ -67,6 +67,28 @@ def _register(study: Study) -> Study:
     return study
 
 
+_CPU_TRAIN = dict(steps=3000, batch_size=32, d_model=64, n_layers=4, n_heads=4, adam_lr=3e-3, warmup_steps=100,
+                  schedule="cosine", eval_every=250, eval_n=100, save_every=250)
+
+_register(Study(
+    name="depo",
+    summary="k-hop queries over a 12-node cycle whose edges arrive in 2 hard-evicted windows",
+    task="depo",
+    task_kwargs=dict(n_max=12, k_max=8, m=16, max_len=1, window=24, edge_windows=2, queries=8),
+    train=_CPU_TRAIN,
+    deep=(4, 8),
+))
+
+_register(Study(
+    name="rule110",
+    summary="rows of 4 Rule 110 automata, one per evicted window, queried t steps later",
+    task="rule110",
+    task_kwargs=dict(rows=4, width=24, steps=(1, 2, 4, 8)),
+    train=_CPU_TRAIN,
+    deep=(4, 8),
+))
+
+
 def _train_one(args: tuple[dict, str, int | None, bool]) -> str:
     cfg_json, out, threads, progress = args
     if threads:

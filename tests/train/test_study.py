@@ -52,3 +52,13 @@ def test_summary_compares_means_against_the_seed_spread():
 def test_presets_are_valid_configs():
     for study in STUDIES.values():
         assert len(study.runs()) == len(study.loops) * len(study.seeds) >= 4
+
+
+def test_presets_build_their_tasks_and_runs():
+    from sleepagent.train.tasks import make_task
+
+    assert {"depo", "rule110"} <= set(STUDIES)
+    for study in STUDIES.values():
+        task = make_task(study.task, **study.task_kwargs)
+        assert set(study.deep) <= set(task.test_difficulties())
+        assert [name for name, _ in study.runs()] == ["N1_s0", "N1_s1", "N4_s0", "N4_s1"]
