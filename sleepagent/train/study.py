@@ -67,8 +67,8 @@ def _register(study: Study) -> Study:
     return study
 
 
-_CPU_TRAIN = dict(steps=3000, batch_size=32, d_model=64, n_layers=4, n_heads=4, adam_lr=3e-3, warmup_steps=100,
-                  schedule="cosine", eval_every=250, eval_n=100, save_every=250)
+_CPU_TRAIN = dict(steps=2000, batch_size=32, d_model=64, n_layers=4, n_heads=4, adam_lr=3e-3, warmup_steps=100,
+                  schedule="cosine", eval_every=250, eval_n=50, save_every=250)
 
 _register(Study(
     name="depo",
