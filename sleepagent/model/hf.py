@@ -155,7 +155,7 @@ class HFState:
     @property
     def nbytes(self) -> int:
         kv = 0
-        for layer in self.cache.layers:
+        for layer in self.cache.layers if self.cache is not None else ():
             for name in ("keys", "values"):
                 t = getattr(layer, name, None)
                 if isinstance(t, torch.Tensor):
