@@ -26,9 +26,9 @@ def _lengths(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+        raise _fail(f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
-        raise typer.BadParameter("values must be positive integers")
+        raise _fail(f"values must be positive integers, got {text!r}")
     return values
 
 
@@ -141,7 +141,7 @@ def train(
             layer_types=tuple(t.strip() for t in layer_types.split(",")) if layer_types else None,
         )
     except (ValidationError, json.JSONDecodeError) as e:
-        raise typer.BadParameter(_first_error(e)) from None
+        raise _fail(f"invalid training settings: {_first_error(e)}") from None
     if threads:
         import torch
 

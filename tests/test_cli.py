@@ -76,7 +76,10 @@ def test_eval_of_a_missing_checkpoint_is_one_clear_line(tmp_path):
 
 def test_train_with_bad_task_args_is_a_clear_error():
     result = runner.invoke(app, ["train", "--task-args", "{not json"])
-    assert result.exit_code != 0 and "Invalid value" in result.output
+    assert result.exit_code == 2 and result.output.startswith("error: invalid training settings:")
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["demo", "--loops", "4,0"])
+    assert result.exit_code == 2 and result.output.strip() == "error: values must be positive integers, got '4,0'"
 
 
 def test_bench_memory_json():
