@@ -403,7 +403,7 @@ class AgentSession:
                 self._post(TokenEvent("token", text=tok.decode([nxt])))
         finally:
             # close the turn, even when cancelled; read with the next flush
-            self._read([tok.end_id], True, usage)
+            self._read(tok.close_turn(), True, usage)
         return tok.decode(emitted)
 
     def _sample(self, logits: torch.Tensor) -> int:

@@ -220,7 +220,7 @@ class ChatSleepModel(BaseChatModel):
                 out.append((tok.render_turn("user", text), True))
             elif isinstance(m, AIMessage):
                 body = text + "".join(render_tool_call(c["name"], c["args"]) for c in m.tool_calls)
-                out.append((tok.generation_prompt() + tok.encode(body) + [tok.end_id], True))
+                out.append((tok.generation_prompt() + tok.encode(body) + tok.close_turn(), True))
             elif isinstance(m, ToolMessage):
                 result = ToolResult(call_id=m.tool_call_id, name=m.name or "", content=text,
                                     is_error=getattr(m, "status", "success") == "error")
@@ -276,7 +276,7 @@ class ChatSleepModel(BaseChatModel):
                     if any(x in text for x in stops):
                         break
         finally:
-            engine.append(es, [tok.end_id], True)
+            engine.append(es, tok.close_turn(), True)
         cuts = [text.find(x) for x in stops if x and x in text]
         if cuts:
             text = text[: min(cuts)]

@@ -118,6 +118,10 @@ class ByteTokenizer:
             + [self.special_ids[close], self.special_ids["<|end|>"]]
         )
 
+    def close_turn(self) -> list[int]:
+        """The ids that close an assistant turn after its last emitted token."""
+        return [self.special_ids["<|end|>"]]
+
     def generation_prompt(self) -> list[int]:
         """The ids that open the assistant's turn."""
         return [self.special_ids["<|assistant|>"]]

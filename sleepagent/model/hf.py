@@ -488,6 +488,7 @@ class HFChatTokenizer:
             raise CheckpointError("the tokenizer has neither an end-of-turn token nor an eos token")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._gen_prompt: list[int] | None = None
+        self._close: list[int] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -525,6 +526,16 @@ class HFChatTokenizer:
         before = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
                   {"role": "assistant", "content": "ok"}]
         return self._turn(before, {"role": "tool", "content": _SENTINEL}, body, False)
+
+    def close_turn(self) -> list[int]:
+        """What the template writes after an assistant turn's content (e.g. ``<|im_end|>\n``)."""
+        if self._close is None:
+            before = [{"role": "user", "content": "hi"}]
+            text = self._render([*before, {"role": "assistant", "content": _SENTINEL}])
+            tail = text.partition(_SENTINEL)[2]
+            ids = self.encode(tail)
+            self._close = ids if self.end_id in ids[:1] else [self.end_id]
+        return list(self._close)
 
     def generation_prompt(self) -> list[int]:
         if self._gen_prompt is None:

@@ -242,3 +242,24 @@ def test_runs_on_cpu_when_fla_is_importable(checkpoints, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "plain: 0 active drivers" in out.stdout  # the fake fla really was picked up
     assert "adapter: ok 1" in out.stdout
+
+
+async def test_the_agent_reads_exactly_what_the_chat_template_renders(checkpoints):
+    sm = load(checkpoints["qwen3_5"], window=2048)
+    agent = Agent(scripted(sm), tools=[add], sleep=SleepPolicy(loops=2, when="full"), max_tokens=64,
+                  system_prompt="You add numbers.")
+    try:
+        async with agent.session() as s:
+            await s.run("What is 2 + 3?")
+            await agent.engine.flush(s.engine_session)
+            read = sm.tokenizer.decode(s.engine_session.state.window_ids)
+    finally:
+        agent.close()
+    expected = sm.tokenizer.tok.apply_chat_template(
+        [{"role": "system", "content": "You add numbers."},
+         {"role": "user", "content": "What is 2 + 3?"},
+         {"role": "assistant", "content": tool_call("add", a=2, b=3)},
+         {"role": "tool", "content": "5"},
+         {"role": "assistant", "content": "The sum is 5."}],
+        tools=agent.tools.specs(), tokenize=False)
+    assert read == expected
