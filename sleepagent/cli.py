@@ -122,6 +122,7 @@ def train(
     eval_n: Annotated[int, typer.Option(min=1, help="test examples per difficulty for --eval-every")] = 100,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch")] = None,
     init_from: Annotated[str | None, typer.Option(help="start from this checkpoint's weights")] = None,
+    stop_at: Annotated[int | None, typer.Option(min=1, help="stop after this step (schedule still planned for --steps)")] = None,
     device: str = "cpu",
     out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
 ) -> None:
@@ -149,10 +150,11 @@ def train(
     from .errors import SleepAgentError
 
     try:
-        result = run_train(cfg, out)
+        result = run_train(cfg, out, stop_at=stop_at)
     except (SleepAgentError, ValueError, TypeError) as e:  # bad task settings, layer types, resume clash
         raise _fail(str(e)) from None
-    console.print(f"trained {result['step']} steps, loss {result['loss']:.4f} → {out}")
+    loss = f", loss {result['loss']:.4f}" if result["loss"] is not None else ""
+    console.print(f"trained {result['step']} steps{loss} → {out}")
 
 
 @app.command()

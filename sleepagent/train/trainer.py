@@ -173,8 +173,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[SleepHybridL
     return model.to(device), meta
 
 
-def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: bool = True) -> dict:
-    """Train (or resume) a run; returns ``{"step", "loss", "history"}``."""
+def train(
+    cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: bool = True, stop_at: int | None = None
+) -> dict:
+    """Train (or resume) a run; returns ``{"step", "loss", "history"}``.
+
+    ``stop_at``: stop (and save) after that step, on the schedule planned for ``cfg.steps``; the
+    same command with a later ``stop_at`` (or none) resumes where it stopped.
+    """
+    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
     out = Path(out)
     task = make_task(cfg.task, **cfg.task_kwargs)
     model = build_model(cfg, task).to(cfg.device)
@@ -199,7 +206,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.task} N={cfg.loops}")
     t0, tokens, loss_ema = time.perf_counter(), 0, None
-    while step < cfg.steps:
+    while step < end:
         rng = random.Random(f"{cfg.seed}-{step}")  # one stream per step: a resumed run sees the same batches
         batch = _sample_batch(task, rng, cfg.batch_size)
         factor = lr_factor(cfg, step)
@@ -228,7 +235,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume: b
             if not evals or evals[-1]["step"] != step:
                 evals.append({"step": step, "accuracy": _jsonable(_periodic_eval(model, task, cfg))})
             model.train()
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or step == end:
             save_checkpoint(out, model, cfg, step, history, opts, task, evals)
     bar.close()
     return {"step": step, "loss": loss_ema, "history": history, "evals": evals}

@@ -36,6 +36,17 @@ def test_resume_equals_uninterrupted(tmp_path, optimizer):
         "config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json", "train.json"]
 
 
+def test_stop_at_then_resume_follows_the_planned_schedule(tmp_path):
+    c = cfg(schedule="cosine", warmup_steps=1)
+    train(c, tmp_path / "full", progress=False)
+    stopped = train(c, tmp_path / "split", progress=False, stop_at=3)
+    assert stopped["step"] == 3 and json.loads((tmp_path / "split" / "train.json").read_text())["step"] == 3
+    train(c, tmp_path / "split", progress=False)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
 def test_resume_with_another_config_is_refused(tmp_path):
     train(cfg(steps=2), tmp_path / "r", progress=False)
     with pytest.raises(CheckpointError, match="another config"):
