@@ -225,7 +225,7 @@ class HFHybridLM(torch.nn.Module):
             conv.append(torch.zeros(1, m.conv_dim, m.conv_kernel_size, device=self.device, dtype=self.dtype))
         return FastState(S=tuple(S), conv=tuple(conv))
 
-    def _cache(self, fast: FastState, seed_from: FastState | None = None, span_only: bool = False) -> Any:
+    def _cache(self, fast: FastState, seed_from: FastState | None = None) -> Any:
         """A fresh cache (no attention KV) whose GDN layers start from ``fast``.
 
         With ``seed_from``, layers inside the looped span start from ``seed_from`` instead.
