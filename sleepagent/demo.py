@@ -3,8 +3,9 @@
 An agent with the shipped ``docqa-small`` model reads a generated document of road facts through
 the paged reader, one ``next_page`` tool call per page, with a simulated tool latency; the engine
 consolidates the window into the fast weights while each page is on its way. Then a user asks
-multi-hop questions ("From Kalo, follow 2 roads. Where are you?"), one turn each, pausing to
-think between them. By then every page has left the attention window: the answers can only come
+multi-hop questions ("From K, follow 2 roads. Where are you?"), one turn each, pausing to
+think between them. By then the earlier pages have left the attention window (the last one may
+still be in it, when the window was under the pause-sleep threshold): most facts can only come
 from the fast weights.
 
 The same document and questions run twice, with N = 4 sleep passes and with N = 1 (a plain

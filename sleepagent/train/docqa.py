@@ -18,8 +18,9 @@ places (shuffled, like depo's edges written as sentences), served by the paged
     ... more questions ...
 
 Loss on every assistant token (the tool calls, "Done.", the answers and their ``<|end|>``).
-Difficulty = hops. The pages leave the attention window long before the questions come, so
-answers must come from the fast weights.
+Difficulty = hops. The runtime sleeps at the pauses once the window is ``min_fill`` full, so the
+earlier pages leave the attention window before the questions come (the last one may stay): most
+facts must come from the fast weights. ``name_len=1`` names places with one capital letter.
 """
 
 from __future__ import annotations
