@@ -27,7 +27,6 @@ re-reads the window through the model's forward, which rebuilds its KV and worki
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import types
@@ -41,6 +40,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import CheckpointError, ConfigError, FingerprintMismatch, ShapeError, SnapshotCorrupted, StateMismatch, WindowFull
+from .hybrid import weights_digest
 from .state import FastState, read_header
 
 __all__ = [
@@ -205,7 +205,6 @@ class HFHybridLM(torch.nn.Module):
         if self.device.type != "cuda":
             for module in self.gdn.values():
                 pin_torch_kernels(module)
-        self._fingerprint: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -334,16 +333,9 @@ class HFHybridLM(torch.nn.Module):
     # --- snapshots --------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """sha256 of the adapter config, the transformers config and every weight."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256(self.config.to_json().encode())
-            digest.update(self.text_config.to_json_string(use_diff=False).encode())
-            for name, p in sorted(self.hf.state_dict().items()):
-                t = p.detach().cpu().contiguous()
-                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+        """sha256 of the adapter config, the transformers config and every weight (recomputed on
+        each call, like SleepHybridLM's: ``SleepModel`` keeps the value and refreshes it)."""
+        return weights_digest(self.hf, self.config.to_json(), self.text_config.to_json_string(use_diff=False))
 
     def save_state(self, state: HFState) -> bytes:
         return state.to_bytes(self.fingerprint())

@@ -33,7 +33,19 @@ from .config import SleepHybridConfig
 from .layers import MLP, GatedDeltaNet, RMSNorm, WindowAttention
 from .state import FastState, HybridState
 
-__all__ = ["SleepHybridLM", "LMOutput", "SleepJob"]
+__all__ = ["SleepHybridLM", "LMOutput", "SleepJob", "weights_digest"]
+
+
+def weights_digest(module: nn.Module, *configs: str) -> str:
+    """sha256 of ``configs`` and every tensor of ``module.state_dict()``: name, dtype, shape, bytes."""
+    digest = hashlib.sha256()
+    for text in configs:
+        digest.update(text.encode())
+    for name, p in sorted(module.state_dict().items()):
+        t = p.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 @dataclass
@@ -428,12 +440,7 @@ class SleepHybridLM(nn.Module):
         A snapshot restores only into a model with the same fingerprint: fast weights written by
         one set of weights mean nothing to another.
         """
-        digest = hashlib.sha256(self.config.to_json().encode())
-        for name, p in sorted(self.state_dict().items()):
-            t = p.detach().cpu().contiguous()
-            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return digest.hexdigest()
+        return weights_digest(self, self.config.to_json())
 
     def save_state(self, state: HybridState) -> bytes:
         """Serialise ``state`` (safetensors bytes tagged with this model's fingerprint)."""
