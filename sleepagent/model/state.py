@@ -128,21 +128,16 @@ class HybridState:
 
     def without_window(self) -> HybridState:
         """The committed state alone, window empty (a snapshot that must not hold the raw window)."""
-        kept = HybridState.empty_like(self, fast=self.fast)
-        kept.tokens_seen = self.tokens_seen - self.window_len
-        kept.tokens_consolidated, kept.sleeps = self.tokens_consolidated, self.sleeps
-        return kept
-
-    @classmethod
-    def empty_like(cls, other: HybridState, fast: FastState) -> HybridState:
-        return cls(
-            fast=fast,
-            working=fast,
-            k_cache=[torch.zeros_like(k) for k in other.k_cache],
-            v_cache=[torch.zeros_like(v) for v in other.v_cache],
-            window_ids=torch.zeros_like(other.window_ids),
-            consolidate_mask=torch.ones_like(other.consolidate_mask),
-            window_h=torch.zeros_like(other.window_h),
+        return replace(
+            self,
+            working=self.fast,
+            k_cache=[torch.zeros_like(k) for k in self.k_cache],
+            v_cache=[torch.zeros_like(v) for v in self.v_cache],
+            window_ids=torch.zeros_like(self.window_ids),
+            consolidate_mask=torch.ones_like(self.consolidate_mask),
+            window_h=torch.zeros_like(self.window_h),
+            window_len=0,
+            tokens_seen=self.tokens_seen - self.window_len,
         )
 
     def ids(self) -> torch.Tensor:
