@@ -10,22 +10,20 @@ recorded from the run's event stream and drawn on three lanes.
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
 import anyio
 
 from sleepagent import Agent, SleepModel, SleepPolicy
 from sleepagent.tools import DocumentReader
-from sleepagent.train.docqa import DOCQA_SYSTEM, READ_REQUEST, DocQA, reader_tools
+from sleepagent.demo import docqa_task
+from sleepagent.train.docqa import DOCQA_SYSTEM, READ_REQUEST, reader_tools
 
 
 async def record(latency: float = 0.3) -> dict[str, list]:
     sm = SleepModel.from_pretrained("docqa-small")
-    kwargs = dict(sm.train_config.get("task_kwargs", {}))
-    kwargs.pop("questions", None)
-    task = DocQA(**kwargs)
-    import random
-
+    task = docqa_task(sm)
     doc = task.transcript(random.Random(1), n=task.n_places[1]).document
     reader = DocumentReader.from_text(doc, page_chars=task.page_chars, latency=latency)
     agent = Agent(sm, tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM,

@@ -30,7 +30,7 @@ from .policy import SleepPolicy
 from .tools import DocumentReader
 from .train.docqa import DOCQA_SYSTEM, READ_REQUEST, DocQA, reader_tools
 
-__all__ = ["DemoRun", "run_demo", "DEMO_MODEL"]
+__all__ = ["DemoRun", "run_demo", "docqa_task", "task_min_fill", "DEMO_MODEL"]
 
 DEMO_MODEL = "docqa-small"
 
@@ -89,7 +89,7 @@ def run_demo(
     called as pages arrive (for a progress bar).
     """
     sm = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
-    task = _task_for(sm, places, hops)
+    task = docqa_task(sm, places, hops)
     rng = random.Random(seed)
     transcript = task.transcript(rng, n=task.n_places[1])
     # several turns of questions: draw more than the transcript's own, each with its hop count
@@ -146,7 +146,9 @@ async def _one_run(sm, task: DocQA, document: str, questions, n: int, latency: f
     return run
 
 
-def _task_for(sm: SleepModel, places: int | None, hops: tuple[int, ...] | None) -> DocQA:
+def docqa_task(sm: SleepModel, places: int | None = None, hops: tuple[int, ...] | None = None) -> DocQA:
+    """The docqa task ``sm`` was trained on (its train.json), so documents are paged and named
+    as in training; ``places``/``hops`` override the difficulty."""
     kwargs = dict(sm.train_config.get("task_kwargs", {}))
     kwargs.pop("questions", None)
     task = DocQA(**kwargs) if kwargs else DocQA(window=sm.config.window)
