@@ -22,17 +22,20 @@ from pathlib import Path
 import anyio
 
 from sleepagent import Agent, SleepModel, SleepPolicy
+from sleepagent.demo import docqa_task, task_min_fill
 from sleepagent.tools import DocumentReader
 from sleepagent.train.docqa import DOCQA_SYSTEM, READ_REQUEST, reader_tools
 
 
 async def main(path: str, questions: list[str], *, model: str = "docqa-small", loops: int = 4,
-               latency: float = 0.3, page_chars: int = 240) -> dict:
+               latency: float = 0.3, page_chars: int | None = None) -> dict:
     sm = SleepModel.from_pretrained(model)
     text = Path(path).read_text(encoding="utf-8", errors="replace")
+    # pages as long, and sleeps at the same window fill, as the model saw in training
+    page_chars = page_chars or docqa_task(sm).page_chars
     reader = DocumentReader.from_text(text, page_chars=page_chars, latency=latency)
     agent = Agent(sm, tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM,
-                  sleep=SleepPolicy(loops=loops, min_fill=0.5), max_steps=reader.page_count + 3, max_tokens=64)
+                  sleep=SleepPolicy(loops=loops, min_fill=task_min_fill(sm)), max_steps=reader.page_count + 3, max_tokens=64)
     answers, most_in_window = [], 0
     try:
         async with agent.session() as session:
