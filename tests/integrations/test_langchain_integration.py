@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from sleepagent.langchain import ChatSleepModel
 from sleepagent.model.pretrained import shipped_checkpoints
+
+from .capabilities import ChatSleepModelCapabilities
 
 pytestmark = pytest.mark.skipif(
     "docqa-small" not in shipped_checkpoints(), reason="the shipped docqa-small checkpoint is missing"
@@ -25,30 +26,14 @@ NEEDS_A_GENERAL_MODEL = pytest.mark.xfail(
 )
 
 
-class TestChatSleepModelIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatSleepModel]:
-        return ChatSleepModel
-
+class TestChatSleepModelIntegration(ChatSleepModelCapabilities, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "docqa-small", "loops": 2, "max_tokens": 24}
 
     @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
     def has_tool_choice(self) -> bool:
         return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def supports_model_override(self) -> bool:

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from sleepagent.langchain import ChatSleepModel
+from .capabilities import ChatSleepModelCapabilities
 
 
-class TestChatSleepModelUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatSleepModel]:
-        return ChatSleepModel
-
+class TestChatSleepModelUnit(ChatSleepModelCapabilities, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "docqa-small", "loops": 2}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def init_from_env_params(self) -> tuple[dict, dict, dict]:
