@@ -15,6 +15,7 @@ TINY = Study(
     loops=(1, 2),
     seeds=(0, 1),
     eval_n=6,
+    notes="Chosen because it is tiny.",
 )
 
 
@@ -29,7 +30,7 @@ def test_study_writes_table_json_and_plots_and_resumes(tmp_path):
     for suffix in ("_final.png", "_curve.png"):
         assert (tmp_path / "docs" / f"tiny{suffix}").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "docs" / "tiny.md").read_text()
-    assert "sleepagent study tiny" in md and "| 2 |" in md
+    assert "sleepagent study tiny" in md and "| 2 |" in md and "## Notes\n\nChosen because it is tiny." in md
     # finished runs are not trained again: a second call only re-scores them
     weights = (tmp_path / "runs" / "tiny" / "N1_s0" / "model.safetensors").read_bytes()
     run_study(TINY, tmp_path / "runs", tmp_path / "docs", progress=False)
