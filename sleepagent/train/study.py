@@ -99,13 +99,25 @@ _register(Study(
     notes=_DEPO_NOTES,
 ))
 
+_RULE110_NOTES = """\
+The text never says t, so each model learns one t (the paper, too, trains one model per t); this
+preset trains t = 4, where each label depends on 9 bits of its row. Pilot runs (seed 0, the
+preset's settings, periodic test set of 100 documents): N = 1 at t = 4 stayed at 0.11 exact with
+the loss at ln 2 per bit through step 1500, while N = 1 at t = 1 reached 0.29 by step 1000, so
+storing and ordering the 4 labels is learnable at this size and the step count t is what stops
+N = 1. Chance is about 0.11, not 1/16, because the labels are not balanced bits.
+
+"""
+
+
 _register(Study(
     name="rule110",
-    summary="rows of 4 Rule 110 automata, one per evicted window, queried t steps later",
+    summary="rows of 4 Rule 110 automata, one per evicted window; the first bit of each 4 steps later",
     task="rule110",
-    task_kwargs=dict(rows=4, width=24, steps=(1, 2, 4, 8)),
+    task_kwargs=dict(rows=4, width=24, steps=(4,)),
     train=_CPU_TRAIN,
-    deep=(4, 8),
+    deep=(4,),
+    notes=_RULE110_NOTES,
 ))
 
 

@@ -9,7 +9,8 @@ batched forward pass.
 ``rule110`` (character level, vocabulary ``0``=bit 0, ``1``=bit 1, ``2``=query, ``3``=pad):
     R independent rows of width 24, one per hard-evicted window of W = 24 tokens, then the query
     window ``2 l_1 .. l_R``: l_i is the first bit of row i after t Rule-110 steps (periodic
-    boundary). t is the difficulty. Exact = all R labels right (chance 2^-R).
+    boundary). t is the difficulty. Exact = all R labels right (chance 2^-R). The text does not
+    say t, so a model learns one t, as in the paper (one model per t): train with ``steps=(t,)``.
 
 ``depo`` (Physics of LMs 4.1's Depo, token level): node names are words of 1..max_len tokens from
     ``1..m`` with the last token shifted to ``m+1..2m`` (marks the word end). ONE directed cycle
@@ -18,7 +19,8 @@ batched forward pass.
     ``<hop_k> start <ans> answer`` (distinct starts): answer = the node k steps along the cycle.
     Loss on ``<ans>`` and the answer tokens. Difficulty = k; test examples (a given k) use
     n = n_max, training draws n in 3..n_max with weight 1/(n + sqrt(n_max)). Ids: 0 bos, 1..2m names, 2m+1 pad,
-    2m+2 ``<ans>``, 2m+3+j ``<hop_{2^j}>``.
+    2m+2 ``<ans>``, 2m+3+j ``<hop_{2^j}>``. ``train_hops`` limits the k that training draws (a
+    curriculum knob); test examples cover every k.
 
 ``gsm_inf`` (GSM-Infinite's symbolic subset, byte level): the question ``Q: V123456?`` first,
     then shuffled statements ``assign V1 = V2 + 1.`` / ``- 1`` / plain copy, one chain of ``op``
@@ -75,6 +77,8 @@ class Rule110:
     def __init__(self, rows: int = 4, width: int = 24, steps: tuple[int, ...] = (32,)) -> None:
         if width != self.window:
             raise ValueError("rule110 rows fill exactly one window of 24 tokens")
+        if not steps or min(steps) < 0:
+            raise ValueError(f"rule110 steps must be one or more t >= 0, got {steps}")
         self.rows, self.width, self.steps = rows, width, steps
         self.vocab_size = 4
         self.pad_id = 3
@@ -106,7 +110,7 @@ class Depo:
 
     def __init__(
         self, n_max: int = 75, k_max: int = 16, m: int = 50, max_len: int = 2, queries: int = 10,
-        window: int = 75, edge_windows: int = 4,
+        window: int = 75, edge_windows: int = 4, train_hops: tuple[int, ...] | None = None,
     ) -> None:
         self.n_max, self.k_max, self.m, self.max_len, self.queries = n_max, k_max, m, max_len, queries
         self.window, self.edge_windows = window, edge_windows
@@ -115,6 +119,10 @@ class Depo:
         if k_max not in self.hops:
             self.hops.append(k_max)
         self.vocab_size = 2 * m + 3 + len(self.hops)
+        # the hop counts training draws from (default all); tests always cover every hop count
+        self.train_hops = list(train_hops) if train_hops is not None else list(self.hops)
+        if not self.train_hops or set(self.train_hops) - set(self.hops):
+            raise ValueError(f"train_hops {train_hops} must be a non-empty subset of {self.hops}")
         self.pad_id = self.pad
         if 1 + 2 * n_max * (1 + max_len) / 2 > window * edge_windows:
             raise ValueError(f"{n_max} edges do not fit {edge_windows} windows of {window} tokens on average")
@@ -153,7 +161,7 @@ class Depo:
         answers = []
         starts = rng.sample(range(n), min(self.queries, n))
         for s in starts:
-            k = difficulty if difficulty is not None else rng.choice([h for h in self.hops if h <= self.k_max])
+            k = difficulty if difficulty is not None else rng.choice(self.train_hops)
             ids += [self.hop_token(k)] + names[s]
             a0 = len(ids)
             ids += [self.ans] + names[(s + k) % n]

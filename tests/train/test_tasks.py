@@ -62,6 +62,17 @@ def test_depo_answers_follow_the_cycle(k):
     assert len(ex.answers) == min(6, ex.meta["n"])
 
 
+def test_depo_train_hops_limit_training_queries_but_not_tests():
+    task = Depo(n_max=12, k_max=8, window=16, edge_windows=4, queries=6, train_hops=(1, 2))
+    hop_tokens = {task.hop_token(k): k for k in task.hops}
+    seen = {hop_tokens[t] for seed in range(50) for t in task.sample(random.Random(seed)).ids if t in hop_tokens}
+    assert seen == {1, 2}
+    assert task.test_difficulties() == [1, 2, 4, 8]
+    assert hop_tokens[task.sample(random.Random(0), difficulty=8).ids[task.window * task.edge_windows]] == 8
+    with pytest.raises(ValueError, match="train_hops"):
+        Depo(n_max=12, k_max=8, window=16, edge_windows=4, train_hops=(3,))
+
+
 def test_gsm_inf_answer_is_the_value_of_the_asked_variable():
     task = GsmInf(ops=(5,), filler=6)
     for seed in range(5):
