@@ -239,8 +239,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Study `{report['study']}`: {report['summary']}",
         "",
-        f"Reproduce: `{report['command']}` (resumable: finished runs are only re-scored; {trained} "
-        f"on {report['machine']}).",
+        f"Reproduce: `{report['command']}` (resumable: finished runs are only re-scored; {trained}; "
+        f"machine: {report['machine']}).",
         "",
         f"Task `{report['task']}` with `{json.dumps(report['task_kwargs'])}`; every run: "
         f"`{json.dumps(report['train'])}`; seeds {report['seeds']}; final test set: {report['eval_n']} "
