@@ -177,17 +177,21 @@ def study(
     command = "sleepagent " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
     report = run_study(STUDIES[name], out, docs, jobs=jobs, threads=threads, device=device, progress=not quiet,
                        command=command)
-    table = Table(title=f"study {name}: {report['summary']}")
-    table.add_column("difficulty", justify="right")
     loops = sorted(set(report["loops"]))
-    for n in loops:
-        table.add_column(f"trained N={n}", justify="right")
-    table.add_column("margin", justify="right")
-    table.add_column("> seed spread", justify="center")
-    for d, row in report["comparison"].items():
-        table.add_row(d, *[f"{row[f'N{n}_mean']:.3f} ± {row[f'N{n}_spread'] / 2:.3f}" for n in loops],
-                      f"{row['margin']:+.3f}", "yes" if row["beats_spread"] else "no")
-    console.print(table)
+    for key, phase in (("comparison", ""), ("comparison_extended", " (extended)"),
+                       ("comparison_first", ", first questions"), ("comparison_extended_first", " (extended), first questions")):
+        if not report.get(key):
+            continue
+        table = Table(title=f"study {name}{phase}: {report['summary']}")
+        table.add_column("difficulty", justify="right")
+        for n in loops:
+            table.add_column(f"trained N={n}", justify="right")
+        table.add_column("margin", justify="right")
+        table.add_column("> seed spread", justify="center")
+        for d, row in report[key].items():
+            table.add_row(d, *[f"{row[f'N{n}_mean']:.3f} ± {row[f'N{n}_spread'] / 2:.3f}" for n in loops],
+                          f"{row['margin']:+.3f}", "yes" if row["beats_spread"] else "no")
+        console.print(table)
     console.print(f"wrote {docs}/{name}.md, .json, _final.png, _curve.png")
 
 

@@ -10,6 +10,11 @@ scores every final checkpoint on a fresh, larger seeded test set and writes:
   each seed a marker);
 - ``<docs>/<name>_curve.png``: accuracy on the deepest difficulties vs training step, per run.
 
+A study may have a second phase (``extend``): every run trained further from its final
+checkpoint (say 6000 more steps at a constant lr, since a cosine run ends with its lr near the
+floor), into ``<name>_more``, scored and compared the same way. The curve plot continues each run
+through its second phase, which is how "N = 4 keeps improving where N = 1 stalls" is read off.
+
 The claim a study checks, per difficulty: the mean accuracy of the largest N beats the mean of
 N = 1 by more than the spread (max - min) between seeds of either. ``sleepagent study NAME``
 runs a preset from :data:`STUDIES`; the presets are sized for a 2-core CPU (each run well under
@@ -50,6 +55,8 @@ class Study:
     eval_seed: int = 12345
     deep: tuple[int, ...] = ()  # the difficulties the curve plot follows (default: the two hardest)
     notes: str = ""  # markdown appended to the study's page: how the preset was chosen, what it replaced
+    extend: dict[str, Any] | None = None  # second phase: TrainConfig updates (steps, schedule, seed, ...)
+    first_answer: bool = False  # also score each document's first question alone (see evaluate's first_only)
 
     def runs(self) -> list[tuple[str, TrainConfig]]:
         return [
@@ -58,6 +65,13 @@ class Study:
             for n in self.loops
             for seed in self.seeds
         ]
+
+    def extended_runs(self, out: Path) -> list[tuple[str, TrainConfig]]:
+        """The second phase: each run continued from its final checkpoint under ``out``."""
+        if not self.extend:
+            return []
+        return [(f"{name}_more", cfg.model_copy(update={**self.extend, "init_from": str(out / name)}))
+                for name, cfg in self.runs()]
 
 
 STUDIES: dict[str, Study] = {}
@@ -72,19 +86,38 @@ _CPU_TRAIN = dict(steps=2000, batch_size=32, d_model=64, n_layers=4, n_heads=4, 
                   schedule="cosine", eval_every=250, eval_n=50, save_every=250)
 
 _DEPO_NOTES = """\
-How this preset was chosen, on a 2-core CPU (each run on one thread; N = 4 costs ~0.33 s a
-step, N = 1 ~0.14 s, so an N = 4 run takes ~34 min and an N = 1 run ~14 min):
+Why one GDN layer. A wake pass reads the fast weights once per GDN layer at each position, so
+with one GDN layer (the first block) a question can look up one edge there: X → its successor.
+A 2-hop answer then needs either sleep to have written it (a later pass reads where B leads at
+the edge "X B" and writes that under X), or the question window to help: attention can copy the
+lookup made at an earlier question whose start was X's successor (true for about a third of the
+questions), and the short convolution sees two edges when a chain's edges are adjacent in the
+text. Guessing scores about 0.18 on 2-hop, not 1/12: the model can rule out the start, its
+1-hop successor and the answers of earlier questions (the starts are distinct, so the answers
+are too); that is where the N = 1 runs stay.
 
-- The first version (the cycle's edges spread over 2 windows of 24 tokens, `adam_lr` 3e-3,
-  2000 steps) left both N = 4 seeds at chance at every depth while one N = 1 seed learned
-  1-hop (0.46). A likely cause, not verified: with N = 4 the first window's facts must survive
-  4 x 24 tokens of decay during the second window's sleep, and the Mamba-style gate init forgets
-  most of that. This version puts every edge in one 32-token window, so exactly one sleep lies
-  between the facts and the questions.
-- A 2000-step pilot of this version (seed 0, `adam_lr` 1e-3): N = 1 reached 0.65 on 1-hop,
-  N = 4 0.43 (step 1750), both at chance deeper; hence 6000 steps.
-- `adam_lr` 2e-3 instead of 1e-3 (N = 4, seeds 0 and 1, stopped at step 4000): neither had
-  learned 2-hop (0.11, 0.14 on the periodic test set), so the preset keeps 1e-3.
+Why two phases. After the first phase (6000 steps, cosine) neither N had learned 2-hop (all four
+runs 0.17-0.19 on the final test set), but on the periodic test set N = 4's 2-hop had started to
+move (0.12 → 0.22 for seed 0), so the preset continues every run at the constant peak lr.
+
+Timing (2-core CPU, one thread per run, two runs at a time): N = 4 ~0.2 s a step (first phase
+20 min a run), N = 1 ~0.1 s a step (9 min). The second phase's first 6000 steps were trained by
+the same commands before the preset asked for 12000 (its lr is constant, so the two agree).
+
+History of this preset:
+
+- Version 2 (4 blocks, GDN and attention alternating, k up to 8, 6000 steps): one of three
+  N = 4 seeds learned 2-hop (0.81 on the final test set, 0.10 when the same weights slept once),
+  no N = 1 seed did. But with two GDN layers one wake pass can make two lookups: trained on
+  k in {1, 2} only (`train_hops`), an N = 1 run learned 2-hop too (0.88 on the periodic test set;
+  its other seed 0.17; the two N = 4 runs 0.92 and 0.28). So in that model 2 hops do not need
+  sleep, and this version keeps one GDN layer. Other attempts on version 2 (N = 4, seed 0):
+  `n_heads` 2, Muon (lr 2e-3), `adam_lr` 2e-3: none made the 2-hop jump within 4000-6000 steps.
+- Version 1 (the cycle's edges over 2 windows of 24 tokens, `adam_lr` 3e-3, 2000 steps) left
+  both N = 4 seeds at chance at every depth. A likely cause, not verified: with N = 4 the first
+  window's facts must survive 4 x 24 tokens of decay during the second window's sleep, and the
+  Mamba-style gate init forgets most of that; since version 2 every edge is in one 32-token
+  window, so exactly one sleep lies between the facts and the questions.
 
 """
 
@@ -93,9 +126,13 @@ _register(Study(
     name="depo",
     summary="k-hop queries over a 12-node cycle whose edges fill one window, evicted before the queries",
     task="depo",
-    task_kwargs=dict(n_max=12, k_max=8, m=16, max_len=1, window=32, edge_windows=1, queries=8),
-    train=dict(_CPU_TRAIN, steps=6000, adam_lr=1e-3, eval_every=500, save_every=500),
-    deep=(2, 4),
+    task_kwargs=dict(n_max=12, k_max=2, m=16, max_len=1, window=32, edge_windows=1, queries=8),
+    # one GDN layer, first: a wake pass can look up the fast weights once, so 2 hops need sleep
+    train=dict(_CPU_TRAIN, steps=6000, adam_lr=1e-3, eval_every=500, save_every=500, n_layers=3,
+               layer_types=("gdn", "attn", "attn")),
+    deep=(2,),
+    extend=dict(steps=12000, schedule="constant", seed=100),
+    first_answer=True,
     notes=_DEPO_NOTES,
 ))
 
@@ -151,31 +188,23 @@ def run_study(
     """Train every run (resuming finished or partial ones), score them, write the docs files."""
     out, docs = Path(out) / study.name, Path(docs)
     docs.mkdir(parents=True, exist_ok=True)
-    runs = [(name, cfg.model_copy(update={"device": device})) for name, cfg in study.runs()]
+    phases = [[(name, cfg.model_copy(update={"device": device})) for name, cfg in runs]
+              for runs in (study.runs(), study.extended_runs(out))]
     t0 = time.perf_counter()
-    work = [(cfg.model_dump(mode="json"), str(out / name), threads, progress) for name, cfg in runs]
-    if jobs > 1:
-        # spawn, not fork: forking a process that already runs torch threads can deadlock
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_train_one, work))
-    else:
-        for item in work:
-            _train_one(item)
+    for runs in phases:  # the second phase starts from the first one's checkpoints
+        work = [(cfg.model_dump(mode="json"), str(out / name), threads, progress) for name, cfg in runs]
+        if jobs > 1:
+            # spawn, not fork: forking a process that already runs torch threads can deadlock
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+                list(pool.map(_train_one, work))
+        else:
+            for item in work:
+                _train_one(item)
     train_s = time.perf_counter() - t0
 
     task = make_task(study.task, **study.task_kwargs)
-    results: dict[str, Any] = {}
-    for name, cfg in runs:
-        model, meta = load_checkpoint(out / name, device)
-        inference = sorted({1, cfg.loops})
-        final = evaluate(model, task, inference, n=study.eval_n, seed=study.eval_seed, min_fill=cfg.min_fill)
-        results[name] = {
-            "loops": cfg.loops,
-            "seed": cfg.seed,
-            "steps": meta.get("step"),
-            "final": {str(N): {str(d): a for d, a in row.items()} for N, row in final.items()},
-            "curve": meta.get("evals", []),
-        }
+    results = {name: _score(study, task, out / name, cfg, device) for name, cfg in phases[0]}
+    extended = {name: _score(study, task, out / name, cfg, device) for name, cfg in phases[1]}
     report = {
         "study": study.name,
         "summary": study.summary,
@@ -188,6 +217,12 @@ def run_study(
         "notes": study.notes,
         "runs": results,
         "comparison": summarize(results, study.loops),
+        "extend": study.extend,
+        "extended_runs": extended,
+        "comparison_extended": summarize(extended, study.loops) if extended else None,
+        "comparison_first": summarize(results, study.loops, "final_first") if study.first_answer else None,
+        "comparison_extended_first": (summarize(extended, study.loops, "final_first")
+                                      if study.first_answer and extended else None),
         "machine": _machine(device),
         "train_wall_s": round(train_s, 1),
         "command": command or f"sleepagent study {study.name}",
@@ -199,13 +234,29 @@ def run_study(
     return report
 
 
-def summarize(results: dict[str, Any], loops: tuple[int, ...]) -> dict[str, dict[str, float | bool]]:
+def _score(study: Study, task: Any, run_dir: Path, cfg: TrainConfig, device: str) -> dict[str, Any]:
+    """A finished run on the study's final test set, at its own N and at N = 1, plus its curve."""
+    model, meta = load_checkpoint(run_dir, device)
+    scored = {"loops": cfg.loops, "seed": cfg.seed, "steps": meta.get("step"), "curve": meta.get("evals", [])}
+    for key, first_only in (("final", False), ("final_first", True)):
+        if first_only and not study.first_answer:
+            continue
+        final = evaluate(model, task, sorted({1, cfg.loops}), n=study.eval_n, seed=study.eval_seed,
+                         min_fill=cfg.min_fill, first_only=first_only)
+        scored[key] = {str(N): {str(d): a for d, a in row.items()} for N, row in final.items()}
+    return scored
+
+
+def summarize(
+    results: dict[str, Any], loops: tuple[int, ...], key: str = "final"
+) -> dict[str, dict[str, float | bool]]:
     """Per difficulty: each training N's mean accuracy (at its own N), the seed spread, and
-    whether the largest N beats N = 1 by more than either spread."""
+    whether the largest N beats N = 1 by more than either spread. ``key``: which scores
+    (``final``, or ``final_first`` for the first question of each document)."""
     lo, hi = min(loops), max(loops)
     by_n: dict[int, list[dict[str, float]]] = {}
     for r in results.values():
-        by_n.setdefault(r["loops"], []).append(r["final"][str(r["loops"])])
+        by_n.setdefault(r["loops"], []).append(r[key][str(r["loops"])])
     difficulties = sorted({int(d) for rows in by_n.values() for row in rows for d in row})
     out: dict[str, dict[str, float | bool]] = {}
     for d in difficulties:
@@ -248,18 +299,30 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| difficulty | " + " | ".join(f"trained N={n} (mean ± spread/2)" for n in sorted(set(loops)))
         + f" | margin N={hi} − N={lo} | beats seed spread |",
-        "|---" * (len(set(loops)) + 3) + "|",
     ]
-    for d, row in report["comparison"].items():
-        cells = [f"{row[f'N{n}_mean']:.3f} ± {float(row[f'N{n}_spread']) / 2:.3f}" for n in sorted(set(loops))]
-        lines.append(f"| {d} | " + " | ".join(cells) + f" | {row['margin']:+.3f} | {'yes' if row['beats_spread'] else 'no'} |")
-    lines += ["", "Per run (accuracy at the run's own N, and at N = 1 for the same weights):", ""]
-    lines.append("| run | steps | " + " | ".join(f"d={d}" for d in report["comparison"]) + " |")
-    lines.append("|---" * (len(report["comparison"]) + 2) + "|")
-    for name, r in report["runs"].items():
-        for N, row in sorted(r["final"].items(), key=lambda kv: -int(kv[0])):
-            label = name if int(N) == r["loops"] else f"{name} at N=1"
-            lines.append(f"| {label} | {r['steps']} | " + " | ".join(f"{row[d]:.3f}" for d in report["comparison"]) + " |")
+    header = lines[-1:]
+    lines += _comparison_rows(report["comparison"], loops)
+    extend = f"`{json.dumps(report.get('extend'))}` (runs `<name>_more`)"
+    for key, caption in (
+        ("comparison_extended", f"After the second phase: every run trained further from its final checkpoint with {extend}:"),
+        ("comparison_first", "First phase, the first question of each document only (nothing earlier in the window to build on):"),
+        ("comparison_extended_first", "Second phase, the first question of each document only:"),
+    ):
+        if report.get(key):
+            lines += ["", caption, "", *header, *_comparison_rows(report[key], loops)]
+    phase1 = report["runs"]
+    for key, caption in (("final", "every question"), ("final_first", "first question of each document")):
+        if key not in next(iter(phase1.values())):
+            continue
+        lines += ["", f"Per run, {caption} (accuracy at the run's own N, and at N = 1 for the same weights):", ""]
+        lines.append("| run | steps | " + " | ".join(f"d={d}" for d in report["comparison"]) + " |")
+        lines.append("|---" * (len(report["comparison"]) + 2) + "|")
+        for name, r in {**phase1, **(report.get("extended_runs") or {})}.items():
+            base = phase1.get(name.removesuffix("_more")) if name not in phase1 else None
+            steps = f"{base['steps']} + {r['steps']}" if base else str(r["steps"])
+            for N, row in sorted(r[key].items(), key=lambda kv: -int(kv[0])):
+                label = name if int(N) == r["loops"] else f"{name} at N=1"
+                lines.append(f"| {label} | {steps} | " + " | ".join(f"{row[d]:.3f}" for d in report["comparison"]) + " |")
     lines += [
         "",
         f"![accuracy vs difficulty]({report['study']}_final.png)",
@@ -271,19 +334,34 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _comparison_rows(comparison: dict[str, Any], loops: list[int]) -> list[str]:
+    rows = ["|---" * (len(set(loops)) + 3) + "|"]
+    for d, row in comparison.items():
+        cells = [f"{row[f'N{n}_mean']:.3f} ± {float(row[f'N{n}_spread']) / 2:.3f}" for n in sorted(set(loops))]
+        rows.append(f"| {d} | " + " | ".join(cells) + f" | {row['margin']:+.3f} | {'yes' if row['beats_spread'] else 'no'} |")
+    return rows
+
+
 def plot_final(report: dict[str, Any], path: Path) -> Path:
-    """Accuracy vs difficulty per training N: the mean as a line, each seed as a marker."""
+    """Accuracy vs difficulty per training N: the mean as a line, each seed as a marker (with a
+    second phase: its results solid, the first phase's dotted)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for i, n in enumerate(sorted(set(report["loops"]))):
-        color = f"C{i}"
-        ds = [int(d) for d in report["comparison"]]
-        ax.plot(ds, [report["comparison"][str(d)][f"N{n}_mean"] for d in ds], color=color, marker="o",
-                label=f"trained N = {n}")
-        for r in report["runs"].values():
-            if r["loops"] == n:
-                row = r["final"][str(n)]
-                ax.scatter(ds, [row[str(d)] for d in ds], color=color, marker="x", alpha=0.6)
+    phases = [("runs", "comparison", "")]
+    if report.get("comparison_extended"):
+        phases = [("runs", "comparison", " (first phase)"), ("extended_runs", "comparison_extended", " (extended)")]
+    for k, (runs_key, comp_key, tag) in enumerate(phases):
+        last = k == len(phases) - 1
+        for i, n in enumerate(sorted(set(report["loops"]))):
+            color = f"C{i}"
+            ds = [int(d) for d in report[comp_key]]
+            ax.plot(ds, [report[comp_key][str(d)][f"N{n}_mean"] for d in ds], color=color, marker="o",
+                    linestyle="-" if last else ":", alpha=1.0 if last else 0.5, label=f"trained N = {n}{tag}")
+            if last:
+                for r in report[runs_key].values():
+                    if r["loops"] == n:
+                        row = r["final"][str(n)]
+                        ax.scatter(ds, [row[str(d)] for d in ds], color=color, marker="x", alpha=0.6)
     _finish(ax, "difficulty", f"{report['task']}: accuracy (x = seeds)")
     fig.tight_layout()
     fig.savefig(path)
@@ -299,10 +377,14 @@ def plot_curves(report: dict[str, Any], path: Path, deep: tuple[int, ...] = ()) 
     for ax, d in zip(axes[0], difficulties, strict=True):
         for i, n in enumerate(sorted(set(report["loops"]))):
             for j, (name, r) in enumerate(x for x in report["runs"].items() if x[1]["loops"] == n):
-                curve = [(e["step"], e["accuracy"][str(n)][d]) for e in r["curve"] if str(n) in e["accuracy"]]
+                more = (report.get("extended_runs") or {}).get(f"{name}_more", {"curve": []})
+                evals = r["curve"] + [{**e, "step": r["steps"] + e["step"]} for e in more["curve"]]
+                curve = [(e["step"], e["accuracy"][str(n)][d]) for e in evals if str(n) in e["accuracy"]]
                 if curve:
                     xs, ys = zip(*curve, strict=True)
                     ax.plot(xs, ys, color=f"C{i}", linestyle="-" if j == 0 else "--", label=name)
+        if report.get("extended_runs"):
+            ax.axvline(max(r["steps"] for r in report["runs"].values()), color="grey", linewidth=0.5)
         _finish(ax, "training step", f"difficulty {d}")
     fig.tight_layout()
     fig.savefig(path)

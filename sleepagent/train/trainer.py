@@ -305,8 +305,13 @@ def evaluate(
     batch_size: int = 32,
     difficulties: list[int] | None = None,
     min_fill: float = 0.5,
+    first_only: bool = False,
 ) -> dict[int, dict[int, float]]:
-    """Exact-match accuracy per N (outer key) and difficulty (inner key) on a seeded test set."""
+    """Exact-match accuracy per N (outer key) and difficulty (inner key) on a seeded test set.
+
+    ``first_only`` scores only each example's first answer: in depo that question has no earlier
+    question and answer in the window to build on, so what it gets right came from the fast weights.
+    """
     model.eval()
     difficulties = difficulties or task.test_difficulties()
     result: dict[int, dict[int, float]] = {}
@@ -325,7 +330,7 @@ def evaluate(
                     ).logits
                     pred = logits.argmax(-1).cpu()
                     for b, ex in enumerate(chunk):
-                        for positions in ex.answers:
+                        for positions in ex.answers[:1] if first_only else ex.answers:
                             total += 1
                             right += all(int(pred[b, p - 1]) == ex.ids[p] for p in positions)
             result.setdefault(N, {})[d] = right / max(total, 1)

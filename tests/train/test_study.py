@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from sleepagent.train.study import STUDIES, Study, run_study, summarize
 
 TINY = Study(
@@ -63,3 +65,33 @@ def test_presets_build_their_tasks_and_runs():
         task = make_task(study.task, **study.task_kwargs)
         assert set(study.deep) <= set(task.test_difficulties())
         assert [name for name, _ in study.runs()] == ["N1_s0", "N1_s1", "N4_s0", "N4_s1"]
+
+
+def test_a_second_phase_continues_every_run_from_its_checkpoint(tmp_path):
+    from dataclasses import replace
+
+    from sleepagent.train.trainer import load_checkpoint
+
+    study = replace(TINY, extend=dict(steps=2, schedule="constant", seed=7), first_answer=True)
+    report = run_study(study, tmp_path / "runs", tmp_path / "docs", progress=False)
+    more = report["extended_runs"]
+    assert sorted(more) == ["N1_s0_more", "N1_s1_more", "N2_s0_more", "N2_s1_more"]
+    assert more["N2_s1_more"]["steps"] == 2 and set(more["N2_s1_more"]["final"]) == {"1", "2"}
+    saved = json.loads((tmp_path / "runs" / "tiny" / "N2_s1_more" / "train.json").read_text())["config"]
+    assert saved["init_from"] == str(tmp_path / "runs" / "tiny" / "N2_s1") and saved["loops"] == 2
+    assert saved["schedule"] == "constant" and saved["seed"] == 7 and saved["steps"] == 2
+    # the second phase starts from the first one's weights, and trains them further
+    first, _ = load_checkpoint(tmp_path / "runs" / "tiny" / "N2_s1")
+    second, _ = load_checkpoint(tmp_path / "runs" / "tiny" / "N2_s1_more")
+    changed = [not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)]
+    assert any(changed)
+    assert set(report["comparison_extended"]) == {"1", "2"}
+    # first questions alone: 6 documents, so every score is a multiple of 1/6
+    for name, r in {**report["runs"], **more}.items():
+        for row in r["final_first"].values():
+            assert all(abs(6 * a - round(6 * a)) < 1e-9 for a in row.values()), name
+    assert set(report["comparison_extended_first"]) == {"1", "2"}
+    md = (tmp_path / "docs" / "tiny.md").read_text()
+    assert "After the second phase" in md and "| N2_s1_more | 3 + 2 |" in md
+    assert "Second phase, the first question of each document only" in md
+    assert (tmp_path / "docs" / "tiny_curve.png").read_bytes()[:4] == b"\x89PNG"

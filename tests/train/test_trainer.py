@@ -136,3 +136,24 @@ def test_init_from_starts_from_another_runs_weights(tmp_path):
     assert scratch["step"] == 1 and any(not torch.equal(after[k], v) for k, v in weights(tmp_path / "scratch").items())
     with pytest.raises(CheckpointError, match="another architecture"):
         train(cfg(steps=1, d_model=48, init_from=str(tmp_path / "n1")), tmp_path / "bad", progress=False)
+
+
+def test_first_only_scores_the_first_answer_of_each_document(tmp_path):
+    """first_only equals scoring documents whose answer list was cut to its first answer."""
+    import dataclasses
+
+    from sleepagent.train.tasks import Depo
+
+    class FirstAnswer(Depo):
+        def sample(self, rng, difficulty=None, n=None):
+            ex = super().sample(rng, difficulty, n)
+            return dataclasses.replace(ex, answers=ex.answers[:1])
+
+    kwargs = dict(n_max=4, k_max=2, m=4, max_len=1, window=10, edge_windows=1, queries=3)
+    # 40 steps: enough to answer some questions, so first-only and all-answer scores can differ
+    train(TrainConfig(task="depo", task_kwargs=kwargs, d_model=16, n_layers=2, n_heads=2, loops=1, steps=40,
+                      batch_size=8, adam_lr=1e-2), tmp_path / "r", progress=False)
+    model, _ = load_checkpoint(tmp_path / "r")
+    first = evaluate(model, Depo(**kwargs), [1, 2], n=9, first_only=True)
+    assert first == evaluate(model, FirstAnswer(**kwargs), [1, 2], n=9)
+    assert first != evaluate(model, Depo(**kwargs), [1, 2], n=9)
