@@ -88,20 +88,42 @@ _CPU_TRAIN = dict(steps=2000, batch_size=32, d_model=64, n_layers=4, n_heads=4, 
 _DEPO_NOTES = """\
 Why one GDN layer. A wake pass reads the fast weights once per GDN layer at each position, so
 with one GDN layer (the first block) a question can look up one edge there: X → its successor.
-A 2-hop answer then needs either sleep to have written it (a later pass reads where B leads at
-the edge "X B" and writes that under X), or the question window to help: attention can copy the
-lookup made at an earlier question whose start was X's successor (true for about a third of the
-questions), and the short convolution sees two edges when a chain's edges are adjacent in the
-text. Guessing scores about 0.18 on 2-hop, not 1/12: the model can rule out the start, its
-1-hop successor and the answers of earlier questions (the starts are distinct, so the answers
-are too); that is where the N = 1 runs stay.
+A 2-hop answer then needs sleep to have written it (a later pass reads where B leads at the
+edge "X B" and writes that under X), or a weaker route: the question window (attention can copy
+the lookup made at an earlier question whose start was X's successor, true for about a third of
+the questions; hence the first-question tables), or the edge pass itself (the delta rule reads
+before it writes, so writing "X B" can pick up an already stored "B C"; see the probe below).
+Guessing scores about 0.18 on 2-hop over all questions, not 1/12: the model can rule out the
+start, its 1-hop successor and the answers of earlier questions (the starts are distinct, so the
+answers are too); about 0.1 on first questions.
 
 Why two phases. After the first phase (6000 steps, cosine) neither N had learned 2-hop (all four
 runs 0.17-0.19 on the final test set), but on the periodic test set N = 4's 2-hop had started to
-move (0.12 → 0.22 for seed 0), so the preset continues every run at the constant peak lr.
+move (0.12 → 0.22 for seed 0), so the preset continues every run at the constant peak lr for
+12000 steps more.
+
+Result. After both phases N4_s0 answers 2-hop questions perfectly (0.997; 0.996 on first
+questions) and only when it sleeps 4 passes: the same weights woken after one pass score 0.18.
+N4_s1 reached 0.42, the N = 1 runs 0.40 and 0.36, so the seed spread of N = 4 (0.58) is larger
+than the margin (+0.33): the claim as stated is not shown. The N = 1 runs did not stall at
+guessing either: a single pass has a route to some 2-hop answers, and the probe
+`python -m sleepagent.train.probes runs/study/depo/*_more` shows which (first questions only,
+split by whether the path's second edge comes before its first edge in the text; one pass can
+compose only in that order):
+
+| run | before | after |
+|---|---|---|
+| N1_s0_more | 0.417 | 0.175 |
+| N1_s1_more | 0.406 | 0.166 |
+| N4_s0_more (N = 4) | 1.000 | 0.991 |
+| N4_s0_more, woken after 1 pass | 0.181 | 0.122 |
+| N4_s1_more (N = 4) | 0.365 | 0.183 |
+
+On the "after" order, which one pass cannot compose, N = 1 stays at guessing and so does N4_s1;
+N4_s0 is at 0.99 there: it composes the two edges during sleep, which is the paper's mechanism.
 
 Timing (2-core CPU, one thread per run, two runs at a time): N = 4 ~0.2 s a step (first phase
-20 min a run), N = 1 ~0.1 s a step (9 min). The second phase's first 6000 steps were trained by
+20 min a run, second phase ~40 min), N = 1 ~0.1 s a step (9 min, then ~20 min). The second phase's first 6000 steps were trained by
 the same commands before the preset asked for 12000 (its lr is constant, so the two agree).
 
 History of this preset:
@@ -362,6 +384,7 @@ def plot_final(report: dict[str, Any], path: Path) -> Path:
                     if r["loops"] == n:
                         row = r["final"][str(n)]
                         ax.scatter(ds, [row[str(d)] for d in ds], color=color, marker="x", alpha=0.6)
+    ax.set_xticks([int(d) for d in report["comparison"]])
     _finish(ax, "difficulty", f"{report['task']}: accuracy (x = seeds)")
     fig.tight_layout()
     fig.savefig(path)

@@ -1,0 +1,80 @@
+"""Probes: where a depo model's 2-hop answers come from.
+
+A 2-hop question "X, 2 hops" asks for C where the cycle has the edges ``X A`` and ``A C``. With a
+single pass over the edges (N = 1), one route to C exists when ``A C`` was written *before*
+``X A``: the delta rule's write of ``X A`` first reads what the fast weights hold under its key,
+so it can pick up the already-stored ``A -> C`` (a key that mixes X and A, which the short
+convolution allows). When ``A C`` comes *after* ``X A``, a single pass has no such route (except
+when the two edges are adjacent, ``X A A C``, inside the convolution's reach): the later write
+cannot reach back into the earlier one. Sleep can: pass 2 sees the fast weights of every edge at
+every position. So ``order_split`` scores the first question of each test document
+(nothing earlier in the question window to build on) separately for the two orders; a model that
+composes only in one pass scores near guessing on ``after``.
+
+``python -m sleepagent.train.probes RUN_DIR...`` prints the split for trained depo runs (the
+study's test documents: same seed, same n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+from pathlib import Path
+
+from .tasks import Depo, Example
+from .trainer import evaluate, load_checkpoint
+
+__all__ = ["edge_order", "order_split"]
+
+
+def edge_order(task: Depo, ex: Example) -> str:
+    """``"before"`` if the second edge of the first question's 2-hop path precedes its first edge
+    in the text, else ``"after"``. Needs one-token names (``max_len=1``)."""
+    if task.max_len != 1:
+        raise ValueError("edge_order needs one-token node names (max_len=1)")
+    edge_len = task.window * task.edge_windows
+    body = [t for t in ex.ids[1:edge_len] if t != task.pad]
+    edges = [(body[i], body[i + 1]) for i in range(0, len(body), 2)]
+    succ = dict(edges)
+    start = ex.ids[edge_len + 1]  # [<hop_k>, start, <ans>, answer] is the first question
+    mid = succ[start]
+    return "before" if edges.index((mid, succ[mid])) < edges.index((start, mid)) else "after"
+
+
+class _FirstQuestionIf(Depo):
+    """Depo whose test documents keep only the first answer, and only when its order matches."""
+
+    def __init__(self, order: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.order = order
+
+    def sample(self, rng: random.Random, difficulty: int | None = None, n: int | None = None) -> Example:
+        ex = super().sample(rng, difficulty, n)
+        keep = ex.answers[:1] if edge_order(self, ex) == self.order else []
+        return dataclasses.replace(ex, answers=keep)
+
+
+def order_split(model, task_kwargs: dict, loops: list[int], *, n: int = 500, seed: int = 12345,
+                min_fill: float = 0.5) -> dict[int, dict[str, float]]:
+    """2-hop accuracy on the first question of each document, per N, split by edge order."""
+    out: dict[int, dict[str, float]] = {}
+    for order in ("before", "after"):
+        task = _FirstQuestionIf(order, **task_kwargs)
+        acc = evaluate(model, task, loops, n=n, seed=seed, difficulties=[2], min_fill=min_fill)
+        for N, row in acc.items():
+            out.setdefault(N, {})[order] = row[2]
+    return out
+
+
+def main(run_dirs: list[str]) -> None:
+    for run in run_dirs:
+        model, meta = load_checkpoint(run)
+        cfg = meta["config"]
+        split = order_split(model, cfg["task_kwargs"], sorted({1, cfg["loops"]}))
+        cells = ", ".join(f"N={N}: before {r['before']:.3f}, after {r['after']:.3f}" for N, r in split.items())
+        print(f"{Path(run).name} (trained N={cfg['loops']}): {cells}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

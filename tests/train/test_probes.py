@@ -1,0 +1,43 @@
+"""The edge-order probe: which 2-hop answers a single pass could have composed."""
+
+from __future__ import annotations
+
+import random
+
+from sleepagent.train import TrainConfig, evaluate, load_checkpoint, train
+from sleepagent.train.probes import edge_order, order_split
+from sleepagent.train.tasks import Depo, Example
+
+KW = dict(n_max=4, k_max=2, m=4, max_len=1, window=10, edge_windows=1, queries=3)
+
+
+def _doc(task: Depo, edges: list[tuple[int, int]], start: int) -> Example:
+    body = [t for e in edges for t in e]
+    ids = [task.bos] + [task.pad] * (task.window - 1 - len(body)) + body + [task.hop_token(2), start, task.ans, 0]
+    return Example(ids, [False] * len(ids), [[len(ids) - 1]], 2, {})
+
+
+def test_edge_order_reads_the_path_of_the_first_question():
+    task = Depo(**{**KW, "n_max": 3})
+    x, a, c = 5, 6, 7  # one-token names (shifted ids), cycle x -> a -> c -> x
+    assert edge_order(task, _doc(task, [(x, a), (a, c), (c, x)], start=x)) == "after"
+    assert edge_order(task, _doc(task, [(a, c), (c, x), (x, a)], start=x)) == "before"
+    assert edge_order(task, _doc(task, [(a, c), (c, x), (x, a)], start=a)) == "after"  # a c, then c x
+
+
+def test_order_split_partitions_the_first_questions(tmp_path):
+    train(TrainConfig(task="depo", task_kwargs=KW, d_model=16, n_layers=2, n_heads=2, loops=1, steps=40,
+                      batch_size=8, adam_lr=1e-2), tmp_path / "r", progress=False)
+    model, _ = load_checkpoint(tmp_path / "r")
+    n = 12
+    split = order_split(model, KW, [1, 2], n=n)
+    first = evaluate(model, Depo(**KW), [1, 2], n=n, difficulties=[2], first_only=True)
+    rng = random.Random("12345-2")  # evaluate's test documents for difficulty 2
+    task = Depo(**KW)
+    counts = {"before": 0, "after": 0}
+    for _ in range(n):
+        counts[edge_order(task, task.sample(rng, 2))] += 1
+    assert counts["before"] and counts["after"]
+    for N in (1, 2):
+        mixed = split[N]["before"] * counts["before"] + split[N]["after"] * counts["after"]
+        assert abs(mixed - first[N][2] * n) < 1e-9
