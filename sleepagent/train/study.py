@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from .tasks import make_task
-from .trainer import TrainConfig, evaluate, load_checkpoint, train
+from .trainer import TrainConfig, accuracy, answer_hits, load_checkpoint, train
 
 __all__ = ["Study", "STUDIES", "run_study", "summarize"]
 
@@ -262,12 +262,12 @@ def _score(study: Study, task: Any, run_dir: Path, cfg: TrainConfig, device: str
     """A finished run on the study's final test set, at its own N and at N = 1, plus its curve."""
     model, meta = load_checkpoint(run_dir, device)
     scored = {"loops": cfg.loops, "seed": cfg.seed, "steps": meta.get("step"), "curve": meta.get("evals", [])}
+    hits = answer_hits(model, task, sorted({1, cfg.loops}), n=study.eval_n, seed=study.eval_seed,
+                       min_fill=cfg.min_fill)
     for key, first_only in (("final", False), ("final_first", True)):
         if first_only and not study.first_answer:
             continue
-        final = evaluate(model, task, sorted({1, cfg.loops}), n=study.eval_n, seed=study.eval_seed,
-                         min_fill=cfg.min_fill, first_only=first_only)
-        scored[key] = {str(N): {str(d): a for d, a in row.items()} for N, row in final.items()}
+        scored[key] = {str(N): {str(d): a for d, a in row.items()} for N, row in accuracy(hits, first_only).items()}
     return scored
 
 

@@ -295,6 +295,55 @@ def _loss(model: SleepHybridLM, task, batch, cfg: TrainConfig) -> tuple[torch.Te
 
 
 @torch.no_grad()
+def answer_hits(
+    model: SleepHybridLM,
+    task,
+    loops: list[int],
+    *,
+    n: int = 200,
+    seed: int = 12345,
+    batch_size: int = 32,
+    difficulties: list[int] | None = None,
+    min_fill: float = 0.5,
+) -> dict[int, dict[int, list[list[bool]]]]:
+    """Per N and difficulty, one list per test example: whether each of its answers was exact.
+
+    One forward per batch serves every way of scoring it (:func:`evaluate`, first answers only)."""
+    model.eval()
+    difficulties = difficulties or task.test_difficulties()
+    result: dict[int, dict[int, list[list[bool]]]] = {}
+    device = model.device
+    for d in difficulties:
+        rng = random.Random(f"{seed}-{d}")
+        examples = [task.sample(rng, d) for _ in range(n)]
+        for N in loops:
+            hits: list[list[bool]] = []
+            for windows, group in _groups(task, examples, min_fill):
+                for i in range(0, len(group), batch_size):
+                    chunk = group[i : i + batch_size]
+                    ids, mask = collate(chunk, task.pad_id)
+                    logits = model(
+                        ids.to(device), mask.to(device), loops=N, return_logits=True, window_lengths=windows
+                    ).logits
+                    pred = logits.argmax(-1).cpu()
+                    for b, ex in enumerate(chunk):
+                        hits.append([all(int(pred[b, p - 1]) == ex.ids[p] for p in positions)
+                                     for positions in ex.answers])
+            result.setdefault(N, {})[d] = hits
+    return result
+
+
+def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False) -> dict[int, dict[int, float]]:
+    """Exact-match accuracy per N and difficulty from :func:`answer_hits` (``first_only``: each
+    example's first answer alone)."""
+    out: dict[int, dict[int, float]] = {}
+    for N, rows in hits.items():
+        for d, per_example in rows.items():
+            scored = [h for ex in per_example for h in (ex[:1] if first_only else ex)]
+            out.setdefault(N, {})[d] = sum(scored) / max(len(scored), 1)
+    return out
+
+
 def evaluate(
     model: SleepHybridLM,
     task,
@@ -312,29 +361,9 @@ def evaluate(
     ``first_only`` scores only each example's first answer: in depo that question has no earlier
     question and answer in the window to build on, so what it gets right came from the fast weights.
     """
-    model.eval()
-    difficulties = difficulties or task.test_difficulties()
-    result: dict[int, dict[int, float]] = {}
-    device = model.device
-    for d in difficulties:
-        rng = random.Random(f"{seed}-{d}")
-        examples = [task.sample(rng, d) for _ in range(n)]
-        for N in loops:
-            right = total = 0
-            for windows, group in _groups(task, examples, min_fill):
-                for i in range(0, len(group), batch_size):
-                    chunk = group[i : i + batch_size]
-                    ids, mask = collate(chunk, task.pad_id)
-                    logits = model(
-                        ids.to(device), mask.to(device), loops=N, return_logits=True, window_lengths=windows
-                    ).logits
-                    pred = logits.argmax(-1).cpu()
-                    for b, ex in enumerate(chunk):
-                        for positions in ex.answers[:1] if first_only else ex.answers:
-                            total += 1
-                            right += all(int(pred[b, p - 1]) == ex.ids[p] for p in positions)
-            result.setdefault(N, {})[d] = right / max(total, 1)
-    return result
+    hits = answer_hits(model, task, loops, n=n, seed=seed, batch_size=batch_size, difficulties=difficulties,
+                       min_fill=min_fill)
+    return accuracy(hits, first_only)
 
 
 def plot_accuracy(result: dict[int, dict[int, float]], path: str | Path, title: str = "") -> Path:
