@@ -122,6 +122,7 @@ def train(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch")] = None,
     init_from: Annotated[str | None, typer.Option(help="start from this checkpoint's weights")] = None,
     stop_at: Annotated[int | None, typer.Option(min=1, help="stop after this step (schedule still planned for --steps)")] = None,
+    time_limit: Annotated[float | None, typer.Option(help="stop (and save) after this many seconds; resumable")] = None,
     device: str = "cpu",
     out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
 ) -> None:
@@ -137,7 +138,7 @@ def train(
             optimizer=optimizer, lr=lr, adam_lr=adam_lr, d_model=d_model, n_layers=n_layers, seed=seed,
             warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, save_every=save_every, device=device,
             schedule=schedule, warmup_steps=warmup_steps, n_heads=n_heads, eval_every=eval_every, eval_n=eval_n,
-            init_from=init_from,
+            init_from=init_from, time_limit=time_limit,
             layer_types=tuple(t.strip() for t in layer_types.split(",")) if layer_types else None,
         )
     except (ValidationError, json.JSONDecodeError) as e:
@@ -164,6 +165,9 @@ def study(
     jobs: Annotated[int, typer.Option(min=1, help="runs trained in parallel processes")] = 1,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per run")] = None,
     device: str = "cpu",
+    time_limit: Annotated[
+        float | None, typer.Option(help="seconds each run may train per invocation (then it saves; rerun resumes)")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Train one task with N = 1 and N = 4 (two seeds each), score all runs, write docs/NAME.*"""
@@ -176,7 +180,7 @@ def study(
         raise _fail(f"unknown study {name!r}; choose one of {', '.join(sorted(STUDIES))}")
     command = "sleepagent " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
     report = run_study(STUDIES[name], out, docs, jobs=jobs, threads=threads, device=device, progress=not quiet,
-                       command=command)
+                       command=command, time_limit=time_limit)
     loops = sorted(set(report["loops"]))
     for key, phase in (("comparison", ""), ("comparison_extended", " (extended)"),
                        ("comparison_first", ", first questions"), ("comparison_extended_first", " (extended), first questions")):
@@ -203,13 +207,14 @@ def eval_cmd(
     seed: int = 12345,
     plot: Annotated[str | None, typer.Option(help="write a PNG plot here")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Accuracy per difficulty and per N on a fresh seeded test set."""
     from .errors import SleepAgentError
     from .train import evaluate, load_checkpoint, make_task, plot_accuracy
 
     try:
-        model, meta = load_checkpoint(checkpoint_dir)
+        model, meta = load_checkpoint(checkpoint_dir, device)
     except SleepAgentError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None

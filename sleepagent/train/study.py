@@ -179,6 +179,32 @@ periodic test set (`eval_n` 100, which does not change training).
 """
 
 
+_RULE110_GPU_NOTES = """\
+Sized for a GPU lent for minutes (run with `--time-limit`; `steps` is only a ceiling): two rows,
+so a document is two evicted windows and a 3-token query, batch 256, d = 128, and the depo
+preset's lesson in the layer order: one GDN layer, first. A wake pass then writes its fast
+weights from the token embeddings alone (plus the GDN's 4-token convolution), so N = 1 can store
+bits but not a label computed from 9 of them; with N passes, pass n's GDN layer writes what the
+attention layers of pass n - 1 computed. Runs that are cut by the time limit stop at different
+steps: N = 1 runs take more steps in the same time, which can only favour N = 1.
+
+"""
+
+
+for _t, _suffix in ((4, ""), (2, "-t2")):
+    _register(Study(
+        name=f"rule110-gpu{_suffix}",
+        summary=f"rows of 2 Rule 110 automata, one per evicted window; the first bit of each {_t} steps later (GPU)",
+        task="rule110",
+        task_kwargs=dict(rows=2, width=24, steps=(_t,)),
+        train=dict(steps=20000, batch_size=256, d_model=128, n_layers=4, n_heads=4, adam_lr=1e-3, warmup_steps=200,
+                   schedule="constant", eval_every=250, eval_n=200, save_every=1000,
+                   layer_types=("gdn", "attn", "attn", "attn")),
+        deep=(_t,),
+        notes=_RULE110_GPU_NOTES,
+    ))
+
+
 _register(Study(
     name="rule110",
     summary="rows of 4 Rule 110 automata, one per evicted window; the first bit of each 4 steps later",
@@ -208,11 +234,16 @@ def run_study(
     device: str = "cpu",
     progress: bool = True,
     command: str | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
-    """Train every run (resuming finished or partial ones), score them, write the docs files."""
+    """Train every run (resuming finished or partial ones), score them, write the docs files.
+
+    ``time_limit`` caps each run's training time in seconds (then it saves and the study scores
+    it where it stopped; the same call resumes it), for a GPU lent for a fixed time."""
     out, docs = Path(out) / study.name, Path(docs)
     docs.mkdir(parents=True, exist_ok=True)
-    phases = [[(name, cfg.model_copy(update={"device": device})) for name, cfg in runs]
+    phases = [[(name, cfg.model_copy(update={"device": device, "time_limit": time_limit}))
+               for name, cfg in runs]
               for runs in (study.runs(), study.extended_runs(out))]
     t0 = time.perf_counter()
     for runs in phases:  # the second phase starts from the first one's checkpoints

@@ -70,10 +70,13 @@ class TrainConfig(BaseModel):
         default=None, description="start from this checkpoint's weights (same architecture; fresh optimizer)"
     )
     device: str = "cpu"
+    time_limit: float | None = Field(
+        default=None, gt=0, description="stop (and save) after this many seconds of this invocation; resumable"
+    )
 
 
 # Settings that do not change what is learned: a run may be resumed with other values.
-_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops"}
+_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops", "time_limit"}
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -235,8 +238,11 @@ def train(
             if not evals or evals[-1]["step"] != step:
                 evals.append({"step": step, "accuracy": _jsonable(_periodic_eval(model, task, cfg))})
             model.train()
-        if step % cfg.save_every == 0 or step == end:
+        out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 >= cfg.time_limit
+        if step % cfg.save_every == 0 or step == end or out_of_time:
             save_checkpoint(out, model, cfg, step, history, opts, task, evals)
+        if out_of_time:  # a wall-clock budget (a lent GPU): the same command resumes from here
+            break
     bar.close()
     return {"step": step, "loss": loss_ema, "history": history, "evals": evals}
 

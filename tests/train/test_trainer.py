@@ -47,6 +47,19 @@ def test_stop_at_then_resume_follows_the_planned_schedule(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_time_limit_saves_where_it_stops_and_resumes_exactly(tmp_path):
+    """A wall-clock budget (a GPU lent for minutes) stops after the step that crosses it, saves
+    off the save_every grid, and the same config without the limit resumes to the same weights."""
+    train(cfg(save_every=4), tmp_path / "full", progress=False)
+    stopped = train(cfg(save_every=4, time_limit=1e-9), tmp_path / "split", progress=False)
+    assert stopped["step"] == 1
+    assert json.loads((tmp_path / "split" / "train.json").read_text())["step"] == 1
+    assert train(cfg(save_every=4), tmp_path / "split", progress=False)["step"] == 4
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
 def test_resume_with_another_config_is_refused(tmp_path):
     train(cfg(steps=2), tmp_path / "r", progress=False)
     with pytest.raises(CheckpointError, match="another config"):
