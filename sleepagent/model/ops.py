@@ -56,6 +56,27 @@ def fla_available() -> bool:
     return True
 
 
+@functools.cache
+def fla_backward_ok(device: torch.device) -> bool:
+    """False where fla refuses its gated chunk backward: Hopper GPUs (compute capability 9.x) with
+    Triton >= 3.4.0 and < 3.7.1 compute wrong gradients there (fla issue #640), and fla 0.6 raises
+    at the first backward unless tilelang is installed. Training then uses ``torch_chunk``."""
+    import importlib.util
+
+    import triton
+    from packaging.version import Version
+
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        return True
+    if Version("3.4.0") <= Version(triton.__version__.split("+")[0]) < Version("3.7.1"):
+        return importlib.util.find_spec("tilelang") is not None
+    return True
+
+
+def _needs_grad(*xs: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
+
 def _compute_dtype(*xs: torch.Tensor) -> torch.dtype:
     # float64 inputs stay float64 so tests can compare against a float64 reference and gradcheck;
     # everything else (bf16, fp16, fp32) accumulates in float32, as fla does.
@@ -198,13 +219,13 @@ def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_s
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
     from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fla_recurrent
 
-    needs_grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state)
-    )
+    needs_grad = _needs_grad(q, k, v, g, beta, initial_state)
     # fla's own layer picks the fused recurrent kernel for short inference inputs (decode steps).
     fn = fla_recurrent if q.shape[1] <= 64 and not needs_grad else fla_chunk
+    # keywords, not positions: the fused recurrent kernel's fifth parameter is gk, not beta
     o, S = fn(
-        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state
+        q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state,
     )
     return o, S
 
@@ -232,7 +253,8 @@ def gated_delta_rule(
         output_final_state: also return the state after the last token.
         use_qk_l2norm: L2-normalise q and k over K first (as fla's ``use_qk_l2norm_in_kernel``).
         backend: "torch_chunk" (differentiable), "torch_recurrent" (the reference), "fla" (CUDA
-            only), or "auto": fla for CUDA tensors when it imports, else torch_chunk.
+            only), or "auto": fla for CUDA tensors when it imports (and, when gradients are
+            needed, when its backward is usable: see :func:`fla_backward_ok`), else torch_chunk.
 
     Returns:
         o: [B, T, HV, V] in v's dtype; final_state: [B, HV, K, V] float32 (float64 for float64
@@ -241,8 +263,10 @@ def gated_delta_rule(
     B, T, H, HV, K, V = _check_inputs(q, k, v, g, beta, initial_state)
     if scale is None:
         scale = K**-0.5
+    needs_grad = _needs_grad(q, k, v, g, beta, initial_state)
     if backend == "auto":
-        backend = "fla" if q.is_cuda and fla_available() else "torch_chunk"
+        usable = q.is_cuda and fla_available() and (not needs_grad or fla_backward_ok(q.device))
+        backend = "fla" if usable else "torch_chunk"
     if backend == "fla":
         if not q.is_cuda:
             raise ConfigError(
@@ -252,6 +276,12 @@ def gated_delta_rule(
         if not fla_available():
             raise ConfigError(
                 "backend='fla' needs flash-linear-attention: pip install 'sleepagent[cuda]'", field="backend"
+            )
+        if needs_grad and not fla_backward_ok(q.device):
+            raise ConfigError(
+                "backend='fla' cannot train on this GPU: fla's gated backward is wrong on Hopper with "
+                "Triton >= 3.4, < 3.7.1 (fla #640); upgrade Triton, install tilelang, or use 'auto'",
+                field="backend",
             )
     elif backend not in ("torch_chunk", "torch_recurrent"):
         raise ConfigError(
