@@ -1,4 +1,6 @@
-"""Probes: where a depo model's 2-hop answers come from.
+"""Probes: where a model's answers come from (depo: edge order; rule110: which row).
+
+Depo.
 
 A 2-hop question "X, 2 hops" asks for C where the cycle has the edges ``X A`` and ``A C``. With a
 single pass over the edges (N = 1), one route to C exists when ``A C`` was written *before*
@@ -11,8 +13,12 @@ every position. So ``order_split`` scores the first question of each test docume
 (nothing earlier in the question window to build on) separately for the two orders; a model that
 composes only in one pass scores near guessing on ``after``.
 
-``python -m sleepagent.train.probes RUN_DIR...`` prints the split for trained depo runs (the
-study's test documents: same seed, same n).
+Rule 110. An answer is exact only when every row's label is right, which hides *which* rows a
+model gets: ``row_split`` scores each row's label alone, next to the share of the majority label
+(what answering a constant bit scores), on the study's test documents.
+
+``python -m sleepagent.train.probes RUN_DIR...`` prints the split for trained depo or rule110 runs
+(the study's test documents: same seed, same n).
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ import random
 import sys
 from pathlib import Path
 
-from .tasks import Depo, Example
+from .tasks import Depo, Example, Rule110
 from .trainer import evaluate, load_checkpoint
 
-__all__ = ["edge_order", "order_split"]
+__all__ = ["edge_order", "order_split", "row_split"]
 
 
 def edge_order(task: Depo, ex: Example) -> str:
@@ -67,11 +73,47 @@ def order_split(model, task_kwargs: dict, loops: list[int], *, n: int = 500, see
     return out
 
 
+class _OneRow(Rule110):
+    """Rule110 whose examples score one row's label alone."""
+
+    def __init__(self, row: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.row = row
+
+    def sample(self, rng: random.Random, difficulty: int | None = None) -> Example:
+        ex = super().sample(rng, difficulty)
+        return dataclasses.replace(ex, answers=[[ex.answers[0][self.row]]])
+
+
+def row_split(model, task_kwargs: dict, loops: list[int], *, n: int = 500,
+              seed: int = 12345) -> tuple[dict[int, list[float]], list[float]]:
+    """Per N, the accuracy of each row's label alone (row 0 is the oldest window); and per row, the
+    share of its majority label on the same documents (a constant answer's score)."""
+    task = Rule110(**task_kwargs)
+    t = task.steps[0]
+    out: dict[int, list[float]] = {}
+    for row in range(task.rows):
+        acc = evaluate(model, _OneRow(row, **task_kwargs), loops, n=n, seed=seed, difficulties=[t])
+        for N, by_t in acc.items():
+            out.setdefault(N, []).append(by_t[t])
+    rng = random.Random(f"{seed}-{t}")  # evaluate's test documents for difficulty t
+    docs = [task.sample(rng, t) for _ in range(n)]
+    ones = [sum(ex.ids[ex.answers[0][r]] for ex in docs) / n for r in range(task.rows)]
+    return out, [max(p, 1 - p) for p in ones]
+
+
 def main(run_dirs: list[str]) -> None:
     for run in run_dirs:
         model, meta = load_checkpoint(run)
         cfg = meta["config"]
-        split = order_split(model, cfg["task_kwargs"], sorted({1, cfg["loops"]}))
+        loops = sorted({1, cfg["loops"]})
+        if cfg["task"] == "rule110":
+            rows, majority = row_split(model, cfg["task_kwargs"], loops)
+            cells = "; ".join(f"N={N}: " + ", ".join(f"{a:.3f}" for a in r) for N, r in rows.items())
+            base = ", ".join(f"{m:.3f}" for m in majority)
+            print(f"{Path(run).name} (trained N={cfg['loops']}), per row (oldest first): {cells}; majority {base}")
+            continue
+        split = order_split(model, cfg["task_kwargs"], loops)
         cells = ", ".join(f"N={N}: before {r['before']:.3f}, after {r['after']:.3f}" for N, r in split.items())
         print(f"{Path(run).name} (trained N={cfg['loops']}): {cells}")
 

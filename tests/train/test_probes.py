@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from sleepagent.train import TrainConfig, evaluate, load_checkpoint, train
 from sleepagent.train.probes import edge_order, order_split
 from sleepagent.train.tasks import Depo, Example
@@ -41,3 +43,32 @@ def test_order_split_partitions_the_first_questions(tmp_path):
     for N in (1, 2):
         mixed = split[N]["before"] * counts["before"] + split[N]["after"] * counts["after"]
         assert abs(mixed - first[N][2] * n) < 1e-9
+
+
+def test_row_split_scores_each_rows_label_on_the_study_documents(tmp_path):
+    """Per-row accuracy equals the greedy label read off the logits of the same test documents,
+    exact match is never above the worst row, and the majority share is counted from the labels."""
+    import torch
+
+    from sleepagent.train.probes import row_split
+    from sleepagent.train.tasks import Rule110, collate
+
+    kw = dict(rows=3, steps=(2,))
+    train(TrainConfig(task="rule110", task_kwargs=kw, d_model=16, n_layers=2, n_heads=2, loops=1, steps=30,
+                      batch_size=8, adam_lr=1e-2), tmp_path / "r", progress=False)
+    model, _ = load_checkpoint(tmp_path / "r")
+    n = 40
+    rows, majority = row_split(model, kw, [1, 2], n=n)
+    task = Rule110(**kw)
+    rng = random.Random("12345-2")
+    docs = [task.sample(rng, 2) for _ in range(n)]
+    ids, mask = collate(docs, task.pad_id)
+    pos = docs[0].answers[0]
+    for N in (1, 2):
+        with torch.no_grad():
+            logits = model.eval()(ids, mask, loops=N, return_logits=True).logits
+        right = logits[:, [p - 1 for p in pos]].argmax(-1) == ids[:, pos]
+        assert rows[N] == pytest.approx(right.double().mean(0).tolist())
+        assert evaluate(model, task, [N], n=n)[N][2] <= min(rows[N])
+    labels = ids[:, pos].double().mean(0)
+    assert majority == pytest.approx(torch.maximum(labels, 1 - labels).tolist())
