@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from .model import SleepHybridConfig, SleepModel
-from .model.ops import gated_delta_rule
+from .model.ops import fla_available, fla_backward_ok, gated_delta_rule
 
 __all__ = ["bench_kernels", "bench_wake", "timeit"]
 
@@ -85,7 +85,10 @@ def bench_kernels(
         row["fwd_ratio"] = row["recurrent_fwd_s"] / row["chunk_fwd_s"]
         row["fwdbwd_ratio"] = row["recurrent_fwdbwd_s"] / row["chunk_fwdbwd_s"]
         cases.append(row)
-    backend = "fla" if device.type == "cuda" and fast_backend == "auto" else "torch_chunk"
+    backend = fast_backend if fast_backend != "auto" else "torch_chunk"
+    if device.type == "cuda" and fast_backend == "auto" and fla_available():
+        # "auto" trains with torch_chunk where fla's backward is known wrong (see fla_backward_ok)
+        backend = "fla" if fla_backward_ok(device) else "fla forward, torch_chunk forward+backward"
     return {"device": str(device), "backend": backend, "heads": heads, "head_dim": head_dim, "cases": cases}
 
 

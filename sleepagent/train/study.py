@@ -173,6 +173,11 @@ Pilots (seed 0, N = 4, t = 2, periodic test set of 100 documents): d = 128 with 
 1.0 by step 250; d = 64 with batch 64 was still at 0.26 at step 500, and d = 64 with batch 32 at
 lr 3e-3 at 0.28 at step 1250 (an N = 1 twin of that one reached 0.45).
 
+Result: both N = 4 seeds 1.000 (0.83 and 0.96 on the periodic test set at step 125, 1.0 by 250),
+both N = 1 seeds 0.346, 0.408; the N = 4 weights woken after one pass score 0.320, 0.204. Per row
+(probe): N = 4 1.000 on both rows; N = 1 0.560 / 0.588 and 0.716 / 0.584 (older / newer), against
+a majority share of 0.560 on each. 27 min for the four runs, one thread each, two at a time.
+
 The first version of this preset (four rows of width 24, t = 4, d = 64, 4 layers with two GDN
 layers, batch 32, 2000 cosine steps) learned nothing with either N: all four runs ended at 0.096
 with the loss at ln 2 per bit throughout. The GPU study `rule110-gpu` (t = 4) shows where t = 4
