@@ -215,11 +215,10 @@ def chunk_gated_delta_rule(
     return o, (S if output_final_state else None)
 
 
-def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state):
+def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, needs_grad):
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
     from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fla_recurrent
 
-    needs_grad = _needs_grad(q, k, v, g, beta, initial_state)
     # fla's own layer picks the fused recurrent kernel for short inference inputs (decode steps).
     fn = fla_recurrent if q.shape[1] <= 64 and not needs_grad else fla_chunk
     # keywords, not positions: the fused recurrent kernel's fifth parameter is gk, not beta
@@ -292,7 +291,7 @@ def gated_delta_rule(
         q, k = l2norm(q), l2norm(k)
     q, k = _expand_heads(q, HV), _expand_heads(k, HV)
     if backend == "fla":
-        return _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state)
+        return _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, needs_grad)
     if backend == "torch_recurrent":
         return naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state)
     return chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)

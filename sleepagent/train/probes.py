@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from .tasks import Depo, Example, Rule110
-from .trainer import evaluate, load_checkpoint
+from .trainer import evaluate, load_checkpoint, test_set
 
 __all__ = ["edge_order", "order_split", "row_split"]
 
@@ -96,8 +96,7 @@ def row_split(model, task_kwargs: dict, loops: list[int], *, n: int = 500,
         acc = evaluate(model, _OneRow(row, **task_kwargs), loops, n=n, seed=seed, difficulties=[t])
         for N, by_t in acc.items():
             out.setdefault(N, []).append(by_t[t])
-    rng = random.Random(f"{seed}-{t}")  # evaluate's test documents for difficulty t
-    docs = [task.sample(rng, t) for _ in range(n)]
+    docs = test_set(task, t, n, seed)
     ones = [sum(ex.ids[ex.answers[0][r]] for ex in docs) / n for r in range(task.rows)]
     return out, [max(p, 1 - p) for p in ones]
 

@@ -221,15 +221,17 @@ newer.
 
 """
 
+# model and optimiser shared by the GPU presets and their CPU twin (which differ in batch and steps)
+_RULE110_MODEL = dict(d_model=128, n_layers=4, n_heads=4, adam_lr=1e-3, warmup_steps=200, schedule="constant",
+                      eval_n=200, layer_types=("gdn", "attn", "attn", "attn"))
+
 for _t, _suffix in ((4, ""), (2, "-t2")):
     _register(Study(
         name=f"rule110-gpu{_suffix}",
         summary=f"rows of 2 Rule 110 automata, one per evicted window; the first bit of each {_t} steps later (GPU)",
         task="rule110",
         task_kwargs=dict(rows=2, width=24, steps=(_t,)),
-        train=dict(steps=20000, batch_size=256, d_model=128, n_layers=4, n_heads=4, adam_lr=1e-3, warmup_steps=200,
-                   schedule="constant", eval_every=250, eval_n=200, save_every=1000,
-                   layer_types=("gdn", "attn", "attn", "attn")),
+        train=dict(_RULE110_MODEL, steps=20000, batch_size=256, eval_every=250, save_every=1000),
         deep=(_t,),
         notes=_RULE110_GPU_NOTES,
     ))
@@ -240,9 +242,7 @@ _register(Study(
     summary="rows of 2 Rule 110 automata, one per evicted window; the first bit of each 2 steps later",
     task="rule110",
     task_kwargs=dict(rows=2, width=24, steps=(2,)),
-    train=dict(steps=1000, batch_size=64, d_model=128, n_layers=4, n_heads=4, adam_lr=1e-3, warmup_steps=200,
-               schedule="constant", eval_every=125, eval_n=200, save_every=250,
-               layer_types=("gdn", "attn", "attn", "attn")),
+    train=dict(_RULE110_MODEL, steps=1000, batch_size=64, eval_every=125, save_every=250),
     deep=(2,),
     notes=_RULE110_NOTES,
 ))

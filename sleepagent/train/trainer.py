@@ -300,6 +300,13 @@ def _loss(model: SleepHybridLM, task, batch, cfg: TrainConfig) -> tuple[torch.Te
     return total / max(count, 1), tokens
 
 
+def test_set(task, difficulty: int, n: int, seed: int) -> list:
+    """The seeded test examples of one difficulty that :func:`answer_hits` scores (probes that
+    look at the same documents call this too)."""
+    rng = random.Random(f"{seed}-{difficulty}")
+    return [task.sample(rng, difficulty) for _ in range(n)]
+
+
 @torch.no_grad()
 def answer_hits(
     model: SleepHybridLM,
@@ -320,8 +327,7 @@ def answer_hits(
     result: dict[int, dict[int, list[list[bool]]]] = {}
     device = model.device
     for d in difficulties:
-        rng = random.Random(f"{seed}-{d}")
-        examples = [task.sample(rng, d) for _ in range(n)]
+        examples = test_set(task, d, n, seed)
         for N in loops:
             hits: list[list[bool]] = []
             for windows, group in _groups(task, examples, min_fill):
