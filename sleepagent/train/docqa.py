@@ -110,13 +110,32 @@ class DocQA:
             turns.append(Turn("tool", reader.render_page(number)))
         turns.append(Turn("assistant", DONE))
         questions = []
-        for i, start in enumerate(rng.sample(range(n), min(self.questions, n))):
-            k = hops if hops is not None else hop_seq[i] if hop_seq is not None else rng.choice(self.hops)
+        for start, k in self._plan(rng, n, hops, hop_seq):
             q = f"From {names[start]}, follow {k} road{'s' if k > 1 else ''}. Where are you?"
             a = names[(start + k) % n]
             turns += [Turn("user", q), Turn("assistant", a)]
             questions.append((q, a, k))
         return Transcript(turns, document, questions)
+
+    def _plan(
+        self, rng: random.Random, n: int, hops: int | None, hop_seq: list[int] | None
+    ) -> list[tuple[int, int]]:
+        """The questions' (start, hops) pairs, all distinct: a repeated question could be answered
+        by copying the earlier answer from the window. Up to ``n`` questions draw distinct starts;
+        beyond that a start comes back with another hop count (at most ``n`` per hop count)."""
+        if hops is not None:
+            ks = [hops] * min(self.questions, n)
+        elif hop_seq is not None:
+            ks = list(hop_seq)
+        else:
+            ks = [rng.choice(self.hops) for _ in range(self.questions)]
+        plan: list[tuple[int, int]] = []
+        for k in ks:
+            fresh = [s for s in range(n) if all(s != start for start, _ in plan)]
+            unused = fresh or [s for s in range(n) if (s, k) not in plan]
+            if unused:
+                plan.append((rng.choice(unused), k))
+        return plan
 
     def render(self, t: Transcript) -> Example:
         """Token ids exactly as the Agent reads/emits them; loss on the assistant's tokens."""
@@ -155,7 +174,9 @@ class DocQA:
         facts have fixed lengths, so the transcripts share their length and pause points, and
         train as one batch."""
         n = rng.randint(*self.n_places)
-        hop_seq = [rng.choice(self.hops) for _ in range(self.questions)]  # questions' lengths vary with k
+        # questions' lengths vary with k; each k at most n times (distinct questions), as even as possible
+        hop_seq = [self.hops[i % len(self.hops)] for i in range(min(self.questions, n * len(self.hops)))]
+        rng.shuffle(hop_seq)
         return [self.render(self.transcript(rng, n=n, hop_seq=hop_seq)) for _ in range(size)]
 
     def test_difficulties(self) -> list[int]:

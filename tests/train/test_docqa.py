@@ -84,3 +84,21 @@ async def test_pause_windows_are_the_engines_sleeps():
         engine_fast = es.state.fast
     for a, b in zip(engine_fast.S, state.fast.S, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_questions_are_distinct_and_may_outnumber_the_places():
+    """More questions than places: each start comes back with another hop count, never twice with
+    the same (a repeat could copy the earlier answer from the window)."""
+    task = DocQA(n_places=(4, 4), hops=(1, 2), questions=8)
+    for seed in range(5):
+        batch = task.sample_batch(random.Random(seed), 3)
+        assert len({len(ex.ids) for ex in batch}) == 1  # one forward pass per batch
+        for ex in batch:
+            assert sorted(ex.meta["hops"]) == [1, 1, 1, 1, 2, 2, 2, 2]
+        t = task.transcript(random.Random(seed), hop_seq=[1, 2, 1, 2, 1, 2, 1, 2])
+        starts = [q.split(",")[0] for q, _, _ in t.questions]
+        assert len(set(starts)) == 4  # every place is asked from before any repeats
+        assert len({(s, k) for s, (_, _, k) in zip(starts, t.questions, strict=True)}) == 8
+    # a fixed hop count (the test set) asks at most one question per place
+    t = task.transcript(random.Random(0), hops=2)
+    assert len(t.questions) == 4 and len({q for q, _, _ in t.questions}) == 4
