@@ -115,6 +115,7 @@ def train(
     warmup_steps: Annotated[int, typer.Option(min=0, help="linear lr warm-up steps")] = 0,
     n_heads: Annotated[int, typer.Option(min=1)] = 4,
     layer_types: Annotated[str | None, typer.Option(help="comma-separated gdn/attn per layer")] = None,
+    conv_size: Annotated[int, typer.Option(min=1, help="GDN short-convolution width")] = 4,
     checkpoint: Annotated[bool, typer.Option(help="activation checkpointing per window")] = False,
     save_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints")] = 200,
     eval_every: Annotated[int | None, typer.Option(min=1, help="score a test set every k steps")] = None,
@@ -138,7 +139,7 @@ def train(
             optimizer=optimizer, lr=lr, adam_lr=adam_lr, d_model=d_model, n_layers=n_layers, seed=seed,
             warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, save_every=save_every, device=device,
             schedule=schedule, warmup_steps=warmup_steps, n_heads=n_heads, eval_every=eval_every, eval_n=eval_n,
-            init_from=init_from, time_limit=time_limit,
+            init_from=init_from, time_limit=time_limit, conv_size=conv_size,
             layer_types=tuple(t.strip() for t in layer_types.split(",")) if layer_types else None,
         )
     except (ValidationError, json.JSONDecodeError) as e:

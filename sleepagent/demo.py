@@ -3,7 +3,7 @@
 An agent with the shipped ``docqa-small`` model reads a generated document of road facts through
 the paged reader, one ``next_page`` tool call per page, with a simulated tool latency; the engine
 consolidates the window into the fast weights while each page is on its way. Then a user asks
-multi-hop questions ("From K, follow 2 roads. Where are you?"), one turn each, pausing to
+multi-hop questions ("Where do 2 roads from K lead?"), one turn each, pausing to
 think between them. By then the earlier pages have left the attention window (the last one may
 still be in it, when the window was under the pause-sleep threshold): most facts can only come
 from the fast weights.
@@ -28,7 +28,7 @@ from .agent import Agent
 from .model import SleepModel
 from .policy import SleepPolicy
 from .tools import DocumentReader
-from .train.docqa import DOCQA_SYSTEM, READ_REQUEST, DocQA, reader_tools
+from .train.docqa import DOCQA_SYSTEM, READ_REQUEST, DocQA, question, reader_tools
 
 __all__ = ["DemoRun", "run_demo", "docqa_task", "task_min_fill", "DEMO_MODEL"]
 
@@ -101,7 +101,7 @@ def run_demo(
         node = start
         for _ in range(k):
             node = names_cycle[node]
-        qs.append((f"From {start}, follow {k} road{'s' if k > 1 else ''}. Where are you?", node, k))
+        qs.append((question(start, k), node, k))
     return [
         anyio.run(_one_run, sm, task, transcript.document, qs, n, latency, think, on_page)
         for n in loops

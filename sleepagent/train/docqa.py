@@ -13,7 +13,7 @@ places (shuffled, like depo's edges written as sentences), served by the paged
     ...</tool_response><|end|>
     ... one call per page, until the page that ends with [end of document] ...
     <|assistant|>Done.<|end|>
-    <|user|>From Kalo, follow 2 roads. Where are you?<|end|>
+    <|user|>Where do 2 roads from Kalo lead?<|end|>
     <|assistant|>Miru<|end|>
     ... more questions ...
 
@@ -34,7 +34,7 @@ from ..tools import DocumentReader, ToolRegistry, render_tool_call
 from ..tools.calls import ToolResult
 from .tasks import Example
 
-__all__ = ["DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "reader_tools", "pause_windows"]
+__all__ = ["DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "question", "reader_tools", "pause_windows"]
 
 DOCQA_SYSTEM = "You read documents with the tools, then answer questions about them."
 READ_REQUEST = "Read the document."
@@ -42,6 +42,13 @@ DONE = "Done."
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
+
+
+def question(start: str, hops: int) -> str:
+    """``Where do 2 roads from K lead?``: the place name comes last, 8 tokens before the answer,
+    where a GDN layer's short convolution (``conv_size=12``) sees it, as it sees both names of a
+    fact (``from K leads to M``, 11 apart)."""
+    return f"Where do{'es' if hops == 1 else ''} {hops} road{'s' if hops > 1 else ''} from {start} lead?"
 
 
 @dataclass
@@ -111,7 +118,7 @@ class DocQA:
         turns.append(Turn("assistant", DONE))
         questions = []
         for start, k in self._plan(rng, n, hops, hop_seq):
-            q = f"From {names[start]}, follow {k} road{'s' if k > 1 else ''}. Where are you?"
+            q = question(names[start], k)
             a = names[(start + k) % n]
             turns += [Turn("user", q), Turn("assistant", a)]
             questions.append((q, a, k))

@@ -59,6 +59,9 @@ class TrainConfig(BaseModel):
     n_layers: int = Field(default=4, gt=0)
     n_heads: int = Field(default=4, gt=0)
     layer_types: tuple[str, ...] | None = None
+    conv_size: int = Field(
+        default=4, ge=1, description="GDN short-convolution width (docqa: 12 spans a fact's two names)"
+    )
     min_fill: float = Field(default=0.5, ge=0, le=1, description="pause sleeps: as SleepPolicy.min_fill")
     save_every: int = Field(default=200, ge=1)
     eval_every: int | None = Field(
@@ -94,7 +97,7 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
     mcfg = SleepHybridConfig(
         vocab_size=task.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, window=task.window, evict="hard",
+        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=task.window, evict="hard",
         sleep_loops=cfg.loops, tie_embeddings=False,
     )
     torch.manual_seed(cfg.seed)

@@ -96,9 +96,28 @@ def test_questions_are_distinct_and_may_outnumber_the_places():
         for ex in batch:
             assert sorted(ex.meta["hops"]) == [1, 1, 1, 1, 2, 2, 2, 2]
         t = task.transcript(random.Random(seed), hop_seq=[1, 2, 1, 2, 1, 2, 1, 2])
-        starts = [q.split(",")[0] for q, _, _ in t.questions]
+        starts = [q.split(" from ")[1] for q, _, _ in t.questions]
         assert len(set(starts)) == 4  # every place is asked from before any repeats
         assert len({(s, k) for s, (_, _, k) in zip(starts, t.questions, strict=True)}) == 8
     # a fixed hop count (the test set) asks at most one question per place
     t = task.transcript(random.Random(0), hops=2)
     assert len(t.questions) == 4 and len({q for q, _, _ in t.questions}) == 4
+
+
+def test_names_lie_within_the_short_convolution():
+    """The design of the text: a fact's two names are 11 tokens apart, and a question's place is
+    8 tokens before the position that predicts the answer, so one GDN layer with conv_size=12
+    sees both (TrainConfig(conv_size=12) builds such a model)."""
+    from sleepagent.train.trainer import TrainConfig, build_model
+
+    task = DocQA(n_places=(5, 5), hops=(1, 2), questions=6, name_len=1)
+    t = task.transcript(random.Random(2))
+    ex = task.render(t)
+    tok = task.tokenizer
+    for (q, _, _), positions in zip(t.questions, ex.answers, strict=True):
+        assert tok.decode([ex.ids[positions[0] - 1 - 8]]) == q.split(" from ")[1][0]
+    for fact in t.document.split(". "):  # one byte per character: string offsets are token lags
+        source, target = fact.index(" from ") + len(" from "), len(fact.rstrip(".")) - 1
+        assert target - source == 11, fact
+    model = build_model(TrainConfig(task="docqa", conv_size=12, d_model=32, n_layers=2), task)
+    assert model.config.conv_size == 12
