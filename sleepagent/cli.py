@@ -209,10 +209,12 @@ def eval_cmd(
     plot: Annotated[str | None, typer.Option(help="write a PNG plot here")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    first: Annotated[bool, typer.Option("--first", help="also score each document's first question alone")] = False,
 ) -> None:
     """Accuracy per difficulty and per N on a fresh seeded test set."""
     from .errors import SleepAgentError
-    from .train import evaluate, load_checkpoint, make_task, plot_accuracy
+    from .train import load_checkpoint, make_task, plot_accuracy
+    from .train.trainer import accuracy, answer_hits
 
     try:
         model, meta = load_checkpoint(checkpoint_dir, device)
@@ -221,18 +223,26 @@ def eval_cmd(
         raise typer.Exit(2) from None
     cfg = meta.get("config", {})
     task = make_task(cfg.get("task", "depo"), **cfg.get("task_kwargs", {}))
-    result = evaluate(model, task, list(_lengths(loops)), n=n, seed=seed)
+    # one forward per test batch serves both scores (all questions; first questions alone)
+    hits = answer_hits(model, task, list(_lengths(loops)), n=n, seed=seed, min_fill=cfg.get("min_fill", 0.5))
+    result = accuracy(hits)
+    firsts = accuracy(hits, first_only=True) if first else {}
     if plot:
         plot_accuracy(result, plot, title=f"{task.name}, trained with N={cfg.get('loops')}")
     if as_json:
-        print(json.dumps({"task": task.name, "accuracy": {str(k): {str(d): a for d, a in v.items()} for k, v in result.items()}}))
+        def jsonable(r: dict) -> dict:
+            return {str(k): {str(d): a for d, a in v.items()} for k, v in r.items()}
+
+        print(json.dumps({"task": task.name, "accuracy": jsonable(result), **({"first": jsonable(firsts)} if first else {})}))
         return
     table = Table(title=f"{task.name}: exact match ({checkpoint_dir}, trained N={cfg.get('loops')}, step {meta.get('step')})")
     table.add_column("difficulty", justify="right")
     for N in result:
         table.add_column(f"N={N}", justify="right")
+    for N in firsts:
+        table.add_column(f"N={N}, first question", justify="right")
     for d in sorted(next(iter(result.values()))):
-        table.add_row(str(d), *[f"{result[N][d]:.3f}" for N in result])
+        table.add_row(str(d), *[f"{result[N][d]:.3f}" for N in result], *[f"{firsts[N][d]:.3f}" for N in firsts])
     console.print(table)
 
 

@@ -99,3 +99,22 @@ def test_bench_with_no_subcommand_writes_the_markdown_report(tmp_path):
     for heading in ("## Kernels", "## Wake latency", "## Agent", "## Engine", "## Snapshot store", "## Session memory"):
         assert heading in text
     assert "cores" in text and (tmp_path / "docs" / "memory.png").stat().st_size > 1000
+
+
+def test_eval_first_scores_first_questions_alone(tmp_path):
+    from sleepagent.train import evaluate, load_checkpoint, make_task
+
+    out = tmp_path / "docqa"
+    task_args = '{"n_places": [3, 4], "questions": 3, "page_chars": 100, "window": 192}'
+    args = ["train", "--task", "docqa", "--task-args", task_args, "--loops", "2", "--steps", "2", "--batch-size", "2",
+            "--d-model", "16", "--n-layers", "2", "--conv-size", "12", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["eval", str(out), "--loops", "1,2", "--n", "6", "--json", "--first"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.strip().splitlines()[-1])
+    model, meta = load_checkpoint(out)
+    assert model.config.conv_size == 12
+    task = make_task("docqa", **meta["config"]["task_kwargs"])
+    for first_only, key in ((False, "accuracy"), (True, "first")):
+        expected = evaluate(model, task, [1, 2], n=6, first_only=first_only)
+        assert data[key] == {str(N): {str(d): a for d, a in row.items()} for N, row in expected.items()}
