@@ -1,6 +1,6 @@
 """Long-document QA over your own text file: read it page by page through a tool, then ask.
 
-    python examples/long_document_qa.py notes.txt -q "From Kalo, follow 2 roads. Where are you?"
+    python examples/long_document_qa.py notes.txt -q "Where do 2 roads from Kalo lead?"
     python examples/long_document_qa.py notes.txt -q "..." --model /path/to/checkpoint --loops 4
 
 The agent calls ``next_page`` until the reader says the document ended; while each page is "on
