@@ -214,7 +214,7 @@ def eval_cmd(
     """Accuracy per difficulty and per N on a fresh seeded test set."""
     from .errors import SleepAgentError
     from .train import load_checkpoint, make_task, plot_accuracy
-    from .train.trainer import accuracy, answer_hits
+    from .train.trainer import _jsonable, accuracy, answer_hits
 
     try:
         model, meta = load_checkpoint(checkpoint_dir, device)
@@ -230,10 +230,7 @@ def eval_cmd(
     if plot:
         plot_accuracy(result, plot, title=f"{task.name}, trained with N={cfg.get('loops')}")
     if as_json:
-        def jsonable(r: dict) -> dict:
-            return {str(k): {str(d): a for d, a in v.items()} for k, v in r.items()}
-
-        print(json.dumps({"task": task.name, "accuracy": jsonable(result), **({"first": jsonable(firsts)} if first else {})}))
+        print(json.dumps({"task": task.name, "accuracy": _jsonable(result), **({"first": _jsonable(firsts)} if first else {})}))
         return
     table = Table(title=f"{task.name}: exact match ({checkpoint_dir}, trained N={cfg.get('loops')}, step {meta.get('step')})")
     table.add_column("difficulty", justify="right")
