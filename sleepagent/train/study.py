@@ -160,6 +160,59 @@ _register(Study(
     notes=_DEPO_NOTES,
 ))
 
+_DEPO_DEEP_NOTES = """\
+The depo preset's model and text with deeper questions added, sized for a GPU lent for minutes:
+d = 128, batch 256, constant lr, run with `--time-limit` (N = 1 runs take about 1.6 times the
+steps of N = 4 runs in the same time, which can only favour N = 1). With one GDN layer, first, a
+wake pass looks up one edge in the fast weights, so a deeper answer must have been written there
+during sleep: a sleep pass's attention can follow edges inside the window, and the GDN layer of
+the next pass writes what the pass before computed, so N = 4 passes can compose paths that one
+pass cannot.
+
+How it ran: one NVIDIA H200, the four runs side by side (MPS on), training on the `torch_chunk`
+GDN kernel (fla's gated backward is refused on Hopper with Triton 3.6, fla #640).
+
+"""
+
+_DEPO_DEEP_RESULTS = {
+    4: """\
+Result (`--time-limit 360`: N = 4 ~3900 steps, N = 1 ~6300). Both N = 4 seeds answer 4-hop
+questions (0.913, 0.988) and 2-hop (0.992, 1.000); both N = 1 seeds stay near guessing on 4-hop
+(0.152, 0.171; 0.15 to 0.18 on the periodic test set from step 500 to the end) and climb slowly on
+2-hop (0.304, 0.478). Woken after one pass, the N = 4 weights answer nothing deep (4-hop 0.150,
+0.006). On the periodic test set N = 4 learned 1, then 2, then 4 hops: seed 1 had 2-hop at step
+750 and 4-hop (0.91) at 1000; seed 0 had 2-hop at 1250 and climbed on 4-hop from 0.22 to 0.88
+between steps 1250 and 3750. The edge-order probe (`python -m sleepagent.train.probes
+runs/study/depo-deep-gpu/*`, first questions, 2-hop) reads as in the depo study: N = 1 before /
+after 0.255 / 0.183 and 0.664 / 0.175; N = 4 0.989 / 0.991 and 1.000 / 1.000.
+
+""",
+    8: """\
+Result (`--time-limit 270`: N = 4 ~2800 steps, N = 1 ~4500): not settled at this budget. N4_s1
+answers 4-hop (0.950) and had started on 8-hop (0.13 at step 1500, 0.31 at 2750 on the periodic
+test set; 0.330 on the final one); N4_s0 was climbing on 2-hop (0.22 → 0.47 from step 1500 to
+2750) and had not begun 4-hop. The N = 1 runs: 1-hop 0.865, 0.870, 2-hop 0.586, 0.172, 4- and
+8-hop at guessing (0.16 to 0.17). Every margin is positive, none beats the seed spread, because
+N4_s0 was cut off mid-climb. The same preset with a longer `--time-limit` resumes the runs.
+
+""",
+}
+
+for _k, _suffix in ((4, ""), (8, "-k8")):
+    _register(Study(
+        name=f"depo-deep-gpu{_suffix}",
+        summary=f"queries of 1 to {_k} hops over a 12-node cycle whose edges fill one window, evicted before the "
+                "queries (GPU)",
+        task="depo",
+        task_kwargs=dict(n_max=12, k_max=_k, m=16, max_len=1, window=32, edge_windows=1, queries=8),
+        train=dict(steps=20000, batch_size=256, d_model=128, n_layers=3, n_heads=4, adam_lr=1e-3, warmup_steps=200,
+                   schedule="constant", eval_every=250, eval_n=200, save_every=1000,
+                   layer_types=("gdn", "attn", "attn")),
+        deep=(_k // 2, _k),
+        first_answer=True,
+        notes=_DEPO_DEEP_NOTES + _DEPO_DEEP_RESULTS[_k],
+    ))
+
 _RULE110_NOTES = """\
 This preset is the CPU-sized twin of `rule110-gpu-t2` (same task, model and lr; batch 64 instead of
 256, a fixed 1000 steps instead of a time limit). The text never says t, so each model learns one t
