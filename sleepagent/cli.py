@@ -210,36 +210,56 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     first: Annotated[bool, typer.Option("--first", help="also score each document's first question alone")] = False,
+    task_name: Annotated[str | None, typer.Option("--task", help="the task (default and only choice: the "
+                                                  "checkpoint's own)")] = None,
+    data: Annotated[str | None, typer.Option(help="score these sequences instead of a generated test set (depo: "
+                                             "the original generator's layout, one {tokens, label} JSON per line)")] = None,
 ) -> None:
-    """Accuracy per difficulty and per N on a fresh seeded test set."""
+    """Accuracy per difficulty and per N on a fresh seeded test set (or on --data)."""
     from .errors import SleepAgentError
     from .train import load_checkpoint, make_task, plot_accuracy
-    from .train.trainer import _jsonable, accuracy, answer_hits
+    from .train.tasks import read_original_depo
+    from .train.trainer import _jsonable, accuracy, answer_hits, data_accuracy
 
     try:
         model, meta = load_checkpoint(checkpoint_dir, device)
     except SleepAgentError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        raise _fail(str(e)) from None
     cfg = meta.get("config", {})
-    task = make_task(cfg.get("task", "depo"), **cfg.get("task_kwargs", {}))
-    # one forward per test batch serves both scores (all questions; first questions alone)
-    hits = answer_hits(model, task, list(_lengths(loops)), n=n, seed=seed, min_fill=cfg.get("min_fill", 0.5))
-    result = accuracy(hits)
-    firsts = accuracy(hits, first_only=True) if first else {}
+    trained_on = cfg.get("task", "depo")
+    if task_name is not None and task_name != trained_on:
+        raise _fail(f"{checkpoint_dir} was trained on {trained_on!r}, so --task {task_name} cannot score it")
+    task = make_task(trained_on, **cfg.get("task_kwargs", {}))
+    N_values, min_fill = list(_lengths(loops)), cfg.get("min_fill", 0.5)
+    if data is not None:
+        if trained_on != "depo":
+            raise _fail(f"--data reads the original Depo layout; {checkpoint_dir} was trained on {trained_on!r}")
+        try:
+            examples = read_original_depo(data, task)
+        except (OSError, SleepAgentError) as e:
+            raise _fail(f"{data}: {e}") from None
+        result = data_accuracy(model, task, examples, N_values, min_fill=min_fill)
+        firsts = data_accuracy(model, task, examples, N_values, first_only=True, min_fill=min_fill) if first else {}
+    else:
+        # one forward per test batch serves both scores (all questions; first questions alone)
+        hits = answer_hits(model, task, N_values, n=n, seed=seed, min_fill=min_fill)
+        result = accuracy(hits)
+        firsts = accuracy(hits, first_only=True) if first else {}
     if plot:
         plot_accuracy(result, plot, title=f"{task.name}, trained with N={cfg.get('loops')}")
     if as_json:
         print(json.dumps({"task": task.name, "accuracy": _jsonable(result), **({"first": _jsonable(firsts)} if first else {})}))
         return
-    table = Table(title=f"{task.name}: exact match ({checkpoint_dir}, trained N={cfg.get('loops')}, step {meta.get('step')})")
+    source = f"{data}, " if data else ""
+    table = Table(title=f"{task.name}: exact match ({source}{checkpoint_dir}, trained N={cfg.get('loops')}, step {meta.get('step')})")
     table.add_column("difficulty", justify="right")
     for N in result:
         table.add_column(f"N={N}", justify="right")
     for N in firsts:
         table.add_column(f"N={N}, first question", justify="right")
     for d in sorted(next(iter(result.values()))):
-        table.add_row(str(d), *[f"{result[N][d]:.3f}" for N in result], *[f"{firsts[N][d]:.3f}" for N in firsts])
+        table.add_row(str(d), *[f"{result[N][d]:.3f}" for N in result],
+                      *[f"{firsts[N][d]:.3f}" if d in firsts[N] else "-" for N in firsts])
     console.print(table)
 
 

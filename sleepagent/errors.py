@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "SleepAgentError",
     "ConfigError",
+    "DataError",
     "ShapeError",
     "StateMismatch",
     "WindowFull",
@@ -48,6 +49,15 @@ class ConfigError(SleepAgentError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class DataError(SleepAgentError, ValueError):
+    """Externally supplied data (a task's sequences read from a file) does not fit the task.
+    ``line`` is the 1-based line of the file when there is one."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+        self.line = line
 
 
 class ShapeError(SleepAgentError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 from typer.testing import CliRunner
 
@@ -118,3 +119,33 @@ def test_eval_first_scores_first_questions_alone(tmp_path):
     for first_only, key in ((False, "accuracy"), (True, "first")):
         expected = evaluate(model, task, [1, 2], n=6, first_only=first_only)
         assert data[key] == {str(N): {str(d): a for d, a in row.items()} for N, row in expected.items()}
+
+
+def test_eval_scores_sequences_in_the_original_depo_layout(tmp_path):
+    from tests.train.test_tasks import _original_layout
+
+    from sleepagent.train import evaluate, load_checkpoint, make_task
+    from sleepagent.train.trainer import test_set
+
+    out = tmp_path / "depo"
+    task_args = '{"n_max": 6, "k_max": 4, "m": 8, "max_len": 1, "window": 16, "edge_windows": 1, "queries": 3}'
+    args = ["train", "--task", "depo", "--task-args", task_args, "--loops", "2", "--steps", "2", "--batch-size", "2",
+            "--d-model", "16", "--n-layers", "2", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    model, meta = load_checkpoint(out)
+    task = make_task("depo", **meta["config"]["task_kwargs"])
+    rng = random.Random(0)
+    lines = [_original_layout(task, ex, rng) for k in task.hops for ex in test_set(task, k, 5, 12345)]
+    data = tmp_path / "depo.jsonl"
+    data.write_text("".join(json.dumps({"tokens": t, "label": lab}) + "\n" for t, lab in lines))
+    result = runner.invoke(app, ["eval", str(out), "--task", "depo", "--loops", "1,2", "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    expected = evaluate(model, task, [1, 2], n=5)  # the same documents, generated
+    assert json.loads(result.output.strip().splitlines()[-1])["accuracy"] == {
+        str(N): {str(k): a for k, a in row.items()} for N, row in expected.items()}
+
+    data.write_text(json.dumps({"tokens": lines[0][0], "label": lines[0][1]}) + "\n" + '{"tokens": [0, 1]}\n')
+    result = runner.invoke(app, ["eval", str(out), "--data", str(data)])
+    assert result.exit_code == 2 and "line 2: expected" in result.output
+    result = runner.invoke(app, ["eval", str(out), "--task", "rule110"])
+    assert result.exit_code == 2 and "was trained on 'depo'" in result.output

@@ -20,7 +20,9 @@ batched forward pass.
     Loss on ``<ans>`` and the answer tokens. Difficulty = k; test examples (a given k) use
     n = n_max, training draws n in 3..n_max with weight 1/(n + sqrt(n_max)). Ids: 0 bos, 1..2m names, 2m+1 pad,
     2m+2 ``<ans>``, 2m+3+j ``<hop_{2^j}>``. ``train_hops`` limits the k that training draws (a
-    curriculum knob); test examples cover every k.
+    curriculum knob); test examples cover every k. :meth:`Depo.from_original` maps a sequence
+    in the original generator's ids (``9000+k``, ``9500``, separator ``9700``) onto this layout,
+    for ``sleepagent eval --data``.
 
 ``gsm_inf`` (GSM-Infinite's symbolic subset, byte level): the question ``Q: V123456?`` first,
     then shuffled statements ``assign V1 = V2 + 1.`` / ``- 1`` / plain copy, one chain of ``op``
@@ -30,13 +32,15 @@ batched forward pass.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-__all__ = ["Example", "Rule110", "Depo", "GsmInf", "TASKS", "make_task", "collate"]
+__all__ = ["Example", "Rule110", "Depo", "GsmInf", "TASKS", "make_task", "collate", "read_original_depo"]
 
 
 @dataclass
@@ -169,8 +173,83 @@ class Depo:
             answers.append(list(range(a0, len(ids))))
         return Example(ids, mask, answers, difficulty or 0, {"n": n})
 
+    # the original generator's ids (PhysicsLM4's depo.py): names 1..2m and bos 0 as here
+    ORIGINAL_HOP, ORIGINAL_ANS, ORIGINAL_SEP = 9000, 9500, 9700
+
+    def from_original(self, tokens: list[int], label: list[int]) -> Example:
+        """One sequence in the original generator's id layout, mapped onto this task's vocabulary.
+
+        The layout: ``0``, the edges (each optionally preceded by the separator 9700, which has no
+        counterpart here and is dropped), then queries ``9000+k start 9500 answer``; ``label`` is 1
+        on each ``9500`` and answer token. The edges are left-padded as :meth:`sample` pads them,
+        so the windows fall where they fall in training. Each answer keeps its own k, in
+        ``meta["hops"]`` (the original draws k per query). Raises :class:`DataError` naming the
+        first thing that does not fit."""
+        from ..errors import DataError
+
+        if len(label) != len(tokens):
+            raise DataError(f"label has {len(label)} entries for {len(tokens)} tokens")
+        if not tokens or tokens[0] != self.bos:
+            raise DataError(f"a sequence starts with bos {self.bos}, not {tokens[:1]}")
+        names = range(1, 2 * self.m + 1)
+        q0 = next((i for i, t in enumerate(tokens) if t >= self.ORIGINAL_HOP and t != self.ORIGINAL_SEP), len(tokens))
+        body = [t for t in tokens[1:q0] if t != self.ORIGINAL_SEP]
+        if bad := [t for t in body if t not in names]:
+            raise DataError(f"edge token {bad[0]} is not a name token (1..{2 * self.m}) of this task")
+        edge_len = self.window * self.edge_windows - 1
+        if len(body) > edge_len:
+            raise DataError(f"the edges take {len(body)} tokens; this task's {self.edge_windows} window(s) of "
+                            f"{self.window} hold {edge_len}")
+        ids = [self.bos] + [self.pad] * (edge_len - len(body)) + body
+        mask, answers, hops = [False] * len(ids), [], []
+        i = q0
+        while i < len(tokens):
+            k = tokens[i] - self.ORIGINAL_HOP
+            if k not in self.hops:
+                raise DataError(f"token {tokens[i]} at position {i}: this task asks {self.hops} hops, not {k}")
+            ans = next((j for j in range(i + 1, len(tokens)) if tokens[j] == self.ORIGINAL_ANS), None)
+            end = next((j for j in range(i + 1, len(tokens)) if self.ORIGINAL_HOP <= tokens[j] < self.ORIGINAL_ANS),
+                       len(tokens))
+            if ans is None or ans > end or not all(t in names for t in tokens[i + 1 : ans] + tokens[ans + 1 : end]):
+                raise DataError(f"the query at position {i} is not '{tokens[i]} start 9500 answer' of name tokens")
+            if any(label[j] != (j >= ans) for j in range(i, end)):
+                raise DataError(f"label of the query at position {i} does not mark exactly its 9500 and answer")
+            a0 = len(ids) + (ans - i)
+            ids += [self.hop_token(k)] + tokens[i + 1 : ans] + [self.ans] + tokens[ans + 1 : end]
+            mask += [False] * (ans - i) + [True] * (end - ans)
+            answers.append(list(range(a0, len(ids))))
+            hops.append(k)
+            i = end
+        if not answers:
+            raise DataError("the sequence has no query (a token 9000 + k after the edges)")
+        return Example(ids, mask, answers, hops[0], {"hops": hops})
+
     def test_difficulties(self) -> list[int]:
         return self.hops
+
+
+def read_original_depo(path: str | Path, task: Depo) -> list[Example]:
+    """A JSONL file of sequences in the original Depo generator's layout, one
+    ``{"tokens": [...], "label": [...]}`` per line, mapped by :meth:`Depo.from_original`."""
+    from ..errors import DataError
+
+    examples = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                tokens, label = row["tokens"], row["label"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f'expected {{"tokens": [...], "label": [...]}}: {e}', line=n) from None
+            try:
+                examples.append(task.from_original([int(t) for t in tokens], [int(x) for x in label]))
+            except DataError as e:
+                raise DataError(str(e), line=n) from None
+    if not examples:
+        raise DataError(f"{path} holds no sequence")
+    return examples
 
 
 class GsmInf:

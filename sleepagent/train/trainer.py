@@ -328,24 +328,31 @@ def answer_hits(
     model.eval()
     difficulties = difficulties or task.test_difficulties()
     result: dict[int, dict[int, list[list[bool]]]] = {}
-    device = model.device
     for d in difficulties:
         examples = test_set(task, d, n, seed)
         for N in loops:
-            hits: list[list[bool]] = []
-            for windows, group in _groups(task, examples, min_fill):
-                for i in range(0, len(group), batch_size):
-                    chunk = group[i : i + batch_size]
-                    ids, mask = collate(chunk, task.pad_id)
-                    logits = model(
-                        ids.to(device), mask.to(device), loops=N, return_logits=True, window_lengths=windows
-                    ).logits
-                    pred = logits.argmax(-1).cpu()
-                    for b, ex in enumerate(chunk):
-                        hits.append([all(int(pred[b, p - 1]) == ex.ids[p] for p in positions)
-                                     for positions in ex.answers])
-            result.setdefault(N, {})[d] = hits
+            result.setdefault(N, {})[d] = example_hits(model, task, examples, N, batch_size=batch_size,
+                                                       min_fill=min_fill)
     return result
+
+
+@torch.no_grad()
+def example_hits(model: SleepHybridLM, task, examples: list, loops: int, *, batch_size: int = 32,
+                 min_fill: float = 0.5) -> list[list[bool]]:
+    """Per example (in order), whether each of its answers was exact, with ``loops`` sleep passes."""
+    model.eval()
+    hits: dict[int, list[bool]] = {}
+    for windows, group in _groups(task, examples, min_fill):
+        for i in range(0, len(group), batch_size):
+            chunk = group[i : i + batch_size]
+            ids, mask = collate(chunk, task.pad_id)
+            logits = model(
+                ids.to(model.device), mask.to(model.device), loops=loops, return_logits=True, window_lengths=windows
+            ).logits
+            pred = logits.argmax(-1).cpu()
+            for b, ex in enumerate(chunk):
+                hits[id(ex)] = [all(int(pred[b, p - 1]) == ex.ids[p] for p in positions) for positions in ex.answers]
+    return [hits[id(ex)] for ex in examples]
 
 
 def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False) -> dict[int, dict[int, float]]:
@@ -356,6 +363,20 @@ def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = Fa
         for d, per_example in rows.items():
             scored = [h for ex in per_example for h in (ex[:1] if first_only else ex)]
             out.setdefault(N, {})[d] = sum(scored) / max(len(scored), 1)
+    return out
+
+
+def data_accuracy(model: SleepHybridLM, task, examples: list, loops: list[int], *, first_only: bool = False,
+                  min_fill: float = 0.5) -> dict[int, dict[int, float]]:
+    """Exact-match accuracy per N and per hop count on externally supplied examples, whose answers
+    each carry their own k (``meta["hops"]``, see :meth:`Depo.from_original`)."""
+    out: dict[int, dict[int, float]] = {}
+    for N in loops:
+        scored: dict[int, list[bool]] = {}
+        for ex, hits in zip(examples, example_hits(model, task, examples, N, min_fill=min_fill)):
+            for k, hit in list(zip(ex.meta["hops"], hits))[: 1 if first_only else None]:
+                scored.setdefault(k, []).append(hit)
+        out[N] = {k: sum(h) / len(h) for k, h in sorted(scored.items())}
     return out
 
 

@@ -101,3 +101,67 @@ def test_collate_and_unknown_task():
     assert ids.shape == (2, 101) and int(mask.sum()) == 8
     with pytest.raises(ValueError, match="unknown task"):
         make_task("chess")
+
+
+def _original_layout(task: Depo, ex, rng: random.Random) -> tuple[list[int], list[int]]:
+    """``ex`` written the way the original Depo generator writes it: no padding, separators 9700
+    here and there among the edges (the mapping drops them), hop tokens 9000 + k, the answer
+    marker 9500, a 0/1 label."""
+    hop_of = {task.hop_token(k): k for k in task.hops}
+    tokens, label, i = [0], [0], 1
+    while ex.ids[i] == task.pad:
+        i += 1
+    while ex.ids[i] not in hop_of:
+        if ex.ids[i - 1] == task.pad or ex.ids[i - 1] == task.bos or rng.random() < 0.3:
+            tokens.append(task.ORIGINAL_SEP)
+            label.append(0)
+        tokens.append(ex.ids[i])
+        label.append(0)
+        i += 1
+    for t in ex.ids[i:]:
+        tokens.append(task.ORIGINAL_HOP + hop_of[t] if t in hop_of else task.ORIGINAL_ANS if t == task.ans else t)
+    answer_positions = {p for positions in ex.answers for p in positions}
+    label += [int(p in answer_positions) for p in range(i, len(ex.ids))]
+    return tokens, label
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_depo_from_original_layout_gives_the_same_example(k):
+    task = Depo(n_max=12, k_max=4, m=16, max_len=2, window=48, edge_windows=1, queries=5)
+    rng = random.Random(k)
+    for _ in range(20):
+        ex = task.sample(rng, k)
+        mapped = task.from_original(*_original_layout(task, ex, rng))
+        assert (mapped.ids, mapped.loss_mask, mapped.answers) == (ex.ids, ex.loss_mask, ex.answers)
+        assert mapped.meta["hops"] == [k] * len(ex.answers)
+
+
+def test_depo_from_original_keeps_each_querys_own_k():
+    task = Depo(n_max=8, k_max=4, m=10, max_len=1, window=32, edge_windows=1, queries=3)
+    ex = task.sample(random.Random(0), 1)
+    tokens, label = _original_layout(task, ex, random.Random(0))
+    q = [i for i, t in enumerate(tokens) if 9000 <= t < 9500]
+    tokens[q[1]] = 9004  # the second question asks 4 hops (its answer is now wrong, which is fine here)
+    mapped = task.from_original(tokens, label)
+    assert mapped.meta["hops"] == [1, 4, 1]
+    assert mapped.ids[mapped.answers[1][0] - 2] == task.hop_token(4)
+
+
+def test_depo_from_original_names_what_does_not_fit():
+    from sleepagent.errors import DataError
+
+    task = Depo(n_max=8, k_max=4, m=10, max_len=1, window=32, edge_windows=1, queries=3)
+    tokens, label = _original_layout(task, task.sample(random.Random(1), 2), random.Random(1))
+    q = next(i for i, t in enumerate(tokens) if 9000 <= t < 9500)
+    cases = [
+        ((tokens[:q] + [9008] + tokens[q + 1:], label), "this task asks [1, 2, 4] hops, not 8"),
+        (([0, 21] + tokens[1:], [0, 0] + label[1:]), "edge token 21 is not a name token (1..20)"),
+        (([0] + [1, 11] * 40 + tokens[q:], [0] * 81 + label[q:]), "the edges take 80 tokens"),
+        ((tokens, label[:-1]), "label has"),
+        ((tokens, label[:-1] + [0]), "does not mark exactly its 9500 and answer"),
+        ((tokens[:q], label[:q]), "no query"),
+        (([5] + tokens[1:], label), "starts with bos 0"),
+    ]
+    for (toks, lab), message in cases:
+        with pytest.raises(DataError, match=re.escape(message)):
+            task.from_original(toks, lab)
