@@ -212,13 +212,14 @@ def eval_cmd(
     first: Annotated[bool, typer.Option("--first", help="also score each document's first question alone")] = False,
     task_name: Annotated[str | None, typer.Option("--task", help="the task (default and only choice: the "
                                                   "checkpoint's own)")] = None,
-    data: Annotated[str | None, typer.Option(help="score these sequences instead of a generated test set (depo: "
-                                             "the original generator's layout, one {tokens, label} JSON per line)")] = None,
+    data: Annotated[str | None, typer.Option(help="score these sequences instead of a generated test set, one JSON "
+                                             "per line: depo {tokens, label} in the original generator's ids, gsm_inf "
+                                             "{question_var, context, answer}")] = None,
 ) -> None:
     """Accuracy per difficulty and per N on a fresh seeded test set (or on --data)."""
     from .errors import SleepAgentError
     from .train import load_checkpoint, make_task, plot_accuracy
-    from .train.tasks import read_original_depo
+    from .train.tasks import read_data
     from .train.trainer import _jsonable, accuracy, answer_hits, data_accuracy
 
     try:
@@ -232,10 +233,8 @@ def eval_cmd(
     task = make_task(trained_on, **cfg.get("task_kwargs", {}))
     N_values, min_fill = list(_lengths(loops)), cfg.get("min_fill", 0.5)
     if data is not None:
-        if trained_on != "depo":
-            raise _fail(f"--data reads the original Depo layout; {checkpoint_dir} was trained on {trained_on!r}")
         try:
-            examples = read_original_depo(data, task)
+            examples = read_data(data, task)
         except (OSError, SleepAgentError) as e:
             raise _fail(f"{data}: {e}") from None
         result = data_accuracy(model, task, examples, N_values, min_fill=min_fill)

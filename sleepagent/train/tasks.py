@@ -35,12 +35,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-__all__ = ["Example", "Rule110", "Depo", "GsmInf", "TASKS", "make_task", "collate", "read_original_depo"]
+__all__ = ["Example", "Rule110", "Depo", "GsmInf", "TASKS", "make_task", "collate", "read_data"]
 
 
 @dataclass
@@ -228,11 +229,19 @@ class Depo:
         return self.hops
 
 
-def read_original_depo(path: str | Path, task: Depo) -> list[Example]:
-    """A JSONL file of sequences in the original Depo generator's layout, one
-    ``{"tokens": [...], "label": [...]}`` per line, mapped by :meth:`Depo.from_original`."""
+def read_data(path: str | Path, task: Depo | GsmInf) -> list[Example]:
+    """Externally supplied test sequences, one JSON object per line, mapped onto ``task``:
+    depo ``{"tokens": [...], "label": [...]}`` in the original generator's layout
+    (:meth:`Depo.from_original`), gsm_inf ``{"question_var": ..., "context": ..., "answer": int}``
+    (:meth:`GsmInf.from_record`)."""
     from ..errors import DataError
 
+    if isinstance(task, Depo):
+        keys, build = ("tokens", "label"), lambda r: task.from_original([int(t) for t in r[0]], [int(x) for x in r[1]])
+    elif isinstance(task, GsmInf):
+        keys, build = ("question_var", "context", "answer"), lambda r: task.from_record(str(r[0]), str(r[1]), int(r[2]))
+    else:
+        raise DataError(f"--data reads depo and gsm_inf sequences, not {getattr(task, 'name', task)!r}")
     examples = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -240,13 +249,11 @@ def read_original_depo(path: str | Path, task: Depo) -> list[Example]:
                 continue
             try:
                 row = json.loads(line)
-                tokens, label = row["tokens"], row["label"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f'expected {{"tokens": [...], "label": [...]}}: {e}', line=n) from None
-            try:
-                examples.append(task.from_original([int(t) for t in tokens], [int(x) for x in label]))
-            except DataError as e:
-                raise DataError(str(e), line=n) from None
+                examples.append(build([row[k] for k in keys]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                if isinstance(e, DataError):
+                    raise DataError(str(e), line=n) from None
+                raise DataError(f"expected a JSON object with {', '.join(keys)}: {e!r}", line=n) from None
     if not examples:
         raise DataError(f"{path} holds no sequence")
     return examples
@@ -282,6 +289,35 @@ class GsmInf:
         mask = [False] * len(prompt.encode()) + [True] * len(answer.encode())
         start = len(prompt.encode())
         return Example(ids, mask, [list(range(start, len(ids)))], op)
+
+    _STATEMENT = re.compile(r"assign (V\d+) = (?:(\d+)|(V\d+)(?: ([+-]) 1)?)")
+
+    def from_record(self, question_var: str, context: str, answer: int) -> Example:
+        """An externally written problem (``eval --data``): the asked variable, the statements
+        joined by ". ", the integer answer; laid out as :meth:`sample` lays out its own. The
+        difficulty is the number of operations on the asked variable's chain, found by following
+        the chain back to its root (a :class:`DataError` when it does not reach one)."""
+        from ..errors import DataError
+
+        statements = [x.strip() for x in context.strip().rstrip(".").split(". ") if x.strip()]
+        source: dict[str, str | None] = {}
+        for st in statements:
+            match = self._STATEMENT.fullmatch(st)
+            if match is None:
+                raise DataError(f"statement {st!r} is not 'assign Vx = <int>' or 'assign Vx = Vy [+ 1 | - 1]'")
+            source[match[1]] = match[3]  # None for the root
+        op, var, seen = 0, question_var, set()
+        while (nxt := source.get(var, "")) is not None:
+            if nxt == "" or var in seen:
+                raise DataError(f"{question_var} cannot be derived: {var} is {'never' if nxt == '' else 'circularly'} "
+                                "assigned")
+            seen.add(var)
+            op, var = op + 1, nxt
+        prompt = (f"Q: {question_var}? " + ". ".join(statements) + ". A: ").encode()
+        answer_bytes = f"{int(answer)}.".encode()
+        ids = list(prompt) + list(answer_bytes)
+        mask = [False] * len(prompt) + [True] * len(answer_bytes)
+        return Example(ids, mask, [list(range(len(prompt), len(ids)))], op)
 
     def test_difficulties(self) -> list[int]:
         return sorted(set(self.ops))

@@ -368,13 +368,13 @@ def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = Fa
 
 def data_accuracy(model: SleepHybridLM, task, examples: list, loops: list[int], *, first_only: bool = False,
                   min_fill: float = 0.5) -> dict[int, dict[int, float]]:
-    """Exact-match accuracy per N and per hop count on externally supplied examples, whose answers
-    each carry their own k (``meta["hops"]``, see :meth:`Depo.from_original`)."""
+    """Exact-match accuracy per N and difficulty on externally supplied examples (depo's answers
+    each carry their own k in ``meta["hops"]``, see :meth:`Depo.from_original`)."""
     out: dict[int, dict[int, float]] = {}
     for N in loops:
         scored: dict[int, list[bool]] = {}
         for ex, hits in zip(examples, example_hits(model, task, examples, N, min_fill=min_fill)):
-            for k, hit in list(zip(ex.meta["hops"], hits))[: 1 if first_only else None]:
+            for k, hit in list(zip(ex.meta.get("hops", [ex.difficulty] * len(hits)), hits))[: 1 if first_only else None]:
                 scored.setdefault(k, []).append(hit)
         out[N] = {k: sum(h) / len(h) for k, h in sorted(scored.items())}
     return out

@@ -165,3 +165,33 @@ def test_depo_from_original_names_what_does_not_fit():
     for (toks, lab), message in cases:
         with pytest.raises(DataError, match=re.escape(message)):
             task.from_original(toks, lab)
+
+
+def test_gsm_inf_from_record_lays_out_a_problem_as_sample_does(tmp_path):
+    import json
+
+    from sleepagent.errors import DataError
+    from sleepagent.train.tasks import read_data
+
+    task = GsmInf(filler=4)
+    records = []
+    for op in (1, 3, 8):
+        ex = task.sample(random.Random(op), op)
+        text = bytes(ex.ids).decode()
+        question, rest = text[3:].split("? ", 1)
+        context, answer = rest.split(" A: ")
+        mapped = task.from_record(question, context, int(answer.rstrip(".")))
+        assert (mapped.ids, mapped.loss_mask, mapped.answers, mapped.difficulty) == (
+            ex.ids, ex.loss_mask, ex.answers, op)  # the op count comes from following the chain
+        records.append({"question_var": question, "context": context, "answer": int(answer.rstrip("."))})
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [ex.difficulty for ex in read_data(path, task)] == [1, 3, 8]
+
+    with pytest.raises(DataError, match="V9 cannot be derived: V8 is never assigned"):
+        task.from_record("V9", "assign V9 = V8 + 1. assign V1 = 3", 4)
+    with pytest.raises(DataError, match="'assign V1 = three' is not"):
+        task.from_record("V1", "assign V1 = three", 3)
+    path.write_text(json.dumps(records[0]) + "\n" + json.dumps({"question_var": "V1"}) + "\n")
+    with pytest.raises(DataError, match="line 2: expected a JSON object with question_var, context, answer"):
+        read_data(path, task)
