@@ -237,8 +237,9 @@ def eval_cmd(
             examples = read_data(data, task)
         except (OSError, SleepAgentError) as e:
             raise _fail(f"{data}: {e}") from None
-        result = data_accuracy(model, task, examples, N_values, min_fill=min_fill)
-        firsts = data_accuracy(model, task, examples, N_values, first_only=True, min_fill=min_fill) if first else {}
+        # one forward per batch serves both scores, as below
+        result, firsts = data_accuracy(model, task, examples, N_values, min_fill=min_fill)
+        firsts = firsts if first else {}
     else:
         # one forward per test batch serves both scores (all questions; first questions alone)
         hits = answer_hits(model, task, N_values, n=n, seed=seed, min_fill=min_fill)

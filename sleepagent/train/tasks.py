@@ -250,9 +250,9 @@ def read_data(path: str | Path, task: Depo | GsmInf) -> list[Example]:
             try:
                 row = json.loads(line)
                 examples.append(build([row[k] for k in keys]))
+            except DataError as e:
+                raise DataError(str(e), line=n) from None
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                if isinstance(e, DataError):
-                    raise DataError(str(e), line=n) from None
                 raise DataError(f"expected a JSON object with {', '.join(keys)}: {e!r}", line=n) from None
     if not examples:
         raise DataError(f"{path} holds no sequence")
@@ -283,12 +283,16 @@ class GsmInf:
         for i in range(0, len(pool) - 1, 2):  # filler: the source is never assigned
             statements.append(f"assign {pool[i + 1]} = {pool[i]} + 1")
         rng.shuffle(statements)
-        prompt = f"Q: {var[op]}? " + ". ".join(statements) + ". A: "
-        answer = f"{value}."
-        ids = list(prompt.encode()) + list(answer.encode())
-        mask = [False] * len(prompt.encode()) + [True] * len(answer.encode())
-        start = len(prompt.encode())
-        return Example(ids, mask, [list(range(start, len(ids)))], op)
+        return self._example(var[op], statements, value, op)
+
+    @staticmethod
+    def _example(question_var: str, statements: list[str], answer: int, op: int) -> Example:
+        """The byte layout: ``Q: Vx? s1. s2. ... A: <answer>.``, the loss on the answer and its dot."""
+        prompt = (f"Q: {question_var}? " + ". ".join(statements) + ". A: ").encode()
+        answer_bytes = f"{answer}.".encode()
+        ids = list(prompt) + list(answer_bytes)
+        mask = [False] * len(prompt) + [True] * len(answer_bytes)
+        return Example(ids, mask, [list(range(len(prompt), len(ids)))], op)
 
     _STATEMENT = re.compile(r"assign (V\d+) = (?:(\d+)|(V\d+)(?: ([+-]) 1)?)")
 
@@ -313,11 +317,7 @@ class GsmInf:
                                 "assigned")
             seen.add(var)
             op, var = op + 1, nxt
-        prompt = (f"Q: {question_var}? " + ". ".join(statements) + ". A: ").encode()
-        answer_bytes = f"{int(answer)}.".encode()
-        ids = list(prompt) + list(answer_bytes)
-        mask = [False] * len(prompt) + [True] * len(answer_bytes)
-        return Example(ids, mask, [list(range(len(prompt), len(ids)))], op)
+        return self._example(question_var, statements, int(answer), op)
 
     def test_difficulties(self) -> list[int]:
         return sorted(set(self.ops))

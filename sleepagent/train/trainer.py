@@ -366,18 +366,24 @@ def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = Fa
     return out
 
 
-def data_accuracy(model: SleepHybridLM, task, examples: list, loops: list[int], *, first_only: bool = False,
-                  min_fill: float = 0.5) -> dict[int, dict[int, float]]:
-    """Exact-match accuracy per N and difficulty on externally supplied examples (depo's answers
-    each carry their own k in ``meta["hops"]``, see :meth:`Depo.from_original`)."""
-    out: dict[int, dict[int, float]] = {}
+def data_accuracy(model: SleepHybridLM, task, examples: list, loops: list[int], *,
+                  min_fill: float = 0.5) -> tuple[dict[int, dict[int, float]], dict[int, dict[int, float]]]:
+    """Exact-match accuracy per N and difficulty on externally supplied examples: over every
+    answer, and over each example's first answer alone, from one forward per batch (depo's
+    answers each carry their own k in ``meta["hops"]``, see :meth:`Depo.from_original`)."""
+    every: dict[int, dict[int, float]] = {}
+    first: dict[int, dict[int, float]] = {}
     for N in loops:
         scored: dict[int, list[bool]] = {}
+        scored_first: dict[int, list[bool]] = {}
         for ex, hits in zip(examples, example_hits(model, task, examples, N, min_fill=min_fill)):
-            for k, hit in list(zip(ex.meta.get("hops", [ex.difficulty] * len(hits)), hits))[: 1 if first_only else None]:
+            ks = ex.meta.get("hops", [ex.difficulty] * len(hits))
+            for k, hit in zip(ks, hits):
                 scored.setdefault(k, []).append(hit)
-        out[N] = {k: sum(h) / len(h) for k, h in sorted(scored.items())}
-    return out
+            scored_first.setdefault(ks[0], []).append(hits[0])
+        every[N] = {k: sum(h) / len(h) for k, h in sorted(scored.items())}
+        first[N] = {k: sum(h) / len(h) for k, h in sorted(scored_first.items())}
+    return every, first
 
 
 def evaluate(
