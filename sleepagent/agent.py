@@ -23,6 +23,7 @@ import anyio
 import torch
 from anyio.lowlevel import current_token
 
+from .decoding import ToolCallConstraint
 from .engine import Engine, EngineSession, SleepStats
 from .errors import ConfigError, FingerprintMismatch, SleepAgentError, UsageLimitExceeded
 from .messages import (
@@ -66,7 +67,8 @@ class Agent:
         sleep: when the model consolidates (default ``SleepPolicy()``: 4 passes, in pauses).
         memory: what sessions may keep (never-consolidate patterns, retention, ...).
         store: a snapshot store for persistent sessions (see ``sleepagent.storage``).
-        system_prompt: the first turn of every session.
+        system_prompt: the first turn of every session (default: the one the checkpoint was
+            trained with, from its ``prompt.json``, else a generic one).
         max_steps: model requests per run (each turn is one request); more raises
             :class:`UsageLimitExceeded`.
         max_tokens: tokens per generated turn.
@@ -122,7 +124,11 @@ class Agent:
         self.sleep = sleep or SleepPolicy()
         self.memory = memory or MemoryPolicy()
         self.store = store
-        self.system_prompt = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+        # the checkpoint's own system prompt (its prompt.json), as a chat template comes with a
+        # transformers checkpoint; a small model answers well only in the register it was trained in
+        self.system_prompt = system_prompt if system_prompt is not None else (
+            self.model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
+        )
         self.max_steps = max_steps
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -381,6 +387,8 @@ class AgentSession:
         agent, tok = self.agent, self.agent.model.tokenizer
         stop = {tok.end_id, tok.eos_id}
         emitted: list[int] = []
+        # a call names a registered tool (the model chooses, among the names that exist)
+        constraint = ToolCallConstraint.for_tokenizer(tok, list(agent.tools))
         if agent.scripted is not None:
             info = TurnInfo(self.id, step, agent.tools.specs(), self.stats)
             text = await agent.scripted.respond(self.history + run_messages, info)
@@ -394,7 +402,7 @@ class AgentSession:
                         break
                     nxt = script[i]
                 else:
-                    nxt = self._sample(logits)
+                    nxt = self._sample(constraint.apply(logits, emitted) if constraint else logits)
                     if nxt in stop:
                         break
                 logits = await agent.engine.decode(self.engine_session, nxt)

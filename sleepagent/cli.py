@@ -35,20 +35,24 @@ def _lengths(text: str) -> tuple[int, ...]:
 def demo(
     model: Annotated[str, typer.Option(help="shipped checkpoint name or local directory")] = "docqa-small",
     loops: Annotated[str, typer.Option(help="sleep passes N to compare, comma-separated")] = "4,1",
-    questions: Annotated[int, typer.Option(min=1, help="questions asked after reading")] = 8,
+    places: Annotated[str, typer.Option(help="places (facts) per document, comma-separated; one document each, "
+                                        "read one after another in one session")] = "16,10",
+    questions: Annotated[int, typer.Option(min=1, help="questions asked after each document")] = 6,
     latency: Annotated[float, typer.Option(min=0.0, help="simulated seconds per page fetch")] = 0.3,
     think: Annotated[float, typer.Option(min=0.0, help="simulated user think time between questions")] = 0.2,
     seed: int = 0,
 ) -> None:
-    """Long-document QA: the agent reads a document page by page through a tool, sleeping during
-    each fetch, then answers multi-hop questions from its fast weights; N = 4 vs N = 1."""
+    """Long-document QA: the agent reads long documents page by page through a tool, sleeping
+    during each fetch, then answers multi-hop questions, most from its fast weights; N = 4 vs N = 1."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .demo import run_demo
     from .errors import SleepAgentError
     from .model import SleepModel
 
-    ns = _lengths(loops)
+    ns, sizes = _lengths(loops), _lengths(places)
+    if sum(sizes) > 26 or min(sizes) < 2:
+        raise _fail(f"--places {places}: each document needs at least 2 places, and all of them at most 26 in all")
     try:
         sm = SleepModel.from_pretrained(model)
     except SleepAgentError as e:
@@ -63,31 +67,41 @@ def demo(
                 bars[n] = progress.add_task("read", total=total, n=n)
             progress.update(bars[n], completed=read, total=total)
 
-        runs = run_demo(sm, questions=questions, loops=ns, latency=latency, think=think, seed=seed, on_page=on_page)
+        runs = run_demo(sm, places=sizes, questions=questions, loops=ns, latency=latency, think=think, seed=seed,
+                        on_page=on_page)
     first = runs[0]
     qa = Table(title=f"answers (N={first.loops}" + "".join(f" | N={r.loops}" for r in runs[1:]) + ")")
-    qa.add_column("question")
-    qa.add_column("truth")
+    for col in ("question", "doc", "its facts were", "truth"):
+        qa.add_column(col)
     for r in runs:
         qa.add_column(f"N={r.loops}")
     for i, a in enumerate(first.answers):
         cells = [f"[green]{r.answers[i]['answer']}[/]" if r.answers[i]["right"] else f"[red]{r.answers[i]['answer'] or '∅'}[/]"
                  for r in runs]
-        qa.add_row(a["question"], a["truth"], *cells)
+        where = "evicted" if a["evicted"] else "in window"
+        qa.add_row(a["question"], str(a["doc"]), where, a["truth"], *cells)
     console.print(qa)
     summary = Table(title="summary")
     summary.add_column("")
     for r in runs:
         summary.add_column(f"N={r.loops}", justify="right")
-    hops = sorted({k for r in runs for k in r.accuracy_by_hops()})
-    rows = [("accuracy", lambda r: f"{r.accuracy:.0%}")]
-    rows += [(f"  {k}-hop", lambda r, k=k: f"{r.accuracy_by_hops().get(k, 0):.0%}") for k in hops]
+
+    def frac(right_asked: tuple[int, int] | None) -> str:
+        right, asked = right_asked or (0, 0)
+        return f"{right}/{asked}"
+
+    rows = [("right answers", lambda r: f"{sum(a['right'] for a in r.answers)}/{len(r.answers)}")]
+    docs = sorted({a["doc"] for r in runs for a in r.answers})
+    hops = sorted({a["hops"] for r in runs for a in r.answers})
+    rows += [(f"  about document {d}", lambda r, d=d: frac(r.accuracy_by("doc").get(d))) for d in docs]
+    rows += [(f"  {k}-hop", lambda r, k=k: frac(r.accuracy_by("hops").get(k))) for k in hops]
     rows += [
-        ("pages read", lambda r: f"{r.pages_read}/{r.pages}"),
+        ("  facts evicted: fast weights only", lambda r: frac(r.accuracy_by("evicted").get(True))),
+        ("pages read", lambda r: " + ".join(f"{a}/{b}" for a, b in zip(r.pages_read, r.pages))),
         ("tokens read", lambda r: f"{r.tokens_read:,}"),
         ("most tokens in the KV window", lambda r: f"{r.max_window_tokens} (window {r.window})"),
+        ("sleeps (before the first question)", lambda r: f"{r.sleeps} ({r.sleeps_before_questions})"),
         ("fast-weight bytes", lambda r: f"{r.fast_weight_bytes / 1024:.0f} KiB"),
-        ("sleeps", lambda r: str(r.sleeps)),
         ("sleep hidden / exposed", lambda r: f"{r.sleep_s_hidden:.2f} s / {r.sleep_s_exposed:.2f} s"),
         ("wake latency", lambda r: f"{r.wake_ms_per_token:.2f} ms/token"),
         ("wall time", lambda r: f"{r.wall_s:.1f} s"),
@@ -120,6 +134,8 @@ def train(
     save_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints")] = 200,
     eval_every: Annotated[int | None, typer.Option(min=1, help="score a test set every k steps")] = None,
     eval_n: Annotated[int, typer.Option(min=1, help="test examples per difficulty for --eval-every")] = 100,
+    eval_teacher_forced: Annotated[bool, typer.Option(
+        "--eval-teacher-forced", help="--eval-every scores teacher-forced (cheaper; labelled so in train.json)")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch")] = None,
     init_from: Annotated[str | None, typer.Option(help="start from this checkpoint's weights")] = None,
     stop_at: Annotated[int | None, typer.Option(min=1, help="stop after this step (schedule still planned for --steps)")] = None,
@@ -139,6 +155,7 @@ def train(
             optimizer=optimizer, lr=lr, adam_lr=adam_lr, d_model=d_model, n_layers=n_layers, seed=seed,
             warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, save_every=save_every, device=device,
             schedule=schedule, warmup_steps=warmup_steps, n_heads=n_heads, eval_every=eval_every, eval_n=eval_n,
+            eval_teacher_forced=eval_teacher_forced,
             init_from=init_from, time_limit=time_limit, conv_size=conv_size,
             layer_types=tuple(t.strip() for t in layer_types.split(",")) if layer_types else None,
         )
@@ -202,9 +219,9 @@ def study(
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint_dir: Annotated[str, typer.Argument(help="a directory written by `sleepagent train`")],
+    checkpoint_dir: Annotated[str, typer.Argument(help="a directory written by `sleepagent train`, or a shipped name")],
     loops: Annotated[str, typer.Option(help="N values, comma-separated")] = "1,2,4",
-    n: Annotated[int, typer.Option(min=1, help="test examples per difficulty")] = 200,
+    n: Annotated[int, typer.Option(min=1, help="test examples (--agent: sessions) per difficulty")] = 200,
     seed: int = 12345,
     plot: Annotated[str | None, typer.Option(help="write a PNG plot here")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -215,15 +232,28 @@ def eval_cmd(
     data: Annotated[str | None, typer.Option(help="score these sequences instead of a generated test set, one JSON "
                                              "per line: depo {tokens, label} in the original generator's ids, gsm_inf "
                                              "{question_var, context, answer}")] = None,
+    teacher_forced: Annotated[bool, typer.Option(
+        "--teacher-forced", help="score each answer with the TRUE earlier answers in context (not how an agent "
+        "answers; the default scores free-running, with the model's own earlier answers)")] = False,
+    agent: Annotated[bool, typer.Option("--agent", help="docqa: run sessions through the public Agent API "
+                                        "(held-out documents, a paging tool, sleeps at the pauses)")] = False,
+    places: Annotated[int, typer.Option(min=2, help="--agent: places (facts) per document")] = 16,
+    documents: Annotated[int, typer.Option(min=1, help="--agent: documents read one after another per session")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="--agent: sessions run at once on the engine")] = 16,
 ) -> None:
-    """Accuracy per difficulty and per N on a fresh seeded test set (or on --data)."""
+    """Exact-match accuracy per difficulty and per N, free-running, with the number of questions
+    and a 95% interval: on a fresh seeded test set, on --data, or (--agent) through the Agent API."""
     from .errors import SleepAgentError
+    from .model.pretrained import resolve_checkpoint
     from .train import load_checkpoint, make_task, plot_accuracy
     from .train.tasks import read_data
-    from .train.trainer import _jsonable, accuracy, answer_hits, data_accuracy
+    from .train.trainer import _jsonable, data_hits, tally
 
     try:
-        model, meta = load_checkpoint(checkpoint_dir, device)
+        path = resolve_checkpoint(checkpoint_dir)
+        if agent:
+            return _eval_agent(path, _lengths(loops), n, seed, places, documents, concurrency, as_json, device)
+        model, meta = load_checkpoint(path, device)
     except SleepAgentError as e:
         raise _fail(str(e)) from None
     cfg = meta.get("config", {})
@@ -232,35 +262,85 @@ def eval_cmd(
         raise _fail(f"{checkpoint_dir} was trained on {trained_on!r}, so --task {task_name} cannot score it")
     task = make_task(trained_on, **cfg.get("task_kwargs", {}))
     N_values, min_fill = list(_lengths(loops)), cfg.get("min_fill", 0.5)
+    mode = "teacher-forced" if teacher_forced else "free-running"
     if data is not None:
         try:
             examples = read_data(data, task)
         except (OSError, SleepAgentError) as e:
             raise _fail(f"{data}: {e}") from None
-        # one forward per batch serves both scores, as below
-        result, firsts = data_accuracy(model, task, examples, N_values, min_fill=min_fill)
-        firsts = firsts if first else {}
     else:
-        # one forward per test batch serves both scores (all questions; first questions alone)
-        hits = answer_hits(model, task, N_values, n=n, seed=seed, min_fill=min_fill)
-        result = accuracy(hits)
-        firsts = accuracy(hits, first_only=True) if first else {}
+        examples = None
+    # one pass per test batch serves both scores (all questions; first questions alone)
+    counts, firsts = data_hits(model, task, N_values, examples=examples, n=n, seed=seed, min_fill=min_fill,
+                               teacher_forced=teacher_forced)
+    firsts = firsts if first else {}
+    result = {N: {d: k / max(m, 1) for d, (k, m) in row.items()} for N, row in counts.items()}
     if plot:
-        plot_accuracy(result, plot, title=f"{task.name}, trained with N={cfg.get('loops')}")
+        plot_accuracy(result, plot, title=f"{task.name}, trained with N={cfg.get('loops')} ({mode})")
     if as_json:
-        print(json.dumps({"task": task.name, "accuracy": _jsonable(result), **({"first": _jsonable(firsts)} if first else {})}))
+        first_acc = {N: {d: k / max(m, 1) for d, (k, m) in row.items()} for N, row in firsts.items()}
+        print(json.dumps({"task": task.name, "mode": mode, "accuracy": _jsonable(result),
+                          "counts": {str(N): {str(d): list(c) for d, c in row.items()} for N, row in counts.items()},
+                          **({"first": _jsonable(first_acc)} if first else {})}))
         return
     source = f"{data}, " if data else ""
-    table = Table(title=f"{task.name}: exact match ({source}{checkpoint_dir}, trained N={cfg.get('loops')}, step {meta.get('step')})")
+    table = Table(title=f"{task.name}: exact match, {mode} ({source}{checkpoint_dir}, trained N={cfg.get('loops')}, "
+                        f"step {meta.get('step')}); accuracy [95% interval] (questions)")
     table.add_column("difficulty", justify="right")
-    for N in result:
+    for N in counts:
         table.add_column(f"N={N}", justify="right")
     for N in firsts:
         table.add_column(f"N={N}, first question", justify="right")
-    for d in sorted(next(iter(result.values()))):
-        table.add_row(str(d), *[f"{result[N][d]:.3f}" for N in result],
-                      *[f"{firsts[N][d]:.3f}" if d in firsts[N] else "-" for N in firsts])
+    for d in sorted(next(iter(counts.values()))):
+        table.add_row(str(d), *[_cell(*counts[N][d]) for N in counts],
+                      *[_cell(*firsts[N][d]) if d in firsts[N] else "-" for N in firsts])
     console.print(table)
+
+
+def _cell(k: int, n: int) -> str:
+    from .train.docqa_eval import wilson
+
+    lo, hi = wilson(k, n)
+    return f"{k / max(n, 1):.3f} [{lo:.2f}, {hi:.2f}] ({n})"
+
+
+def _eval_agent(path, loops: tuple[int, ...], n: int, seed: int, places: int, documents: int, concurrency: int,
+                as_json: bool, device: str) -> None:
+    """``eval --agent``: held-out docqa sessions through the Agent API, per N."""
+    from rich.progress import Progress
+
+    from .demo import task_min_fill
+    from .model import SleepModel
+    from .train.docqa_eval import held_out_sessions, run_agent_eval, summarize
+
+    sm = SleepModel.from_pretrained(path, device=device if device != "cpu" else None)
+    page_chars = int(sm.train_config.get("task_kwargs", {}).get("page_chars", 112))
+    try:
+        sessions = held_out_sessions(n, places, documents, seed=seed)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    report = {"model": str(path), "places": places, "documents": documents, "sessions": n, "page_chars": page_chars,
+              "mode": "agent (free-running)", "by_loops": {}}
+    with Progress(console=console, transient=True, disable=as_json) as progress:
+        for N in loops:
+            bar = progress.add_task(f"N={N}", total=n)
+            results = run_agent_eval(sm, sessions, N, page_chars=page_chars, min_fill=task_min_fill(sm),
+                                     concurrency=concurrency, progress=lambda done, total: progress.update(bar, completed=done))
+            report["by_loops"][str(N)] = summarize(results)
+    if as_json:
+        print(json.dumps(report))
+        return
+    for N, summary in report["by_loops"].items():
+        table = Table(title=f"agent sessions, N={N}: {n} held-out sessions of {documents} document(s) x {places} "
+                            f"places; accuracy [95% interval] (questions)")
+        for col in ("document", "documents read", "hops", "exact match"):
+            table.add_column(col, justify="right")
+        for row in summary["rows"]:
+            table.add_row(str(row["doc"]), str(row["read"]), str(row["hops"]), _cell(row["right"], row["n"]))
+        console.print(table)
+        console.print(f"documents read to the end: {summary['documents_finished']}/{summary['documents']}; "
+                      f"sleeps before the first question: at least {summary['sleeps_before_first_question_min']}; "
+                      f"most tokens in the window: {summary['max_window_tokens']}")
 
 
 @bench_app.callback()

@@ -1,22 +1,23 @@
 """The long-document QA demo behind ``sleepagent demo``.
 
-An agent with the shipped ``docqa-small`` model reads a generated document of road facts through
-the paged reader, one ``next_page`` tool call per page, with a simulated tool latency; the engine
-consolidates the window into the fast weights while each page is on its way. Then a user asks
-multi-hop questions ("Where do 2 roads from K lead?"), one turn each, pausing to
-think between them. By then the earlier pages have left the attention window (the last one may
-still be in it, when the window was under the pause-sleep threshold): most facts can only come
-from the fast weights.
+An agent with the shipped ``docqa-small`` model reads a long generated document of road facts
+("The road from K leads to M.", 16 places over several pages) through a paging tool, one
+``next_page`` call per page, with a simulated tool latency: the engine consolidates the window
+into the fast weights while each page is on its way, so by the time the user asks, the early
+pages left the attention window long ago. Then a user asks multi-hop questions ("Where do 2 roads
+from K lead?"), one turn each, pausing to think between them. Then the same session reads a
+second document and is asked about both.
 
-The same document and questions run twice, with N = 4 sleep passes and with N = 1 (a plain
-hybrid), and the demo reports, per run: each answer next to the truth, accuracy per hop count,
-tokens read vs the most tokens ever held in the KV window, fast-weight bytes, sleep time hidden
-vs exposed, and per-token wake latency.
+For every answer the demo checks whether the facts it needs were still in the attention window
+when the question came (the window's tokens, decoded) or had been evicted: those answers could
+only come from the fast weights. The same session runs twice, with N = 4 sleep passes and with
+N = 1 (a plain hybrid), and the demo reports, per run: each answer next to the truth, accuracy
+per document and hop count, tokens read vs the most tokens ever held in the KV window, sleeps,
+fast-weight bytes, sleep time hidden vs exposed, and per-token wake latency.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,10 +28,11 @@ import anyio
 from .agent import Agent
 from .model import SleepModel
 from .policy import SleepPolicy
-from .tools import DocumentReader
-from .train.docqa import DOCQA_SYSTEM, READ_REQUEST, DocQA, question, reader_tools
+from .tools import DocumentReader, tool
+from .train.docqa import NEXT_REQUEST, READ_REQUEST, DocQA
+from .train.docqa_eval import EvalSession, facts_needed, held_out_sessions
 
-__all__ = ["DemoRun", "run_demo", "docqa_task", "task_min_fill", "DEMO_MODEL"]
+__all__ = ["DemoRun", "run_demo", "demo_session", "docqa_task", "task_min_fill", "DEMO_MODEL"]
 
 DEMO_MODEL = "docqa-small"
 
@@ -40,10 +42,11 @@ class DemoRun:
     """What one pass of the demo did (one N)."""
 
     loops: int
-    pages: int
-    pages_read: int
-    read_reply: str
-    answers: list[dict[str, Any]] = field(default_factory=list)  # question, truth, answer, hops, right
+    pages: list[int] = field(default_factory=list)  # per document
+    pages_read: list[int] = field(default_factory=list)
+    read_replies: list[str] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # question, truth, answer, hops, doc, right, evicted
+    sleeps_before_questions: int = 0
     tokens_read: int = 0
     window: int = 0
     max_window_tokens: int = 0
@@ -59,79 +62,87 @@ class DemoRun:
     def accuracy(self) -> float:
         return sum(a["right"] for a in self.answers) / max(len(self.answers), 1)
 
-    def accuracy_by_hops(self) -> dict[int, float]:
-        out: dict[int, list[bool]] = {}
+    def accuracy_by(self, key: str) -> dict[Any, tuple[int, int]]:
+        """(right, asked) per value of ``key`` ("hops", "doc" or "evicted")."""
+        out: dict[Any, list[bool]] = {}
         for a in self.answers:
-            out.setdefault(a["hops"], []).append(a["right"])
-        return {k: sum(v) / len(v) for k, v in sorted(out.items())}
+            out.setdefault(a[key], []).append(a["right"])
+        return {k: (sum(v), len(v)) for k, v in sorted(out.items())}
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "accuracy": self.accuracy,
-                "accuracy_by_hops": {str(k): v for k, v in self.accuracy_by_hops().items()}}
+                "accuracy_by_hops": {str(k): v for k, v in self.accuracy_by("hops").items()}}
+
+
+def demo_session(places: tuple[int, ...] = (16, 10), questions: int = 6, recall: int = 4, seed: int = 0) -> EvalSession:
+    """The demo's documents and questions: a long document (16 places, four pages at the shipped
+    model's page size), then a second one, with questions after each and about both at the end."""
+    return held_out_sessions(1, list(places), len(places), seed=seed, per_doc=questions, recall=recall)[0]
 
 
 def run_demo(
     model: str | SleepModel = DEMO_MODEL,
     *,
-    places: int | None = None,
+    places: tuple[int, ...] = (16, 10),
     questions: int = 6,
-    hops: tuple[int, ...] | None = None,
     loops: tuple[int, ...] = (4, 1),
     latency: float = 0.3,
     think: float = 0.2,
     seed: int = 0,
     on_page: Callable[[int, int, int], None] | None = None,
 ) -> list[DemoRun]:
-    """Run the demo once per N in ``loops`` over the same document and questions.
+    """Run the demo once per N in ``loops`` over the same documents and questions.
 
-    ``places``/``hops`` default to the hardest setting the model was trained on (its
-    ``train.json``), so the questions are in distribution. ``on_page(loops, read, total)`` is
-    called as pages arrive (for a progress bar).
+    ``places``: places per document, read one after another in one session (at most 26 in all:
+    one-letter names). ``on_page(loops, read, total)`` is called as pages arrive (a progress bar).
     """
     sm = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
-    task = docqa_task(sm, places, hops)
-    rng = random.Random(seed)
-    transcript = task.transcript(rng, n=task.n_places[1])
-    # several turns of questions: draw more than the transcript's own, each with its hop count
-    names_cycle = _cycle(transcript.document)
-    qs = []
-    starts = rng.sample(sorted(names_cycle), min(questions, len(names_cycle)))
-    for start in starts:
-        k = rng.choice(task.hops)
-        node = start
-        for _ in range(k):
-            node = names_cycle[node]
-        qs.append((question(start, k), node, k))
-    return [
-        anyio.run(_one_run, sm, task, transcript.document, qs, n, latency, think, on_page)
-        for n in loops
-    ]
+    session = demo_session(tuple(places), questions, recall=max(questions // 2, 1), seed=seed)
+    return [anyio.run(_one_run, sm, session, n, latency, think, on_page) for n in loops]
 
 
-async def _one_run(sm, task: DocQA, document: str, questions, n: int, latency: float, think: float, on_page) -> DemoRun:
-    reader = DocumentReader.from_text(document, page_chars=task.page_chars, latency=latency)
+async def _one_run(sm: SleepModel, session: EvalSession, n: int, latency: float, think: float, on_page) -> DemoRun:
+    page_chars = docqa_task(sm).page_chars
+    readers = [DocumentReader.from_text(doc, page_chars=page_chars, latency=latency) for doc in session.documents]
+    current = {"doc": 0}
+
+    @tool
+    async def next_page() -> str:
+        """Read the next unread page of the document."""
+        return await readers[current["doc"]].read(None)
+
     policy = SleepPolicy(loops=n, when="pause", min_fill=task_min_fill(sm), on_wake="finish")
-    agent = Agent(sm, tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM, sleep=policy,
-                  max_steps=reader.page_count + 3, max_tokens=64)
-    run = DemoRun(loops=n, pages=reader.page_count, pages_read=0, read_reply="", window=sm.config.window)
+    agent = Agent(sm, tools=[next_page], sleep=policy, max_steps=max(r.page_count for r in readers) + 3, max_tokens=64)
+    run = DemoRun(loops=n, pages=[r.page_count for r in readers], window=sm.config.window)
+    total_pages = sum(run.pages)
     t0 = time.perf_counter()
     try:
-        async with agent.session() as session:
-            es = session.engine_session
-            async with session.run_stream(READ_REQUEST) as stream:
-                async for event in stream:
-                    if event.kind == "tool_result" and on_page is not None:
-                        on_page(n, reader.pages_read, reader.page_count)
-                    run.max_window_tokens = max(run.max_window_tokens, es.state.window_len)
-            run.read_reply = stream.result.output if stream.result else ""
-            run.pages_read = reader.pages_read
-            for question, truth, k in questions:
-                await anyio.sleep(think)  # the user reads and thinks: the engine sleeps meanwhile
-                result = await session.run(question)
-                run.max_window_tokens = max(run.max_window_tokens, es.state.window_len + 1)
-                answer = result.output.strip()
-                run.answers.append({"question": question, "truth": truth, "answer": answer, "hops": k,
-                                    "right": answer == truth})
+        async with agent.session() as s:
+            es = s.engine_session
+            tok = sm.tokenizer
+            for d, questions in enumerate(session.questions):
+                current["doc"] = d
+                async with s.run_stream(READ_REQUEST if d == 0 else NEXT_REQUEST) as stream:
+                    async for event in stream:
+                        if event.kind == "tool_result" and on_page is not None:
+                            on_page(n, sum(r.pages_read for r in readers), total_pages)
+                        run.max_window_tokens = max(run.max_window_tokens, es.state.window_len)
+                run.read_replies.append(stream.result.output if stream.result else "")
+                run.pages_read.append(readers[d].pages_read)
+                for q in questions:
+                    await anyio.sleep(think)  # the user reads and thinks: the engine sleeps meanwhile
+                    await agent.engine.wait_idle(es)
+                    if not run.sleeps_before_questions:
+                        run.sleeps_before_questions = es.stats.sleeps
+                    # was any fact the answer needs still in the attention window when asked?
+                    window_text = tok.decode(es.state.ids()[0].tolist())
+                    needed = facts_needed(session.documents[q.doc], q)
+                    evicted = not any(fact in window_text for fact in needed)
+                    result = await s.run(q.text)
+                    run.max_window_tokens = max(run.max_window_tokens, es.state.window_len + 1)
+                    answer = result.output.strip()
+                    run.answers.append({"question": q.text, "truth": q.truth, "answer": answer, "hops": q.hops,
+                                        "doc": q.doc + 1, "right": answer == q.truth, "evicted": evicted})
             await agent.engine.wait_idle(es)
             stats, state = es.stats, es.state
             run.tokens_read = state.tokens_seen
@@ -162,12 +173,3 @@ def docqa_task(sm: SleepModel, places: int | None = None, hops: tuple[int, ...] 
 def task_min_fill(sm: SleepModel) -> float:
     """The pause-sleep threshold the model was trained with (its windows match the runtime's)."""
     return float(sm.train_config.get("min_fill", 0.5))
-
-
-def _cycle(document: str) -> dict[str, str]:
-    """``{place: next place}`` from the document's facts."""
-    out = {}
-    for fact in document.split(". "):
-        words = fact.strip(". ").split()
-        out[words[3]] = words[6]
-    return out

@@ -41,6 +41,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from .agent import DEFAULT_SYSTEM_PROMPT, render_system_turn
+from .decoding import ToolCallConstraint, normalize_tool_choice
 from .engine import Engine, EngineSession
 from .errors import ConfigError
 from .model import SleepModel
@@ -146,10 +147,12 @@ class ChatSleepModel(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Tools (LangChain tools, pydantic models, functions, OpenAI dicts) the model may call.
 
-        ``tool_choice`` is accepted for compatibility; a small local model cannot be forced to
-        call a tool, so it is only recorded.
+        ``tool_choice``: "auto" (default: the model decides), "none", "any"/"required" (the reply
+        is a call), or a tool's name (a call of that tool), enforced by constrained decoding
+        (:mod:`sleepagent.decoding`); every call names one of ``tools``.
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
+        normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])  # fail early
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     # --- calls: remember the config for the session id ------------------------------------------
@@ -211,7 +214,9 @@ class ChatSleepModel(BaseChatModel):
         specs = list(tools or [])
         has_system = any(isinstance(m, SystemMessage) for m in messages)
         if first and not has_system:
-            out.append((render_system_turn(tok, self.system_prompt or DEFAULT_SYSTEM_PROMPT, specs), True))
+            # the checkpoint's own system prompt (prompt.json) unless the caller set one
+            default = self.system_prompt or self.sleep_model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
+            out.append((render_system_turn(tok, default, specs), True))
         for m in messages:
             text = _text(m.content)
             if isinstance(m, SystemMessage):
@@ -255,12 +260,16 @@ class ChatSleepModel(BaseChatModel):
         max_tokens = kwargs.get("max_tokens", self.max_tokens) or 256
         stops = list(stop or kwargs.get("stop") or self.stop or [])
         rng = torch.Generator().manual_seed(self.seed)
+        names = [t["function"]["name"] for t in kwargs.get("tools") or []]
+        constraint = ToolCallConstraint.for_tokenizer(tok, names, normalize_tool_choice(kwargs.get("tool_choice"), names))
         emitted: list[int] = []
         text = ""
         try:
             with anyio.fail_after(self.timeout) if self.timeout else nullcontext():
                 logits = await engine.flush(es)
                 for _ in range(max_tokens):
+                    if constraint is not None:
+                        logits = constraint.apply(logits, emitted)
                     if temperature > 0:
                         nxt = int(torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=rng))
                     else:

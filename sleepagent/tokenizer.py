@@ -15,7 +15,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-__all__ = ["ByteTokenizer", "Role", "SPECIAL_TOKENS"]
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["ByteTokenizer", "PromptConventions", "Role", "SPECIAL_TOKENS"]
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -134,3 +136,23 @@ class ByteTokenizer:
         if data.get("type") != "byte":
             raise ValueError(f"unsupported tokenizer type {data.get('type')!r}")
         return cls(data.get("specials", SPECIAL_TOKENS))
+
+
+class PromptConventions(BaseModel):
+    """What a checkpoint was trained to read, as a transformers checkpoint carries its chat
+    template: the system prompt it saw and how the tool list is written into it. Stored as
+    ``prompt.json`` beside the weights; :class:`~sleepagent.Agent`,
+    :class:`~sleepagent.langchain.ChatSleepModel` and the server use it unless the caller gives
+    a system prompt of their own (a small model answers well only in the register it was
+    trained in).
+
+    system_prompt: the system turn's text before the tool list (None: the runtime's default).
+    tool_format:   "compact": one ``- name(arg: type): first sentence of the docstring`` line per
+                   tool after a header naming the call syntax
+                   (:func:`sleepagent.agent.render_tool_prompt`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system_prompt: str | None = None
+    tool_format: Literal["compact"] = "compact"

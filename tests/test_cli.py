@@ -72,7 +72,7 @@ def test_train_then_eval(tmp_path):
 def test_eval_of_a_missing_checkpoint_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "nope")])
     assert result.exit_code == 2
-    assert "cannot load checkpoint" in result.output
+    assert "no checkpoint directory" in result.output
 
 
 def test_train_with_bad_task_args_is_a_clear_error():
@@ -149,3 +149,32 @@ def test_eval_scores_sequences_in_the_original_depo_layout(tmp_path):
     assert result.exit_code == 2 and "line 2: expected" in result.output
     result = runner.invoke(app, ["eval", str(out), "--task", "rule110"])
     assert result.exit_code == 2 and "was trained on 'depo'" in result.output
+
+
+def test_eval_scores_free_running_by_default_with_counts_and_intervals(tmp_path):
+    out = tmp_path / "depo"
+    task_args = '{"n_max": 5, "k_max": 2, "m": 8, "max_len": 1, "window": 10, "edge_windows": 2, "queries": 3}'
+    args = ["train", "--task", "depo", "--task-args", task_args, "--loops", "2", "--steps", "2", "--batch-size", "2",
+            "--d-model", "16", "--n-layers", "2", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    free = runner.invoke(app, ["eval", str(out), "--loops", "2", "--n", "4"])
+    assert free.exit_code == 0, free.output
+    assert "free-running" in free.output and "95% interval" in free.output and "(12)" in free.output  # 4 x 3 questions
+    forced = runner.invoke(app, ["eval", str(out), "--loops", "2", "--n", "4", "--teacher-forced", "--json"])
+    data = json.loads(forced.output.strip().splitlines()[-1])
+    assert data["mode"] == "teacher-forced" and data["counts"]["2"]["1"][1] == 12
+
+
+def test_eval_agent_runs_held_out_sessions_through_the_agent_api():
+    result = runner.invoke(app, ["eval", "docqa-small", "--agent", "--loops", "4", "--n", "2", "--places", "8",
+                                 "--documents", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    summary = report["by_loops"]["4"]
+    assert report["mode"] == "agent (free-running)" and summary["sessions"] == 2
+    assert summary["documents"] == 4  # two documents per session
+    cells = {(r["doc"], r["read"], r["hops"]): r["n"] for r in summary["rows"]}
+    assert cells[(1, 2, 1)] == 2 * 2 and cells[(2, 2, 2)] == 2 * 4  # asked about both after the second
+    assert all(0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1 for r in summary["rows"])
+    bad = runner.invoke(app, ["eval", "docqa-small", "--agent", "--places", "20", "--documents", "2"])
+    assert bad.exit_code == 2 and "26" in bad.output

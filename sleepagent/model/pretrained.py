@@ -1,7 +1,8 @@
 """SleepModel: a SleepHybridLM with its tokenizer and fingerprint, loaded from a local directory.
 
-A checkpoint directory holds ``config.json`` (the SleepHybridConfig), ``model.safetensors`` and
-``tokenizer.json``. Names of shipped checkpoints resolve to ``sleepagent/checkpoints/<name>``;
+A checkpoint directory holds ``config.json`` (the SleepHybridConfig), ``model.safetensors``,
+``tokenizer.json`` and, when it was trained on a chat task, ``prompt.json`` (its
+:class:`~sleepagent.tokenizer.PromptConventions`). Names of shipped checkpoints resolve to ``sleepagent/checkpoints/<name>``;
 nothing is ever downloaded.
 """
 
@@ -15,7 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
-from ..tokenizer import ByteTokenizer
+from pydantic import ValidationError
+
+from ..tokenizer import ByteTokenizer, PromptConventions
 from .config import SleepHybridConfig
 from .hybrid import SleepHybridLM
 
@@ -44,10 +47,13 @@ class SleepModel:
         tokenizer: ByteTokenizer | None = None,
         name: str = "model",
         train_config: dict | None = None,
+        prompt: PromptConventions | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer or ByteTokenizer()
         self.name = name
+        # the system prompt and tool-list format the checkpoint was trained with (its prompt.json)
+        self.prompt = prompt or PromptConventions()
         # how the checkpoint was trained (its train.json "config"; {} if unknown): the demo asks
         # questions in the trained distribution and sleeps at the trained pause threshold
         self.train_config = dict(train_config or {})
@@ -145,7 +151,8 @@ class SleepModel:
             train_config = json.loads(train_file.read_text()).get("config", {}) if train_file.exists() else {}
         except (OSError, json.JSONDecodeError, AttributeError) as e:
             raise CheckpointError(f"cannot read {train_file}: {e}") from None
-        return cls(model.to(device).eval(), tokenizer, name=path.name, train_config=train_config)
+        return cls(model.to(device).eval(), tokenizer, name=path.name, train_config=train_config,
+                   prompt=read_prompt(path))
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors and tokenizer.json into ``path``."""
@@ -157,7 +164,24 @@ class SleepModel:
             weights.pop("lm_head.weight", None)
         save_file(weights, str(path / "model.safetensors"), metadata={"fingerprint": self.fingerprint})
         (path / "tokenizer.json").write_text(json.dumps(self.tokenizer.to_dict(), indent=2) + "\n")
+        if self.prompt != PromptConventions():
+            write_prompt(path, self.prompt)
         return path
+
+
+def read_prompt(path: Path) -> PromptConventions:
+    """A checkpoint's ``prompt.json`` (defaults when it has none)."""
+    file = path / "prompt.json"
+    if not file.exists():
+        return PromptConventions()
+    try:
+        return PromptConventions(**json.loads(file.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, ValidationError) as e:
+        raise CheckpointError(f"cannot read {file}: {e}") from None
+
+
+def write_prompt(path: Path, prompt: PromptConventions) -> None:
+    (Path(path) / "prompt.json").write_text(prompt.model_dump_json(indent=2) + "\n")
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:

@@ -1,47 +1,89 @@
-"""docqa: the demo model's task: read a long document through tool calls, then answer
-multi-hop questions about it, possibly several turns later.
+"""docqa: the demo model's task: read long documents through tool calls, then answer multi-hop
+questions about them, possibly several turns (and several documents) later.
 
-The document is a set of facts ``The road from Kalo leads to Miru.`` forming ONE cycle over n
-places (shuffled, like depo's edges written as sentences), served by the paged
-:class:`~sleepagent.tools.DocumentReader`. A transcript, rendered with exactly the tokens the
-:class:`~sleepagent.Agent` reads and emits at run time::
+A document is a set of facts ``The road from K leads to M.`` forming ONE cycle over n places
+(shuffled, like depo's edges written as sentences), served one page per tool call. A session
+reads one or more documents, one after another; every document has its own places (disjoint
+names), so a question names exactly one fact chain. A transcript, rendered with exactly the
+tokens the :class:`~sleepagent.Agent` reads and emits at run time::
 
-    <|system|>{DOCQA_SYSTEM}{tool list}<|end|>
+    <|system|>{system prompt}{tool list}<|end|>
     <|user|>Read the document.<|end|>
     <|assistant|><tool_call>{"name": "next_page", "arguments": {}}</tool_call><|end|>
     <|tool|><tool_response>[page 1/P]
     ...</tool_response><|end|>
     ... one call per page, until the page that ends with [end of document] ...
     <|assistant|>Done.<|end|>
-    <|user|>Where do 2 roads from Kalo lead?<|end|>
-    <|assistant|>Miru<|end|>
+    <|user|>Where do 2 roads from K lead?<|end|>
+    <|assistant|>M<|end|>
     ... more questions ...
+    <|user|>Read the next document.<|end|>          (sessions of several documents)
+    ... its pages, "Done.", then questions about it and about the earlier documents ...
 
 Loss on every assistant token (the tool calls, "Done.", the answers and their ``<|end|>``).
 Difficulty = hops. The runtime sleeps at the pauses once the window is ``min_fill`` full, so the
-earlier pages leave the attention window before the questions come (the last one may stay): most
-facts must come from the fast weights. ``name_len=1`` names places with one capital letter.
+earlier pages leave the attention window before the questions come (the last one may stay):
+most facts must come from the fast weights. ``name_len=1`` names places with one capital letter.
+
+``varied=True`` draws, per batch, the conventions a user's code may differ in: the paging tool's
+name and docstring, whether pages carry a ``[page i/P]`` header, and the wording of the read
+requests (:class:`Conventions`), so the trained model reads through "a paging tool with any
+reasonable name", not only the demo's. The system prompt is the checkpoint's own
+(:data:`DOCQA_SYSTEM`, recorded in its ``prompt.json``).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from ..agent import render_tool_prompt
 from ..tokenizer import ByteTokenizer
 from ..tools import DocumentReader, ToolRegistry, render_tool_call
 from ..tools.calls import ToolResult
+from ..tools.document import END_MARKER, paginate
 from .tasks import Example
 
-__all__ = ["DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "question", "reader_tools", "pause_windows"]
+__all__ = [
+    "DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "QA", "Conventions", "question", "reader_tools",
+    "pause_windows", "page_text", "tool_spec", "READ_REQUEST", "NEXT_REQUEST", "DONE",
+]
 
 DOCQA_SYSTEM = "You read documents with the tools, then answer questions about them."
 READ_REQUEST = "Read the document."
+NEXT_REQUEST = "Read the next document."
 DONE = "Done."
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+# What a user's paging tool may be called and say about itself (varied=True). The names are
+# built from parts, so held-out combinations exist; the runtime also constrains a call's name to
+# the registered tools, so the model never has to spell an unseen name from memory.
+_VERBS = ("read", "get", "fetch", "load", "turn", "show", "next", "read_next", "get_next", "fetch_next")
+_NOUNS = ("page", "next_page", "more", "chunk", "section", "part", "text", "doc_page", "document_page")
+_SOLO = ("next_page", "read_page", "page", "read", "more", "continue_reading", "pager", "next", "nextPage", "readPage")
+_DESCRIPTIONS = (
+    "Read the next page of the document.",
+    "Return the next page of the document.",
+    "Get the next page.",
+    "Fetch the next part of the text.",
+    "Read more of the document.",
+    "Turn the page.",
+    "Next chunk of the document.",
+    "Read the document page by page.",
+    "Load the next section of the document.",
+    "Returns the next unread page.",
+    "Read the next unread page of the document.",
+    "Give me the next page of text.",
+    "",
+)
+_READ_REQUESTS = (READ_REQUEST, READ_REQUEST, READ_REQUEST, "Please read the document.", "Read this document.",
+                  "Read the whole document.")
+_NEXT_REQUESTS = (NEXT_REQUEST, NEXT_REQUEST, "Now read the next document.", "Read the other document.",
+                  "Read another document.")
 
 
 def question(start: str, hops: int) -> str:
@@ -51,23 +93,83 @@ def question(start: str, hops: int) -> str:
     return f"Where do{'es' if hops == 1 else ''} {hops} road{'s' if hops > 1 else ''} from {start} lead?"
 
 
+@dataclass(frozen=True)
+class Conventions:
+    """How one session's paging tool and requests are worded. The default is the demo's reader
+    (``next_page``, pages with a ``[page i/P]`` header); ``docstring=None`` keeps the
+    :class:`~sleepagent.tools.DocumentReader`'s own description."""
+
+    tool_name: str = "next_page"
+    docstring: str | None = None
+    headers: bool = True
+    read_request: str = READ_REQUEST
+    next_request: str = NEXT_REQUEST
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> Conventions:
+        if rng.random() < 0.35:
+            name = rng.choice(_SOLO)
+        else:
+            name = f"{rng.choice(_VERBS)}_{rng.choice(_NOUNS)}"
+        return cls(
+            tool_name=name, docstring=rng.choice(_DESCRIPTIONS), headers=rng.random() < 0.5,
+            read_request=rng.choice(_READ_REQUESTS), next_request=rng.choice(_NEXT_REQUESTS),
+        )
+
+
+def tool_spec(name: str, description: str) -> dict[str, Any]:
+    """The OpenAI-format spec of a no-argument paging tool (what ``@tool`` gives for ``def
+    name() -> str`` with that docstring)."""
+    return {"type": "function",
+            "function": {"name": name, "description": description, "parameters": {"type": "object", "properties": {}}}}
+
+
+def page_text(page: str, number: int, total: int, headers: bool) -> str:
+    """What the paging tool returns for one page: ``[page i/P]`` header (optional), the text, and
+    the end marker on the last page."""
+    out = f"[page {number}/{total}]\n{page}" if headers else page
+    return out + (f"\n{END_MARKER}" if number == total else "")
+
+
 @dataclass
 class Turn:
     role: str  # system | user | assistant | tool
     text: str
 
 
+class QA(NamedTuple):
+    question: str
+    answer: str
+    hops: int
+    doc: int = 0  # which document of the session (0-based) the question is about
+    after: int = 0  # how many documents had been read when it was asked, minus one
+
+
 @dataclass
 class Transcript:
     turns: list[Turn]
-    document: str
-    questions: list[tuple[str, str, int]]  # (question, answer, hops)
+    documents: list[str]
+    questions: list[QA]
+    pages: list[list[str]] = field(default_factory=list)  # per document, the tool's outputs
+    conventions: Conventions = field(default_factory=Conventions)
+
+    @property
+    def document(self) -> str:
+        """The first (or only) document's text."""
+        return self.documents[0]
 
 
 class DocQA:
-    """Generator of docqa transcripts (see module docstring)."""
+    """Generator of docqa transcripts (see module docstring).
+
+    ``documents``: how many documents a session reads, a (min, max) range drawn per batch; the
+    places of all of them are distinct, so with one-letter names they add up to at most 26.
+    ``questions``: questions about each document right after it is read; after a later
+    document, ``recall`` questions about each earlier one come too (default ``questions // 2``).
+    """
 
     name = "docqa"
+    system_prompt = DOCQA_SYSTEM  # written to the checkpoint's prompt.json
 
     def __init__(
         self,
@@ -77,72 +179,157 @@ class DocQA:
         page_chars: int = 240,
         window: int = 256,
         name_len: int = 4,
+        documents: tuple[int, int] = (1, 1),
+        recall: int | None = None,
+        varied: bool = False,
     ) -> None:
         if name_len not in (1, 2, 4):
             raise ValueError(f"name_len must be 1 (a capital letter), 2 or 4 (syllables), got {name_len}")
+        documents = tuple(documents)  # type: ignore[assignment]
+        if not (len(documents) == 2 and 1 <= documents[0] <= documents[1]):
+            raise ValueError(f"documents must be a (min, max) range with 1 <= min <= max, got {documents}")
+        if name_len == 1 and n_places[0] * documents[1] > 26:
+            raise ValueError("one-letter names allow at most 26 places in a session")
         if name_len == 1 and n_places[1] > 26:
             raise ValueError("one-letter names allow at most 26 places")
         self.name_len = name_len
-        self.n_places, self.hops, self.questions = n_places, hops, questions
+        self.n_places, self.hops, self.questions = tuple(n_places), tuple(hops), questions
         self.page_chars, self.window = page_chars, window
+        self.documents = documents
+        self.recall = questions // 2 if recall is None else recall
+        self.varied = varied
         self.tokenizer = ByteTokenizer()
         self.vocab_size = self.tokenizer.vocab_size
         self.pad_id = self.tokenizer.pad_id
 
-    def _names(self, rng: random.Random, n: int) -> list[str]:
+    # --- sizes ----------------------------------------------------------------------------------
+
+    def max_places(self, n_docs: int) -> int:
+        """The largest document a session of ``n_docs`` documents can hold (distinct names)."""
+        if self.name_len == 1:
+            return min(self.n_places[1], 26 // n_docs)
+        return self.n_places[1]
+
+    def _names(self, rng: random.Random, n: int, taken: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
         names: set[str] = set()
         if self.name_len == 1:
-            names.update(rng.sample("ABCDEFGHIJKLMNOPQRSTUVWXYZ", n))
+            names.update(rng.sample([c for c in _LETTERS if c not in taken], n))
         while len(names) < n:
             syllables = self.name_len // 2
-            names.add("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables)).capitalize())
+            name = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables)).capitalize()
+            if name not in taken:
+                names.add(name)
         out = sorted(names)
         rng.shuffle(out)
         return out
 
-    def transcript(
-        self, rng: random.Random, hops: int | None = None, n: int | None = None, hop_seq: list[int] | None = None
-    ) -> Transcript:
-        """One transcript; ``hops`` fixes every question's hop count, ``hop_seq`` each in turn."""
-        n = n if n is not None else rng.randint(*self.n_places)
-        names = self._names(rng, n)
-        facts = [f"The road from {names[i]} leads to {names[(i + 1) % n]}." for i in range(n)]
-        rng.shuffle(facts)
-        document = " ".join(facts)
-        reader = DocumentReader.from_text(document, page_chars=self.page_chars)
-        system = DOCQA_SYSTEM + render_tool_prompt(ToolRegistry(reader_tools(reader)))
-        turns = [Turn("system", system), Turn("user", READ_REQUEST)]
-        for number in range(1, reader.page_count + 1):
-            turns.append(Turn("assistant", render_tool_call("next_page", {})))
-            turns.append(Turn("tool", reader.render_page(number)))
-        turns.append(Turn("assistant", DONE))
-        questions = []
-        for start, k in self._plan(rng, n, hops, hop_seq):
-            q = question(names[start], k)
-            a = names[(start + k) % n]
-            turns += [Turn("user", q), Turn("assistant", a)]
-            questions.append((q, a, k))
-        return Transcript(turns, document, questions)
+    # --- transcripts ----------------------------------------------------------------------------
 
-    def _plan(
-        self, rng: random.Random, n: int, hops: int | None, hop_seq: list[int] | None
-    ) -> list[tuple[int, int]]:
-        """The questions' (start, hops) pairs, all distinct: a repeated question could be answered
-        by copying the earlier answer from the window. Up to ``n`` questions draw distinct starts;
-        beyond that a start comes back with another hop count (at most ``n`` per hop count)."""
-        if hops is not None:
-            ks = [hops] * min(self.questions, n)
-        elif hop_seq is not None:
-            ks = list(hop_seq)
+    def transcript(
+        self,
+        rng: random.Random,
+        hops: int | None = None,
+        n: int | list[int] | None = None,
+        hop_seq: list[int] | list[list[tuple[int, int]]] | None = None,
+        conventions: Conventions | None = None,
+    ) -> Transcript:
+        """One session. ``n``: places per document (an int for every document, or one per
+        document; its length sets how many documents are read). ``hops`` fixes every question's
+        hop count; ``hop_seq`` gives the questions' hop counts in turn (a single document), or
+        :meth:`hop_blocks` (any number of documents)."""
+        sizes = self._sizes(rng, n)
+        conv = conventions or Conventions()
+        cycles: list[list[str]] = []
+        taken: set[str] = set()
+        for size in sizes:
+            names = self._names(rng, size, taken)
+            taken.update(names)
+            cycles.append(names)
+        documents, pages = [], []
+        for names in cycles:
+            m = len(names)
+            facts = [f"The road from {names[i]} leads to {names[(i + 1) % m]}." for i in range(m)]
+            rng.shuffle(facts)
+            text = " ".join(facts)
+            documents.append(text)
+            raw = paginate(text, self.page_chars)
+            pages.append([page_text(p, i + 1, len(raw), conv.headers) for i, p in enumerate(raw)])
+        if hop_seq is None:
+            blocks = self.hop_blocks(rng, sizes, hops)
+        elif hop_seq and isinstance(hop_seq[0], int):
+            blocks = [[(0, k) for k in hop_seq]]  # type: ignore[misc]
         else:
-            ks = [rng.choice(self.hops) for _ in range(self.questions)]
-        plan: list[tuple[int, int]] = []
-        for k in ks:
-            fresh = [s for s in range(n) if all(s != start for start, _ in plan)]
-            unused = fresh or [s for s in range(n) if (s, k) not in plan]
-            if unused:
-                plan.append((rng.choice(unused), k))
-        return plan
+            blocks = hop_seq  # type: ignore[assignment]
+        spec = tool_spec(conv.tool_name, self._description(conv, documents[0]))
+        turns = [Turn("system", DOCQA_SYSTEM + render_tool_prompt([spec]))]
+        questions: list[QA] = []
+        for d in range(len(cycles)):
+            turns.append(Turn("user", conv.read_request if d == 0 else conv.next_request))
+            for page in pages[d]:
+                turns.append(Turn("assistant", render_tool_call(conv.tool_name, {})))
+                turns.append(Turn("tool", page))
+            turns.append(Turn("assistant", DONE))
+            for doc, k in blocks[d] if d < len(blocks) else []:
+                qa = self._ask(rng, cycles[doc], doc, k, d, questions)
+                if qa is not None:
+                    turns += [Turn("user", qa.question), Turn("assistant", qa.answer)]
+                    questions.append(qa)
+        return Transcript(turns, documents, questions, pages, conv)
+
+    def hop_blocks(self, rng: random.Random, sizes: list[int], hops: int | None = None) -> list[list[tuple[int, int]]]:
+        """Per document read, the ``(doc, hops)`` of the questions asked right after it:
+        ``questions`` about it and ``recall`` about each earlier one, shuffled together. Hop
+        counts are balanced per document, and each (start, hops) pair is asked at most once per
+        session, so a document of n places takes at most n questions per hop count."""
+        ks = (hops,) if hops is not None else self.hops
+        used = [dict.fromkeys(ks, 0) for _ in sizes]
+        blocks = []
+        for d in range(len(sizes)):
+            block = []
+            for doc, count in [(d, self.questions)] + [(e, self.recall) for e in range(d)]:
+                for _ in range(count):
+                    avail = [k for k in ks if used[doc][k] < sizes[doc]]
+                    if not avail:
+                        break
+                    least = min(used[doc][k] for k in avail)
+                    k = rng.choice([k for k in avail if used[doc][k] == least])
+                    used[doc][k] += 1
+                    block.append((doc, k))
+            rng.shuffle(block)
+            blocks.append(block)
+        return blocks
+
+    def _description(self, conv: Conventions, document: str) -> str:
+        if conv.docstring is not None:
+            return conv.docstring
+        # the demo reader's own next_page description (render_tool_prompt keeps its first sentence)
+        reader = DocumentReader.from_text(document, page_chars=self.page_chars)
+        return reader_tools(reader)[0].description
+
+    def _sizes(self, rng: random.Random, n: int | list[int] | None) -> list[int]:
+        if isinstance(n, list):
+            return list(n)
+        n_docs = rng.randint(*self.documents)
+        if n is not None:
+            return [n] * n_docs
+        hi = self.max_places(n_docs)
+        return [rng.randint(min(self.n_places[0], hi), hi) for _ in range(n_docs)]
+
+    @staticmethod
+    def _ask(rng: random.Random, names: list[str], doc: int, k: int, after: int, asked: list[QA]) -> QA | None:
+        """A question about document ``doc``: a start not asked about yet if there is one, else
+        one not asked about with ``k`` hops (a repeated question could be answered by copying
+        the earlier answer from the window)."""
+        n = len(names)
+        used = [(names.index(q.question.rsplit(" ", 2)[1]), q.hops) for q in asked if q.doc == doc]
+        fresh = [s for s in range(n) if all(s != start for start, _ in used)]
+        unused = fresh or [s for s in range(n) if (s, k) not in used]
+        if not unused:
+            return None
+        start = rng.choice(unused)
+        return QA(question(names[start], k), names[(start + k) % n], k, doc, after)
+
+    # --- tokens ---------------------------------------------------------------------------------
 
     def render(self, t: Transcript) -> Example:
         """Token ids exactly as the Agent reads/emits them; loss on the assistant's tokens."""
@@ -151,6 +338,7 @@ class DocQA:
         mask: list[bool] = []
         answers: list[list[int]] = []
         pauses: list[int] = []  # tokens read when the agent waits (its turn's <|end|> is still queued)
+        requests = {t.conventions.read_request, t.conventions.next_request}
         for i, turn in enumerate(t.turns):
             if turn.role == "assistant":
                 ids.append(tok.generation_prompt()[0])
@@ -160,31 +348,35 @@ class DocQA:
                 ids += body
                 mask += [True] * len(body)
                 pauses.append(len(ids) - 1)
-                if t.turns[i - 1].role == "user" and t.turns[i - 1].text != READ_REQUEST:
+                if t.turns[i - 1].role == "user" and t.turns[i - 1].text not in requests:
                     answers.append(list(range(start, len(ids))))
             elif turn.role == "tool":
-                piece = tok.render_tool_result(ToolResult(call_id="", name="next_page", content=turn.text).render())
+                piece = tok.render_tool_result(ToolResult(call_id="", name="", content=turn.text).render())
                 ids += piece
                 mask += [False] * len(piece)
             else:
                 piece = tok.render_turn(turn.role, turn.text, trusted=turn.role == "system")
                 ids += piece
                 mask += [False] * len(piece)
-        hops = [k for _, _, k in t.questions]
-        return Example(ids, mask, answers, hops[0] if len(set(hops)) == 1 else 0, {"hops": hops, "pauses": pauses})
+        hops = [q.hops for q in t.questions]
+        meta = {"hops": hops, "pauses": pauses, "docs": [q.doc for q in t.questions],
+                "after": [q.after for q in t.questions], "n_docs": len(t.documents)}
+        return Example(ids, mask, answers, hops[0] if len(set(hops)) == 1 else 0, meta)
 
     def sample(self, rng: random.Random, difficulty: int | None = None, n: int | None = None) -> Example:
-        return self.render(self.transcript(rng, difficulty, n))
+        conv = Conventions.draw(rng) if self.varied else None
+        return self.render(self.transcript(rng, difficulty, n, conventions=conv))
 
     def sample_batch(self, rng: random.Random, size: int) -> list[Example]:
-        """``size`` transcripts over documents of one size with the same hop counts: names and
-        facts have fixed lengths, so the transcripts share their length and pause points, and
-        train as one batch."""
-        n = rng.randint(*self.n_places)
-        # questions' lengths vary with k; each k at most n times (distinct questions), as even as possible
-        hop_seq = [self.hops[i % len(self.hops)] for i in range(min(self.questions, n * len(self.hops)))]
-        rng.shuffle(hop_seq)
-        return [self.render(self.transcript(rng, n=n, hop_seq=hop_seq)) for _ in range(size)]
+        """``size`` transcripts with one document count and size, one set of conventions and the
+        same hop counts: names and facts have fixed lengths, so the transcripts share their length
+        and pause points, and train as one batch."""
+        n_docs = rng.randint(*self.documents)
+        hi = self.max_places(n_docs)
+        sizes = [rng.randint(min(self.n_places[0], hi), hi) for _ in range(n_docs)]
+        conv = Conventions.draw(rng) if self.varied else None
+        blocks = self.hop_blocks(rng, sizes)
+        return [self.render(self.transcript(rng, n=sizes, hop_seq=blocks, conventions=conv)) for _ in range(size)]
 
     def test_difficulties(self) -> list[int]:
         return sorted(set(self.hops))

@@ -129,6 +129,9 @@ class Depo:
         if not self.train_hops or set(self.train_hops) - set(self.hops):
             raise ValueError(f"train_hops {train_hops} must be a non-empty subset of {self.hops}")
         self.pad_id = self.pad
+        distinct = sum(m**length for length in range(1, max_len + 1))  # words of 1..max_len tokens
+        if distinct < n_max:
+            raise ValueError(f"m={m} and max_len={max_len} give {distinct} distinct names, fewer than n_max={n_max}")
         if 1 + 2 * n_max * (1 + max_len) / 2 > window * edge_windows:
             raise ValueError(f"{n_max} edges do not fit {edge_windows} windows of {window} tokens on average")
 

@@ -7,8 +7,9 @@ directory (``config.json``, ``model.safetensors``, ``train.json``, ``optimizer.s
 safetensors, scalars to JSON.
 
 ``evaluate(model, task, loops)`` scores exact match per answer on a fresh seeded test set, per
-difficulty and per N, with one batched forward pass per batch (exact match under teacher forcing
-equals exact match of greedy decoding).
+difficulty and per N, free-running as an agent answers: each answer is the model's own greedy
+tokens, with its own earlier answers (right or wrong) in the context. Teacher forcing (the true
+earlier answers in context, one forward per batch) only on request, and labelled so.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from tqdm import tqdm
 
 from ..errors import CheckpointError
 from ..model import SleepHybridConfig, SleepHybridLM
+from ..model.pretrained import write_prompt
+from ..tokenizer import PromptConventions
 from .tasks import collate, make_task
 
 __all__ = ["TrainConfig", "train", "evaluate", "load_checkpoint", "plot_accuracy"]
@@ -69,6 +72,9 @@ class TrainConfig(BaseModel):
     )
     eval_n: int = Field(default=100, ge=1, description="test examples per difficulty for eval_every")
     eval_loops: tuple[int, ...] | None = Field(default=None, description="N values scored by eval_every; default (1, loops)")
+    eval_teacher_forced: bool = Field(
+        default=False, description="eval_every scores teacher-forced (cheaper; labelled so) instead of free-running"
+    )
     init_from: str | None = Field(
         default=None, description="start from this checkpoint's weights (same architecture; fresh optimizer)"
     )
@@ -79,7 +85,7 @@ class TrainConfig(BaseModel):
 
 
 # Settings that do not change what is learned: a run may be resumed with other values.
-_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops", "time_limit"}
+_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops", "time_limit", "eval_teacher_forced"}
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -156,6 +162,8 @@ def save_checkpoint(
     tok = getattr(task, "tokenizer", None)
     spec = tok.to_dict() if tok is not None else {"type": "task", "task": cfg.task}
     (tmp / "tokenizer.json").write_text(json.dumps(spec) + "\n")
+    if getattr(task, "system_prompt", None):  # chat tasks: the prompt the model is trained to read
+        write_prompt(tmp, PromptConventions(system_prompt=task.system_prompt))
     (tmp / "train.json").write_text(
         json.dumps({"config": cfg.model_dump(mode="json"), "step": step, "history": history,
                     "evals": evals or [], "optimizer_scalars": scalars}, indent=1) + "\n"
@@ -205,7 +213,10 @@ def train(
         step, history, evals = meta["step"], meta["history"], meta.get("evals", [])
     elif cfg.init_from:
         start, _ = load_checkpoint(cfg.init_from, cfg.device)
-        if start.config.model_dump(exclude={"sleep_loops"}) != model.config.model_dump(exclude={"sleep_loops"}):
+        # the window and N are settings of the run, not of the weights (RoPE positions lie within
+        # the window; a smaller window only uses fewer of them)
+        runtime = {"sleep_loops", "window"}
+        if start.config.model_dump(exclude=runtime) != model.config.model_dump(exclude=runtime):
             raise CheckpointError(f"init_from={cfg.init_from} has another architecture than this run")
         model.load_state_dict(start.state_dict())
     gdn_params = {id(p) for i in model.config.gdn_layers for p in model.layers[i].parameters()}
@@ -239,7 +250,8 @@ def train(
             history.append({"step": step, "loss": loss_ema})
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             if not evals or evals[-1]["step"] != step:
-                evals.append({"step": step, "accuracy": _jsonable(_periodic_eval(model, task, cfg))})
+                evals.append({"step": step, "accuracy": _jsonable(_periodic_eval(model, task, cfg)),
+                              "mode": "teacher_forced" if cfg.eval_teacher_forced else "free"})
             model.train()
         out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 >= cfg.time_limit
         if step % cfg.save_every == 0 or step == end or out_of_time:
@@ -253,7 +265,8 @@ def train(
 def _periodic_eval(model: SleepHybridLM, task, cfg: TrainConfig) -> dict[int, dict[int, float]]:
     # its own seed, apart from evaluate()'s default test set, so the final score stays untouched
     loops = list(cfg.eval_loops or sorted({1, cfg.loops}))
-    return evaluate(model, task, loops, n=cfg.eval_n, seed=777, min_fill=cfg.min_fill)
+    return evaluate(model, task, loops, n=cfg.eval_n, seed=777, min_fill=cfg.min_fill,
+                    teacher_forced=cfg.eval_teacher_forced)
 
 
 def _jsonable(result: dict[int, dict[int, float]]) -> dict[str, dict[str, float]]:
@@ -321,8 +334,10 @@ def answer_hits(
     batch_size: int = 32,
     difficulties: list[int] | None = None,
     min_fill: float = 0.5,
+    teacher_forced: bool = False,
 ) -> dict[int, dict[int, list[list[bool]]]]:
-    """Per N and difficulty, one list per test example: whether each of its answers was exact.
+    """Per N and difficulty, one list per test example: whether each of its answers was exact
+    (free-running unless ``teacher_forced``; see :func:`example_hits`).
 
     One forward per batch serves every way of scoring it (:func:`evaluate`, first answers only)."""
     model.eval()
@@ -332,57 +347,111 @@ def answer_hits(
         examples = test_set(task, d, n, seed)
         for N in loops:
             result.setdefault(N, {})[d] = example_hits(model, task, examples, N, batch_size=batch_size,
-                                                       min_fill=min_fill)
+                                                       min_fill=min_fill, teacher_forced=teacher_forced)
     return result
 
 
 @torch.no_grad()
 def example_hits(model: SleepHybridLM, task, examples: list, loops: int, *, batch_size: int = 32,
-                 min_fill: float = 0.5) -> list[list[bool]]:
-    """Per example (in order), whether each of its answers was exact, with ``loops`` sleep passes."""
+                 min_fill: float = 0.5, teacher_forced: bool = False) -> list[list[bool]]:
+    """Per example (in order), whether each of its answers was exact, with ``loops`` sleep passes.
+
+    Free-running by default, as an agent answers: every answer is the model's own greedy tokens,
+    and later answers are predicted with those (right or wrong) in the context, never the true
+    ones. ``teacher_forced=True`` scores every answer with the true earlier answers in context
+    (one forward per batch; it over-states later answers whenever an earlier one was wrong).
+    """
     model.eval()
     hits: dict[int, list[bool]] = {}
     for windows, group in _groups(task, examples, min_fill):
         for i in range(0, len(group), batch_size):
             chunk = group[i : i + batch_size]
             ids, mask = collate(chunk, task.pad_id)
-            logits = model(
-                ids.to(model.device), mask.to(model.device), loops=loops, return_logits=True, window_lengths=windows
-            ).logits
-            pred = logits.argmax(-1).cpu()
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            if teacher_forced:
+                logits = model(ids, mask, loops=loops, return_logits=True, window_lengths=windows).logits
+                got = ids.clone()
+                for b, ex in enumerate(chunk):
+                    for positions in ex.answers:
+                        for p in positions:
+                            got[b, p] = logits[b, p - 1].argmax()
+            else:
+                got = free_run(model, chunk, ids, mask, loops, windows)
+            got = got.cpu()
             for b, ex in enumerate(chunk):
-                hits[id(ex)] = [all(int(pred[b, p - 1]) == ex.ids[p] for p in positions) for positions in ex.answers]
+                hits[id(ex)] = [all(int(got[b, p]) == ex.ids[p] for p in positions) for positions in ex.answers]
     return [hits[id(ex)] for ex in examples]
+
+
+def free_run(model: SleepHybridLM, chunk: list, ids: torch.Tensor, mask: torch.Tensor, loops: int,
+             windows: list[int] | None) -> torch.Tensor:
+    """``ids`` [B, T] with every answer span replaced, in order, by the model's own greedy tokens.
+
+    One forward per answer token, over the prefix that predicts it (the windows and sleeps fall
+    exactly as in the full sequence, so the logits equal the full forward's)."""
+    ids = ids.clone()
+    order = sorted({(j, t) for ex in chunk for j, pos in enumerate(ex.answers) for t in range(len(pos))})
+    for j, t in order:
+        rows = [(b, ex.answers[j][t]) for b, ex in enumerate(chunk) if j < len(ex.answers) and t < len(ex.answers[j])]
+        n = max(p for _, p in rows)  # positions 0..n-1 predict every row's token
+        logits = model(ids[:, :n], mask[:, :n], loops=loops, return_logits=True,
+                       window_lengths=_truncate(windows, n)).logits
+        for b, p in rows:
+            ids[b, p] = logits[b, p - 1].argmax()
+    return ids
+
+
+def _truncate(windows: list[int] | None, n: int) -> list[int] | None:
+    """The first ``n`` tokens' share of explicit window lengths."""
+    if windows is None:
+        return None
+    out, total = [], 0
+    for w in windows:
+        if total >= n:
+            break
+        out.append(min(w, n - total))
+        total += out[-1]
+    return out
 
 
 def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False) -> dict[int, dict[int, float]]:
     """Exact-match accuracy per N and difficulty from :func:`answer_hits` (``first_only``: each
     example's first answer alone)."""
-    out: dict[int, dict[int, float]] = {}
+    return {N: {d: k / max(n, 1) for d, (k, n) in row.items()} for N, row in tally(hits, first_only).items()}
+
+
+def tally(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False) -> dict[int, dict[int, tuple[int, int]]]:
+    """(right, questions) per N and difficulty from :func:`answer_hits`-shaped hits."""
+    out: dict[int, dict[int, tuple[int, int]]] = {}
     for N, rows in hits.items():
         for d, per_example in rows.items():
             scored = [h for ex in per_example for h in (ex[:1] if first_only else ex)]
-            out.setdefault(N, {})[d] = sum(scored) / max(len(scored), 1)
+            out.setdefault(N, {})[d] = (sum(scored), len(scored))
     return out
 
 
-def data_accuracy(model: SleepHybridLM, task, examples: list, loops: list[int], *,
-                  min_fill: float = 0.5) -> tuple[dict[int, dict[int, float]], dict[int, dict[int, float]]]:
-    """Exact-match accuracy per N and difficulty on externally supplied examples: over every
-    answer, and over each example's first answer alone, from one forward per batch (depo's
-    answers each carry their own k in ``meta["hops"]``, see :meth:`Depo.from_original`)."""
-    every: dict[int, dict[int, float]] = {}
-    first: dict[int, dict[int, float]] = {}
+def data_hits(model: SleepHybridLM, task, loops: list[int], *, examples: list | None = None, n: int = 200,
+              seed: int = 12345, min_fill: float = 0.5, teacher_forced: bool = False,
+              ) -> tuple[dict[int, dict[int, tuple[int, int]]], dict[int, dict[int, tuple[int, int]]]]:
+    """(right, questions) per N and difficulty over every answer and over each example's first
+    answer, from one scoring pass: on ``examples`` (externally supplied: depo's answers each
+    carry their own k in ``meta["hops"]``), else on the seeded generated test set."""
+    if examples is None:
+        hits = answer_hits(model, task, loops, n=n, seed=seed, min_fill=min_fill, teacher_forced=teacher_forced)
+        return tally(hits), tally(hits, first_only=True)
+    every: dict[int, dict[int, tuple[int, int]]] = {}
+    first: dict[int, dict[int, tuple[int, int]]] = {}
     for N in loops:
         scored: dict[int, list[bool]] = {}
         scored_first: dict[int, list[bool]] = {}
-        for ex, hits in zip(examples, example_hits(model, task, examples, N, min_fill=min_fill)):
-            ks = ex.meta.get("hops", [ex.difficulty] * len(hits))
-            for k, hit in zip(ks, hits):
+        for ex, hits_ in zip(examples, example_hits(model, task, examples, N, min_fill=min_fill,
+                                                    teacher_forced=teacher_forced)):
+            ks = ex.meta.get("hops", [ex.difficulty] * len(hits_))
+            for k, hit in zip(ks, hits_):
                 scored.setdefault(k, []).append(hit)
-            scored_first.setdefault(ks[0], []).append(hits[0])
-        every[N] = {k: sum(h) / len(h) for k, h in sorted(scored.items())}
-        first[N] = {k: sum(h) / len(h) for k, h in sorted(scored_first.items())}
+            scored_first.setdefault(ks[0], []).append(hits_[0])
+        every[N] = {k: (sum(h), len(h)) for k, h in sorted(scored.items())}
+        first[N] = {k: (sum(h), len(h)) for k, h in sorted(scored_first.items())}
     return every, first
 
 
@@ -397,14 +466,16 @@ def evaluate(
     difficulties: list[int] | None = None,
     min_fill: float = 0.5,
     first_only: bool = False,
+    teacher_forced: bool = False,
 ) -> dict[int, dict[int, float]]:
-    """Exact-match accuracy per N (outer key) and difficulty (inner key) on a seeded test set.
+    """Exact-match accuracy per N (outer key) and difficulty (inner key) on a seeded test set,
+    free-running unless ``teacher_forced`` (see :func:`example_hits`).
 
     ``first_only`` scores only each example's first answer: in depo that question has no earlier
     question and answer in the window to build on, so what it gets right came from the fast weights.
     """
     hits = answer_hits(model, task, loops, n=n, seed=seed, batch_size=batch_size, difficulties=difficulties,
-                       min_fill=min_fill)
+                       min_fill=min_fill, teacher_forced=teacher_forced)
     return accuracy(hits, first_only)
 
 

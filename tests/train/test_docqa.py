@@ -24,8 +24,8 @@ async def test_rendered_transcript_equals_what_the_agent_reads():
     async with agent.session() as session:
         first = await session.run("Read the document.")
         assert first.output == "Done."
-        for question, answer, _ in t.questions:
-            assert (await session.run(question)).output == answer
+        for qa in t.questions:
+            assert (await session.run(qa.question)).output == qa.answer
         es = session.engine_session
         read = es.state.ids()[0].tolist() + [i for ids, _ in es.pending for i in ids]
     assert read == ex.ids
@@ -62,9 +62,9 @@ async def test_pause_windows_are_the_engines_sleeps():
                   sleep=SleepPolicy(loops=2, when="pause", min_fill=min_fill, on_wake="finish"), max_steps=50)
     async with agent.session() as session:
         await session.run("Read the document.")
-        for question, _, _ in t.questions:
+        for qa in t.questions:
             await agent.engine.wait_idle(session.engine_session)
-            await session.run(question)
+            await session.run(qa.question)
         es = session.engine_session
         await agent.engine.wait_idle(es)
         # the last pause (after the final answer) sleeps too; pause_windows stops at the end
@@ -96,12 +96,12 @@ def test_questions_are_distinct_and_may_outnumber_the_places():
         for ex in batch:
             assert sorted(ex.meta["hops"]) == [1, 1, 1, 1, 2, 2, 2, 2]
         t = task.transcript(random.Random(seed), hop_seq=[1, 2, 1, 2, 1, 2, 1, 2])
-        starts = [q.split(" from ")[1] for q, _, _ in t.questions]
+        starts = [qa.question.split(" from ")[1] for qa in t.questions]
         assert len(set(starts)) == 4  # every place is asked from before any repeats
-        assert len({(s, k) for s, (_, _, k) in zip(starts, t.questions, strict=True)}) == 8
+        assert len({(s, qa.hops) for s, qa in zip(starts, t.questions, strict=True)}) == 8
     # a fixed hop count (the test set) asks at most one question per place
     t = task.transcript(random.Random(0), hops=2)
-    assert len(t.questions) == 4 and len({q for q, _, _ in t.questions}) == 4
+    assert len(t.questions) == 4 and len({qa.question for qa in t.questions}) == 4
 
 
 def test_names_lie_within_the_short_convolution():
@@ -114,10 +114,70 @@ def test_names_lie_within_the_short_convolution():
     t = task.transcript(random.Random(2))
     ex = task.render(t)
     tok = task.tokenizer
-    for (q, _, _), positions in zip(t.questions, ex.answers, strict=True):
-        assert tok.decode([ex.ids[positions[0] - 1 - 8]]) == q.split(" from ")[1][0]
+    for qa, positions in zip(t.questions, ex.answers, strict=True):
+        assert tok.decode([ex.ids[positions[0] - 1 - 8]]) == qa.question.split(" from ")[1][0]
     for fact in t.document.split(". "):  # one byte per character: string offsets are token lags
         source, target = fact.index(" from ") + len(" from "), len(fact.rstrip(".")) - 1
         assert target - source == 11, fact
     model = build_model(TrainConfig(task="docqa", conv_size=12, d_model=32, n_layers=2), task)
     assert model.config.conv_size == 12
+
+
+async def test_varied_conventions_and_two_documents_render_as_the_agent_reads_them():
+    """A session of two documents through a user's own paging tool (another name, its own
+    docstring, pages without headers): the transcript is token for token what the Agent reads."""
+    from sleepagent import tool
+    from sleepagent.train.docqa import Conventions, page_text
+
+    task = DocQA(n_places=(3, 6), hops=(1, 2), questions=4, page_chars=56, name_len=1, documents=(2, 2))
+    conv = Conventions(tool_name="fetch_chunk", docstring="Fetch the next part of the text.", headers=False,
+                       read_request="Please read the document.", next_request="Read another document.")
+    t = task.transcript(random.Random(4), n=[5, 6], conventions=conv)
+    assert len(t.documents) == 2 and len(t.pages) == 2
+    first, second = (set(doc.replace(".", "").split()) - {"The", "road", "from", "leads", "to"} for doc in t.documents)
+    assert not first & second  # every document has its own places
+    assert {qa.doc for qa in t.questions if qa.after == 1} == {0, 1}  # after the second: asked about both
+    current = {"doc": 0, "page": 0}
+
+    @tool
+    async def fetch_chunk() -> str:
+        """Fetch the next part of the text."""
+        pages = t.pages[current["doc"]]
+        current["page"] += 1
+        return pages[current["page"] - 1]
+
+    ex = task.render(t)
+    replies = iter([turn.text for turn in t.turns if turn.role == "assistant"])
+    model = FunctionModel(lambda messages, info: next(replies), base=tiny_model(window=4096))
+    agent = Agent(model, tools=[fetch_chunk], system_prompt=DOCQA_SYSTEM, sleep=SleepPolicy(loops=1, when="full"),
+                  max_steps=50)
+    async with agent.session() as session:
+        for d in range(2):
+            current.update(doc=d, page=0)
+            done = await session.run(conv.read_request if d == 0 else conv.next_request)
+            assert done.output == "Done." and current["page"] == len(t.pages[d])
+            for qa in [q for q in t.questions if q.after == d]:
+                assert (await session.run(qa.question)).output == qa.answer
+        es = session.engine_session
+        read = es.state.ids()[0].tolist() + [i for ids, _ in es.pending for i in ids]
+    assert read == ex.ids
+    assert t.pages[0][-1].endswith("[end of document]") and page_text("x", 1, 2, False) == "x"
+
+
+def test_batches_share_one_layout_with_varied_conventions_and_several_documents():
+    task = DocQA(n_places=(2, 16), hops=(1, 2), questions=8, page_chars=112, window=256, name_len=1,
+                 documents=(1, 2), varied=True)
+    seen_docs, names = set(), set()
+    for seed in range(12):
+        batch = task.sample_batch(random.Random(seed), 4)
+        assert len({len(ex.ids) for ex in batch}) == 1
+        assert len({tuple(ex.meta["pauses"]) for ex in batch}) == 1
+        seen_docs.add(batch[0].meta["n_docs"])
+        for ex in batch:
+            hops = ex.meta["hops"]
+            for d in range(ex.meta["n_docs"]):  # hop counts balanced per document
+                ks = [k for k, doc in zip(hops, ex.meta["docs"]) if doc == d]
+                assert abs(ks.count(1) - ks.count(2)) <= 1
+        text = task.tokenizer.decode(batch[0].ids)
+        names.add(text.split('"name": "')[1].split('"')[0])
+    assert seen_docs == {1, 2} and len(names) > 5

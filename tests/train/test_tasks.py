@@ -195,3 +195,12 @@ def test_gsm_inf_from_record_lays_out_a_problem_as_sample_does(tmp_path):
     path.write_text(json.dumps(records[0]) + "\n" + json.dumps({"question_var": "V1"}) + "\n")
     with pytest.raises(DataError, match="line 2: expected a JSON object with question_var, context, answer"):
         read_data(path, task)
+
+
+def test_depo_refuses_settings_with_too_few_names_instead_of_looping_forever():
+    import pytest
+
+    from sleepagent.train.tasks import Depo
+
+    with pytest.raises(ValueError, match="distinct names"):
+        Depo(n_max=5, k_max=2, m=4, max_len=1, window=10, edge_windows=2, queries=3)

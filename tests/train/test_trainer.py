@@ -170,3 +170,51 @@ def test_first_only_scores_the_first_answer_of_each_document(tmp_path):
     first = evaluate(model, Depo(**kwargs), [1, 2], n=9, first_only=True)
     assert first == evaluate(model, FirstAnswer(**kwargs), [1, 2], n=9)
     assert first != evaluate(model, Depo(**kwargs), [1, 2], n=9)
+
+
+def _decode_with_the_runtime(model, ex, loops: int) -> list[int]:
+    """The same example answered the way the runtime answers: prefill up to each answer token,
+    greedy-decode it (the model's own token stays in the context), sleep whenever the window is
+    full. Returns the ids with every answer span filled by the model."""
+    ids = list(ex.ids)
+    todo = {p for positions in ex.answers for p in positions}
+    state, pos, W = model.new_state(1), 0, model.config.window
+    while pos < len(ids):
+        if state.window_len == W:
+            state = model.consolidate(state, loops=loops)
+        n = min(W - state.window_len, len(ids) - pos)
+        nxt = next((p for p in sorted(todo) if p > pos), None)
+        if nxt is not None and nxt <= pos + n:
+            n = nxt - pos  # read up to the answer token, then predict it
+        logits = model.prefill(torch.tensor([ids[pos : pos + n]]), state)
+        pos += n
+        if pos in todo:
+            ids[pos] = int(logits[0, -1].argmax())
+    return ids
+
+
+def test_free_running_scores_what_greedy_decoding_through_the_runtime_answers(tmp_path):
+    """eval's default: each answer is the model's own greedy tokens with its own earlier answers
+    (right or wrong) in context, exactly as prefill/step/sleep would produce them; teacher forcing
+    (the true earlier answers in context) is another number whenever an earlier answer is wrong."""
+    from sleepagent.train.tasks import Depo, collate
+    from sleepagent.train.trainer import example_hits, free_run
+
+    kwargs = dict(n_max=5, k_max=2, m=4, max_len=2, window=10, edge_windows=2, queries=4)
+    train(TrainConfig(task="depo", task_kwargs=kwargs, d_model=16, n_layers=2, n_heads=2, loops=2, steps=30,
+                      batch_size=8, adam_lr=1e-2), tmp_path / "r", progress=False)
+    model, _ = load_checkpoint(tmp_path / "r")
+    model.eval()
+    task = Depo(**kwargs)
+    import random
+
+    examples = [task.sample(random.Random(i), 2) for i in range(6)]
+    for ex in examples:
+        ids, mask = collate([ex], task.pad_id)
+        got = free_run(model, [ex], ids, mask, 2, None)[0].tolist()
+        assert got == _decode_with_the_runtime(model, ex, 2)
+    free = example_hits(model, task, examples, 2)
+    forced = example_hits(model, task, examples, 2, teacher_forced=True)
+    assert [h[0] for h in free] == [h[0] for h in forced]  # a first answer has no earlier one
+    later_wrong = [i for i, h in enumerate(forced) if not all(h[:-1])]
+    assert all(len(h) == len(ex.answers) for h, ex in zip(free, examples, strict=True)) and later_wrong
