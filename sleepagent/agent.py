@@ -15,8 +15,10 @@ session remains usable.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -25,7 +27,7 @@ from anyio.lowlevel import current_token
 
 from .decoding import ToolCallConstraint
 from .engine import Engine, EngineSession, SleepStats
-from .errors import ConfigError, FingerprintMismatch, SleepAgentError, UsageLimitExceeded
+from .errors import ConfigError, FingerprintMismatch, InputTooLarge, SleepAgentError, SnapshotCorrupted, UsageLimitExceeded
 from .messages import (
     Event,
     FinalEvent,
@@ -42,9 +44,28 @@ from .model import SleepModel
 from .policy import MemoryPolicy, SleepPolicy
 from .tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, ToolResult, split_text_and_calls
 
-__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "render_tool_prompt", "render_system_turn"]
+__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "ResumeInfo", "render_tool_prompt", "render_system_turn"]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    """How a session came back from the store (``AgentSession.resume``; None for a new session).
+
+    snapshot_id: the snapshot restored.
+    skipped:     newer snapshots that failed their checks (corrupted, non-finite), (id, why):
+                 the session resumed from an older one and lost what those held.
+    window_tokens: tokens of the window restored (``persist_window``), re-read into it.
+    lost:        tokens the snapshot did not hold, by reason: "window" (the window, without
+                 ``persist_window``), "never_consolidate" (turns the memory policy keeps out of
+                 every store), "unread" (input queued but not read yet when it was taken).
+    """
+
+    snapshot_id: int
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    window_tokens: int = 0
+    lost: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +97,10 @@ class Agent:
         tool_timeout: seconds any one tool call may take in a run (the stricter of this and the
             tool's own timeout wins); a timeout becomes a tool-error message.
         engine: share one :class:`Engine` (one model on one device) between agents.
+        max_input_chars: the longest user message accepted; a longer one raises
+            :class:`~sleepagent.errors.InputTooLarge` before any of it is read.
+        max_tool_output_chars: tool output beyond this is cut, and the model is told so in the
+            result (``[tool output truncated: ...]``).
     """
 
     def __init__(
@@ -94,9 +119,13 @@ class Agent:
         tool_timeout: float | None = None,
         usage_limits: UsageLimits | None = None,
         engine: Engine | None = None,
+        max_input_chars: int = 100_000,
+        max_tool_output_chars: int = 20_000,
     ) -> None:
         from .testing import FunctionModel
 
+        _check_types(model=model, sleep=sleep, memory=memory, usage_limits=usage_limits, engine=engine,
+                     system_prompt=system_prompt)
         self.scripted: FunctionModel | None = model if isinstance(model, FunctionModel) else None
         base = self.scripted.base if self.scripted is not None else model
         if engine is not None:
@@ -114,16 +143,22 @@ class Agent:
             self.engine = Engine(base if isinstance(base, SleepModel) else SleepModel.from_pretrained(base))
             self._owns_engine = True
         self.model: SleepModel = self.engine.model
-        if max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {max_steps}", field="max_steps")
-        if max_tokens < 1:
-            raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}", field="max_tokens")
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {temperature}", field="temperature")
+        for name, value in (("max_steps", max_steps), ("max_tokens", max_tokens), ("max_input_chars", max_input_chars),
+                            ("max_tool_output_chars", max_tool_output_chars)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", field=name)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ConfigError(f"temperature must be a number >= 0, got {temperature!r}", field="temperature")
+        if tool_timeout is not None and (isinstance(tool_timeout, bool) or not isinstance(tool_timeout, (int, float))
+                                         or not tool_timeout > 0):
+            raise ConfigError(f"tool_timeout must be a positive number of seconds or None, got {tool_timeout!r}",
+                              field="tool_timeout")
         self.tools = ToolRegistry(tools)
         self.sleep = sleep or SleepPolicy()
         self.memory = memory or MemoryPolicy()
-        self.store = store
+        self.store = _open_store(store)
+        self.max_input_chars = max_input_chars
+        self.max_tool_output_chars = max_tool_output_chars
         # the checkpoint's own system prompt (its prompt.json), as a chat template comes with a
         # transformers checkpoint; a small model answers well only in the register it was trained in
         self.system_prompt = system_prompt if system_prompt is not None else (
@@ -140,27 +175,48 @@ class Agent:
         """A multi-turn conversation; use as ``async with agent.session() as s: await s.run(...)``.
 
         With a ``store`` and a non-ephemeral memory policy, the session is persisted after every
-        consolidation, and opening an ``id`` that exists resumes it from its latest snapshot
-        (raising FingerprintMismatch for another model's session, AccessDenied for another
-        tenant's). Ephemeral sessions never touch the store.
+        consolidation, and opening an ``id`` that exists resumes it from its newest intact
+        snapshot (``AgentSession.resume`` says which, and what the snapshot could not hold;
+        FingerprintMismatch for another model's session). Session ids are per tenant: another
+        tenant's ``id`` is a different session. Ephemeral sessions never touch the store.
         """
+        from .storage.store import check_name
+
+        check_name(tenant, "tenant")
+        if id is not None:
+            check_name(id, "session id")
         if self.store is None or self.memory.retention == "ephemeral":
-            return AgentSession(self, self.engine.session(id, policy=self.sleep))
+            return AgentSession(self, self.engine.session(id, policy=self.sleep), tenant=tenant)
         fp = self.model.fingerprint
         info = self.store.open_session(id, tenant=tenant, fingerprint=fp, policy=self.memory)
         if info.fingerprint != fp:
             raise FingerprintMismatch(expected=fp, found=info.fingerprint)
-        latest = self.store.latest(info.id, tenant=tenant, fingerprint=fp)
+        def decode(payload: bytes) -> Any:  # decodable and this model's, else try an older one
+            try:
+                return self.model.state_from_bytes(payload)
+            except FingerprintMismatch:
+                raise
+            except (SleepAgentError, ValueError, RuntimeError) as e:
+                raise SnapshotCorrupted(f"unusable state: {e}") from None
+
+        restored = self.store.restore_point(info.id, tenant=tenant, fingerprint=fp, accept=decode)
         es = self.engine.session(info.id, policy=self.sleep)
-        if latest is not None:
-            snap, payload = latest
-            es.state = self.model.state_from_bytes(payload)
-            es.pending = [(list(ids), bool(flag)) for ids, flag in snap.meta.get("pending", [])]
+        resume = None
+        if restored is not None:
+            snap = restored.info
+            es.state = restored.accepted
+            tok = self.model.tokenizer
+            # the snapshot holds no text: only which structural tokens were still queued
+            markers = {"close_turn": tok.close_turn(), "generation_prompt": tok.generation_prompt()}
+            es.pending = [(list(markers[m]), True) for m in snap.meta.get("queued", []) if m in markers]
             es.meta = dict(snap.meta.get("session", {}))
-        return AgentSession(self, es, tenant=tenant, persisted=True)
+            resume = ResumeInfo(snapshot_id=snap.id, skipped=list(restored.skipped),
+                                window_tokens=es.state.window_len, lost=dict(snap.meta.get("lost", {})))
+        return AgentSession(self, es, tenant=tenant, persisted=True, resume=resume)
 
     async def run(self, task: str | Message, *, session: AgentSession | None = None, **kw: Any) -> RunResult:
         """Run ``task`` to a final answer (in ``session``, or a fresh one closed afterwards)."""
+        _check_message(task)
         if session is not None:
             return await session.run(task, **kw)
         async with self.session() as s:
@@ -222,12 +278,14 @@ class AgentSession:
     """A conversation with one agent; its model state carries every turn (no re-prefill)."""
 
     def __init__(
-        self, agent: Agent, engine_session: EngineSession, *, tenant: str = "default", persisted: bool = False
+        self, agent: Agent, engine_session: EngineSession, *, tenant: str = "default", persisted: bool = False,
+        resume: ResumeInfo | None = None,
     ) -> None:
         self.agent = agent
         self.engine_session = engine_session
         self.tenant = tenant
         self.persisted = persisted
+        self.resume = resume  # how the session came back from the store (None: a new session)
         if persisted:
             engine_session.on_commit = self._persist
         self.history: list[Message] = []
@@ -275,17 +333,30 @@ class AgentSession:
             engine.close_session(es)
 
     def _persist(self, es: EngineSession) -> None:
-        """Write a snapshot of the session (runs on the engine worker, right after a commit)."""
+        """Write a snapshot of the session (runs on the engine worker, right after a commit).
+
+        It holds the committed fast weights and, with ``persist_window``, the window's ids minus
+        never-consolidate turns; no message text in any other form. Input queued but not read
+        yet is not stored: only the count (and which structural tokens, like the assistant turn's
+        closing token, were queued, so a resume closes the turn as the live session would)."""
         agent, memory = self.agent, self.agent.memory
         state = es.state
-        if not memory.persist_window and state.window_len:
-            # only the committed fast weights: the raw window stays out of the store
-            state = state.without_window()
-        # never-consolidate segments are never written anywhere
-        pending = [[ids, flag] for ids, flag in list(es.pending) if flag]
+        view = state.for_snapshot(keep_window=memory.persist_window)
+        tok = agent.model.tokenizer
+        markers = {tuple(tok.close_turn()): "close_turn", tuple(tok.generation_prompt()): "generation_prompt"}
+        queued, unread = [], 0
+        for ids, _ in es.unread():
+            marker = markers.get(tuple(ids))
+            if marker is not None and not unread:
+                queued.append(marker)
+            else:
+                unread += len(ids)
+        lost = {"window": state.window_len - view.window_len if not memory.persist_window else 0,
+                "never_consolidate": state.window_len - view.window_len if memory.persist_window else 0,
+                "unread": unread}
         agent.store.save(
-            self.id, state.to_bytes(agent.model.fingerprint), tenant=self.tenant, loops=es.policy.loops,
-            meta={"pending": pending, "session": dict(es.meta)},
+            self.id, view.to_bytes(agent.model.fingerprint), tenant=self.tenant, loops=es.policy.loops,
+            meta={"queued": queued, "lost": lost, "session": dict(es.meta)},
         )
 
     def run_stream(self, message: str | Message, **kw: Any) -> AgentRun:
@@ -301,7 +372,12 @@ class AgentSession:
         """One user message to a final answer."""
         if self.closed:
             raise SleepAgentError(f"session {self.id} is closed")
+        _check_message(message)
+        if usage_limits is not None and not isinstance(usage_limits, UsageLimits):
+            raise ConfigError(f"usage_limits must be a UsageLimits, got {type(usage_limits).__name__}", field="usage_limits")
         async with self._lock:
+            if self.persisted and self.agent.memory.retention == "session":
+                self.agent.store.touch(self.id, tenant=self.tenant)  # renew the lease: still alive
             return await self._run(message, usage_limits or self.agent.usage_limits, tool_timeout)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -312,11 +388,18 @@ class AgentSession:
         msg = message if isinstance(message, Message) else Message("user", message)
         if msg.role != "user":
             raise ConfigError(f"a run starts with a user message, got role {msg.role!r}")
+        if len(msg.content) > agent.max_input_chars:
+            raise InputTooLarge(
+                f"the message has {len(msg.content):,} characters; this agent accepts at most "
+                f"{agent.max_input_chars:,} (Agent(max_input_chars=...))",
+                tokens=len(msg.content), limit=agent.max_input_chars,
+            )
         msg.consolidate = msg.consolidate and agent.memory.allows_consolidation(msg.content)
         usage = Usage()
         run_messages: list[Message] = [msg]
         stats_before = es.stats.copy()
         timeout = tool_timeout if tool_timeout is not None else agent.tool_timeout
+        self._limits, self._run_messages = limits, run_messages
         try:
             if not es.meta.get("system_read"):
                 self._read(render_system_turn(tok, agent.system_prompt, agent.tools.specs()), True, usage)
@@ -347,7 +430,7 @@ class AgentSession:
                 for call in calls:
                     self._post(ToolCallEvent("tool_call", call=call))
                 engine.pause(es)  # the model waits for its tools: sleep now, off the hot path
-                results = await self._execute(calls, timeout)
+                results = [_bounded(r, agent.max_tool_output_chars) for r in await self._execute(calls, timeout)]
                 for result in results:
                     allowed = agent.memory.allows_consolidation(result.content)
                     run_messages.append(
@@ -374,8 +457,12 @@ class AgentSession:
         self._post(FinalEvent("final", result=result))
         return result
 
-    def _read(self, ids: list[int], consolidate: bool, usage: Usage) -> None:
-        """Queue tokens for the model; they are read by the next flush (cancel-safe)."""
+    def _read(self, ids: list[int], consolidate: bool, usage: Usage, check: bool = True) -> None:
+        """Queue tokens for the model; they are read by the next flush (cancel-safe). The run's
+        input-token limits are checked first: a message over the limit is refused unread."""
+        limits = getattr(self, "_limits", None)
+        if check and limits is not None:
+            limits.check_input(usage, len(ids), self._run_messages)
         self.agent.engine.append(self.engine_session, ids, consolidate)
         usage.input_tokens += len(ids)
 
@@ -389,6 +476,13 @@ class AgentSession:
         emitted: list[int] = []
         # a call names a registered tool (the model chooses, among the names that exist)
         constraint = ToolCallConstraint.for_tokenizer(tok, list(agent.tools))
+        # with never-consolidate patterns, the reply is held out of the fast weights until it is
+        # known not to repeat a match (it is released below, where still in the window)
+        provisional = bool(agent.memory.never_consolidate)
+        es = self.engine_session
+        start = es.state.tokens_seen
+        clean = not provisional
+        text = ""
         if agent.scripted is not None:
             info = TurnInfo(self.id, step, agent.tools.specs(), self.stats)
             text = await agent.scripted.respond(self.history + run_messages, info)
@@ -405,14 +499,19 @@ class AgentSession:
                     nxt = self._sample(constraint.apply(logits, emitted) if constraint else logits)
                     if nxt in stop:
                         break
-                logits = await agent.engine.decode(self.engine_session, nxt)
+                logits = await agent.engine.decode(es, nxt, consolidate=not provisional)
                 emitted.append(nxt)
                 usage.output_tokens += 1
                 self._post(TokenEvent("token", text=tok.decode([nxt])))
+            text = tok.decode(emitted)
+            if provisional and agent.memory.allows_consolidation(text):
+                await agent.engine.set_consolidate(es, start, start + len(emitted))
+                clean = True
         finally:
-            # close the turn, even when cancelled; read with the next flush
-            self._read(tok.close_turn(), True, usage)
-        return tok.decode(emitted)
+            # close the turn, even when cancelled; read with the next flush (a reply that matched
+            # a never-consolidate pattern, or was cut off before it could be checked, stays out)
+            self._read(tok.close_turn(), clean, usage, check=False)
+        return text
 
     def _sample(self, logits: torch.Tensor) -> int:
         if self.agent.temperature == 0:
@@ -532,3 +631,63 @@ class AgentRun:
                 await self.session.close()
         if self.error is not None and exc[0] is None:
             raise self.error
+
+
+def _check_types(**values: Any) -> None:
+    """Agent arguments of the wrong type fail here, by name, not later inside torch."""
+    from .testing import FunctionModel
+
+    model = values["model"]
+    if not (model is None or isinstance(model, (SleepModel, FunctionModel, str, os.PathLike))):
+        raise ConfigError(f"model must be a SleepModel, a checkpoint name or path, or a FunctionModel; got "
+                          f"{type(model).__name__}", field="model")
+    expected = {"sleep": SleepPolicy, "memory": MemoryPolicy, "usage_limits": UsageLimits, "engine": Engine,
+                "system_prompt": str}
+    for name, kind in expected.items():
+        value = values[name]
+        if value is not None and not isinstance(value, kind):
+            hint = f" (e.g. {kind.__name__}(...))" if name in ("sleep", "memory", "usage_limits") else ""
+            raise ConfigError(f"{name} must be a {kind.__name__} or None, got {type(value).__name__}{hint}", field=name)
+
+
+def _check_message(message: Any) -> None:
+    """A task is text (or a Message) that can be encoded: no lone surrogates."""
+    if isinstance(message, Message):
+        text = message.content
+    elif isinstance(message, str):
+        text = message
+    else:
+        raise ConfigError(f"a run takes a str or a Message, got {type(message).__name__}", field="task")
+    if not isinstance(text, str):
+        raise ConfigError(f"message content must be a str, got {type(text).__name__}", field="task")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"the message is not valid Unicode text ({e.reason} at position {e.start})", field="task") from None
+
+
+def _open_store(store: Any) -> Any:
+    """A SnapshotStore, or a database URL for one (``sqlite:///path.db``, ``postgresql+psycopg://...``)."""
+    if store is None or isinstance(store, str):
+        if store is None:
+            return None
+        from .storage import SnapshotStore
+
+        return SnapshotStore(store)
+    from .storage import SnapshotStore
+
+    if not isinstance(store, SnapshotStore):
+        raise ConfigError(f"store must be a SnapshotStore or a database URL, got {type(store).__name__}", field="store")
+    return store
+
+
+def _bounded(result: ToolResult, limit: int) -> ToolResult:
+    """A tool result the model can be given: at most ``limit`` characters (cut with a note that
+    says so), and valid Unicode (lone surrogates replaced), so no tool can stall the engine."""
+    text = result.content
+    if len(text) > limit:
+        text = text[:limit] + f"\n[tool output truncated: {limit:,} of {len(result.content):,} characters shown]"
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if text is result.content or text == result.content:
+        return result
+    return dataclasses.replace(result, content=text)

@@ -535,7 +535,8 @@ def _fail(message: str) -> typer.Exit:
 def _open_store(url: str):
     from .storage import SnapshotStore
 
-    return SnapshotStore(url)
+    # an existing store only: a mistyped path must be an error, not a new empty database
+    return SnapshotStore(url, create=False)
 
 
 def _store_call(fn):
@@ -627,6 +628,14 @@ def snapshots_export(
     path.write_bytes(payload)
     st.record("export", tenant, None, snapshot=snapshot_id, path=str(path))
     console.print(f"wrote {len(payload)} bytes to {path}")
+
+
+@snap_app.command("purge")
+def snapshots_purge(store: StoreOpt = "sqlite:///sleepagent.db") -> None:
+    """Delete expired snapshots, and sessions whose lease ran out, for real (every write does too)."""
+    st = _store_call(lambda: _open_store(store))
+    n = st.purged_on_open + _store_call(st.purge)  # opening a store already sweeps it
+    console.print(f"purged {n} expired snapshot(s)")
 
 
 @snap_app.command("erase")

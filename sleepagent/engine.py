@@ -4,7 +4,10 @@ All model work runs on one worker thread, so the model and every session's state
 one thread only and no lock is held around torch calls. Two classes of work:
 
 - **wake** (a session's prefill or decode; latency-critical): always taken first. Decode steps of
-  different sessions that are waiting at the same time run as one batched step.
+  different sessions that are waiting at the same time run as one batched step. A prefill reads
+  at most ``prefill_chunk`` tokens per turn and then goes to the back of the queue, so a huge
+  input never stalls other sessions: their decode steps run between its chunks, a cancelled
+  read stops at the next chunk boundary, and closing the engine waits for one chunk at most.
 - **sleep** (one consolidation pass of one session): runs only when no wake work waits, one pass
   at a time, round-robin over sleeping sessions, so a wake request waits at most one pass.
 
@@ -20,6 +23,7 @@ sets through the caller's event-loop token, without blocking the worker.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import weakref
 import time
@@ -111,8 +115,10 @@ class EngineSession:
     stats: SleepStats = field(default_factory=SleepStats)
     on_event: Callable[[str, dict[str, Any]], None] | None = None
     on_commit: Callable[[EngineSession], None] | None = None
-    # tokens queued to be read, as (ids, consolidate) segments; read by flush() on the worker
+    # tokens queued to be read, as (ids, consolidate) segments; read by flush() on the worker,
+    # a chunk at a time (the first segment's first ``pending_offset`` tokens are already read)
     pending: list[tuple[list[int], bool]] = field(default_factory=list)
+    pending_offset: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     persist_error: BaseException | None = None
     # logits after the last token read (a flush whose tokens an earlier flush already read,
@@ -130,6 +136,14 @@ class EngineSession:
     def sleeping(self) -> bool:
         return not self.closed and (self._job is not None or self._sleep_requested)
 
+    def unread(self) -> list[tuple[list[int], bool]]:
+        """The queued segments not read yet (the first one cut at what a chunked read consumed)."""
+        segments = list(self.pending)
+        if segments and self.pending_offset:
+            ids, flag = segments[0]
+            segments[0] = (ids[self.pending_offset :], flag)
+        return segments
+
 
 @dataclass(eq=False)
 class _Request:
@@ -141,6 +155,7 @@ class _Request:
     token: EventLoopToken | None = None
     event: anyio.Event | None = None
     cancelled: bool = False
+    started: bool = False  # a chunked read that has read at least one chunk
 
 
 class Engine:
@@ -150,12 +165,18 @@ class Engine:
     of concurrent sessions (``max_batch`` rows at most).
     """
 
-    def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32) -> None:
+    def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
+                 prefill_chunk: int = 256) -> None:
+        if not isinstance(model, (SleepModel, str, os.PathLike)):
+            raise ConfigError(f"model must be a SleepModel, a checkpoint name or a path, got {type(model).__name__}",
+                              field="model")
         self.model = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}", field="max_batch")
+        for name, value in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", field=name)
         self.batch_wake = batch_wake
         self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self._cv = threading.Condition()
         self._wake: deque[_Request] = deque()
         self._sleepers: deque[EngineSession] = deque()
@@ -210,9 +231,29 @@ class Engine:
         """Sleep now over whatever is in the window (all passes; exposed), e.g. before a close."""
         await self._submit("sleep", session, None)
 
-    async def decode(self, session: EngineSession, token: int) -> torch.Tensor:
-        """Feed one token (the one just emitted); returns the next logits, [vocab]."""
-        return await self._submit("decode", session, int(token))
+    async def decode(self, session: EngineSession, token: int, consolidate: bool = True) -> torch.Tensor:
+        """Feed one token (the one just emitted); returns the next logits, [vocab].
+        ``consolidate=False`` keeps it out of the fast weights (see :meth:`set_consolidate`)."""
+        return await self._submit("decode", session, (int(token), bool(consolidate)))
+
+    async def set_consolidate(self, session: EngineSession, start: int, stop: int, value: bool = True) -> int:
+        """Mark the session's tokens ``[start, stop)`` (positions counted over everything it has
+        read) for or against consolidation, where they are still in the window; returns how many
+        were. A reply held out provisionally (it might repeat a never-consolidate secret) is
+        released with this once it is known to be clean."""
+
+        def mark(state) -> int:
+            lo = state.tokens_seen - state.window_len
+            a, b = max(start, lo) - lo, min(stop, state.tokens_seen) - lo
+            if b <= a:
+                return 0
+            if isinstance(state.consolidate_mask, list):  # transformers hybrids keep a list
+                state.consolidate_mask[a:b] = [value] * (b - a)
+            else:
+                state.consolidate_mask[:, a:b] = value
+            return b - a
+
+        return await self.call(session, mark)
 
     async def call(self, session: EngineSession, fn: Callable[[HybridState], Any]) -> Any:
         """Run ``fn(state)`` on the worker, in order with the session's wake work (e.g. snapshot)."""
@@ -368,17 +409,23 @@ class Engine:
         return batch
 
     def _run_wake(self, batch: list[_Request]) -> None:
-        batch = [r for r in batch if not r.cancelled]
+        batch = [r for r in batch if not r.cancelled]  # a cancelled read stops here, between chunks
         ready = []
         for req in batch:
             try:
                 self._settle_sleep(req.session, woken=True)
-                req.session.stats.wake_wait_s += time.perf_counter() - req.enqueued
+                if req.kind != "flush" or not req.started:
+                    req.session.stats.wake_wait_s += time.perf_counter() - req.enqueued
                 if req.kind == "decode":
                     self._make_room(req.session, 1)
                     ready.append(req)
                 elif req.kind == "flush":
-                    self._finish(req, self._flush(req.session))
+                    req.started = True
+                    if self._flush_some(req.session, self.prefill_chunk):
+                        self._finish(req, self._last_logits(req.session))
+                    else:  # more to read: to the back of the queue, so others' steps run first
+                        with self._cv:
+                            self._wake.append(req)
                 elif req.kind == "sleep":
                     self._sleep_now(req.session)
                     self._finish(req, None)
@@ -392,9 +439,11 @@ class Engine:
         try:
             t0 = time.perf_counter()
             if len(ready) == 1:
-                logits = lm.step(torch.tensor([ready[0].payload]), ready[0].session.state)
+                token, flag = ready[0].payload
+                logits = lm.step(torch.tensor([token]), ready[0].session.state, consolidate=flag)
             else:
-                logits = lm.step_many(torch.tensor([r.payload for r in ready]), [r.session.state for r in ready])
+                logits = lm.step_many(torch.tensor([r.payload[0] for r in ready]), [r.session.state for r in ready],
+                                      consolidate=[r.payload[1] for r in ready])
                 self.batched_steps += 1
             dt = (time.perf_counter() - t0) / len(ready)
         except BaseException as e:
@@ -409,12 +458,25 @@ class Engine:
             s.last_logits = logits[i].clone()
             self._finish(req, s.last_logits)
 
-    def _flush(self, session: EngineSession) -> torch.Tensor:
-        while session.pending:
+    def _flush_some(self, session: EngineSession, budget: int) -> bool:
+        """Read up to ``budget`` queued tokens; True when nothing is left to read."""
+        while session.pending and budget > 0:
             ids, consolidate = session.pending[0]
-            session.last_logits = self._prefill(session, ids, consolidate)
+            off = session.pending_offset
+            n = min(budget, len(ids) - off)
+            if n > 0:
+                session.last_logits = self._prefill(session, ids[off : off + n], consolidate)
+                budget -= n
             with self._cv:
-                session.pending.pop(0)
+                if off + n >= len(ids):
+                    session.pending.pop(0)
+                    session.pending_offset = 0
+                else:
+                    session.pending_offset = off + n
+        return not session.pending
+
+    @staticmethod
+    def _last_logits(session: EngineSession) -> torch.Tensor:
         if session.last_logits is None:
             raise ConfigError("nothing to read: append tokens first")
         return session.last_logits

@@ -8,8 +8,9 @@ working.
 - wake/sleep: :class:`WindowFull`
 - loading and snapshots: :class:`CheckpointError`, :class:`FingerprintMismatch`,
   :class:`SnapshotCorrupted`, :class:`SnapshotNotFound`, :class:`SnapshotExpired`,
-  :class:`AccessDenied`
-- agent runs: :class:`ToolError`, :class:`UsageLimitExceeded`, :class:`ModelBehaviorError`
+  :class:`AccessDenied`, :class:`StoreError`
+- agent runs: :class:`ToolError`, :class:`UsageLimitExceeded`, :class:`InputTooLarge`,
+  :class:`ModelBehaviorError`
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ __all__ = [
     "SnapshotNotFound",
     "SnapshotExpired",
     "AccessDenied",
+    "StoreError",
     "ToolError",
     "UsageLimitExceeded",
+    "InputTooLarge",
     "ModelBehaviorError",
 ]
 
@@ -123,7 +126,14 @@ class SnapshotExpired(SnapshotError):
 
 
 class AccessDenied(SnapshotError, PermissionError):
-    """A tenant tried to read or change another tenant's session."""
+    """A tenant tried to read or change another tenant's session. The store itself answers such
+    attempts exactly as it answers a missing id (:class:`SnapshotNotFound`), so that nothing about
+    another tenant leaks; this class remains for callers that deny access by their own rules."""
+
+
+class StoreError(SnapshotError):
+    """The store cannot do what was asked: not a store (or another schema version), unreachable,
+    read-only for a write, or a database failure; the message names the store."""
 
 
 # --- agent runs ---------------------------------------------------------------------------------
@@ -143,6 +153,16 @@ class UsageLimitExceeded(SleepAgentError):
     def __init__(self, message: str, *, messages: list[Any] | None = None) -> None:
         super().__init__(message)
         self.messages = messages or []
+
+
+class InputTooLarge(SleepAgentError, ValueError):
+    """A message is longer than the agent accepts (``Agent(max_input_tokens=...)``): refused
+    before any of it is read, so a huge input cannot stall the engine."""
+
+    def __init__(self, message: str, *, tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
 
 
 class ModelBehaviorError(SleepAgentError):

@@ -72,7 +72,7 @@ class UsageLimits(BaseModel):
     Exceeding one raises :class:`~sleepagent.errors.UsageLimitExceeded` carrying the messages so far.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     request_limit: int | None = Field(default=50, ge=1)
     tool_calls_limit: int | None = Field(default=None, ge=0)
@@ -92,6 +92,19 @@ class UsageLimits(BaseModel):
                 f"{usage.tool_calls + new_calls} tool calls would exceed tool_calls_limit={self.tool_calls_limit}",
                 messages=list(messages),
             )
+
+    def check_input(self, usage: Usage, new_tokens: int, messages: list[Message]) -> None:
+        """Before reading ``new_tokens`` more: refuse input that would pass an input limit, so an
+        oversized message is rejected unread instead of after the engine has read it all."""
+        for name, value, limit in (
+            ("input_tokens", usage.input_tokens + new_tokens, self.input_tokens_limit),
+            ("total_tokens", usage.total_tokens + new_tokens, self.total_tokens_limit),
+        ):
+            if limit is not None and value > limit:
+                raise UsageLimitExceeded(
+                    f"reading {new_tokens} more token(s) would make {name}={value}, over {name}_limit={limit}",
+                    messages=list(messages),
+                )
 
     def check_tokens(self, usage: Usage, messages: list[Message]) -> None:
         for name, value, limit in (

@@ -12,11 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-__all__ = ["SleepPolicy", "MemoryPolicy"]
+__all__ = ["SleepPolicy", "MemoryPolicy", "MAX_LOOPS"]
+
+# Sleep passes per consolidation. The paper goes to N = 6; each pass costs a forward over the
+# window, so a runaway value would keep a session asleep (and its engine busy) for hours.
+MAX_LOOPS = 64
 
 
 class _Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "4" is not 4 and True is not 1 (a typo must not become a different policy)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -43,9 +48,9 @@ class SleepPolicy(_Policy):
               depend on timing (except with "abort").
     """
 
-    loops: int = Field(default=4, ge=1)
+    loops: int = Field(default=4, ge=1, le=MAX_LOOPS)
     when: Literal["pause", "full"] = "pause"
-    min_fill: float = Field(default=0.5, ge=0.0, le=1.0)
+    min_fill: float = Field(default=0.5, ge=0.0, le=1.0, strict=False)  # 1 means 1.0
     on_wake: Literal["finish", "commit", "abort"] = "finish"
 
 
@@ -56,18 +61,30 @@ class MemoryPolicy(_Policy):
                        "persistent" (kept after close, until ttl / erase).
     ttl:               seconds a snapshot stays readable; expired ones are never returned.
     max_snapshots:     keep only the newest k snapshots of a session.
-    never_consolidate: regexes; a message matching any is usable while in the window but never
-                       enters the fast weights.
+    never_consolidate: regexes. A turn that matches any (a user message, a tool result, or the
+                       assistant's own reply, e.g. when it repeats a secret) is usable while in
+                       the window but is never written anywhere: not into the fast weights, not
+                       into a snapshot's window, not into metadata, logs or audit rows. The
+                       whole turn is excluded, not only the match. While a reply is being
+                       written it is held out provisionally (it could still turn out to match),
+                       so a sleep forced in the middle of a reply leaves the part written so
+                       far out of the fast weights.
     erase_on_close:    delete the session's snapshots (for real) when it closes.
-    persist_window:    also store the raw window token ids, for exact mid-window resume.
+    persist_window:    also store the window's token ids (never-consolidate turns left out), for
+                       an exact mid-window resume: the restore re-reads them. A resume says how
+                       many tokens the policy kept out (``AgentSession.resume``).
+    lease:             "session" retention: seconds the stored state outlives its last turn or
+                       snapshot; a crashed process never closes its sessions, so the store
+                       reclaims them (erases them for real) once the lease runs out.
     """
 
     retention: Literal["ephemeral", "session", "persistent"] = "session"
-    ttl: float | None = Field(default=None, gt=0)
+    ttl: float | None = Field(default=None, gt=0, strict=False)
     max_snapshots: int | None = Field(default=None, ge=1)
-    never_consolidate: tuple[str, ...] = ()
+    never_consolidate: tuple[str, ...] = Field(default=(), strict=False)  # a list is fine too
     erase_on_close: bool = False
     persist_window: bool = False
+    lease: float = Field(default=900.0, gt=0, strict=False)
 
     @field_validator("never_consolidate")
     @classmethod

@@ -170,6 +170,19 @@ class HFState:
             sleeps=self.sleeps,
         )
 
+    def for_snapshot(self, keep_window: bool) -> HFState:
+        """What a snapshot may hold: the committed state, and with ``keep_window`` the window's
+        ids minus those marked never-consolidate (loading re-reads them, as for every HFState)."""
+        if not keep_window:
+            return self.without_window()
+        kept = [t for t, m in zip(self.window_ids, self.consolidate_mask, strict=True) if m]
+        return HFState(
+            fast=self.fast, cache=None, window=self.window, linear_layers=self.linear_layers,
+            window_ids=kept, consolidate_mask=[True] * len(kept),
+            tokens_seen=self.tokens_seen - self.window_len + len(kept),
+            tokens_consolidated=self.tokens_consolidated, sleeps=self.sleeps,
+        )
+
     def to_bytes(self, fingerprint: str) -> bytes:
         tensors = {f"fast.S.{i}": s for i, s in enumerate(self.fast.S)}
         tensors |= {f"fast.conv.{i}": c for i, c in enumerate(self.fast.conv)}
@@ -285,9 +298,10 @@ class HFHybridLM(torch.nn.Module):
         """Wake: one token; returns logits [1, vocab]."""
         return self.prefill(ids.reshape(1, 1), state, consolidate)[:, -1]
 
-    def step_many(self, ids: torch.Tensor, states: list[HFState]) -> torch.Tensor:
+    def step_many(self, ids: torch.Tensor, states: list[HFState], consolidate: list[bool] | None = None) -> torch.Tensor:
         """One token for each of several states (one after another: no batching for HF caches)."""
-        return torch.cat([self.step(ids[i : i + 1], s) for i, s in enumerate(states)])
+        flags = consolidate or [True] * len(states)
+        return torch.cat([self.step(ids[i : i + 1], s, flags[i]) for i, s in enumerate(states)])
 
     # --- sleep ------------------------------------------------------------------------------
 

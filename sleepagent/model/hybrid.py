@@ -245,14 +245,20 @@ class SleepHybridLM(nn.Module):
         return self.prefill(ids, state, consolidate)[:, -1]
 
     @torch.no_grad()
-    def step_many(self, ids: torch.Tensor, states: list[HybridState]) -> torch.Tensor:
+    def step_many(
+        self, ids: torch.Tensor, states: list[HybridState], consolidate: list[bool] | None = None
+    ) -> torch.Tensor:
         """Wake: decode one token for each of several single-sequence states in one batched pass.
 
         ``ids``: [n] tokens, one per state; states may hold windows of different lengths. Gives
         the same logits as ``step`` on each state alone (up to float rounding) at a fraction of
-        the cost, which is how the engine serves many sessions at once. Returns [n, vocab].
+        the cost, which is how the engine serves many sessions at once. ``consolidate``: per
+        state, whether its token may enter the fast weights (default all). Returns [n, vocab].
         """
         n = len(states)
+        flags = [True] * n if consolidate is None else [bool(c) for c in consolidate]
+        if len(flags) != n:
+            raise ShapeError(f"step_many: {len(flags)} consolidate flags for {n} states")
         if ids.shape != (n,):
             raise ShapeError(f"step_many expects one token per state: ids shape {tuple(ids.shape)}, {n} states")
         for st in states:
@@ -284,7 +290,7 @@ class SleepHybridLM(nn.Module):
         for r, st in enumerate(states):
             row = slice(r, r + 1)
             self._append(
-                st, ids[row], torch.ones_like(ids[row], dtype=torch.bool), h_span[row],
+                st, ids[row], torch.full_like(ids[row], flags[r], dtype=torch.bool), h_span[row],
                 [(j, k[row], v[row]) for j, k, v in new_kv],
                 FastState(S=tuple(s[row] for s in S), conv=tuple(c[row] for c in conv)),
             )
@@ -447,10 +453,21 @@ class SleepHybridLM(nn.Module):
         return state.to_bytes(self.fingerprint())
 
     def load_state(self, data: bytes, fingerprint: str | None = None) -> HybridState:
-        """Inverse of :meth:`save_state`; raises FingerprintMismatch for another model's state."""
-        return HybridState.from_bytes(
+        """Inverse of :meth:`save_state`; raises FingerprintMismatch for another model's state.
+
+        A snapshot that holds the window's ids alone (:meth:`HybridState.for_snapshot`) is
+        re-read from its committed state here, which rebuilds the KV and the working state."""
+        state = HybridState.from_bytes(
             data, cfg=self.config, fingerprint=fingerprint or self.fingerprint(), device=self.device
         )
+        if not state.replay:
+            return state
+        out = HybridState.empty(self.config, state.batch_size, device=self.device, h_dtype=self.dtype, fast=state.fast)
+        if state.window_len:
+            self.prefill(state.ids(), out)
+        out.tokens_seen = state.tokens_seen
+        out.tokens_consolidated, out.sleeps = state.tokens_consolidated, state.sleeps
+        return out
 
     # --- validation -----------------------------------------------------------------------------
 

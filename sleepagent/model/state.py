@@ -102,6 +102,9 @@ class HybridState:
     tokens_seen: int = 0
     tokens_consolidated: int = 0
     sleeps: int = field(default=0)
+    # a snapshot form (see for_snapshot): the window's ids are stored without the KV, hidden
+    # states or working state computed from them; loading re-reads them from ``fast``
+    replay: bool = False
 
     @property
     def fast_weights(self) -> list[torch.Tensor]:
@@ -140,6 +143,28 @@ class HybridState:
             tokens_seen=self.tokens_seen - self.window_len,
         )
 
+    def for_snapshot(self, keep_window: bool) -> HybridState:
+        """What a snapshot may hold: the committed fast weights, and with ``keep_window`` the
+        window's token ids minus those marked never-consolidate, and nothing computed from the
+        window (the KV, hidden states and working state have read every token, secrets
+        included): loading re-reads the kept ids from the committed state. ``keep_window=False``
+        is :meth:`without_window`."""
+        if not keep_window or self.window_len == 0:
+            return self.without_window()
+        if self.batch_size != 1:
+            raise StateMismatch("a snapshot holds one sequence")
+        keep = self.window_ids[0, : self.window_len][self.consolidate_mask[0, : self.window_len]]
+        n = int(keep.numel())
+        ids = torch.zeros_like(self.window_ids)
+        ids[0, :n] = keep
+        return replace(
+            self.without_window(),
+            window_ids=ids,
+            window_len=n,
+            tokens_seen=self.tokens_seen - self.window_len + n,
+            replay=True,
+        )
+
     def ids(self) -> torch.Tensor:
         """The window's token ids, [B, window_len]."""
         return self.window_ids[:, : self.window_len]
@@ -163,19 +188,20 @@ class HybridState:
         L = self.window_len
         tensors: dict[str, torch.Tensor] = {}
         # After a hard sleep the working state is the committed one: store it once.
-        working_is_fast = self.working is self.fast or self.working.equal(self.fast)
+        working_is_fast = self.replay or self.working is self.fast or self.working.equal(self.fast)
         pairs = [("fast", self.fast)] if working_is_fast else [("fast", self.fast), ("working", self.working)]
         for prefix, fs in pairs:
             for i, s in enumerate(fs.S):
                 tensors[f"{prefix}.S.{i}"] = s
             for i, c in enumerate(fs.conv):
                 tensors[f"{prefix}.conv.{i}"] = c
-        for i, (k, v) in enumerate(zip(self.k_cache, self.v_cache, strict=True)):
-            tensors[f"kv.k.{i}"] = k[:, :, :L]
-            tensors[f"kv.v.{i}"] = v[:, :, :L]
         tensors["window.ids"] = self.window_ids[:, :L]
-        tensors["window.mask"] = self.consolidate_mask[:, :L]
-        tensors["window.h"] = self.window_h[:, :L]
+        if not self.replay:  # a replay snapshot holds the ids alone (for_snapshot)
+            for i, (k, v) in enumerate(zip(self.k_cache, self.v_cache, strict=True)):
+                tensors[f"kv.k.{i}"] = k[:, :, :L]
+                tensors[f"kv.v.{i}"] = v[:, :, :L]
+            tensors["window.mask"] = self.consolidate_mask[:, :L]
+            tensors["window.h"] = self.window_h[:, :L]
         # clone: after a hard sleep `working` and `fast` share storage, which safetensors refuses
         tensors = {k: t.detach().cpu().clone() for k, t in tensors.items()}
         meta = {
@@ -190,6 +216,7 @@ class HybridState:
                     "tokens_consolidated": self.tokens_consolidated,
                     "sleeps": self.sleeps,
                     "working_is_fast": working_is_fast,
+                    "replay": self.replay,
                 }
             ),
         }
@@ -228,14 +255,19 @@ class HybridState:
                 for p in ("fast", "fast" if counters.get("working_is_fast") else "working")
             )
             B = t["window.ids"].shape[0]
-            state = cls.empty(cfg, B, device=device, h_dtype=t["window.h"].dtype, fast=fast)
+            replay = bool(counters.get("replay", False))
+            # the conv tails carry the hidden-state dtype when the window's h was not stored
+            h_dtype = t["window.h"].dtype if "window.h" in t else fast.conv[0].dtype if fast.conv else torch.float32
+            state = cls.empty(cfg, B, device=device, h_dtype=h_dtype, fast=fast)
             state.working = working
-            for i in range(n_attn):
-                state.k_cache[i][:, :, :L] = t[f"kv.k.{i}"]
-                state.v_cache[i][:, :, :L] = t[f"kv.v.{i}"]
             state.window_ids[:, :L] = t["window.ids"]
-            state.consolidate_mask[:, :L] = t["window.mask"]
-            state.window_h[:, :L] = t["window.h"]
+            state.replay = replay
+            if not replay:
+                for i in range(n_attn):
+                    state.k_cache[i][:, :, :L] = t[f"kv.k.{i}"]
+                    state.v_cache[i][:, :, :L] = t[f"kv.v.{i}"]
+                state.consolidate_mask[:, :L] = t["window.mask"]
+                state.window_h[:, :L] = t["window.h"]
         except (KeyError, RuntimeError) as e:
             raise SnapshotCorrupted(f"state payload does not match the model's layout: {e}") from None
         state.window_len = L

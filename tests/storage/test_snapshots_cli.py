@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -50,7 +51,7 @@ def test_errors_are_one_clear_line(tmp_path):
     url, (a, _) = make_store(tmp_path)
     cases = [
         (["snapshots", "show", "999", "--store", url, "--tenant", "acme"], "no snapshot 999"),
-        (["snapshots", "show", str(a), "--store", url, "--tenant", "intruder"], "may not read"),
+        (["snapshots", "show", str(a), "--store", url, "--tenant", "intruder"], f"no snapshot {a}"),
         (["snapshots", "list", "--store", "nonsense"], "not a database URL"),
         (["snapshots", "list", "--store", f"sqlite:///{tmp_path}/no/dir.db"], "does not exist"),
     ]
@@ -59,3 +60,79 @@ def test_errors_are_one_clear_line(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         assert words in r.output and "Traceback" not in r.output
         assert r.output.strip().count("\n") <= 1
+
+
+def test_another_tenant_cannot_tell_a_foreign_id_from_a_missing_one(tmp_path):
+    """Finding 5: the answer for another tenant's snapshot is the missing one's, and the
+    attempt lands in the owner's audit trail."""
+    url, (a, b) = make_store(tmp_path)
+    missing = runner.invoke(app, ["snapshots", "show", "999", "--store", url, "--tenant", "bob"])
+    foreign = runner.invoke(app, ["snapshots", "show", str(b), "--store", url, "--tenant", "bob"])
+    assert missing.exit_code == foreign.exit_code == 2
+    assert missing.output.replace("999", "N") == foreign.output.replace(str(b), "N")
+    listed = runner.invoke(app, ["snapshots", "list", "--store", url, "--tenant", "bob"])
+    assert listed.exit_code == 0 and "conv" not in listed.output
+    with SnapshotStore(url) as store:
+        denied = [e for e in store.events() if e.kind == "denied"]
+    assert len(denied) == 1 and denied[0].tenant == "acme" and denied[0].detail["by_tenant"] == "bob"
+
+
+def test_a_mistyped_path_is_an_error_not_a_new_database(tmp_path):
+    """Finding 8: `snapshots list` on a path with no store says so and creates nothing."""
+    r = runner.invoke(app, ["snapshots", "list", "--store", f"sqlite:///{tmp_path / 'typo.db'}"])
+    assert r.exit_code == 2 and "no snapshot store" in r.output
+    assert not (tmp_path / "typo.db").exists()
+    (tmp_path / "notes.db").write_text("this is not a database, just text " * 100)
+    r = runner.invoke(app, ["snapshots", "list", "--store", f"sqlite:///{tmp_path / 'notes.db'}"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and r.output.strip().count("\n") <= 1
+    assert "not a database" in r.output or "not a sleepagent" in r.output
+
+
+def test_a_read_only_store_can_be_read(tmp_path, monkeypatch):
+    """Finding 8: a store this process may not write can still be read; a write says why it
+    cannot. SQLite opens the file with mode=ro, so SQLite itself enforces it."""
+    import os
+
+    from sleepagent.errors import StoreError
+
+    url, (a, _) = make_store(tmp_path)
+    with SnapshotStore(url, read_only=True) as store:
+        info, blob = store.load(a, tenant="acme")
+        assert info.id == a and len(blob) == info.size
+        with pytest.raises(StoreError, match="read-only"):
+            store.erase("conv", tenant="acme")
+        with store.engine.connect() as conn:  # not only our check: the connection cannot write
+            with pytest.raises(Exception, match="readonly"):
+                conn.exec_driver_sql("DELETE FROM sleep_events")
+    # the CLI detects a file it may not write (tests run as root, which file modes do not stop:
+    # the permission check answers as it would for any other user)
+    real_access = os.access
+    monkeypatch.setattr("sleepagent.storage.store.os.access",
+                        lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    r = runner.invoke(app, ["snapshots", "show", str(a), "--store", url, "--tenant", "acme"])
+    assert r.exit_code == 0, r.output
+    assert "effective rank" in r.output
+    r = runner.invoke(app, ["snapshots", "erase", "conv", "--store", url, "--tenant", "acme"])
+    assert r.exit_code == 2 and "read-only" in r.output
+
+
+def test_purge_deletes_expired_snapshots_for_real(tmp_path):
+    """Finding 4: `snapshots purge` (and every write) deletes what expired, bytes and all."""
+    import time
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    clock = [time.time() - 3600]
+    with SnapshotStore(url, clock=lambda: clock[0]) as store:
+        store.open_session("old", tenant="t", fingerprint=SM.fingerprint,
+                           policy=MemoryPolicy(retention="persistent", ttl=60))
+        lm = SM.model
+        state = lm.new_state()
+        lm.prefill(torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(7)), state)
+        payload = lm.save_state(lm.consolidate(state, loops=2))
+        store.save("old", payload, tenant="t", loops=2)
+    r = runner.invoke(app, ["snapshots", "purge", "--store", url])
+    assert r.exit_code == 0 and "1 expired snapshot" in r.output
+    data = (tmp_path / "p.db").read_bytes()
+    header = int.from_bytes(payload[:8], "little") + 8
+    tensors = payload[header:]
+    assert tensors[len(tensors) // 2 : len(tensors) // 2 + 64] not in data

@@ -10,7 +10,6 @@ import torch
 from sqlalchemy import text
 
 from sleepagent.errors import (
-    AccessDenied,
     ConfigError,
     FingerprintMismatch,
     SnapshotCorrupted,
@@ -52,20 +51,30 @@ def test_save_latest_list_and_audit(store):
     assert [s.id for s in store.list_sessions(tenant="acme")] == ["s"]
 
 
-def test_foreign_tenant_is_denied_and_audited(store):
+def test_tenants_are_namespaces_and_a_foreign_id_reads_as_missing(store):
+    """Finding 5: another tenant's session name is simply not there for you (you may even use the
+    same name for your own), and another tenant's snapshot id reads exactly like a missing one;
+    the attempt is audited in the owner's trail, not the prober's."""
     store.open_session("s", tenant="acme", fingerprint=FP, policy=PERSISTENT)
     snap = store.save("s", payload(), tenant="acme", loops=1)
-    for attempt in (
-        lambda: store.latest("s", tenant="evil"),
-        lambda: store.load(snap.id, tenant="evil"),
-        lambda: store.save("s", payload(), tenant="evil", loops=1),
-        lambda: store.erase("s", tenant="evil"),
-        lambda: store.open_session("s", tenant="evil", fingerprint=FP, policy=PERSISTENT),
-    ):
-        with pytest.raises(AccessDenied, match="evil"):
+    with pytest.raises(SnapshotNotFound) as missing_session:
+        store.latest("nope", tenant="evil")
+    with pytest.raises(SnapshotNotFound) as foreign_session:
+        store.latest("s", tenant="evil")
+    assert str(missing_session.value).replace("nope", "X") == str(foreign_session.value).replace("'s'", "'X'")
+    with pytest.raises(SnapshotNotFound) as foreign:
+        store.load(snap.id, tenant="evil")
+    with pytest.raises(SnapshotNotFound) as missing:
+        store.load(snap.id + 1000, tenant="evil")
+    assert str(foreign.value).replace(str(snap.id), "N") == str(missing.value).replace(str(snap.id + 1000), "N")
+    for attempt in (lambda: store.save("s", payload(), tenant="evil", loops=1), lambda: store.erase("s", tenant="evil")):
+        with pytest.raises(SnapshotNotFound):
             attempt()
-    denied = [e for e in store.events(session_id="s") if e.kind == "denied"]
-    assert len(denied) == 5 and all(e.tenant == "evil" for e in denied)
+    own = store.open_session("s", tenant="evil", fingerprint=FP, policy=PERSISTENT)  # evil's own "s"
+    assert own.tenant == "evil" and store.latest("s", tenant="evil") is None
+    denied = [e for e in store.events() if e.kind == "denied"]
+    assert len(denied) == 1 and denied[0].tenant == "acme" and denied[0].detail["by_tenant"] == "evil"
+    assert store.events(tenant="evil") and not any(e.kind == "denied" for e in store.events(tenant="evil"))
     assert store.latest("s", tenant="acme")[0].id == snap.id  # nothing lost
 
 
