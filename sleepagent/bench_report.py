@@ -26,6 +26,7 @@ QUICK = {
     "engine": dict(sessions=4, tokens=16),
     "store": dict(repeats=1, writers=2, postgres=False),
     "memory": dict(tokens=(1000, 10_000), run_full_up_to=1000),
+    "bounded": dict(read_mb=0.05, steps=20),
 }
 
 
@@ -45,7 +46,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_all(*, quick: bool = False, device: str = "cpu", plot: str | None = None, progress=print) -> dict[str, Any]:
-    """Run kernels, wake, agent, engine, store and memory; ``quick`` shrinks every size (tests)."""
+    """Run kernels, wake, agent, engine, store, memory and bounded; ``quick`` shrinks every size (tests)."""
     kw = QUICK if quick else {k: {} for k in QUICK}
     out: dict[str, Any] = {"machine": machine(), "quick": quick}
     steps = [
@@ -55,6 +56,7 @@ def run_all(*, quick: bool = False, device: str = "cpu", plot: str | None = None
         ("engine", lambda: bench.bench_engine(device=device, **kw["engine"])),
         ("store", lambda: bench.bench_store(**kw["store"])),
         ("memory", lambda: bench.bench_memory(plot=plot, **kw["memory"])),
+        ("bounded", lambda: bench.bench_bounded(device=device, **kw["bounded"])),
     ]
     for name, fn in steps:
         progress(f"bench {name} ...")
@@ -133,6 +135,17 @@ def to_markdown(r: dict[str, Any], command: str = "sleepagent bench") -> str:
     )
     if mem.get("plot"):
         lines += [f"![session memory]({Path(mem['plot']).name})", ""]
+    b = r["bounded"]
+    lines += [f"## Bounded work ({b['model']}, prefill chunk {b['prefill_chunk']} tokens)", "",
+              f"A 1 MB task with `UsageLimits(input_tokens_limit=10_000)` is refused, unread, after "
+              f"**{1e3 * b['refused_1mb_s']:.0f} ms**. An active session's decode step while another session on the "
+              f"same engine reads a {b['read_tokens'] / 1e6:g} MB tool output (its reads and forced sleeps run a chunk "
+              f"or a block at a time, between the other session's steps), against the same steps with nobody reading:", ""]
+    lines += _table(["case", "p50 ms", "p99 ms"],
+                    [["nobody reading", f"{b['idle_p50_ms']:.2f}", f"{b['idle_p99_ms']:.2f}"],
+                     ["another session reading", f"{b['reading_p50_ms']:.2f}", f"{b['reading_p99_ms']:.2f}"]])
+    lines += [f"p99 ratio **{b['p99_ratio']:.2f}x**. The read was then cancelled: the engine read "
+              f"{b['read_after_cancel']} more tokens after the cancel.", ""]
     return "\n".join(lines)
 
 

@@ -486,6 +486,26 @@ def bench_store_cmd(
         console.print(f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s ({c['mb_per_s']:.1f} MB/s)")
 
 
+@bench_app.command("bounded")
+def bench_bounded_cmd(
+    read_mb: Annotated[float, typer.Option(min=0.01, help="MB of tool output one session reads")] = 2.0,
+    steps: Annotated[int, typer.Option(min=10, help="decode steps timed per case")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Bounded work: a 1 MB task against an input limit, and an active session's decode latency
+    while another session reads a huge tool output (then cancelled), on the shipped model."""
+    from .bench import bench_bounded
+
+    r = bench_bounded(read_mb=read_mb, steps=steps)
+    if as_json:
+        print(json.dumps(r))
+        return
+    console.print(f"1 MB task, input_tokens_limit=10_000: refused after {r['refused_1mb_s'] * 1e3:.0f} ms, unread")
+    console.print(f"decode step of an active session: idle p50 {r['idle_p50_ms']:.2f} / p99 {r['idle_p99_ms']:.2f} ms; "
+                  f"while another reads {read_mb:g} MB: p50 {r['reading_p50_ms']:.2f} / p99 {r['reading_p99_ms']:.2f} ms "
+                  f"(p99 {r['p99_ratio']:.2f}x); tokens read after the cancel: {r['read_after_cancel']}")
+
+
 @bench_app.command("memory")
 def bench_memory_cmd(
     tokens: Annotated[str, typer.Option(help="session lengths, comma-separated")] = "1000,10000,100000",

@@ -162,11 +162,13 @@ class Engine:
     """Owns one model on one device and a worker thread that runs all of its work.
 
     ``model``: a :class:`SleepModel` or a checkpoint name/path. ``batch_wake``: batch decode steps
-    of concurrent sessions (``max_batch`` rows at most).
+    of concurrent sessions (``max_batch`` rows at most). ``prefill_chunk``: tokens a read takes
+    per turn before other sessions' work runs (smaller: lower latency for the others while a long
+    input is read, a little less read throughput; ``sleepagent bench bounded`` measures both).
     """
 
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
-                 prefill_chunk: int = 256) -> None:
+                 prefill_chunk: int = 64) -> None:
         if not isinstance(model, (SleepModel, str, os.PathLike)):
             raise ConfigError(f"model must be a SleepModel, a checkpoint name or a path, got {type(model).__name__}",
                               field="model")
@@ -385,7 +387,7 @@ class Engine:
                 self._run_wake(batch)
             elif sleeper is not None:
                 try:
-                    self._run_sleep_pass(sleeper)
+                    self._run_sleep_step(sleeper)
                 except Exception as e:  # a broken sleep must not stop the worker: drop it
                     sleeper._job = None
                     self._emit(sleeper, "sleep_failed", error=repr(e))
@@ -412,25 +414,28 @@ class Engine:
         batch = [r for r in batch if not r.cancelled]  # a cancelled read stops here, between chunks
         ready = []
         for req in batch:
+            s = req.session
             try:
-                self._settle_sleep(req.session, woken=True)
-                if req.kind != "flush" or not req.started:
-                    req.session.stats.wake_wait_s += time.perf_counter() - req.enqueued
-                if req.kind == "decode":
-                    self._make_room(req.session, 1)
+                if not req.started:
+                    s.stats.wake_wait_s += time.perf_counter() - req.enqueued
+                    req.started = True
+                # sleep work this wake must wait for (its own sleep to settle, a forced sleep):
+                # one block per turn, then to the back of the queue so others' steps run between
+                if req.kind != "sleep" and self._advance_sleep(s, 1 if req.kind in ("decode", "flush") else 0):
+                    self._requeue(req)
+                elif req.kind == "decode":
                     ready.append(req)
                 elif req.kind == "flush":
-                    req.started = True
-                    if self._flush_some(req.session, self.prefill_chunk):
-                        self._finish(req, self._last_logits(req.session))
-                    else:  # more to read: to the back of the queue, so others' steps run first
-                        with self._cv:
-                            self._wake.append(req)
+                    if self._flush_some(s, self.prefill_chunk):
+                        self._finish(req, self._last_logits(s))
+                    else:
+                        self._requeue(req)
                 elif req.kind == "sleep":
-                    self._sleep_now(req.session)
+                    self._settle_sleep(s)
+                    self._sleep_now(s)
                     self._finish(req, None)
                 else:
-                    self._finish(req, req.payload(req.session.state))
+                    self._finish(req, req.payload(s.state))
             except BaseException as e:  # report to the caller, keep serving others
                 self._finish(req, exc=e)
         if not ready:
@@ -458,12 +463,22 @@ class Engine:
             s.last_logits = logits[i].clone()
             self._finish(req, s.last_logits)
 
+    def _requeue(self, req: _Request) -> None:
+        with self._cv:
+            self._wake.append(req)
+
     def _flush_some(self, session: EngineSession, budget: int) -> bool:
-        """Read up to ``budget`` queued tokens; True when nothing is left to read."""
-        while session.pending and budget > 0:
+        """Read up to ``budget`` queued tokens, or run one block of a sleep the window's filling
+        forced; True when nothing is left to read."""
+        while session.pending:
+            if self._advance_sleep(session, 1):
+                return False
+            if budget <= 0:
+                return False
             ids, consolidate = session.pending[0]
             off = session.pending_offset
-            n = min(budget, len(ids) - off)
+            st = session.state
+            n = min(budget, len(ids) - off, st.window - st.window_len)
             if n > 0:
                 session.last_logits = self._prefill(session, ids[off : off + n], consolidate)
                 budget -= n
@@ -473,13 +488,53 @@ class Engine:
                     session.pending_offset = 0
                 else:
                     session.pending_offset = off + n
-        return not session.pending
+        return True
 
     @staticmethod
     def _last_logits(session: EngineSession) -> torch.Tensor:
         if session.last_logits is None:
             raise ConfigError("nothing to read: append tokens first")
         return session.last_logits
+
+    def _advance_sleep(self, session: EngineSession, need: int) -> bool:
+        """One unit (a block of one pass) of the sleep work that must happen before ``session``
+        can take ``need`` more tokens; True while more remains.
+
+        First the session's own pause sleep, which it woke into, per ``on_wake`` (finish: run the
+        remaining passes, exposed; commit: complete at least one pass; abort: drop it); then a
+        forced sleep if the window has no room for ``need`` tokens (all of it exposed)."""
+        s = session
+        with self._cv:
+            requested, s._sleep_requested = s._sleep_requested, False
+            if s in self._sleepers:
+                self._sleepers.remove(s)
+        mode = s.policy.on_wake
+        if s._job is None and requested and mode != "abort" and not s.closed:
+            # the pause asked for a sleep that the worker had not reached yet: it counts as begun,
+            # so the window boundary is the pause's, whatever the timing
+            self._begin(s, "pause")
+        job = s._job
+        if job is not None and s._job_reason != "forced":
+            if mode == "abort":
+                self._abort(s)
+            elif job.done or (mode == "commit" and job.passes_done >= 1):
+                self._commit(s, exposed_from=0.0)
+            else:
+                self._timed_step(s, exposed_from=0.0)
+                return True
+        st = s.state
+        if s._job is None and need and st.window_len + need > st.window:
+            s.stats.forced_sleeps += 1
+            self._begin(s, "forced", "forced")
+        job = s._job
+        if job is not None and s._job_reason == "forced":
+            if not job.done:
+                self._timed_step(s, exposed_from=0.0)
+                return True
+            self._commit(s, exposed_from=0.0)
+        if s._job is None:
+            s._wake_since = None
+        return False
 
     def _sleep_now(self, session: EngineSession) -> None:
         if session.state.window_len:
@@ -496,96 +551,63 @@ class Engine:
         """All passes now, on the hot path (exposed), then commit."""
         job = self._begin(session, "forced", event_reason)
         while not job.done:
-            self._timed_pass(session, exposed_from=0.0)
+            self._timed_step(session, exposed_from=0.0)
         self._commit(session, exposed_from=0.0)
 
     def _prefill(self, session: EngineSession, ids: list[int], consolidate: bool) -> torch.Tensor:
-        lm = self.model.model
-        pos, logits = 0, None
-        while pos < len(ids):
-            self._make_room(session, 1)
-            st = session.state
-            n = min(st.window - st.window_len, len(ids) - pos)
-            t0 = time.perf_counter()
-            logits = lm.prefill(torch.tensor([ids[pos : pos + n]]), st, consolidate=consolidate)
-            session.stats.prefill_s += time.perf_counter() - t0
-            session.stats.prefill_tokens += n
-            pos += n
+        """Read ``ids`` (they fit in the window) and return the logits after the last one."""
+        t0 = time.perf_counter()
+        logits = self.model.model.prefill(torch.tensor([ids]), session.state, consolidate=consolidate)
+        session.stats.prefill_s += time.perf_counter() - t0
+        session.stats.prefill_tokens += len(ids)
         session.stats.window_fill = session.state.window_len / session.state.window
-        assert logits is not None
         return logits[0, -1].clone()
 
-    def _make_room(self, session: EngineSession, n: int) -> None:
-        """Forced sleep: the next ``n`` tokens do not fit the window."""
-        st = session.state
-        if st.window_len + n <= st.window:
-            return
-        self._settle_sleep(session, woken=True)
-        if session.state.window_len + n <= session.state.window:
-            return
-        session.stats.forced_sleeps += 1
-        self._sleep_through(session, event_reason="forced")
+    def _settle_sleep(self, session: EngineSession) -> None:
+        """Resolve the session's sleep per ``on_wake`` all at once (before an explicit consolidate)."""
+        while self._advance_sleep(session, 0):
+            pass
 
-    def _settle_sleep(self, session: EngineSession, *, woken: bool) -> None:
-        """The session wakes (or its run was cancelled): resolve its sleep per ``on_wake``.
-
-        Passes run here are exposed when a wake is waiting for them, hidden otherwise.
-        """
-        with self._cv:
-            requested = session._sleep_requested
-            session._sleep_requested = False
-            if session in self._sleepers:
-                self._sleepers.remove(session)
-        mode = session.policy.on_wake
-        if session._job is None and requested and mode != "abort" and not session.closed:
-            # the pause asked for a sleep that the worker had not reached yet: it counts as
-            # begun, so the window boundary is the pause's, whatever the timing
-            self._begin(session, "pause")
-        job = session._job
-        if job is None:
-            session._wake_since = None
+    def _run_sleep_step(self, session: EngineSession) -> None:
+        """One block of a paused session's sleep (the worker's gap work), round-robin."""
+        s = session
+        if s.closed:
+            s._job = None
             return
-        exposed_from = 0.0 if woken else None
-        if mode == "abort":
-            self._abort(session)
-            return
-        if mode == "commit":
-            if job.passes_done == 0:
-                self._timed_pass(session, exposed_from)
-        else:
-            while not job.done:
-                self._timed_pass(session, exposed_from)
-        self._commit(session, exposed_from)
-
-    def _run_sleep_pass(self, session: EngineSession) -> None:
-        """One pass of a paused session's sleep (the worker's gap work)."""
-        if session.closed:
-            session._job = None
-            return
-        if session._interrupted:
-            session._interrupted = False
-            self._settle_sleep(session, woken=False)
-            return
-        if session._job is None:
-            if not session._sleep_requested:
+        mode = s.policy.on_wake
+        if s._job is None:
+            if not s._sleep_requested:
                 return
-            session._sleep_requested = False
-            self._begin(session, "pause")
-        self._timed_pass(session, exposed_from=session._wake_since)
-        if session._job is not None and session._job.done:
-            self._commit(session, exposed_from=session._wake_since)
-        elif session._job is not None:
+            s._sleep_requested = False
+            if s._interrupted and mode == "abort":  # cancelled before a pass ran: nothing to drop
+                s._interrupted = False
+                return
+            self._begin(s, "pause")
+        job = s._job
+        assert job is not None
+        if s._interrupted and (mode == "abort" or (mode == "commit" and job.passes_done >= 1)):
+            # the run was cancelled: drop, or commit what is done, without waking the session
+            s._interrupted = False
+            self._abort(s) if mode == "abort" else self._commit(s, exposed_from=s._wake_since)
+            return
+        self._timed_step(s, exposed_from=s._wake_since)
+        if job.done:
+            s._interrupted = False
+            self._commit(s, exposed_from=s._wake_since)
+        else:
             with self._cv:
-                self._sleepers.append(session)
+                self._sleepers.append(s)
 
-    def _timed_pass(self, session: EngineSession, exposed_from: float | None) -> None:
-        """Run one pass; seconds after ``exposed_from`` (a wake was waiting) count as exposed."""
+    def _timed_step(self, session: EngineSession, exposed_from: float | None) -> None:
+        """Run one block of the sleep's current pass; seconds after ``exposed_from`` (a wake was
+        waiting) count as exposed."""
         assert session._job is not None
         t0 = time.perf_counter()
-        session._job.run_pass()
+        finished_pass = session._job.run_step()
         t1 = time.perf_counter()
         self._account(session, t0, t1, exposed_from)
-        session.stats.passes += 1
+        if finished_pass:
+            session.stats.passes += 1
 
     def _account(self, session: EngineSession, t0: float, t1: float, exposed_from: float | None) -> None:
         if session._job_reason == "forced" or (exposed_from is not None and exposed_from <= t0):

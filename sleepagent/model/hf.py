@@ -407,6 +407,11 @@ class HFSleepJob:
     def done(self) -> bool:
         return self.passes_done >= self.loops or self.n_consolidated == 0
 
+    def run_step(self) -> bool:
+        """One pass (the transformers modules run a pass as one call): True, a pass completed."""
+        self.run_pass()
+        return True
+
     def run_pass(self) -> None:
         if self.done:
             return

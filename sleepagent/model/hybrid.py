@@ -534,29 +534,51 @@ class SleepJob:
         self.passes_done = 0
         self._h: torch.Tensor | None = None
         self._fast: FastState = state.fast
+        # the pass in progress, a block at a time: (h, fast, next block, stop block)
+        self._cursor: tuple[torch.Tensor, FastState, int, int] | None = None
 
     @property
     def done(self) -> bool:
         return self.passes_done >= self.loops or self.n_consolidated == 0
 
     @torch.no_grad()
-    def run_pass(self) -> None:
-        """Run the next pass (a no-op once all ``loops`` passes ran)."""
+    def run_step(self) -> bool:
+        """Run the next block of the pass in progress; True when that completed a pass.
+
+        The engine runs sleep a block at a time so that another session's wake step waits for
+        one block at most, never a whole pass. Blocks run in order over the same tensors, so a
+        pass run block by block equals :meth:`run_pass` bit for bit."""
         if self.done:
-            return
+            return True
         m, st = self.model, self.state
         a, b = m.config.span
-        if self.passes_done == 0:
-            if self.reuse_wake:
-                self._h = st.window_h[:, : st.window_len]
-                self._fast = st.working
+        if self.passes_done == 0 and self.reuse_wake:
+            self._h = st.window_h[:, : st.window_len]
+            self._fast = st.working
+            self.passes_done = 1
+            return True
+        if self._cursor is None:
+            if self.passes_done == 0:
+                h, fast, lo = m.embed(st.window_ids[:, self._keep_cols]), st.fast, 0
             else:
-                ids = st.window_ids[:, self._keep_cols]
-                self._h, self._fast, _ = m._run(m.embed(ids), st.fast, 0, b)
-        else:
-            assert self._h is not None
-            self._h, self._fast, _ = m._run(self._h, self._fast, a, b)
+                assert self._h is not None
+                h, fast, lo = self._h, self._fast, a
+            self._cursor = (h, fast, lo, b)
+        h, fast, i, stop = self._cursor
+        h, fast, _ = m._run(h, fast, i, i + 1)
+        if i + 1 < stop:
+            self._cursor = (h, fast, i + 1, stop)
+            return False
+        self._cursor = None
+        self._h, self._fast = h, fast
         self.passes_done += 1
+        return True
+
+    @torch.no_grad()
+    def run_pass(self) -> None:
+        """Run the rest of the current pass (a no-op once all ``loops`` passes ran)."""
+        while not self.done and not self.run_step():
+            pass
 
     @torch.no_grad()
     def commit(self) -> HybridState:
