@@ -42,9 +42,19 @@ from .messages import (
 )
 from .model import SleepModel
 from .policy import MemoryPolicy, SleepPolicy
-from .tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, ToolResult, split_text_and_calls
+from .tools import (
+    MalformedToolCall,
+    Tool,
+    ToolCall,
+    ToolRegistry,
+    ToolResult,
+    render_tool_call,
+    render_tool_response,
+    split_text_and_calls,
+)
 
-__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "ResumeInfo", "render_tool_prompt", "render_system_turn"]
+__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "ResumeInfo", "render_tool_prompt", "render_system_turn",
+           "ChatTurn", "render_turns", "snapshot", "restore"]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -191,27 +201,8 @@ class Agent:
         info = self.store.open_session(id, tenant=tenant, fingerprint=fp, policy=self.memory)
         if info.fingerprint != fp:
             raise FingerprintMismatch(expected=fp, found=info.fingerprint)
-        def decode(payload: bytes) -> Any:  # decodable and this model's, else try an older one
-            try:
-                return self.model.state_from_bytes(payload)
-            except FingerprintMismatch:
-                raise
-            except (SleepAgentError, ValueError, RuntimeError) as e:
-                raise SnapshotCorrupted(f"unusable state: {e}") from None
-
-        restored = self.store.restore_point(info.id, tenant=tenant, fingerprint=fp, accept=decode)
         es = self.engine.session(info.id, policy=self.sleep)
-        resume = None
-        if restored is not None:
-            snap = restored.info
-            es.state = restored.accepted
-            tok = self.model.tokenizer
-            # the snapshot holds no text: only which structural tokens were still queued
-            markers = {"close_turn": tok.close_turn(), "generation_prompt": tok.generation_prompt()}
-            es.pending = [(list(markers[m]), True) for m in snap.meta.get("queued", []) if m in markers]
-            es.meta = dict(snap.meta.get("session", {}))
-            resume = ResumeInfo(snapshot_id=snap.id, skipped=list(restored.skipped),
-                                window_tokens=es.state.window_len, lost=dict(snap.meta.get("lost", {})))
+        resume = restore(self.model, self.store, es, tenant=tenant)
         return AgentSession(self, es, tenant=tenant, persisted=True, resume=resume)
 
     async def run(self, task: str | Message, *, session: AgentSession | None = None, **kw: Any) -> RunResult:
@@ -245,6 +236,45 @@ def render_system_turn(tok: Any, text: str, specs: list[dict[str, Any]]) -> list
     if hasattr(tok, "render_system"):
         return tok.render_system(text, specs)
     return tok.render_turn("system", text + render_tool_prompt(specs), trusted=True)
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One message of a history a caller replays (LangChain, an OpenAI client): ``calls`` are the
+    assistant's tool calls as (name, arguments)."""
+
+    role: str  # system | user | assistant | tool
+    text: str
+    calls: tuple[tuple[str, dict[str, Any]], ...] = ()
+    is_error: bool = False
+
+
+def render_turns(
+    tok: Any, turns: Sequence[ChatTurn], specs: list[dict[str, Any]], *, first: bool, system_prompt: str,
+    allows: Callable[[str], bool] = lambda text: True,
+) -> list[tuple[list[int], bool]]:
+    """Token segments ``(ids, consolidate)`` for messages a caller sends, ending with the
+    generation prompt. ``first``: nothing was read yet, so the system turn (the caller's, else
+    ``system_prompt``) carries the tool list. ``allows(text)``: whether a turn may be consolidated
+    (the memory policy's never-consolidate patterns)."""
+    out: list[tuple[list[int], bool]] = []
+    if first and not any(t.role == "system" for t in turns):
+        out.append((render_system_turn(tok, system_prompt, specs), True))
+    for t in turns:
+        if t.role == "system":
+            out.append((render_system_turn(tok, t.text, specs if first else []), allows(t.text)))
+        elif t.role == "user":
+            out.append((tok.render_turn("user", t.text), allows(t.text)))
+        elif t.role == "assistant":
+            body = t.text + "".join(render_tool_call(name, args) for name, args in t.calls)
+            out.append((tok.generation_prompt() + tok.encode(body) + tok.close_turn(), allows(body)))
+        elif t.role == "tool":
+            result = ToolResult(call_id="", name="", content=t.text, is_error=t.is_error)
+            out.append((tok.render_tool_result(render_tool_response(result)), allows(t.text)))
+        else:
+            raise ConfigError(f"unsupported message role {t.role!r}")
+    out.append((tok.generation_prompt(), True))
+    return out
 
 
 def render_tool_prompt(tools: ToolRegistry | list[dict[str, Any]]) -> str:
@@ -333,31 +363,9 @@ class AgentSession:
             engine.close_session(es)
 
     def _persist(self, es: EngineSession) -> None:
-        """Write a snapshot of the session (runs on the engine worker, right after a commit).
-
-        It holds the committed fast weights and, with ``persist_window``, the window's ids minus
-        never-consolidate turns; no message text in any other form. Input queued but not read
-        yet is not stored: only the count (and which structural tokens, like the assistant turn's
-        closing token, were queued, so a resume closes the turn as the live session would)."""
-        agent, memory = self.agent, self.agent.memory
-        state = es.state
-        view = state.for_snapshot(keep_window=memory.persist_window)
-        tok = agent.model.tokenizer
-        markers = {tuple(tok.close_turn()): "close_turn", tuple(tok.generation_prompt()): "generation_prompt"}
-        queued, unread = [], 0
-        for ids, _ in es.unread():
-            marker = markers.get(tuple(ids))
-            if marker is not None and not unread:
-                queued.append(marker)
-            else:
-                unread += len(ids)
-        lost = {"window": state.window_len - view.window_len if not memory.persist_window else 0,
-                "never_consolidate": state.window_len - view.window_len if memory.persist_window else 0,
-                "unread": unread}
-        agent.store.save(
-            self.id, view.to_bytes(agent.model.fingerprint), tenant=self.tenant, loops=es.policy.loops,
-            meta={"queued": queued, "lost": lost, "session": dict(es.meta)},
-        )
+        """Write a snapshot of the session (runs on the engine worker, right after a commit)."""
+        payload, meta = snapshot(self.agent.model, es, self.agent.memory)
+        self.agent.store.save(self.id, payload, tenant=self.tenant, loops=es.policy.loops, meta=meta)
 
     def run_stream(self, message: str | Message, **kw: Any) -> AgentRun:
         return AgentRun(self.agent, message, self, kw)
@@ -691,3 +699,55 @@ def _bounded(result: ToolResult, limit: int) -> ToolResult:
     if text is result.content or text == result.content:
         return result
     return dataclasses.replace(result, content=text)
+
+
+def snapshot(model: SleepModel, es: EngineSession, memory: MemoryPolicy) -> tuple[bytes, dict[str, Any]]:
+    """A session's snapshot: (payload, metadata) for :meth:`SnapshotStore.save`.
+
+    It holds the committed fast weights and, with ``persist_window``, the window's ids minus
+    never-consolidate turns; no message text in any other form. Input queued but not read yet is
+    not stored: only the count (and which structural tokens, like the assistant turn's closing
+    token, were queued, so a resume closes the turn as the live session would). The metadata
+    says what the snapshot could not hold (``lost``), and carries ``es.meta`` (flags and counts)."""
+    state = es.state
+    view = state.for_snapshot(keep_window=memory.persist_window)
+    tok = model.tokenizer
+    markers = {tuple(tok.close_turn()): "close_turn", tuple(tok.generation_prompt()): "generation_prompt"}
+    queued, unread = [], 0
+    for ids, _ in es.unread():
+        marker = markers.get(tuple(ids))
+        if marker is not None and not unread:
+            queued.append(marker)
+        else:
+            unread += len(ids)
+    dropped = state.window_len - view.window_len
+    lost = {"window": 0 if memory.persist_window else dropped,
+            "never_consolidate": dropped if memory.persist_window else 0, "unread": unread}
+    return view.to_bytes(model.fingerprint), {"queued": queued, "lost": lost, "session": dict(es.meta)}
+
+
+def restore(model: SleepModel, store: Any, es: EngineSession, *, tenant: str) -> ResumeInfo | None:
+    """Load a session's newest intact snapshot into ``es`` (state, queued structural tokens,
+    ``es.meta``); returns what was restored and lost, or None when there is nothing to resume."""
+
+    def decode(payload: bytes) -> Any:  # decodable and this model's, else try an older one
+        try:
+            return model.state_from_bytes(payload)
+        except FingerprintMismatch:
+            raise
+        except (SleepAgentError, ValueError, RuntimeError) as e:
+            raise SnapshotCorrupted(f"unusable state: {e}") from None
+
+    restored = store.restore_point(es.id, tenant=tenant, fingerprint=model.fingerprint, accept=decode)
+    if restored is None:
+        return None
+    snap = restored.info
+    es.state = restored.accepted
+    tok = model.tokenizer
+    # the snapshot holds no text: only which structural tokens were still queued
+    markers = {"close_turn": tok.close_turn(), "generation_prompt": tok.generation_prompt()}
+    es.pending = [(list(markers[m]), True) for m in snap.meta.get("queued", []) if m in markers]
+    es.pending_offset = 0
+    es.meta = dict(snap.meta.get("session", {}))
+    return ResumeInfo(snapshot_id=snap.id, skipped=list(restored.skipped), window_tokens=es.state.window_len,
+                      lost=dict(snap.meta.get("lost", {})))

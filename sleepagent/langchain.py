@@ -40,13 +40,13 @@ from langchain_core.runnables.config import ensure_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
-from .agent import DEFAULT_SYSTEM_PROMPT, render_system_turn
+from .agent import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
 from .decoding import ToolCallConstraint, normalize_tool_choice
 from .engine import Engine, EngineSession
 from .errors import ConfigError
 from .model import SleepModel
 from .policy import SleepPolicy
-from .tools import MalformedToolCall, ToolResult, render_tool_call, render_tool_response, split_text_and_calls
+from .tools import MalformedToolCall, split_text_and_calls
 
 __all__ = ["ChatSleepModel"]
 
@@ -209,31 +209,22 @@ class ChatSleepModel(BaseChatModel):
         return s, False
 
     def _tokens_for(self, messages: list[BaseMessage], tools: list[dict] | None, first: bool) -> list[tuple[list[int], bool]]:
-        tok = self.sleep_model.tokenizer
-        out: list[tuple[list[int], bool]] = []
-        specs = list(tools or [])
-        has_system = any(isinstance(m, SystemMessage) for m in messages)
-        if first and not has_system:
-            # the checkpoint's own system prompt (prompt.json) unless the caller set one
-            default = self.system_prompt or self.sleep_model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
-            out.append((render_system_turn(tok, default, specs), True))
+        turns = []
         for m in messages:
             text = _text(m.content)
             if isinstance(m, SystemMessage):
-                out.append((render_system_turn(tok, text, specs if first else []), True))
+                turns.append(ChatTurn("system", text))
             elif isinstance(m, HumanMessage):
-                out.append((tok.render_turn("user", text), True))
+                turns.append(ChatTurn("user", text))
             elif isinstance(m, AIMessage):
-                body = text + "".join(render_tool_call(c["name"], c["args"]) for c in m.tool_calls)
-                out.append((tok.generation_prompt() + tok.encode(body) + tok.close_turn(), True))
+                turns.append(ChatTurn("assistant", text, tuple((c["name"], c["args"]) for c in m.tool_calls)))
             elif isinstance(m, ToolMessage):
-                result = ToolResult(call_id=m.tool_call_id, name=m.name or "", content=text,
-                                    is_error=getattr(m, "status", "success") == "error")
-                out.append((tok.render_tool_result(render_tool_response(result)), True))
+                turns.append(ChatTurn("tool", text, is_error=getattr(m, "status", "success") == "error"))
             else:
                 raise ConfigError(f"unsupported message type {m.type!r}")
-        out.append((tok.generation_prompt(), True))
-        return out
+        # the checkpoint's own system prompt (prompt.json) unless the caller set one
+        default = self.system_prompt or self.sleep_model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
+        return render_turns(self.sleep_model.tokenizer, turns, list(tools or []), first=first, system_prompt=default)
 
     async def _respond(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
