@@ -176,6 +176,41 @@ def train(
 
 
 @app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="shipped checkpoint name or local directory")] = "docqa-small",
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    store: Annotated[str | None, typer.Option(help="snapshot store URL: idle sessions are released to it")] = None,
+    api_keys: Annotated[str | None, typer.Option(help="file of 'key tenant' lines (also $SLEEPAGENT_API_KEYS)")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="accept requests without a key (local use)")] = False,
+    loops: Annotated[int | None, typer.Option(min=1, max=64, help="sleep passes N (default: the model's)")] = None,
+    idle_release: Annotated[float, typer.Option(min=0.1, help="seconds before an idle session is released")] = 300.0,
+    persist_window: Annotated[bool, typer.Option(help="snapshots keep the window (exact resume)")] = False,
+    max_in_flight: Annotated[int, typer.Option(min=1, help="requests served at once; more get 429")] = 64,
+    max_prompt_tokens: Annotated[int, typer.Option(min=16, help="new tokens a request may bring; more get 413")] = 32_768,
+) -> None:
+    """Serve a model over the OpenAI API: POST /v1/chat/completions, GET /v1/models, /health, /metrics."""
+    from .errors import SleepAgentError
+    from .serve.app import ServeConfig, load_api_keys
+    from .serve.runner import serve as run_server
+
+    try:
+        cfg = ServeConfig(model=model, store=store, api_keys=load_api_keys(api_keys), no_auth=no_auth, loops=loops,
+                          idle_release_s=idle_release, persist_window=persist_window, max_in_flight=max_in_flight,
+                          max_prompt_tokens=max_prompt_tokens)
+        from .serve.app import _Server
+
+        _Server.check(cfg)
+    except SleepAgentError as e:
+        raise _fail(str(e)) from None
+    except ImportError as e:
+        raise _fail(f"the server needs its extra: pip install 'sleepagent[serve]' ({e})") from None
+    console.print(f"[bold]sleepagent serve[/]: {model} on http://{host}:{port}/v1 "
+                  f"({'no auth' if no_auth else f'{len(cfg.api_keys)} API key(s)'}, store: {store or 'none'})")
+    run_server(cfg, host=host, port=port)
+
+
+@app.command()
 def study(
     name: Annotated[str, typer.Argument(help="a preset from sleepagent.train.study.STUDIES")],
     out: Annotated[str, typer.Option(help="run directories (resumed if they exist)")] = "runs/study",

@@ -79,13 +79,13 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: list[str] = Field(default_factory=list)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> list[str]:
         stops = [v] if isinstance(v, str) else list(v or [])

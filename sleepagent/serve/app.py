@@ -1,0 +1,434 @@
+"""``sleepagent serve``: an OpenAI-compatible HTTP server over one :class:`~sleepagent.Engine`.
+
+The HTTP layer only translates: OpenAI messages to the runtime's turns and back, errors to status
+codes. Sessions, sleep and memory policies stay in the engine, agent and store modules. A reply
+that ends in tool calls, or a final answer, pauses the session (the client is busy running the
+tool, or the user is reading), which is when its window is consolidated: the next request finds
+a fresh window and nobody waited for the sleep.
+
+Endpoints: ``POST /v1/chat/completions`` (plain and SSE streaming), ``GET /v1/models``,
+``GET /health``, ``GET /metrics`` (Prometheus). Every request is bounded: its size, its prompt
+tokens, its completion tokens and the number of requests in flight are capped (413 / 429), and a
+client that disconnects cancels its work within one prefill chunk.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request  # the serve extra; FastAPI resolves these names at import
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..agent import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
+from ..decoding import ToolCallConstraint, generate_turn, normalize_tool_choice, visible_text
+from ..engine import Engine
+from ..errors import ConfigError, SleepAgentError
+from ..model import SleepModel
+from ..policy import MemoryPolicy, SleepPolicy
+from ..tools import MalformedToolCall, split_text_and_calls
+from .protocol import ApiError, ChatRequest, chat_response, chunk, new_id, usage
+from .sessions import ServerSession, SessionRegistry, turn_of
+
+__all__ = ["ServeConfig", "create_app", "load_api_keys"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServeConfig(BaseModel):
+    """Everything ``sleepagent serve`` is started with (validated: a bad value is one clear error)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    model: str | Any = "docqa-small"  # a name or directory, or a loaded SleepModel (tests)
+    model_name: str | None = None  # what /v1/models and responses call it (default: the checkpoint's name)
+    store: str | None = None
+    api_keys: dict[str, str] = Field(default_factory=dict)  # key -> tenant
+    no_auth: bool = False
+    loops: int | None = Field(default=None, ge=1, le=64)
+    idle_release_s: float = Field(default=300.0, gt=0)
+    max_request_bytes: int = Field(default=1_000_000, ge=1024)
+    max_prompt_tokens: int = Field(default=32_768, ge=16)
+    max_completion_tokens: int = Field(default=1024, ge=1)
+    max_in_flight: int = Field(default=64, ge=1)
+    max_sessions: int = Field(default=1024, ge=1)
+    persist_window: bool = False
+    ttl: float | None = Field(default=None, gt=0)
+    on_wake: str = Field(default="finish", pattern="^(finish|commit|abort)$")
+
+
+def load_api_keys(path: str | None = None, env: str | None = None) -> dict[str, str]:
+    """API keys mapped to tenants, from a file of ``key tenant`` lines (``#`` comments) and/or
+    ``$SLEEPAGENT_API_KEYS`` (``key=tenant,key2=tenant2``)."""
+    keys: dict[str, str] = {}
+    if path is not None:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(f"cannot read the API keys file {path}: {e.strerror}", field="api_keys") from None
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ConfigError(f"{path}, line {n}: expected 'key tenant'", field="api_keys")
+            keys[parts[0]] = parts[1]
+    raw = env if env is not None else os.environ.get("SLEEPAGENT_API_KEYS", "")
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        key, sep, tenant = item.partition("=")
+        if not sep or not key or not tenant:
+            raise ConfigError("SLEEPAGENT_API_KEYS must be key=tenant pairs separated by commas", field="api_keys")
+        keys[key] = tenant
+    return keys
+
+
+class _Server:
+    """State of one running server: engine, sessions, counters."""
+
+    @staticmethod
+    def check(cfg: ServeConfig) -> None:
+        """Refuse a configuration that cannot serve safely, before anything is loaded."""
+        from ..storage.store import check_name
+
+        if not cfg.no_auth and not cfg.api_keys:
+            raise ConfigError("no API keys: give --api-keys FILE (or $SLEEPAGENT_API_KEYS), or --no-auth for local use",
+                              field="api_keys")
+        for tenant in cfg.api_keys.values():
+            check_name(tenant, "tenant")
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        from ..agent import _open_store
+
+        self.check(cfg)
+        self.cfg = cfg
+        sm = cfg.model if isinstance(cfg.model, SleepModel) else SleepModel.from_pretrained(cfg.model)
+        self.model_name = cfg.model_name or sm.name
+        self.engine = Engine(sm)
+        self.store = _open_store(cfg.store)
+        sleep = SleepPolicy(loops=cfg.loops or sm.config.sleep_loops, on_wake=cfg.on_wake,
+                            min_fill=float(sm.train_config.get("min_fill", 0.5)))
+        memory = MemoryPolicy(retention="persistent" if self.store is not None else "ephemeral", ttl=cfg.ttl,
+                              persist_window=cfg.persist_window)
+        self.sessions = SessionRegistry(self.engine, store=self.store, memory=memory, sleep=sleep,
+                                        idle_release_s=cfg.idle_release_s, max_sessions=cfg.max_sessions)
+        self.in_flight = 0
+        self.counters = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "errors": 0}
+        self.statuses: dict[str, int] = {}
+
+    def tenant(self, authorization: str | None) -> str:
+        if self.cfg.no_auth:
+            return "default"
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        for key, tenant in self.cfg.api_keys.items():
+            if token and hmac.compare_digest(token.encode(), key.encode()):
+                return tenant
+        raise ApiError(401, "missing or invalid API key (Authorization: Bearer ...)", type="authentication_error",
+                       code="invalid_api_key")
+
+    # --- one request ---------------------------------------------------------------------------
+
+    async def prepare(self, req: ChatRequest, tenant: str, header_session: str | None) -> _Job:
+        """Everything that can fail before a reply is written (unknown model or session, bad tool
+        choice, too many tokens), so that it fails with its own status, streaming or not."""
+        if req.model != self.model_name:
+            raise ApiError(404, f"model {req.model!r} is not served here (this server serves {self.model_name!r})",
+                           code="model_not_found", param="model")
+        turns = [turn_of(m) for m in req.messages]
+        specs = [t.model_dump(mode="json", exclude_none=True) for t in req.tools or []]
+        names = [t.function.name for t in req.tools or []]
+        try:
+            choice = normalize_tool_choice(req.tool_choice, names)
+        except ConfigError as e:
+            raise ApiError(400, str(e), param="tool_choice") from None
+        s, new, status = await self.sessions.find(tenant, turns, header_session or req.session_id)
+        if not new:
+            raise ApiError(400, "the request has no message the session has not read", param="messages")
+        sm, es = self.engine.model, s.engine_session
+        first = s.messages_read == 0 and not es.meta.get("system_read")
+        segments = render_turns(sm.tokenizer, new, specs, first=first,
+                                system_prompt=sm.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT,
+                                allows=self.sessions.memory.allows_consolidation)
+        prompt = sum(len(ids) for ids, _ in segments)
+        if prompt > self.cfg.max_prompt_tokens:
+            raise ApiError(413, f"the request's new messages are {prompt} tokens; this server reads at most "
+                                f"{self.cfg.max_prompt_tokens} per request", code="prompt_too_long", param="messages")
+        limit = req.max_completion_tokens or req.max_tokens or self.cfg.max_completion_tokens
+        if limit > self.cfg.max_completion_tokens:
+            raise ApiError(413, f"max_tokens={limit} is over this server's {self.cfg.max_completion_tokens}",
+                           code="max_tokens_too_large", param="max_tokens")
+        constraint = ToolCallConstraint.for_tokenizer(sm.tokenizer, names, choice)
+        return _Job(req, s, new, status, segments, prompt, limit, constraint, s.messages_read)
+
+    async def run(self, job: _Job, emit=None) -> dict[str, Any]:
+        """Read the job's messages into its session and write one reply (``emit(delta)`` streams
+        the visible text as it is written); returns the parts of the response."""
+        s = job.session
+        async with s.gate:
+            s.busy = True
+            try:
+                if s.messages_read != job.read_before or s.dirty:
+                    raise ApiError(409, f"session {s.id!r} changed while this request waited; resend it",
+                                   code="session_changed")
+                return await self._reply(job, emit)
+            finally:
+                s.busy = False
+                s.last_used = time.monotonic()
+
+    async def _reply(self, job: _Job, emit) -> dict[str, Any]:
+        req, s = job.req, job.session
+        engine, es, tok = self.engine, s.engine_session, self.engine.model.tokenizer
+        cached = es.state.tokens_seen
+        for ids, flag in job.segments:
+            engine.append(es, ids, flag)
+        es.meta["system_read"] = True
+        try:
+            logits = await engine.flush(es)
+        except BaseException:
+            # cancelled (the client left) or failed mid-read: the next request starts it over
+            s.dirty = True
+            raise
+        self.sessions.record(s, job.new)
+        try:
+            text, n_out, finish = await generate_turn(
+                engine, es, logits, max_tokens=job.limit, temperature=req.temperature or 0.0,
+                seed=req.seed if req.seed is not None else 0, stop=req.stop, constraint=job.constraint, on_text=emit)
+        except BaseException:
+            s.dirty = True
+            raise
+        finally:
+            engine.append(es, tok.close_turn())  # read with the next request's flush
+        _, calls = split_text_and_calls(text)
+        good = [c for c in calls if not isinstance(c, MalformedToolCall)]
+        content = visible_text(text)
+        self.sessions.record(s, [ChatTurn("assistant", content, tuple((c.name, c.arguments) for c in good))])
+        engine.pause(es)  # the client runs its tools, or the user reads: sleep now
+        self.counters["prompt_tokens"] += job.prompt
+        self.counters["completion_tokens"] += n_out
+        return {"content": content if content or not good else None, "calls": good,
+                "finish": "tool_calls" if good else finish, "usage": usage(job.prompt, n_out, cached),
+                "session": {"id": s.id, "status": job.status, "prompt_tokens_cached": cached}}
+
+
+@dataclass
+class _Job:
+    """A validated request, ready to run in its session."""
+
+    req: ChatRequest
+    session: ServerSession
+    new: list[ChatTurn]
+    status: str
+    segments: list[tuple[list[int], bool]]
+    prompt: int
+    limit: int
+    constraint: ToolCallConstraint | None
+    read_before: int
+
+
+def create_app(cfg: ServeConfig):
+    """The FastAPI application (``uvicorn.run(create_app(cfg))``)."""
+    from contextlib import asynccontextmanager
+
+    server = _Server(cfg)
+    metrics = _metrics(server)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_sweeper, server)
+            yield
+            tg.cancel_scope.cancel()
+        await server.sessions.close()
+        server.engine.close()
+
+    app = FastAPI(title="sleepagent", lifespan=lifespan)
+    app.state.server = server
+
+    def error(e: ApiError) -> JSONResponse:
+        server.counters["errors"] += 1
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return error(e)
+
+    @app.exception_handler(SleepAgentError)
+    async def runtime_error(request: Request, e: SleepAgentError):
+        status = 400 if isinstance(e, ValueError) else 500
+        return error(ApiError(status, str(e), type="invalid_request_error" if status == 400 else "server_error"))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):
+        logger.exception("request failed")
+        return error(ApiError(500, f"internal error: {type(e).__name__}", type="server_error"))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": server.model_name, "sessions": len(server.sessions.live)}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        server.tenant(request.headers.get("authorization"))
+        return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": 0,
+                                            "owned_by": "sleepagent"}]}
+
+    @app.get("/metrics")
+    async def metrics_endpoint():
+        return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        tenant = server.tenant(request.headers.get("authorization"))
+        size = int(request.headers.get("content-length") or 0)
+        if size > cfg.max_request_bytes:
+            raise ApiError(413, f"the request is {size} bytes; this server accepts at most {cfg.max_request_bytes}",
+                           code="request_too_large")
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > cfg.max_request_bytes:
+                raise ApiError(413, f"the request is over {cfg.max_request_bytes} bytes", code="request_too_large")
+        try:
+            req = ChatRequest.model_validate_json(body)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ApiError(400, f"{where}: {err['msg']}" if where else err["msg"], param=where or None) from None
+        if server.in_flight >= cfg.max_in_flight:
+            raise ApiError(429, f"{cfg.max_in_flight} requests are in flight; retry later", type="rate_limit_error",
+                           code="too_many_requests")
+        job = await server.prepare(req, tenant, request.headers.get("x-session-id"))
+        rid = new_id()
+        headers = {"x-session-id": job.session.id, "x-session-status": job.status}
+        if req.stream:
+            return StreamingResponse(_stream(server, job, rid), media_type="text/event-stream", headers=headers)
+        server.in_flight += 1
+        try:
+            parts = await _until_disconnect(request, server.run(job))
+        finally:
+            server.in_flight -= 1
+        body_out = chat_response(rid, server.model_name, parts["content"], parts["calls"], parts["finish"],
+                                 parts["usage"], parts["session"])
+        return JSONResponse(body_out, headers=headers)
+
+    return app
+
+
+async def _until_disconnect(request, coro):
+    """Run ``coro``; if the client goes away first, cancel it (the engine stops within a chunk)."""
+    result: dict[str, Any] = {}
+
+    async def work(scope: anyio.CancelScope) -> None:
+        result["value"] = await coro
+        scope.cancel()
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while not await request.is_disconnected():
+            await anyio.sleep(0.05)
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work, tg.cancel_scope)
+        tg.start_soon(watch, tg.cancel_scope)
+    if "value" not in result:
+        raise ApiError(499, "the client went away", code="client_closed")
+    return result["value"]
+
+
+async def _stream(server: _Server, job: _Job, rid: str) -> AsyncIterator[bytes]:
+    """Server-sent events: a role chunk, content deltas as they are written, tool calls, the
+    finish reason, and (``stream_options.include_usage``) a last chunk with the usage."""
+    send, recv = anyio.create_memory_object_stream[Any](max_buffer_size=1_000_000)
+    model, req = server.model_name, job.req
+
+    def line(obj: Any) -> bytes:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+    async def produce() -> None:
+        try:
+            parts = await server.run(job, emit=lambda d: send.send_nowait(("text", d)))
+            send.send_nowait(("done", parts))
+        except ApiError as e:
+            send.send_nowait(("error", e))
+        except SleepAgentError as e:
+            send.send_nowait(("error", ApiError(500, str(e), type="server_error")))
+        finally:
+            send.close()
+
+    server.in_flight += 1
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            yield line(chunk(rid, model, {"role": "assistant", "content": ""}))
+            async with recv:
+                async for kind, value in recv:
+                    if kind == "text":
+                        yield line(chunk(rid, model, {"content": value}))
+                    elif kind == "error":
+                        yield line(value.body())
+                    else:
+                        if value["calls"]:
+                            from .protocol import tool_calls_out
+
+                            calls = [{"index": i, **c} for i, c in enumerate(tool_calls_out(value["calls"]))]
+                            yield line(chunk(rid, model, {"tool_calls": calls}))
+                        final = chunk(rid, model, {}, value["finish"])
+                        final["session"] = value["session"]
+                        yield line(final)
+                        if req.stream_options is not None and req.stream_options.include_usage:
+                            yield line(chunk(rid, model, None, use=value["usage"]))
+            yield b"data: [DONE]\n\n"
+    finally:
+        server.in_flight -= 1
+
+
+async def _sweeper(server: _Server) -> None:
+    """Release idle sessions to the store, every few seconds."""
+    period = min(5.0, server.cfg.idle_release_s / 2)
+    while True:
+        await anyio.sleep(period)
+        try:
+            await server.sessions.release_idle()
+        except Exception:  # a failing store must not stop the server: log and keep serving
+            logger.exception("releasing idle sessions failed")
+
+
+def _metrics(server: _Server):
+    """Prometheus text for ``/metrics``, from a registry of this server's own (several servers in
+    one process, as in tests, do not share counters)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class Collector:
+        def collect(self):
+            c, totals = server.counters, server.sessions.totals()
+            for name, value, doc in (
+                ("sleepagent_prompt_tokens", c["prompt_tokens"], "Prompt tokens read (new messages only)."),
+                ("sleepagent_completion_tokens", c["completion_tokens"], "Tokens written."),
+                ("sleepagent_errors", c["errors"], "Requests answered with an error."),
+                ("sleepagent_sleeps", totals["sleeps"], "Consolidations (sleeps) committed."),
+                ("sleepagent_sleep_hidden_seconds", totals["sleep_s_hidden"], "Sleep time overlapped with a pause."),
+                ("sleepagent_sleep_exposed_seconds", totals["sleep_s_exposed"], "Sleep time a request waited for."),
+                ("sleepagent_sessions_released", server.sessions.released_total, "Sessions released to the store."),
+            ):
+                yield CounterMetricFamily(name, doc, value=value)
+            engine = server.engine
+            yield GaugeMetricFamily("sleepagent_sessions", "Live sessions.", value=len(server.sessions.live))
+            yield GaugeMetricFamily("sleepagent_queue_depth", "Wake requests queued on the engine.",
+                                    value=len(engine._wake))
+            yield GaugeMetricFamily("sleepagent_sleeping_sessions", "Sessions with a sleep in progress.",
+                                    value=len(engine._sleepers))
+            yield GaugeMetricFamily("sleepagent_requests_in_flight", "Requests being served.", value=server.in_flight)
+
+    registry = CollectorRegistry()
+    registry.register(Collector())
+    return lambda: generate_latest(registry).decode()
