@@ -151,6 +151,13 @@ class _Server:
         except ConfigError as e:
             raise ApiError(400, str(e), param="tool_choice") from None
         s, new, status = await self.sessions.find(tenant, turns, header_session or req.session_id)
+        try:
+            return self._job(req, s, new, status, specs, names, choice)
+        except BaseException:
+            s.reserved_until = 0.0  # the request failed before it ran: the session is free again
+            raise
+
+    def _job(self, req: ChatRequest, s: ServerSession, new: list[ChatTurn], status: str, specs, names, choice) -> _Job:
         if not new:
             raise ApiError(400, "the request has no message the session has not read", param="messages")
         sm, es = self.engine.model, s.engine_session
@@ -182,6 +189,7 @@ class _Server:
                 return await self._reply(job, emit)
             finally:
                 s.busy = False
+                s.reserved_until = 0.0
                 s.last_used = time.monotonic()
 
     async def _reply(self, job: _Job, emit) -> dict[str, Any]:
@@ -328,7 +336,10 @@ async def _until_disconnect(request, coro):
     result: dict[str, Any] = {}
 
     async def work(scope: anyio.CancelScope) -> None:
-        result["value"] = await coro
+        try:
+            result["value"] = await coro
+        except Exception as e:  # re-raised below, not wrapped in an exception group
+            result["error"] = e
         scope.cancel()
 
     async def watch(scope: anyio.CancelScope) -> None:
@@ -339,6 +350,8 @@ async def _until_disconnect(request, coro):
     async with anyio.create_task_group() as tg:
         tg.start_soon(work, tg.cancel_scope)
         tg.start_soon(watch, tg.cancel_scope)
+    if "error" in result:
+        raise result["error"]
     if "value" not in result:
         raise ApiError(499, "the client went away", code="client_closed")
     return result["value"]

@@ -26,7 +26,8 @@ def serve_in_background(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 0
     import uvicorn
 
     app = create_app(cfg)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, name="sleepagent-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

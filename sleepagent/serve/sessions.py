@@ -69,11 +69,17 @@ class ServerSession:
     last_used: float = field(default_factory=time.monotonic)
     gate: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(1))  # one request at a time
     busy: bool = False
+    # a request that recognised this session holds it until it runs (or a while, if it never
+    # does), so that two conversations with the same history never land on one state
+    reserved_until: float = 0.0
     dirty: bool = False  # a request was cancelled mid-read: the next one starts the session over
 
     @property
     def messages_read(self) -> int:
         return len(self.digests)
+
+    def available(self, now: float) -> bool:
+        return not self.busy and not self.dirty and self.reserved_until <= now
 
 
 class SessionRegistry:
@@ -88,7 +94,8 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self._key = os.urandom(32)  # digests are meaningful to this process only
         self.live: dict[tuple[str, str], ServerSession] = {}
-        self._index: dict[tuple[str, str], str] = {}  # (tenant, digest of a whole transcript) -> session id
+        # (tenant, digest of a whole transcript) -> ids of the sessions with that transcript
+        self._index: dict[tuple[str, str], list[str]] = {}
         self._released: dict[tuple[str, str], list[str]] = {}  # digests of released sessions (memory only)
         self.released_total = 0
         self.sleep_totals: dict[str, float] = {"sleeps": 0, "sleep_s_hidden": 0.0, "sleep_s_exposed": 0.0}
@@ -104,11 +111,20 @@ class SessionRegistry:
 
     def record(self, s: ServerSession, turns: list[ChatTurn]) -> None:
         """``turns`` were read (or written) by ``s``: extend its transcript and re-index it."""
-        self._index.pop((s.tenant, s.digests[-1]), None) if s.digests else None
+        self._unindex(s)
         s.digests += self._chain(turns, s.digests[-1] if s.digests else "")
         if s.digests:
-            self._index[(s.tenant, s.digests[-1])] = s.id
+            self._index.setdefault((s.tenant, s.digests[-1]), []).append(s.id)
         s.engine_session.meta["messages_read"] = s.messages_read  # a count: what a resume may skip
+
+    def _unindex(self, s: ServerSession, digests: list[str] | None = None) -> None:
+        digests = s.digests if digests is None else digests
+        if digests:
+            ids = self._index.get((s.tenant, digests[-1]), [])
+            if s.id in ids:
+                ids.remove(s.id)
+            if not ids:
+                self._index.pop((s.tenant, digests[-1]), None)
 
     # --- finding a request's session ----------------------------------------------------------
 
@@ -134,21 +150,24 @@ class SessionRegistry:
                 await self._reset(s)
                 return s, turns, "new"
             return s, turns[n:], status
+        now = time.monotonic()
         for i in range(len(chain) - 1, 0, -1):
-            sid = self._index.get((tenant, chain[i - 1]))
-            if sid is None:
-                continue
-            s = self.live.get((tenant, sid))
-            if s is not None and not s.busy and not s.dirty:
-                return s, turns[i:], "reused"
-            if s is None and (tenant, sid) in self._released and self.store is not None:
-                try:
-                    s = self._resume(tenant, sid)
-                except ApiError:
-                    continue
-                s.digests = self._released.pop((tenant, sid))
-                return s, turns[i:], "resumed"
-        return self._new(tenant), turns, "new"
+            for sid in list(self._index.get((tenant, chain[i - 1]), [])):
+                s = self.live.get((tenant, sid))
+                if s is not None and s.available(now):
+                    s.reserved_until = now + 30.0
+                    return s, turns[i:], "reused"
+                if s is None and (tenant, sid) in self._released and self.store is not None:
+                    try:
+                        s = self._resume(tenant, sid)
+                    except ApiError:
+                        continue
+                    s.digests = self._released.pop((tenant, sid))
+                    s.reserved_until = now + 30.0
+                    return s, turns[i:], "resumed"
+        s = self._new(tenant)
+        s.reserved_until = now + 30.0
+        return s, turns, "new"
 
     def get(self, tenant: str, session_id: str) -> ServerSession:
         s = self.live.get((tenant, session_id))
@@ -189,7 +208,7 @@ class SessionRegistry:
         return s
 
     async def _reset(self, s: ServerSession) -> None:
-        self._index.pop((s.tenant, s.digests[-1]), None) if s.digests else None
+        self._unindex(s)
         self.engine.close_session(s.engine_session)
         fresh = self.engine.session(s.id, policy=self.sleep)
         fresh.on_commit = s.engine_session.on_commit
@@ -204,7 +223,7 @@ class SessionRegistry:
     async def release_idle(self, now: float | None = None) -> int:
         """Snapshot and release every session idle for ``idle_release_s`` (none in use)."""
         now = time.monotonic() if now is None else now
-        idle = [s for s in self.live.values() if not s.busy and now - s.last_used >= self.idle_release_s]
+        idle = [s for s in self.live.values() if s.available(now) and now - s.last_used >= self.idle_release_s]
         for s in idle:
             await self.release(s)
         return len(idle)
@@ -224,8 +243,8 @@ class SessionRegistry:
                 else:
                     await self.engine.call(es, lambda _state: self._persist(es, s.tenant))
                 self._released[(s.tenant, s.id)] = list(s.digests)
-            elif s.digests:
-                self._index.pop((s.tenant, s.digests[-1]), None)
+            else:
+                self._unindex(s)
             self._count(es)
             self.engine.close_session(es)
             self.live.pop((s.tenant, s.id), None)
