@@ -165,10 +165,14 @@ class Engine:
     of concurrent sessions (``max_batch`` rows at most). ``prefill_chunk``: tokens a read takes
     per turn before other sessions' work runs (smaller: lower latency for the others while a long
     input is read, a little less read throughput; ``sleepagent bench bounded`` measures both).
+    Sleep runs one block of one pass at a time, so a wake step waits for one block at most.
+    ``wake_grace_s``: after a wake step, sleep work waits this long for the next one (a session
+    that is generating sends it at once), so sleepers never slow down a generation in progress;
+    they run in the real gaps (a tool call in flight, a user thinking).
     """
 
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
-                 prefill_chunk: int = 64) -> None:
+                 prefill_chunk: int = 64, wake_grace_s: float = 0.002) -> None:
         if not isinstance(model, (SleepModel, str, os.PathLike)):
             raise ConfigError(f"model must be a SleepModel, a checkpoint name or a path, got {type(model).__name__}",
                               field="model")
@@ -176,9 +180,15 @@ class Engine:
         for name, value in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", field=name)
+        if isinstance(wake_grace_s, bool) or not isinstance(wake_grace_s, (int, float)) or not 0 <= wake_grace_s < 1:
+            raise ConfigError(f"wake_grace_s must be a number of seconds in [0, 1), got {wake_grace_s!r}",
+                              field="wake_grace_s")
         self.batch_wake = batch_wake
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.wake_grace_s = wake_grace_s
+        self._last_wake = 0.0
+        self._last_was_decode = False
         self._cv = threading.Condition()
         self._wake: deque[_Request] = deque()
         self._sleepers: deque[EngineSession] = deque()
@@ -381,10 +391,20 @@ class Engine:
                             return
                 if self._closed:
                     return
+                if not self._wake and self.wake_grace_s:
+                    # a session that is generating sends its next step right after the last one
+                    # returned: give it that moment before starting sleep work it would wait for
+                    grace = self._last_wake + self.wake_grace_s - time.perf_counter()
+                    if grace > 0:
+                        self._cv.wait(timeout=grace)
+                        if not self._wake:
+                            self._last_wake = 0.0  # the gap is real: sleep may run now
+                        continue
                 batch = self._take_wake_batch() if self._wake else None
                 sleeper = self._sleepers.popleft() if batch is None else None
             if batch is not None:
                 self._run_wake(batch)
+                self._last_wake = time.perf_counter()
             elif sleeper is not None:
                 try:
                     self._run_sleep_step(sleeper)
@@ -394,8 +414,25 @@ class Engine:
 
     def _take_wake_batch(self) -> list[_Request]:
         """The next wake work: one request, or several sessions' decode steps batched (FIFO kept
-        per session: a session contributes only its oldest request)."""
-        first = self._wake.popleft()
+        per session: a session contributes only its oldest request). Decode steps and other work
+        (reads in chunks, settling sleeps) take turns: a waiting decode step goes next unless the
+        last turn was a decode batch and other work waits, so a generating session waits for one
+        unit of someone else's work at most, and reads still progress."""
+        queue = self._wake
+        seen: set[int] = set()
+        first_decode = first_other = None
+        for i, r in enumerate(queue):  # a session's requests keep their order
+            if id(r.session) not in seen:
+                if r.kind == "decode" and first_decode is None:
+                    first_decode = i
+                elif r.kind != "decode" and first_other is None:
+                    first_other = i
+            seen.add(id(r.session))
+        take = first_decode if first_decode is not None and (first_other is None or not self._last_was_decode) \
+            else first_other if first_other is not None else 0
+        first = queue[take]
+        del queue[take]
+        self._last_was_decode = first.kind == "decode"
         if first.kind != "decode" or not self.batch_wake:
             return [first]
         batch, seen, rest = [first], {id(first.session)}, deque()
