@@ -100,7 +100,12 @@ def bench_wake(
     device: str | torch.device = "cpu",
     config: SleepHybridConfig | None = None,
 ) -> dict:
-    """Median per-token decode latency (ms) per N; sleeps run between steps, as the engine does."""
+    """Per-token decode latency (ms) per N; sleeps run between steps, as the engine does.
+
+    The N values are interleaved round-robin token by token (one state per N, each step of each
+    state in turn, the order rotating), so drift in the machine's speed hits every N alike; each
+    N's median comes with the spread of its per-round medians. A wake step does not depend on N:
+    differences within that spread are noise, not a property."""
     device = torch.device(device)
     config = config or SleepHybridConfig(
         vocab_size=268, d_model=128, n_layers=4, n_heads=4, gdn_heads=4, window=64
@@ -108,23 +113,31 @@ def bench_wake(
     sm = SleepModel.from_config(config, seed=0, device=device)
     model = sm.model
     ids = torch.randint(0, config.vocab_size, (tokens,), generator=torch.Generator().manual_seed(0)).to(device)
-    per_n: dict[int, list[float]] = {n: [] for n in loops}
     warm = model.new_state(1, device=device)
     for t in range(min(tokens, config.window)):  # warm up allocator and kernels, untimed
         model.step(ids[t : t + 1], warm)
-    for _ in range(rounds):  # interleave the N values so drift hits all of them alike
-        for n in loops:
-            state = model.new_state(1, device=device)
-            for t in range(tokens):
-                if state.window_len == config.window:
-                    state = model.consolidate(state, loops=n)  # off the decode path
+    per_round: dict[int, list[float]] = {n: [] for n in loops}
+    all_times: dict[int, list[float]] = {n: [] for n in loops}
+    for r in range(rounds):
+        states = {n: model.new_state(1, device=device) for n in loops}
+        times: dict[int, list[float]] = {n: [] for n in loops}
+        for t in range(tokens):
+            order = list(loops[(t + r) % len(loops):]) + list(loops[: (t + r) % len(loops)])
+            for n in order:
+                if states[n].window_len == config.window:
+                    states[n] = model.consolidate(states[n], loops=n)  # off the decode path
                 _sync(device)
                 t0 = time.perf_counter()
-                model.step(ids[t : t + 1], state)
+                model.step(ids[t : t + 1], states[n])
                 _sync(device)
-                per_n[n].append(time.perf_counter() - t0)
-    ms = {str(n): 1000 * statistics.median(v) for n, v in per_n.items()}
-    result = {"device": str(device), "tokens": tokens, "window": config.window, "ms_per_token": ms}
+                times[n].append(time.perf_counter() - t0)
+        for n in loops:
+            per_round[n].append(1000 * statistics.median(times[n]))
+            all_times[n] += times[n]
+    ms = {str(n): 1000 * statistics.median(v) for n, v in all_times.items()}
+    spread = {str(n): [min(v), max(v)] for n, v in per_round.items()}
+    result = {"device": str(device), "tokens": tokens, "rounds": rounds, "window": config.window, "ms_per_token": ms,
+              "round_medians_ms": spread}
     if "1" in ms and str(max(loops)) in ms:
         result[f"ratio_{max(loops)}_over_1"] = ms[str(max(loops))] / ms["1"]
     return result
@@ -569,3 +582,106 @@ def bench_fairness(*, sleepers: int = 8, turns: int = 20, tokens: int = 24, paus
 
     return {"model": model, "sleepers": sleepers, "loops": loops, "turns": turns, "tokens": tokens,
             "pause_s": pause_s, **anyio.run(main)}
+
+
+def bench_serve(*, conversations: int = 8, concurrency: int | None = None, rounds: int = 2, tool_s: float = 0.3,
+                think_s: float = 0.3, model: str = "docqa-small") -> dict:
+    """``K`` simulated conversations against a real ``sleepagent serve`` on a free port, over HTTP
+    with streaming: read a document through a tool call (the tool takes ``tool_s``), then
+    ``rounds`` questions with ``think_s`` of user think time before each. Reports throughput, time
+    to first token and inter-token latency (p50/p99, from the SSE chunks), and the share of sleep
+    hidden in the pauses (from the server's metrics)."""
+    import json as _json
+
+    import anyio
+    import httpx
+
+    from .serve import ServeConfig, serve_in_background
+
+    page = "The road from K leads to M. The road from M leads to Q. The road from Q leads to K.\n[end of document]"
+    tools = [{"type": "function", "function": {"name": "next_page", "description": "Read the next page of the document.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    ttft: list[float] = []
+    itl: list[float] = []
+    tokens = 0
+    requests = 0
+    lost = 0
+
+    async def stream(client: httpx.AsyncClient, url: str, messages: list) -> dict:
+        nonlocal tokens, requests
+        body = {"model": model, "messages": messages, "tools": tools, "stream": True,
+                "stream_options": {"include_usage": True}}
+        t0 = time.perf_counter()
+        first, last, content, calls = None, None, "", []
+        async with client.stream("POST", f"{url}/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = _json.loads(line[6:])
+                if data.get("usage"):
+                    tokens += data["usage"]["completion_tokens"]
+                for ch in data.get("choices", []):
+                    delta = ch.get("delta", {})
+                    if delta.get("content") or delta.get("tool_calls"):
+                        now = time.perf_counter()
+                        if first is None:
+                            first = now
+                            ttft.append(now - t0)
+                        elif delta.get("content"):
+                            itl.append(now - last)
+                        last = now
+                        content += delta.get("content") or ""
+                        calls += delta.get("tool_calls") or []
+        requests += 1
+        message = {"role": "assistant", "content": content or None}
+        if calls:
+            message["tool_calls"] = [{k: c[k] for k in ("id", "type", "function")} for c in calls]
+        return message
+
+    async def conversation(url: str, i: int, limiter: anyio.CapacityLimiter) -> None:
+        nonlocal lost
+        async with limiter, httpx.AsyncClient(timeout=300) as client:
+            try:
+                messages = [{"role": "user", "content": "Read the document."}]
+                reply = await stream(client, url, messages)
+                messages.append(reply)
+                for call in reply.get("tool_calls", []):
+                    await anyio.sleep(tool_s)  # the tool runs: the server sleeps meanwhile
+                    messages.append({"role": "tool", "tool_call_id": call["id"], "content": page})
+                if reply.get("tool_calls"):
+                    messages.append(await stream(client, url, messages))
+                for q in range(rounds):
+                    await anyio.sleep(think_s)  # the user reads and thinks
+                    messages.append({"role": "user", "content": f"Where does 1 road from {'KMQ'[q % 3]} lead?"})
+                    messages.append(await stream(client, url, messages))
+            except (RuntimeError, httpx.HTTPError):
+                lost += 1
+
+    with serve_in_background(ServeConfig(model=model, no_auth=True, max_in_flight=max(64, conversations))) as url:
+        async def main() -> float:
+            limiter = anyio.CapacityLimiter(concurrency or conversations)
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(conversations):
+                    tg.start_soon(conversation, url, i, limiter)
+            return time.perf_counter() - t0
+
+        wall = anyio.run(main)
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+
+    def metric(name: str) -> float:
+        return next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
+
+    def pct(xs: list[float], q: float) -> float:
+        return 1e3 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+
+    hidden, exposed = metric("sleepagent_sleep_hidden_seconds_total"), metric("sleepagent_sleep_exposed_seconds_total")
+    return {"model": model, "conversations": conversations, "concurrency": concurrency or conversations,
+            "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "wall_s": wall, "requests": requests,
+            "lost": lost, "requests_per_s": requests / wall, "tokens_per_s": tokens / wall,
+            "ttft_p50_ms": pct(ttft, 0.5), "ttft_p99_ms": pct(ttft, 0.99),
+            "itl_p50_ms": pct(itl, 0.5), "itl_p99_ms": pct(itl, 0.99),
+            "sleeps": metric("sleepagent_sleeps_total"), "sleep_hidden_s": hidden, "sleep_exposed_s": exposed,
+            "hidden_share": hidden / (hidden + exposed) if hidden + exposed else 1.0}

@@ -435,13 +435,16 @@ def bench_wake_cmd(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"wake decode latency on {result['device']} (window {result['window']})")
+    table = Table(title=f"wake decode latency on {result['device']} (window {result['window']}; N interleaved "
+                        f"token by token, {result['rounds']} rounds)")
     table.add_column("N", justify="right")
-    table.add_column("ms / token", justify="right")
+    table.add_column("median ms / token", justify="right")
     table.add_column("vs N=1", justify="right")
+    table.add_column("round medians (spread)", justify="right")
     base = result["ms_per_token"].get("1")
     for n, ms in result["ms_per_token"].items():
-        table.add_row(n, f"{ms:.3f}", f"{ms / base:.3f}" if base else "-")
+        lo, hi = result["round_medians_ms"][n]
+        table.add_row(n, f"{ms:.3f}", f"{ms / base:.3f}" if base else "-", f"{lo:.3f} to {hi:.3f}")
     console.print(table)
 
 
@@ -539,6 +542,57 @@ def bench_bounded_cmd(
     console.print(f"decode step of an active session: idle p50 {r['idle_p50_ms']:.2f} / p99 {r['idle_p99_ms']:.2f} ms; "
                   f"while another reads {read_mb:g} MB: p50 {r['reading_p50_ms']:.2f} / p99 {r['reading_p99_ms']:.2f} ms "
                   f"(p99 {r['p99_ratio']:.2f}x); tokens read after the cancel: {r['read_after_cancel']}")
+
+
+@bench_app.command("fairness")
+def bench_fairness_cmd(
+    sleepers: Annotated[int, typer.Option(min=1, help="other sessions sleeping meanwhile")] = 8,
+    loops: Annotated[int, typer.Option(min=1, max=64, help="their sleep passes N")] = 4,
+    turns: Annotated[int, typer.Option(min=2)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """An active session's wake latency while other sessions sleep, against the same with them idle."""
+    from .bench import bench_fairness
+
+    r = bench_fairness(sleepers=sleepers, loops=loops, turns=turns)
+    if as_json:
+        print(json.dumps(r))
+        return
+    table = Table(title=f"active session while {sleepers} others sleep (N={loops}); ms")
+    for col in ("", "others idle", "others sleeping", "p99 ratio"):
+        table.add_column(col, justify="right")
+    table.add_row("wake step p50 / p99", f"{r['idle_step_p50_ms']:.2f} / {r['idle_step_p99_ms']:.2f}",
+                  f"{r['sleeping_step_p50_ms']:.2f} / {r['sleeping_step_p99_ms']:.2f}", f"{r['step_p99_ratio']:.2f}x")
+    table.add_row("time to first token p50 / p99", f"{r['idle_ttft_p50_ms']:.2f} / {r['idle_ttft_p99_ms']:.2f}",
+                  f"{r['sleeping_ttft_p50_ms']:.2f} / {r['sleeping_ttft_p99_ms']:.2f}", f"{r['ttft_p99_ratio']:.2f}x")
+    console.print(table)
+    console.print(f"sleep passes the others ran meanwhile: {r['sleep_passes_meanwhile']}; "
+                  f"turns measured while they slept: {r['turns_while_others_slept']}/{turns}")
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    conversations: Annotated[int, typer.Option(min=1, help="simulated conversations")] = 8,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="at a time (default: all)")] = None,
+    rounds: Annotated[int, typer.Option(min=0, help="questions after the document")] = 2,
+    tool_latency: Annotated[float, typer.Option(min=0.0, help="seconds the tool takes")] = 0.3,
+    think: Annotated[float, typer.Option(min=0.0, help="user think time before each question")] = 0.3,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Concurrent conversations against a real `sleepagent serve` over HTTP (streaming)."""
+    from .bench import bench_serve
+
+    r = bench_serve(conversations=conversations, concurrency=concurrency, rounds=rounds, tool_s=tool_latency,
+                    think_s=think)
+    if as_json:
+        print(json.dumps(r))
+        return
+    console.print(f"{r['conversations']} conversations ({r['concurrency']} at a time): {r['requests']} requests, "
+                  f"{r['lost']} lost, {r['requests_per_s']:.1f} requests/s, {r['tokens_per_s']:.0f} tokens/s")
+    console.print(f"time to first token p50 {r['ttft_p50_ms']:.1f} / p99 {r['ttft_p99_ms']:.1f} ms; "
+                  f"inter-token p50 {r['itl_p50_ms']:.2f} / p99 {r['itl_p99_ms']:.2f} ms")
+    console.print(f"{r['sleeps']:.0f} sleeps; hidden {r['sleep_hidden_s']:.2f} s, exposed {r['sleep_exposed_s']:.2f} s "
+                  f"({100 * r['hidden_share']:.0f}% hidden)")
 
 
 @bench_app.command("memory")

@@ -178,3 +178,15 @@ def test_eval_agent_runs_held_out_sessions_through_the_agent_api():
     assert all(0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1 for r in summary["rows"])
     bad = runner.invoke(app, ["eval", "docqa-small", "--agent", "--places", "20", "--documents", "2"])
     assert bad.exit_code == 2 and "26" in bad.output
+
+
+def test_bench_fairness_and_serve_json():
+    r = runner.invoke(app, ["bench", "fairness", "--sleepers", "2", "--turns", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["sleep_passes_meanwhile"] > 0 and data["step_p99_ratio"] > 0
+    r = runner.invoke(app, ["bench", "serve", "--conversations", "2", "--rounds", "1", "--tool-latency", "0.05",
+                            "--think", "0.05", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["lost"] == 0 and data["requests"] == 2 * 3 and data["sleeps"] >= 1
