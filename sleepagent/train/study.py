@@ -366,6 +366,7 @@ def run_study(
         "machine": _machine(device),
         "train_wall_s": round(train_s, 1),
         "command": command or f"sleepagent study {study.name}",
+        "scoring": "free-running",
     }
     (docs / f"{study.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_final(report, docs / f"{study.name}_final.png")
@@ -437,6 +438,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{json.dumps(report['train'])}`; seeds {report['seeds']}; final test set: {report['eval_n']} "
         "examples per difficulty (fresh seed), exact match per answer.",
         "",
+        scoring_note(report),
+        "",
         "| difficulty | " + " | ".join(f"trained N={n} (mean ± spread/2)" for n in sorted(set(loops)))
         + f" | margin N={hi} − N={lo} | beats seed spread |",
     ]
@@ -472,6 +475,31 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["## Notes", "", report["notes"].strip(), ""]
     return "\n".join(lines)
+
+
+def scoring_note(report: dict[str, Any]) -> str:
+    """How the page's accuracies were scored. Pages written before free-running scoring existed
+    were teacher-forced: for an example's first (or only) answer that is the same number, since
+    nothing earlier is in its context; later answers had the true earlier answers in context."""
+    if report.get("scoring") == "free-running":
+        return ("Scoring: free-running, as an agent answers (each answer is the model's own greedy tokens, its "
+                "earlier answers right or wrong in the context).")
+    if report["task"] == "rule110":
+        return ("Scoring: each example has one answer (both rows' labels), scored teacher-forced when this page was "
+                "written; for a single answer that equals free-running exact match (the first wrong token already "
+                "makes it wrong).")
+    return ("Scoring: written before free-running scoring existed, so the 'every question' rows are teacher-forced "
+            "(the true earlier answers were in the context); the first-question rows equal free-running scores "
+            "(nothing earlier is in a first question's context). The README quotes only the latter.")
+
+
+def render_page(json_path: str | Path) -> Path:
+    """Rewrite ``<name>.md`` from its ``<name>.json`` (no training, no scoring)."""
+    json_path = Path(json_path)
+    report = json.loads(json_path.read_text())
+    out = json_path.with_suffix(".md")
+    out.write_text(markdown(report))
+    return out
 
 
 def _comparison_rows(comparison: dict[str, Any], loops: list[int]) -> list[str]:
@@ -548,3 +576,12 @@ def _finish(ax, xlabel: str, title: str) -> None:
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize=7)
+
+
+if __name__ == "__main__":  # python -m sleepagent.train.study render docs/depo.json ...
+    import sys
+
+    if sys.argv[1:2] != ["render"] or len(sys.argv) < 3:
+        raise SystemExit("usage: python -m sleepagent.train.study render docs/NAME.json [...]")
+    for path in sys.argv[2:]:
+        print(render_page(path))
