@@ -75,7 +75,7 @@ class SnapshotRow(Base):
     loops: Mapped[int] = mapped_column(Integer)
     window_len: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[dict] = mapped_column(JSON)
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # read only when asked for
 
     __table_args__ = (
         ForeignKeyConstraint(["tenant", "session_id"], ["sleep_sessions.tenant", "sleep_sessions.id"],

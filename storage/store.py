@@ -249,6 +249,9 @@ class SnapshotStore:
             Base.metadata.create_all(self.engine)
             with self.engine.begin() as conn:
                 conn.execute(SchemaRow.__table__.insert().values(version=SCHEMA_VERSION))
+                if not self.is_sqlite:
+                    # fast weights are incompressible floats: skip TOAST's compression attempt
+                    conn.exec_driver_sql("ALTER TABLE sleep_snapshots ALTER COLUMN payload SET STORAGE EXTERNAL")
             return
         with self.engine.connect() as conn:
             versions = [r[0] for r in conn.execute(select(SchemaRow.version))]
@@ -411,7 +414,7 @@ class SnapshotStore:
                              .order_by(SnapshotRow.created_at.desc(), SnapshotRow.id.desc()).limit(1)).first()
             if row is None:
                 return None
-            info, payload = _snapshot_info(row), bytes(row.payload)
+            info, payload = _snapshot_info(row), self._payload(db, row)
         self._verify(info, payload, fingerprint)
         self._audit("restore", tenant, info.session_id, snapshot=info.id)
         return info, payload
@@ -436,7 +439,7 @@ class SnapshotStore:
                 row = db.get(SnapshotRow, sid)
                 if row is None:  # pragma: no cover - excluded by the transaction's snapshot
                     continue
-                info, payload = _snapshot_info(row), bytes(row.payload)
+                info, payload = _snapshot_info(row), self._payload(db, row)
                 try:
                     self._verify(info, payload, fingerprint)
                     check_payload(payload)
@@ -476,7 +479,7 @@ class SnapshotStore:
                 owner = None
                 if row.expires_at is not None and row.expires_at <= self.clock():
                     raise SnapshotExpired(f"snapshot {snapshot_id} of session {row.session_id!r} expired")
-                payload = bytes(row.payload)
+                payload = self._payload(db, row)
                 info = _snapshot_info(row)
         if owner is not None:
             # the same answer as a missing snapshot; the owner's audit trail records the attempt
@@ -485,6 +488,19 @@ class SnapshotStore:
         self._verify(info, payload, fingerprint)
         self._audit("restore", tenant, info.session_id, snapshot=snapshot_id)
         return info, payload
+
+    def _payload(self, db: Session, row: SnapshotRow) -> bytes:
+        """A snapshot's bytes, in the caller's transaction. The column is deferred (listing rows
+        never moves payloads); PostgreSQL sends it in binary, not as hex text twice its size."""
+        if self.is_sqlite:
+            return bytes(row.payload)
+        raw = db.connection().connection.driver_connection
+        with raw.cursor(binary=True) as cur:
+            cur.execute("SELECT payload FROM sleep_snapshots WHERE id = %s", (row.id,))
+            found = cur.fetchone()
+        if found is None:  # pragma: no cover - the row was read in this transaction
+            raise SnapshotNotFound(f"no snapshot {row.id}")
+        return bytes(found[0])
 
     def _verify(self, info: SnapshotInfo, payload: bytes, fingerprint: str | None) -> None:
         if hashlib.sha256(payload).hexdigest() != info.sha256 or len(payload) != info.size:
