@@ -188,8 +188,12 @@ def serve(
     persist_window: Annotated[bool, typer.Option(help="snapshots keep the window (exact resume)")] = False,
     max_in_flight: Annotated[int, typer.Option(min=1, help="requests served at once; more get 429")] = 64,
     max_prompt_tokens: Annotated[int, typer.Option(min=16, help="new tokens a request may bring; more get 413")] = 32_768,
+    ray_mode: Annotated[bool, typer.Option("--ray", help="engine replicas on Ray Serve (needs --store)")] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="--ray: engine replicas")] = 2,
+    ray_address: Annotated[str | None, typer.Option(help="--ray: a running Ray cluster (default: start one here)")] = None,
 ) -> None:
-    """Serve a model over the OpenAI API: POST /v1/chat/completions, GET /v1/models, /health, /metrics."""
+    """Serve a model over the OpenAI API: POST /v1/chat/completions, GET /v1/models, /health, /metrics.
+    With --ray, K engine replicas on Ray Serve share sessions through the store."""
     from .errors import SleepAgentError
     from .serve.app import ServeConfig, load_api_keys
     from .serve.runner import serve as run_server
@@ -205,8 +209,27 @@ def serve(
         raise _fail(str(e)) from None
     except ImportError as e:
         raise _fail(f"the server needs its extra: pip install 'sleepagent[serve]' ({e})") from None
-    console.print(f"[bold]sleepagent serve[/]: {model} on http://{host}:{port}/v1 "
-                  f"({'no auth' if no_auth else f'{len(cfg.api_keys)} API key(s)'}, store: {store or 'none'})")
+    banner = (f"[bold]sleepagent serve[/]: {model} on http://{host}:{port}/v1 "
+              f"({'no auth' if no_auth else f'{len(cfg.api_keys)} API key(s)'}, store: {store or 'none'}"
+              + (f", {replicas} Ray Serve replicas" if ray_mode else "") + ")")
+    if ray_mode:
+        try:
+            import ray
+            from ray import serve as ray_serve
+
+            from .serve.ray_serve import build_app
+
+            app_ = build_app(cfg, replicas=replicas)
+        except ImportError as e:
+            raise _fail(f"--ray needs its extra: pip install 'sleepagent[ray]' ({e})") from None
+        except SleepAgentError as e:
+            raise _fail(str(e)) from None
+        console.print(banner)
+        ray.init(address=ray_address)
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(app_, name="sleepagent", route_prefix="/", blocking=True)
+        return
+    console.print(banner)
     run_server(cfg, host=host, port=port)
 
 

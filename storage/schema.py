@@ -56,6 +56,10 @@ class SessionRow(Base):
     # retention "session": the row and its snapshots are reclaimed once this passes (a crashed
     # process never closes its sessions); renewed by every snapshot and turn
     lease_until: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    # which engine holds the session live (several engines on one store: Ray Serve replicas);
+    # a claim bumps the epoch, so a replica can tell that another one took the session over
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    owner_epoch: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class SnapshotRow(Base):

@@ -319,6 +319,21 @@ class SnapshotStore:
                 continue  # another writer created it at the same moment: read theirs
         raise StoreError(f"could not open session {session_id!r}")
 
+    def claim(self, session_id: str, *, tenant: str, owner: str) -> int:
+        """``owner`` (an engine) now holds the session live; returns the claim's epoch. Any
+        earlier holder sees a newer epoch in :meth:`owner_of` and drops its copy."""
+        with self._tx() as db:
+            row = self._session_row(db, session_id, tenant)
+            row.owner, row.owner_epoch = owner, (row.owner_epoch or 0) + 1
+            db.add(self._event("claim", tenant, session_id, owner=owner, epoch=row.owner_epoch))
+            return row.owner_epoch
+
+    def owner_of(self, session_id: str, *, tenant: str) -> tuple[str | None, int]:
+        """(the engine that last claimed the session, the claim's epoch)."""
+        with self._tx() as db:
+            row = self._session_row(db, session_id, tenant)
+            return row.owner, row.owner_epoch or 0
+
     def touch(self, session_id: str, *, tenant: str) -> None:
         """Renew a ``session``-retention session's lease (a live session's every turn)."""
         if self.read_only:

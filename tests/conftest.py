@@ -24,3 +24,18 @@ def tiny_model(seed: int = 0, **overrides) -> SleepHybridLM:
 @pytest.fixture
 def model() -> SleepHybridLM:
     return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (Debian's binaries; ``.ci/run`` installs them)."""
+    from sleepagent.storage.pgtemp import postgres_bindir, temporary_postgres
+
+    if postgres_bindir() is None:
+        pytest.skip("no PostgreSQL server binary (install Debian's postgresql package)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'sleepagent[postgres]')")
+    with temporary_postgres() as url:
+        yield url

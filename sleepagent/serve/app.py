@@ -92,6 +92,18 @@ def load_api_keys(path: str | None = None, env: str | None = None) -> dict[str, 
     return keys
 
 
+def authenticate(cfg: ServeConfig, authorization: str | None) -> str:
+    """The tenant of a request's API key (``Authorization: Bearer KEY``), or 401."""
+    if cfg.no_auth:
+        return "default"
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    for key, tenant in cfg.api_keys.items():
+        if token and hmac.compare_digest(token.encode(), key.encode()):
+            return tenant
+    raise ApiError(401, "missing or invalid API key (Authorization: Bearer ...)", type="authentication_error",
+                   code="invalid_api_key")
+
+
 class _Server:
     """State of one running server: engine, sessions, counters."""
 
@@ -126,18 +138,11 @@ class _Server:
         self.statuses: dict[str, int] = {}
 
     def tenant(self, authorization: str | None) -> str:
-        if self.cfg.no_auth:
-            return "default"
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        for key, tenant in self.cfg.api_keys.items():
-            if token and hmac.compare_digest(token.encode(), key.encode()):
-                return tenant
-        raise ApiError(401, "missing or invalid API key (Authorization: Bearer ...)", type="authentication_error",
-                       code="invalid_api_key")
+        return authenticate(self.cfg, authorization)
 
     # --- one request ---------------------------------------------------------------------------
 
-    async def prepare(self, req: ChatRequest, tenant: str, header_session: str | None) -> _Job:
+    async def prepare(self, req: ChatRequest, tenant: str, header_session: str | None, create: bool = False) -> _Job:
         """Everything that can fail before a reply is written (unknown model or session, bad tool
         choice, too many tokens), so that it fails with its own status, streaming or not."""
         if req.model != self.model_name:
@@ -150,7 +155,7 @@ class _Server:
             choice = normalize_tool_choice(req.tool_choice, names)
         except ConfigError as e:
             raise ApiError(400, str(e), param="tool_choice") from None
-        s, new, status = await self.sessions.find(tenant, turns, header_session or req.session_id)
+        s, new, status = await self.sessions.find(tenant, turns, header_session or req.session_id, create=create)
         try:
             return self._job(req, s, new, status, specs, names, choice)
         except BaseException:
@@ -219,12 +224,18 @@ class _Server:
         good = [c for c in calls if not isinstance(c, MalformedToolCall)]
         content = visible_text(text)
         self.sessions.record(s, [ChatTurn("assistant", content, tuple((c.name, c.arguments) for c in good))])
+        if self.sessions.checkpoint_turns:  # before the sleep starts: another engine may take over
+            await self.sessions.checkpoint(s)
         engine.pause(es)  # the client runs its tools, or the user reads: sleep now
         self.counters["prompt_tokens"] += job.prompt
         self.counters["completion_tokens"] += n_out
+        session = {"id": s.id, "status": job.status, "prompt_tokens_cached": cached}
+        if job.status == "resumed" and s.resume is not None:  # what the snapshot could not hold
+            session["lost_tokens"] = dict(s.resume.lost)
+            session["snapshot"] = s.resume.snapshot_id
         return {"content": content if content or not good else None, "calls": good,
                 "finish": "tool_calls" if good else finish, "usage": usage(job.prompt, n_out, cached),
-                "session": {"id": s.id, "status": job.status, "prompt_tokens_cached": cached}}
+                "session": session}
 
 
 @dataclass

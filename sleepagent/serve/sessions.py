@@ -72,6 +72,8 @@ class ServerSession:
     # a request that recognised this session holds it until it runs (or a while, if it never
     # does), so that two conversations with the same history never land on one state
     reserved_until: float = 0.0
+    epoch: int = 0  # this process's claim on the session in the store (several engines)
+    resume: Any = None  # the ResumeInfo of its last resume from the store (what came back, what was lost)
     dirty: bool = False  # a request was cancelled mid-read: the next one starts the session over
 
     @property
@@ -99,6 +101,10 @@ class SessionRegistry:
         self._released: dict[tuple[str, str], list[str]] = {}  # digests of released sessions (memory only)
         self.released_total = 0
         self.sleep_totals: dict[str, float] = {"sleeps": 0, "sleep_s_hidden": 0.0, "sleep_s_exposed": 0.0}
+        # several engines on one store (Ray Serve): this engine's name in the store's claims, and
+        # a snapshot after every reply, so that another engine can take a session over mid-way
+        self.claimant: str | None = None
+        self.checkpoint_turns = False
 
     # --- digests -------------------------------------------------------------------------------
 
@@ -128,16 +134,26 @@ class SessionRegistry:
 
     # --- finding a request's session ----------------------------------------------------------
 
-    async def find(self, tenant: str, turns: list[ChatTurn], session_id: str | None) -> tuple[ServerSession, list[ChatTurn], str]:
+    async def find(self, tenant: str, turns: list[ChatTurn], session_id: str | None,
+                   create: bool = False) -> tuple[ServerSession, list[ChatTurn], str]:
         """The session a request continues, the messages it still has to read, and what happened
-        ("new", "reused" or "resumed")."""
+        ("new", "reused" or "resumed"). ``create``: a named session that does not exist yet is
+        made (a router named it), instead of a 404."""
         chain = self._chain(turns)
         if session_id is not None:
             s = self.live.get((tenant, session_id))
             status = "reused"
+            if s is not None and not self._still_ours(s):  # another engine took it over
+                self._drop(s)
+                s = None
             if s is None:
-                s = self._resume(tenant, session_id)  # 404 when neither live nor stored
-                status = "resumed"
+                try:
+                    s = self._resume(tenant, session_id)  # 404 when neither live nor stored
+                    status = "resumed" if s.engine_session.meta.get("messages_read") else "new"
+                except ApiError:
+                    if not create:
+                        raise
+                    s, status = self._new(tenant, session_id), "new"
                 if not s.digests:  # the digests died with the process that wrote them: trust the count
                     count = int(s.engine_session.meta.get("messages_read", 0))
                     if count >= len(turns):
@@ -181,12 +197,32 @@ class SessionRegistry:
                            type="rate_limit_error", code="too_many_sessions")
         sid = session_id or uuid.uuid4().hex[:16]
         es = self.engine.session(sid, policy=self.sleep)
+        s = ServerSession(sid, tenant, es)
         if self.store is not None and self.memory.retention != "ephemeral":
             self.store.open_session(sid, tenant=tenant, fingerprint=self.engine.model.fingerprint, policy=self.memory)
             es.on_commit = lambda e, tenant=tenant: self._persist(e, tenant)
-        s = ServerSession(sid, tenant, es)
+            if self.claimant is not None:
+                s.epoch = self.store.claim(sid, tenant=tenant, owner=self.claimant)
         self.live[(tenant, sid)] = s
         return s
+
+    def _still_ours(self, s: ServerSession) -> bool:
+        if self.claimant is None or self.store is None:
+            return True
+        return self.store.owner_of(s.id, tenant=s.tenant) == (self.claimant, s.epoch)
+
+    def _drop(self, s: ServerSession) -> None:
+        """Forget a live copy another engine has taken over (its store state is newer)."""
+        self._unindex(s)
+        self.engine.close_session(s.engine_session)
+        self.live.pop((s.tenant, s.id), None)
+
+    async def checkpoint(self, s: ServerSession) -> None:
+        """Snapshot the session now (after a reply), so that a failover loses no committed turn."""
+        if self.store is None or self.memory.retention == "ephemeral":
+            return
+        es = s.engine_session
+        await self.engine.call(es, lambda _state: self._persist(es, s.tenant))
 
     def _resume(self, tenant: str, session_id: str) -> ServerSession:
         """A released session back from the store (the same 404 for another tenant's id as for a
@@ -203,7 +239,8 @@ class SessionRegistry:
         if info.fingerprint != self.engine.model.fingerprint:
             raise ApiError(409, f"session {session_id!r} was made by another model", code="fingerprint_mismatch")
         s = self._new(tenant, session_id)
-        if restore(self.engine.model, self.store, s.engine_session, tenant=tenant) is None:
+        s.resume = restore(self.engine.model, self.store, s.engine_session, tenant=tenant)
+        if s.resume is None:
             s.engine_session.meta.clear()
         return s
 

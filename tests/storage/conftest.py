@@ -10,19 +10,7 @@ from __future__ import annotations
 import pytest
 
 from sleepagent.storage import SnapshotStore
-from sleepagent.storage.pgtemp import create_database, postgres_bindir, temporary_postgres
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    if postgres_bindir() is None:
-        pytest.skip("no PostgreSQL server binary (install Debian's postgresql package)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed (pip install 'sleepagent[postgres]')")
-    with temporary_postgres() as url:
-        yield url
+from sleepagent.storage.pgtemp import create_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
