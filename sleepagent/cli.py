@@ -600,13 +600,15 @@ def bench_serve_cmd(
     rounds: Annotated[int, typer.Option(min=0, help="questions after the document")] = 2,
     tool_latency: Annotated[float, typer.Option(min=0.0, help="seconds the tool takes")] = 0.3,
     think: Annotated[float, typer.Option(min=0.0, help="user think time before each question")] = 0.3,
+    replicas: Annotated[str | None, typer.Option(help="also on Ray Serve with these replica counts, e.g. 1,2")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Concurrent conversations against a real `sleepagent serve` over HTTP (streaming)."""
+    """Concurrent conversations against a real `sleepagent serve` over HTTP (streaming); with
+    --replicas, the same on Ray Serve and a timed failover."""
     from .bench import bench_serve
 
     r = bench_serve(conversations=conversations, concurrency=concurrency, rounds=rounds, tool_s=tool_latency,
-                    think_s=think)
+                    think_s=think, replicas=_lengths(replicas) if replicas else ())
     if as_json:
         print(json.dumps(r))
         return
@@ -616,6 +618,11 @@ def bench_serve_cmd(
                   f"inter-token p50 {r['itl_p50_ms']:.2f} / p99 {r['itl_p99_ms']:.2f} ms")
     console.print(f"{r['sleeps']:.0f} sleeps; hidden {r['sleep_hidden_s']:.2f} s, exposed {r['sleep_exposed_s']:.2f} s "
                   f"({100 * r['hidden_share']:.0f}% hidden)")
+    for k, row in r.get("ray", {}).items():
+        fail = f", failover {row['failover_s']:.2f} s (kill to first token)" if "failover_s" in row else ""
+        console.print(f"Ray Serve, {k} replica(s): {row['requests']} requests, {row['lost']} lost, "
+                      f"{row['requests_per_s']:.1f} requests/s, time to first token p50 {row['ttft_p50_ms']:.1f} / "
+                      f"p99 {row['ttft_p99_ms']:.1f} ms{fail}")
 
 
 @bench_app.command("memory")
