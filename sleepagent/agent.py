@@ -723,7 +723,8 @@ def snapshot(model: SleepModel, es: EngineSession, memory: MemoryPolicy) -> tupl
     dropped = state.window_len - view.window_len
     lost = {"window": 0 if memory.persist_window else dropped,
             "never_consolidate": dropped if memory.persist_window else 0, "unread": unread}
-    return view.to_bytes(model.fingerprint), {"queued": queued, "lost": lost, "session": dict(es.meta)}
+    dtype = torch.bfloat16 if memory.snapshot_dtype == "bfloat16" else None
+    return view.to_bytes(model.fingerprint, dtype), {"queued": queued, "lost": lost, "session": dict(es.meta)}
 
 
 def restore(model: SleepModel, store: Any, es: EngineSession, *, tenant: str) -> ResumeInfo | None:

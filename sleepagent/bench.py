@@ -332,6 +332,21 @@ def bench_store(
                     repeats=repeats, device=torch.device("cpu"),
                 )
                 row[name] = {"bytes": len(blob), "write_ms": 1000 * write, "restore_ms": 1000 * restore}
+            # the bf16 option: half the bytes, and the error it costs (measured on the restored S)
+            cfg, state, fp = states["2b-class"]
+            sid = "bench-bf16"
+            store.open_session(sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2))
+            blob = state.to_bytes(fp, torch.bfloat16)
+            write = timeit(lambda: store.save(sid, state.to_bytes(fp, torch.bfloat16), tenant="bench", loops=2),
+                           repeats=repeats, device=torch.device("cpu"))
+            restored: list[HybridState] = []
+            restore = timeit(lambda: restored.append(HybridState.from_bytes(store.latest(sid, tenant="bench")[1], cfg=cfg,
+                                                                          fingerprint=fp)),
+                             repeats=repeats, device=torch.device("cpu"))
+            err = max(float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) for a, b in
+                      zip(restored[-1].fast.S, state.fast.S, strict=True))
+            row["2b-class bf16"] = {"bytes": len(blob), "write_ms": 1000 * write, "restore_ms": 1000 * restore,
+                                    "max_relative_error": err}
             # concurrent writers, each with its own store (connection pool), small state
             cfg, state, fp = states["small"]
             blob = state.to_bytes(fp)

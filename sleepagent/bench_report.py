@@ -124,8 +124,16 @@ def to_markdown(r: dict[str, Any], command: str = "sleepagent bench") -> str:
     lines += _table(
         ["backend", "state", "MB", "write ms", "restore ms"],
         [[b, name, f"{row[name]['bytes'] / 1e6:.2f}", f"{row[name]['write_ms']:.1f}", f"{row[name]['restore_ms']:.1f}"]
-         for b, row in s["backends"].items() for name in ("small", "2b-class")],
+         for b, row in s["backends"].items() for name in ("small", "2b-class", "2b-class bf16")],
     )
+    if "postgresql" in s["backends"]:
+        pg, lite = s["backends"]["postgresql"]["2b-class"], s["backends"]["sqlite"]["2b-class"]
+        lines += [f"2B-class state, PostgreSQL / SQLite: write **{pg['write_ms'] / lite['write_ms']:.2f}x**, restore "
+                  f"**{pg['restore_ms'] / lite['restore_ms']:.2f}x** (payloads read in binary, stored without TOAST "
+                  "compression: float fast weights do not compress).", ""]
+    err = max(row["2b-class bf16"]["max_relative_error"] for row in s["backends"].values())
+    lines += [f"bf16 snapshots (`MemoryPolicy(snapshot_dtype=\"bfloat16\")`): half the bytes; the largest relative "
+              f"error of a restored fast weight was {err:.1e}.", ""]
     lines += [f"- {b}: {row['concurrent']['writers']} concurrent writers, "
               f"{row['concurrent']['snapshots_per_s']:.0f} snapshots/s" for b, row in s["backends"].items()]
     lines += [""]

@@ -538,10 +538,13 @@ def bench_store_cmd(
     for col in ("backend", "state", "MB", "write ms", "restore ms"):
         table.add_column(col, justify="right")
     for backend, row in result["backends"].items():
-        for name in ("small", "2b-class"):
+        for name in ("small", "2b-class", "2b-class bf16"):
             r = row[name]
             table.add_row(backend, name, f"{r['bytes'] / 1e6:.2f}", f"{r['write_ms']:.1f}", f"{r['restore_ms']:.1f}")
     console.print(table)
+    errs = {b: row["2b-class bf16"]["max_relative_error"] for b, row in result["backends"].items()}
+    console.print("bf16 snapshots: largest relative error of a restored fast weight: "
+                  + ", ".join(f"{b} {e:.2e}" for b, e in errs.items()))
     for backend, row in result["backends"].items():
         c = row["concurrent"]
         console.print(f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s ({c['mb_per_s']:.1f} MB/s)")

@@ -183,7 +183,9 @@ class HFState:
             tokens_consolidated=self.tokens_consolidated, sleeps=self.sleeps,
         )
 
-    def to_bytes(self, fingerprint: str) -> bytes:
+    def to_bytes(self, fingerprint: str, dtype: torch.dtype | None = None) -> bytes:
+        """Safetensors bytes (``dtype`` is accepted for the interface; transformers states are
+        stored at their own precision)."""
         tensors = {f"fast.S.{i}": s for i, s in enumerate(self.fast.S)}
         tensors |= {f"fast.conv.{i}": c for i, c in enumerate(self.fast.conv)}
         tensors["window.ids"] = torch.tensor([self.window_ids], dtype=torch.long)

@@ -183,8 +183,10 @@ class HybridState:
 
     # --- serialisation --------------------------------------------------------------------------
 
-    def to_bytes(self, fingerprint: str) -> bytes:
-        """Serialise to safetensors bytes; only the valid window slots are written."""
+    def to_bytes(self, fingerprint: str, dtype: torch.dtype | None = None) -> bytes:
+        """Serialise to safetensors bytes; only the valid window slots are written. ``dtype``
+        (e.g. ``torch.bfloat16``) stores the floating tensors in that precision (half the bytes;
+        loading casts them back, S to float32: a lossy round trip, 8 significant bits for bf16)."""
         L = self.window_len
         tensors: dict[str, torch.Tensor] = {}
         # After a hard sleep the working state is the committed one: store it once.
@@ -204,6 +206,9 @@ class HybridState:
             tensors["window.h"] = self.window_h[:, :L]
         # clone: after a hard sleep `working` and `fast` share storage, which safetensors refuses
         tensors = {k: t.detach().cpu().clone() for k, t in tensors.items()}
+        compute = self.fast.conv[0].dtype if self.fast.conv else self.window_h.dtype
+        if dtype is not None:
+            tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
         meta = {
             "format": "sleepagent.HybridState",
             "format_version": STATE_FORMAT_VERSION,
@@ -217,6 +222,8 @@ class HybridState:
                     "sleeps": self.sleeps,
                     "working_is_fast": working_is_fast,
                     "replay": self.replay,
+                    "stored_dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+                    "compute_dtype": str(compute).removeprefix("torch."),
                 }
             ),
         }
@@ -242,6 +249,10 @@ class HybridState:
             counters = json.loads(meta["counters"])
         except (SafetensorError, KeyError, ValueError) as e:
             raise SnapshotCorrupted(f"state payload is unreadable: {e}") from None
+        if counters.get("stored_dtype"):  # stored at lower precision: back to the compute dtypes
+            compute = getattr(torch, counters.get("compute_dtype") or "float32")
+            t = {k: (v.to(torch.float32) if ".S." in k else v.to(compute)) if v.is_floating_point() else v
+                 for k, v in t.items()}
         n_gdn, n_attn = len(cfg.gdn_layers), len(cfg.attn_layers)
         L, W = counters["window_len"], counters["window"]
         if W != cfg.window:

@@ -326,3 +326,20 @@ def test_explicit_windows_match_wake_with_early_sleeps(loops):
         model(ids, window_lengths=[16, 16])
     with pytest.raises(ShapeError, match="at most window"):
         model(ids, window_lengths=[20, 20])
+
+
+def test_a_bf16_snapshot_halves_the_bytes_and_restores_close():
+    """MemoryPolicy(snapshot_dtype="bfloat16"): about half the bytes; S comes back float32 within
+    bf16 precision (8 significant bits)."""
+    model = tiny_model()
+    state = model.new_state()
+    model.prefill(ids_for(model, 1, 12), state)
+    state = model.consolidate(state, loops=2)
+    fp = model.fingerprint()
+    full, half = state.to_bytes(fp), state.to_bytes(fp, torch.bfloat16)
+    assert len(half) < 0.7 * len(full)
+    back = model.load_state(half, fp)
+    for a, b in zip(back.fast.S, state.fast.S, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2**-8, atol=1e-6)
+    assert not back.fast.equal(state.fast)  # lossy, as stated
