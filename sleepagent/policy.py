@@ -76,11 +76,10 @@ class MemoryPolicy(_Policy):
     lease:             "session" retention: seconds the stored state outlives its last turn or
                        snapshot; a crashed process never closes its sessions, so the store
                        reclaims them (erases them for real) once the lease runs out.
-    snapshot_dtype:    "bfloat16" stores snapshots at half the bytes; each value keeps 8 mantissa
-                       significant bits (relative error up to 2^-8, about 0.4%: ``sleepagent bench
-                       store`` measures it), so
-                       a resumed session continues close to, not exactly as, one that never
-                       stopped. "float32" (default) is exact.
+    snapshot_dtype:    "bfloat16" stores snapshots at half the bytes; each value keeps 8
+                       significant bits (relative error up to 2^-8, about 0.4%, as
+                       ``sleepagent bench store`` measures), so a resumed session continues close
+                       to, not exactly as, one that never stopped. "float32" (default) is exact.
     """
 
     retention: Literal["ephemeral", "session", "persistent"] = "session"
