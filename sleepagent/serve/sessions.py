@@ -11,8 +11,9 @@ are never written anywhere: a released session can be recognised again by this p
 resumed by name by any process that shares the store (its snapshot records how many messages it
 had read, a count, never text).
 
-A session idle for ``idle_release_s`` is snapshotted to the store (if there is one) and released;
-the next request resumes it. Responses say which happened: ``new``, ``reused`` or ``resumed``.
+A session idle for ``idle_release_s`` is snapshotted to the store (if there is one) and released,
+and so is the least recently used one when ``max_sessions`` are live; the next request resumes
+it. Responses say which happened: ``new``, ``reused`` or ``resumed``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class SessionRegistry:
         ("new", "reused" or "resumed"). ``create``: a named session that does not exist yet is
         made (a router named it), instead of a 404."""
         chain = self._chain(turns)
+        await self._make_room()
         if session_id is not None:
             s = self.live.get((tenant, session_id))
             status = "reused"
@@ -191,10 +193,18 @@ class SessionRegistry:
             raise ApiError(404, f"no session {session_id!r}", code="session_not_found", param="session_id")
         return s
 
+    async def _make_room(self) -> None:
+        """At most ``max_sessions`` live: release the least recently used (to the store, where
+        any engine can resume it); 429 when every live session is in use."""
+        while len(self.live) >= self.max_sessions:
+            now = time.monotonic()
+            idle = [s for s in self.live.values() if s.available(now)]
+            if not idle:
+                raise ApiError(429, f"the server holds {self.max_sessions} live sessions, all in use; retry later",
+                               type="rate_limit_error", code="too_many_sessions")
+            await self.release(min(idle, key=lambda s: s.last_used))
+
     def _new(self, tenant: str, session_id: str | None = None) -> ServerSession:
-        if len(self.live) >= self.max_sessions:
-            raise ApiError(429, f"the server holds {self.max_sessions} live sessions; retry later",
-                           type="rate_limit_error", code="too_many_sessions")
         sid = session_id or uuid.uuid4().hex[:16]
         es = self.engine.session(sid, policy=self.sleep)
         s = ServerSession(sid, tenant, es)

@@ -189,3 +189,20 @@ def test_api_keys_file_and_env(tmp_path):
         with serve_in_background(ServeConfig()):
             pass
     assert json.dumps(load_api_keys(None, env=""))  == "{}"
+
+
+def test_beyond_max_sessions_the_least_recently_used_is_released_and_resumed(tmp_path):
+    cfg = ServeConfig(no_auth=True, store=f"sqlite:///{tmp_path / 's.db'}", max_sessions=2)
+    with serve_in_background(cfg) as url:
+        ids, histories = [], []
+        for letter in "ABC":  # three conversations, room for two
+            msgs = [{"role": "user", "content": f"Read the document {letter}."}]
+            r = post(url, ask(msgs, tools=TOOLS), key=None)
+            ids.append(r.headers["x-session-id"])
+            histories.append(msgs + [r.json()["choices"][0]["message"],
+                                     {"role": "tool", "tool_call_id": "c", "content": PAGE}])
+        metrics = httpx.get(f"{url.removesuffix('/v1')}/metrics").text
+        assert metric(metrics, "sleepagent_sessions") == 2 and metric(metrics, "sleepagent_sessions_released_total") == 1
+        first = post(url, ask(histories[0], tools=TOOLS), key=None)  # A was the least recently used
+        assert first.json()["session"] == {**first.json()["session"], "id": ids[0], "status": "resumed"}
+        assert first.json()["choices"][0]["message"]["content"] == "Done."
