@@ -78,7 +78,7 @@ def test_the_server_snippet_against_a_running_server():
     pytest.importorskip("fastapi")
     from sleepagent.serve import ServeConfig, serve_in_background
 
-    serve_cmd = block("bash", "Serve it")
+    serve_cmd = block("bash", "Serve it", contains="--no-auth")
     assert serve_cmd.strip() == "sleepagent serve --model docqa-small --no-auth --port 8000 &"
     code = block("python", "Serve it")
     with serve_in_background(ServeConfig(model="docqa-small", no_auth=True)) as url:
@@ -162,3 +162,13 @@ def test_training_and_evaluation_commands_parse(monkeypatch):
             help_text = runner.invoke(app, ["eval", "--help"]).output
             assert all(o in help_text for o in options), options
     assert len(seen) == 4 and {c.loops for c in seen} == {1, 4}
+
+
+def test_the_ray_command_names_real_options():
+    """The Ray Serve command needs a cluster and PostgreSQL: its options are checked here, and the
+    deployment itself runs in tests/serve/test_ray.py."""
+    line = block("bash", "Serve it", contains="--ray").strip()
+    args = shlex.split(line)
+    help_text = runner.invoke(app, ["serve", "--help"]).output
+    assert args[:2] == ["sleepagent", "serve"]
+    assert all(a in help_text for a in args if a.startswith("--"))
