@@ -1,9 +1,12 @@
-"""Draw docs/docqa_curve.png: the shipped docqa-small's periodic test scores over its two stages.
+"""Draw the docqa runs' periodic test scores (the ``evals`` in their ``train.json``).
 
     python docs/docqa_curve.py runs/docqa-read runs/docqa-small [--out docs/docqa_curve.png]
+    python docs/docqa_curve.py runs/docqa-long runs/docqa-long-n1 --side-by-side --out docs/docqa_long_curve.png
 
-Reads the ``evals`` each run keeps in its ``train.json`` (40 documents per hop count, scored every
-100 steps, a test seed apart from the final evaluation's). Stage 2's steps are drawn after stage 1's.
+Without ``--side-by-side`` the runs are stages of one model, drawn one after another; with it they
+are twins trained from the same start (each line labelled with the N it was trained with). The
+periodic test set is small (``--eval-n`` documents per hop count, of every size the task draws) and
+scored teacher-forced (one forward pass); the README's figures come from ``sleepagent eval --agent``.
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ import json
 from pathlib import Path
 
 
-def curves(runs: list[Path]) -> tuple[dict[tuple[int, int], list[tuple[int, float]]], list[int]]:
-    """{(N, hops): [(global step, accuracy)]} over the runs in order, and where each run starts."""
-    out: dict[tuple[int, int], list[tuple[int, float]]] = {}
+def curves(runs: list[Path], side_by_side: bool) -> tuple[dict[tuple[str, int, int], list[tuple[int, float]]], list[int]]:
+    """{(run label, N at inference, hops): [(step, accuracy)]}, and where each stage starts."""
+    out: dict[tuple[str, int, int], list[tuple[int, float]]] = {}
     offset, starts = 0, []
     for run in runs:
         meta = json.loads((run / "train.json").read_text())
+        label = f"trained N = {meta['config']['loops']}" if side_by_side else ""
         starts.append(offset)
         for e in meta["evals"]:
             for n, row in e["accuracy"].items():
                 for hops, acc in row.items():
-                    out.setdefault((int(n), int(hops)), []).append((offset + e["step"], acc))
-        offset += meta["step"]
+                    out.setdefault((label, int(n), int(hops)), []).append((offset + e["step"], acc))
+        if not side_by_side:
+            offset += meta["step"]
     return out, starts
 
 
@@ -32,26 +37,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=Path("docs/docqa_curve.png"))
+    ap.add_argument("--side-by-side", action="store_true", help="the runs are twins, not stages")
     args = ap.parse_args()
-    data, starts = curves(args.runs)
+    data, starts = curves(args.runs, args.side_by_side)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    for (n, hops), pts in sorted(data.items()):
-        ax.plot(*zip(*pts, strict=True), marker=".", linestyle="-" if n > 1 else "--",
-                label=f"{hops}-hop, N = {n} at inference")
-    for s in starts[1:]:
-        ax.axvline(s, color="grey", linewidth=0.8)
-        ax.text(s, 0.02, " stage 2: N = 4", color="grey", fontsize=8, va="bottom")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    for (label, n, hops), pts in sorted(data.items()):
+        name = f"{hops}-hop, N = {n} at inference" + (f", {label}" if label else "")
+        ax.plot(*zip(*pts, strict=True), marker=".", linestyle="-" if n > 1 else "--", label=name)
+    if not args.side_by_side:
+        for i, s in enumerate(starts[1:], 2):
+            ax.axvline(s, color="grey", linewidth=0.8)
+            ax.text(s, 0.02, f" stage {i}", color="grey", fontsize=8, va="bottom")
     ax.set_xlabel("training step")
-    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylabel("exact match (teacher-forced)")
     ax.set_ylim(0, 1)
-    ax.set_title("docqa-small: periodic test set (40 documents per hop count)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("docqa: periodic test set", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(args.out)
     print(args.out)
