@@ -22,6 +22,11 @@ from .model.ops import fla_available, fla_backward_ok, gated_delta_rule
 __all__ = ["bench_kernels", "bench_wake", "timeit"]
 
 
+def _pct(xs: list[float], q: float) -> float:
+    """The q-quantile of seconds ``xs``, in milliseconds (0 for no samples)."""
+    return 1e3 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -515,13 +520,10 @@ def bench_bounded(*, read_mb: float = 2.0, steps: int = 200, model: str = "docqa
             stopped_after = reader.state.tokens_seen - at_cancel
             engine.close_session(reader)
 
-        def pct(xs: list[float], q: float) -> float:
-            return 1e3 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
-
         return {
-            "idle_p50_ms": pct(idle, 0.5), "idle_p99_ms": pct(idle, 0.99),
-            "reading_p50_ms": pct(loaded, 0.5), "reading_p99_ms": pct(loaded, 0.99),
-            "p99_ratio": pct(loaded, 0.99) / pct(idle, 0.99),
+            "idle_p50_ms": _pct(idle, 0.5), "idle_p99_ms": _pct(idle, 0.99),
+            "reading_p50_ms": _pct(loaded, 0.5), "reading_p99_ms": _pct(loaded, 0.99),
+            "p99_ratio": _pct(loaded, 0.99) / _pct(idle, 0.99),
             "read_tokens": n_read, "read_while_measuring": read_when_done,
             "read_after_cancel": stopped_after, "prefill_chunk": engine.prefill_chunk,
         }
@@ -578,20 +580,17 @@ def bench_fairness(*, sleepers: int = 8, turns: int = 20, tokens: int = 24, paus
             passes = sum(s.stats.passes for s in others)
         return ttft, itl, passes, during
 
-    def pct(xs: list[float], q: float) -> float:
-        return 1e3 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
-
     async def main() -> dict:
         await run(False)  # warm-up
         idle_ttft, idle_itl, _, _ = await run(False)
         ttft, itl, passes, during = await run(True)
         return {
-            "idle_ttft_p50_ms": pct(idle_ttft, 0.5), "idle_ttft_p99_ms": pct(idle_ttft, 0.99),
-            "sleeping_ttft_p50_ms": pct(ttft, 0.5), "sleeping_ttft_p99_ms": pct(ttft, 0.99),
-            "idle_step_p50_ms": pct(idle_itl, 0.5), "idle_step_p99_ms": pct(idle_itl, 0.99),
-            "sleeping_step_p50_ms": pct(itl, 0.5), "sleeping_step_p99_ms": pct(itl, 0.99),
-            "step_p99_ratio": pct(itl, 0.99) / pct(idle_itl, 0.99),
-            "ttft_p99_ratio": pct(ttft, 0.99) / pct(idle_ttft, 0.99),
+            "idle_ttft_p50_ms": _pct(idle_ttft, 0.5), "idle_ttft_p99_ms": _pct(idle_ttft, 0.99),
+            "sleeping_ttft_p50_ms": _pct(ttft, 0.5), "sleeping_ttft_p99_ms": _pct(ttft, 0.99),
+            "idle_step_p50_ms": _pct(idle_itl, 0.5), "idle_step_p99_ms": _pct(idle_itl, 0.99),
+            "sleeping_step_p50_ms": _pct(itl, 0.5), "sleeping_step_p99_ms": _pct(itl, 0.99),
+            "step_p99_ratio": _pct(itl, 0.99) / _pct(idle_itl, 0.99),
+            "ttft_p99_ratio": _pct(ttft, 0.99) / _pct(idle_ttft, 0.99),
             "sleep_passes_meanwhile": passes, "turns_while_others_slept": during,
         }
 
@@ -723,14 +722,11 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
 
     wall = anyio.run(main)
 
-    def pct(xs: list[float], q: float) -> float:
-        return 1e3 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
-
     return {"model": model, "conversations": conversations, "concurrency": concurrency or conversations,
             "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "wall_s": wall, "requests": counts["requests"],
             "lost": counts["lost"], "requests_per_s": counts["requests"] / wall, "tokens_per_s": counts["tokens"] / wall,
-            "ttft_p50_ms": pct(times["ttft"], 0.5), "ttft_p99_ms": pct(times["ttft"], 0.99),
-            "itl_p50_ms": pct(times["itl"], 0.5), "itl_p99_ms": pct(times["itl"], 0.99)}
+            "ttft_p50_ms": _pct(times["ttft"], 0.5), "ttft_p99_ms": _pct(times["ttft"], 0.99),
+            "itl_p50_ms": _pct(times["itl"], 0.5), "itl_p99_ms": _pct(times["itl"], 0.99)}
 
 
 def _bench_ray(replicas: int, model: str, conversations: int, concurrency: int | None, rounds: int, tool_s: float,
