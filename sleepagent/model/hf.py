@@ -231,18 +231,21 @@ class HFHybridLM(torch.nn.Module):
 
     # --- states -----------------------------------------------------------------------------
 
-    def _zero_fast(self) -> FastState:
+    def _zero_fast(self, batch_size: int = 1) -> FastState:
         S, conv = [], []
         for i in self.config.linear_layers:
             m = self.gdn[i]
-            S.append(torch.zeros(1, m.num_v_heads, m.head_k_dim, m.head_v_dim, device=self.device))
-            conv.append(torch.zeros(1, m.conv_dim, m.conv_kernel_size, device=self.device, dtype=self.dtype))
+            S.append(torch.zeros(batch_size, m.num_v_heads, m.head_k_dim, m.head_v_dim, device=self.device))
+            conv.append(torch.zeros(batch_size, m.conv_dim, m.conv_kernel_size, device=self.device, dtype=self.dtype))
         return FastState(S=tuple(S), conv=tuple(conv))
 
-    def _cache(self, fast: FastState, seed_from: FastState | None = None) -> Any:
+    def _cache(self, fast: FastState, seed_from: FastState | None = None, functional: bool = False) -> Any:
         """A fresh cache (no attention KV) whose GDN layers start from ``fast``.
 
         With ``seed_from``, layers inside the looped span start from ``seed_from`` instead.
+        ``functional``: the cache holds the given tensors and every update rebinds instead of
+        writing in place (transformers' caches copy into fixed buffers, which autograd cannot
+        differentiate through): the training forward's cache.
         """
         from transformers import DynamicCache
 
@@ -253,8 +256,12 @@ class HFHybridLM(torch.nn.Module):
             layer = cache.layers[li]
             conv, S = src.conv[j], src.S[j]
             layer.lazy_initialization(conv_states=conv, recurrent_states=S, conv_kernel_size=conv.shape[-1])
-            layer.conv_states[0].copy_(conv)
-            layer.recurrent_states[0].copy_(S)
+            if functional:
+                layer.conv_states[0], layer.recurrent_states[0] = conv, S
+                _rebinding_updates(layer)
+            else:
+                layer.conv_states[0].copy_(conv)
+                layer.recurrent_states[0].copy_(S)
             layer.has_previous_state[0] = True
         return cache
 
@@ -345,6 +352,132 @@ class HFHybridLM(torch.nn.Module):
             for hook in hooks:
                 hook.remove()
         return captured["h"], _read_fast(cache, self.config.linear_layers)
+
+    # --- training forward -------------------------------------------------------------------
+
+    def _train_pass(self, ids: torch.Tensor, fast: FastState, h: torch.Tensor | None, span_fast: FastState | None,
+                    logits: bool = False):
+        """One pass with autograd (:meth:`_pass` for training): (h at the span's end, end
+        FastState, logits of the last layer or None)."""
+        a, b = self.config.span
+        captured: dict[str, torch.Tensor] = {}
+
+        def feed(module, args, kwargs):
+            if args:
+                return (h, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": h}
+
+        def read(module, args, output):
+            captured["h"] = output[0] if isinstance(output, tuple) else output
+
+        hooks = [self.layers[b - 1].register_forward_hook(read)]
+        if h is not None:
+            hooks.append(self.layers[a].register_forward_pre_hook(feed, with_kwargs=True))
+        cache = self._cache(fast, seed_from=span_fast, functional=True)
+        try:
+            pos = torch.arange(ids.shape[1], device=self.device)[None].expand(ids.shape[0], -1)
+            out = self.decoder(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        end = FastState(S=tuple(cache.layers[i].recurrent_states[0] for i in self.config.linear_layers),
+                        conv=tuple(cache.layers[i].conv_states[0] for i in self.config.linear_layers))
+        head = self.hf.lm_head(out.last_hidden_state) if logits else None
+        return captured["h"], end, head
+
+    def _consolidate_train(self, ids: torch.Tensor, fast: FastState, loops: int,
+                           first: tuple[torch.Tensor, FastState] | None = None) -> FastState:
+        """Algorithm 1 over ``ids`` from ``fast``, differentiably; ``first``: pass 1's (h, end
+        state) when the wake pass already computed it over exactly these tokens."""
+        h, end = first if first is not None else self._train_pass(ids, fast, None, None)[:2]
+        for _ in range(loops - 1):
+            h, end, _ = self._train_pass(ids, fast, h, end)
+        return end
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        loss_mask: torch.Tensor | None = None,
+        loops: int | None = None,
+        *,
+        window_lengths: list[int] | None = None,
+        detach_every: int | None = None,
+        checkpoint: bool = False,
+        return_logits: bool = False,
+    ):
+        """The training forward of Algorithm 1 through the transformers model, as
+        :meth:`SleepHybridLM.forward` (same arguments, an :class:`LMOutput`): the sequence is split
+        into windows as the runtime splits it (``window``, hard or sliding eviction with ``keep``,
+        or explicit ``window_lengths``); each window's wake pass, from the committed state, gives
+        the loss on its targets; then N passes of the looped span over the window (hidden states
+        and linear-attention/conv states chained) give the next window's committed state.
+        Backprop runs through every pass and window; ``checkpoint`` recomputes each window in
+        backward; ``detach_every=k`` truncates backprop every k windows."""
+        from torch.nn import functional as F
+        from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+        from .hybrid import LMOutput
+
+        if ids.dim() != 2:
+            raise ShapeError(f"forward expects token ids [batch, tokens], got {tuple(ids.shape)}")
+        B, T = ids.shape
+        if loss_mask is None:
+            loss_mask = torch.ones(B, T, dtype=torch.bool, device=ids.device)
+            loss_mask[:, 0] = False
+        loops = loops or self.config.sleep_loops
+        cfg = self.config
+        W = cfg.window
+        sliding = cfg.evict == "sliding"
+        stride = W - cfg.keep if sliding else W
+        targets = torch.full_like(ids, -100)
+        targets[:, :-1] = torch.where(loss_mask[:, 1:].bool(), ids[:, 1:], -100)
+        n_targets = int((targets != -100).sum())
+        if window_lengths is not None and (sliding or sum(window_lengths) != T or not all(0 < n <= W for n in window_lengths)):
+            raise ShapeError(f"window_lengths must be positive, at most window={W}, sum to {T}, with hard eviction")
+        fast = self._zero_fast(B)
+        total = torch.zeros((), device=self.device)
+        logits_out = []
+        start, k = 0, 0
+        while True:
+            end = min(start + (window_lengths[k] if window_lengths is not None else W), T)
+            last = end >= T
+            new_from = cfg.keep if sliding and k else 0
+            consolidate_len = 0 if last else end - start if window_lengths is not None else min(stride, end - start)
+            win, tgt = ids[:, start:end], targets[:, start:end].clone()
+            tgt[:, :new_from] = -100  # kept tokens were scored in the previous window
+
+            def window(*flat: torch.Tensor, win=win, tgt=tgt, consolidate_len=consolidate_len):
+                n = len(flat) // 2
+                fs = FastState(S=tuple(flat[:n]), conv=tuple(flat[n:]))
+                h, wake_end, logits = self._train_pass(win, fs, None, None, logits=True)
+                loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten().to(self.device),
+                                           ignore_index=-100, reduction="sum")
+                if consolidate_len == 0:
+                    nxt = fs
+                elif consolidate_len == win.shape[1]:  # the whole window: the wake pass is pass 1
+                    nxt = self._consolidate_train(win, fs, loops, first=(h, wake_end))
+                else:
+                    nxt = self._consolidate_train(win[:, :consolidate_len], fs, loops)
+                return (loss_sum, logits if return_logits else torch.empty(0), *nxt.S, *nxt.conv)
+
+            args = (*fast.S, *fast.conv)
+            if checkpoint and torch.is_grad_enabled():
+                loss_sum, logits, *flat = activation_checkpoint(window, *args, use_reentrant=False)
+            else:
+                loss_sum, logits, *flat = window(*args)
+            total = total + loss_sum
+            if return_logits:
+                logits_out.append(logits[:, new_from:])
+            if last:
+                break
+            n = len(fast.S)
+            fast = FastState(S=tuple(flat[:n]), conv=tuple(flat[n:]))
+            k += 1
+            if detach_every and k % detach_every == 0:
+                fast = fast.detach()
+            start = end if window_lengths is not None else start + stride
+        return LMOutput(loss=total / max(n_targets, 1), logits=torch.cat(logits_out, 1) if return_logits else None,
+                        n_targets=n_targets)
 
     # --- snapshots --------------------------------------------------------------------------
 
@@ -439,6 +572,29 @@ class HFSleepJob:
             tokens_seen=st.tokens_seen, tokens_consolidated=st.tokens_consolidated + self.n_consolidated,
             sleeps=st.sleeps + 1,
         )
+
+
+def _rebinding_updates(layer: Any) -> None:
+    """Replace a linear-attention cache layer's state updates (in place, into fixed buffers) by
+    ones that rebind the new tensors: the same values, and autograd can follow them."""
+    from torch.nn import functional as F
+
+    def update_conv_state(conv_states, state_idx=0, conv_kernel_size=None, **kwargs):
+        k = layer.conv_kernel_size[state_idx] or conv_kernel_size
+        if layer.has_previous_state[state_idx]:
+            full = torch.cat([layer.conv_states[state_idx], conv_states], dim=-1)
+        else:
+            full = F.pad(conv_states, (max(k - conv_states.shape[-1], 0), 0))
+        layer.conv_states[state_idx] = full[..., -k:]
+        layer.has_previous_state[state_idx] = True
+        return full
+
+    def update_recurrent_state(recurrent_states, state_idx=0, **kwargs):
+        layer.recurrent_states[state_idx] = recurrent_states
+        return recurrent_states
+
+    layer.update_conv_state = update_conv_state
+    layer.update_recurrent_state = update_recurrent_state
 
 
 def _gdn_module(layer: torch.nn.Module) -> torch.nn.Module:
