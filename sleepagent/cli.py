@@ -21,6 +21,15 @@ app.add_typer(snap_app, name="snapshots")
 console = Console()
 
 
+def _span(text: str) -> tuple[int, int]:
+    """``"a,b"``: decoder layers a (included) to b (excluded)."""
+    try:
+        a, b = (int(x) for x in text.split(","))
+    except ValueError:
+        raise _fail(f"expected two integers 'start,stop', got {text!r}") from None
+    return a, b
+
+
 def _lengths(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -142,8 +151,16 @@ def train(
     time_limit: Annotated[float | None, typer.Option(help="stop (and save) after this many seconds; resumable")] = None,
     device: str = "cpu",
     out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
+    base: Annotated[str | None, typer.Option(help="fine-tune this local transformers hybrid (qwen3_5, qwen3_next, "
+                                             "olmo_hybrid) to sleep, on docqa in its own chat format")] = None,
+    window: Annotated[int | None, typer.Option(min=2, help="--base: attention window (default: the task's)")] = None,
+    loop_layers: Annotated[str | None, typer.Option(help="--base: the decoder layers the sleep loops, 'a,b'")] = None,
+    evict: Annotated[str, typer.Option(help="hard | sliding")] = "hard",
+    keep: Annotated[int, typer.Option(min=0, help="sliding eviction: tokens kept after a sleep")] = 0,
+    lora: Annotated[int | None, typer.Option(min=1, help="--base: LoRA rank (peft); default full fine-tuning")] = None,
 ) -> None:
-    """Train a sleep-enabled hybrid on a synthetic task; resumable; writes safetensors + config.json."""
+    """Train a sleep-enabled hybrid on a synthetic task, or (--base) fine-tune a transformers hybrid
+    to sleep; resumable; writes safetensors + config.json."""
     from pydantic import ValidationError
 
     from .train import TrainConfig
@@ -156,7 +173,9 @@ def train(
             warmup_gdn_steps=warmup_gdn_steps, checkpoint=checkpoint, save_every=save_every, device=device,
             schedule=schedule, warmup_steps=warmup_steps, n_heads=n_heads, eval_every=eval_every, eval_n=eval_n,
             eval_teacher_forced=eval_teacher_forced,
-            init_from=init_from, time_limit=time_limit, conv_size=conv_size,
+            init_from=init_from, time_limit=time_limit, conv_size=conv_size, base=base, window=window,
+            loop_layers=_span(loop_layers) if loop_layers else None, evict=evict,
+            keep=keep, lora=lora,
             layer_types=tuple(t.strip() for t in layer_types.split(",")) if layer_types else None,
         )
     except (ValidationError, json.JSONDecodeError) as e:

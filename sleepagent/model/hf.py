@@ -450,8 +450,11 @@ class HFHybridLM(torch.nn.Module):
                 n = len(flat) // 2
                 fs = FastState(S=tuple(flat[:n]), conv=tuple(flat[n:]))
                 h, wake_end, logits = self._train_pass(win, fs, None, None, logits=True)
-                loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten().to(self.device),
-                                           ignore_index=-100, reduction="sum")
+                flat_logits = logits.flatten(0, 1)
+                if flat_logits.dtype in (torch.float16, torch.bfloat16):  # the loss in float32 (or float64)
+                    flat_logits = flat_logits.float()
+                loss_sum = F.cross_entropy(flat_logits, tgt.flatten().to(self.device), ignore_index=-100,
+                                           reduction="sum")
                 if consolidate_len == 0:
                     nxt = fs
                 elif consolidate_len == win.shape[1]:  # the whole window: the wake pass is pass 1
@@ -730,13 +733,15 @@ def load_transformers_hybrid(
     """Load a local transformers GDN hybrid as a :class:`~sleepagent.model.SleepModel`.
 
     Sleep settings come from the arguments, else from ``sleepagent.json`` in the directory
-    (``{"window": ..., "sleep_loops": ..., "loop_layers": [a, b]}``), else defaults.
+    (``{"window": ..., "sleep_loops": ..., "loop_layers": [a, b], "evict": ..., "keep": ...}``,
+    as ``sleepagent train --base`` writes it), else defaults; ``prompt.json`` gives the system
+    prompt it was trained with.
     """
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - transformers is a dependency
         raise CheckpointError(f"loading a transformers checkpoint needs transformers: {e}") from None
-    from .pretrained import SleepModel
+    from .pretrained import SleepModel, read_prompt
 
     data = json.loads((path / "config.json").read_text())
     model_type = data.get("model_type")
@@ -762,6 +767,8 @@ def load_transformers_hybrid(
         window=window or extra.get("window", 1024),
         sleep_loops=loops or extra.get("sleep_loops", 4),
         loop_layers=tuple(loop_layers or extra.get("loop_layers") or ()) or None,
+        evict=extra.get("evict", "hard"),
+        keep=int(extra.get("keep", 0)),
     )
     lm = HFHybridLM(hf.to(device) if device else hf, cfg)
-    return SleepModel(lm, HFChatTokenizer(tok), name=path.name)
+    return SleepModel(lm, HFChatTokenizer(tok), name=path.name, prompt=read_prompt(path))

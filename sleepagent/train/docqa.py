@@ -38,7 +38,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..agent import render_tool_prompt
+from ..agent import render_system_turn, render_tool_prompt
 from ..tokenizer import ByteTokenizer
 from ..tools import DocumentReader, ToolRegistry, render_tool_call
 from ..tools.calls import ToolResult
@@ -152,6 +152,7 @@ class Transcript:
     questions: list[QA]
     pages: list[list[str]] = field(default_factory=list)  # per document, the tool's outputs
     conventions: Conventions = field(default_factory=Conventions)
+    tool_specs: list[dict[str, Any]] = field(default_factory=list)  # what the system turn lists
 
     @property
     def document(self) -> str:
@@ -162,6 +163,8 @@ class Transcript:
 class DocQA:
     """Generator of docqa transcripts (see module docstring).
 
+    ``tokenizer``: the project's byte tokenizer (default), or a transformers model's chat
+    tokenizer (:class:`~sleepagent.model.hf.HFChatTokenizer`) to fine-tune that model.
     ``documents``: how many documents a session reads, a (min, max) range drawn per batch; the
     places of all of them are distinct, so with one-letter names they add up to at most 26.
     ``questions``: questions about each document right after it is read; after a later
@@ -182,6 +185,7 @@ class DocQA:
         documents: tuple[int, int] = (1, 1),
         recall: int | None = None,
         varied: bool = False,
+        tokenizer: Any = None,
     ) -> None:
         if name_len not in (1, 2, 4):
             raise ValueError(f"name_len must be 1 (a capital letter), 2 or 4 (syllables), got {name_len}")
@@ -198,7 +202,9 @@ class DocQA:
         self.documents = documents
         self.recall = questions // 2 if recall is None else recall
         self.varied = varied
-        self.tokenizer = ByteTokenizer()
+        # the project's byte tokenizer, or a transformers model's (HFChatTokenizer: fine-tuning a
+        # pretrained hybrid renders the same transcripts in its own chat format)
+        self.tokenizer = tokenizer or ByteTokenizer()
         self.vocab_size = self.tokenizer.vocab_size
         self.pad_id = self.tokenizer.pad_id
 
@@ -274,7 +280,7 @@ class DocQA:
                 if qa is not None:
                     turns += [Turn("user", qa.question), Turn("assistant", qa.answer)]
                     questions.append(qa)
-        return Transcript(turns, documents, questions, pages, conv)
+        return Transcript(turns, documents, questions, pages, conv, [spec])
 
     def hop_blocks(self, rng: random.Random, sizes: list[int], hops: int | None = None) -> list[list[tuple[int, int]]]:
         """Per document read, the ``(doc, hops)`` of the questions asked right after it:
@@ -341,21 +347,28 @@ class DocQA:
         requests = {t.conventions.read_request, t.conventions.next_request}
         for i, turn in enumerate(t.turns):
             if turn.role == "assistant":
-                ids.append(tok.generation_prompt()[0])
-                mask.append(False)
+                opening = tok.generation_prompt()
+                ids += opening
+                mask += [False] * len(opening)
                 start = len(ids)
-                body = tok.encode(turn.text) + [tok.end_id]
-                ids += body
-                mask += [True] * len(body)
-                pauses.append(len(ids) - 1)
+                text, close = tok.encode(turn.text), tok.close_turn()
+                # the text and the end-of-turn token are targets; the rest of the closing (a
+                # chat template's newline) is read, not written
+                ids += text + close
+                mask += [True] * (len(text) + 1) + [False] * (len(close) - 1)
+                pauses.append(start + len(text))  # the agent waits with its closing still queued
                 if t.turns[i - 1].role == "user" and t.turns[i - 1].text not in requests:
-                    answers.append(list(range(start, len(ids))))
+                    answers.append(list(range(start, start + len(text) + 1)))
             elif turn.role == "tool":
                 piece = tok.render_tool_result(ToolResult(call_id="", name="", content=turn.text).render())
                 ids += piece
                 mask += [False] * len(piece)
+            elif turn.role == "system":  # with the tool list, in the tokenizer's own format
+                piece = render_system_turn(tok, DOCQA_SYSTEM, t.tool_specs)
+                ids += piece
+                mask += [False] * len(piece)
             else:
-                piece = tok.render_turn(turn.role, turn.text, trusted=turn.role == "system")
+                piece = tok.render_turn(turn.role, turn.text)
                 ids += piece
                 mask += [False] * len(piece)
         hops = [q.hops for q in t.questions]

@@ -18,6 +18,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,13 +80,20 @@ class TrainConfig(BaseModel):
         default=None, description="start from this checkpoint's weights (same architecture; fresh optimizer)"
     )
     device: str = "cpu"
+    base: str | None = Field(default=None, description="fine-tune this local transformers hybrid (a directory)")
+    window: int | None = Field(default=None, ge=2, description="--base: the attention window (default: the task's)")
+    loop_layers: tuple[int, int] | None = Field(default=None, description="--base: the decoder layers the sleep loops")
+    evict: Literal["hard", "sliding"] = "hard"
+    keep: int = Field(default=0, ge=0, description="sliding eviction: tokens kept in the window after a sleep")
+    lora: int | None = Field(default=None, ge=1, description="--base: LoRA rank (peft); default full fine-tuning")
     time_limit: float | None = Field(
         default=None, gt=0, description="stop (and save) after this many seconds of this invocation; resumable"
     )
 
 
 # Settings that do not change what is learned: a run may be resumed with other values.
-_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops", "time_limit", "eval_teacher_forced"}
+_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops", "time_limit", "eval_teacher_forced",
+              "base"}
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -110,15 +118,22 @@ def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
     return SleepHybridLM(mcfg)
 
 
-def _optimizers(cfg: TrainConfig, model: SleepHybridLM) -> list[torch.optim.Optimizer]:
-    matrices = [p for n, p in model.named_parameters() if p.dim() == 2 and "tok_emb" not in n and "lm_head" not in n]
-    others = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "tok_emb" not in n and "lm_head" not in n)]
+def _optimizers(cfg: TrainConfig, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+    """Muon for the hidden matrices, AdamW for embeddings, the output head and everything else
+    (or AdamW for all). Frozen parameters (LoRA's base weights) are left out."""
+    def hidden(name: str, p: torch.nn.Parameter) -> bool:
+        return p.dim() == 2 and not any(k in name for k in ("tok_emb", "embed_tokens", "lm_head"))
+
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for n, p in trainable if hidden(n, p)]
+    others = [p for n, p in trainable if not hidden(n, p)]
     if cfg.optimizer == "muon":
-        return [
-            torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
-            torch.optim.AdamW(others, lr=cfg.adam_lr, weight_decay=0.0),
-        ]
-    return [torch.optim.AdamW(model.parameters(), lr=cfg.adam_lr, weight_decay=cfg.weight_decay)]
+        return [opt for opt in (
+            torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+            if matrices else None,
+            torch.optim.AdamW(others, lr=cfg.adam_lr, weight_decay=0.0) if others else None,
+        ) if opt is not None]
+    return [torch.optim.AdamW([p for _, p in trainable], lr=cfg.adam_lr, weight_decay=cfg.weight_decay)]
 
 
 def _save_optimizers(opts: list[torch.optim.Optimizer], path: Path) -> dict:
@@ -193,24 +208,56 @@ def train(
     """Train (or resume) a run; returns ``{"step", "loss", "history"}``.
 
     ``stop_at``: stop (and save) after that step, on the schedule planned for ``cfg.steps``; the
-    same command with a later ``stop_at`` (or none) resumes where it stopped.
+    same command with a later ``stop_at`` (or none) resumes where it stopped. With ``cfg.base`` a
+    local transformers hybrid is fine-tuned to sleep (:mod:`sleepagent.train.finetune`).
     """
-    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
     out = Path(out)
+    if cfg.base:
+        from .finetune import prepare_base
+
+        run = prepare_base(cfg, out, resume)
+    else:
+        run = _prepare_native(cfg, out, resume)
+    return _fit(cfg, run, out, progress=progress, stop_at=stop_at)
+
+
+@dataclass
+class _Run:
+    """What the training loop needs, whichever kind of model it trains."""
+
+    model: Any
+    task: Any
+    opts: list[torch.optim.Optimizer]
+    save: Any  # save(step, history, evals): writes the checkpoint directory
+    warmup_params: set[int]  # ids of the parameters a GDN-only warm-up trains
+    step: int = 0
+    history: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+
+
+def _resume_meta(cfg: TrainConfig, out: Path) -> dict | None:
+    if not (out / "train.json").exists():
+        return None
+    meta = json.loads((out / "train.json").read_text())
+    saved = TrainConfig(**meta["config"])
+    if saved.model_dump(exclude=_RESUMABLE) != cfg.model_dump(exclude=_RESUMABLE):
+        raise CheckpointError(f"{out} holds a run with another config; use another --out or the same settings")
+    return meta
+
+
+def _prepare_native(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
     task = make_task(cfg.task, **cfg.task_kwargs)
     model = build_model(cfg, task).to(cfg.device)
     opts = _optimizers(cfg, model)
-    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in opts]
-    step, history, evals = 0, [], []
-    if resume and (out / "train.json").exists():
-        meta = json.loads((out / "train.json").read_text())
-        saved = TrainConfig(**meta["config"])
-        if saved.model_dump(exclude=_RESUMABLE) != cfg.model_dump(exclude=_RESUMABLE):
-            raise CheckpointError(f"{out} holds a run with another config; use another --out or the same settings")
+    run = _Run(model, task, opts, lambda step, history, evals: save_checkpoint(
+        out, model, cfg, step, history, opts, task, evals),
+        {id(p) for i in model.config.gdn_layers for p in model.layers[i].parameters()})
+    meta = _resume_meta(cfg, out) if resume else None
+    if meta is not None:
         loaded, _ = load_checkpoint(out, cfg.device)
         model.load_state_dict(loaded.state_dict())
         _load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
-        step, history, evals = meta["step"], meta["history"], meta.get("evals", [])
+        run.step, run.history, run.evals = meta["step"], meta["history"], meta.get("evals", [])
     elif cfg.init_from:
         start, _ = load_checkpoint(cfg.init_from, cfg.device)
         # the window and N are settings of the run, not of the weights (RoPE positions lie within
@@ -219,7 +266,16 @@ def train(
         if start.config.model_dump(exclude=runtime) != model.config.model_dump(exclude=runtime):
             raise CheckpointError(f"init_from={cfg.init_from} has another architecture than this run")
         model.load_state_dict(start.state_dict())
-    gdn_params = {id(p) for i in model.config.gdn_layers for p in model.layers[i].parameters()}
+    return run
+
+
+def _fit(cfg: TrainConfig, run: _Run, out: Path, *, progress: bool, stop_at: int | None) -> dict:
+    """The training loop: one seeded batch per step (a resumed run sees the same batches)."""
+    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
+    model, task, opts = run.model, run.task, run.opts
+    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in opts]
+    step, history, evals = run.step, run.history, run.evals
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.task} N={cfg.loops}")
     t0, tokens, loss_ema = time.perf_counter(), 0, None
@@ -234,10 +290,10 @@ def train(
         loss_t, n_tokens = _loss(model, task, batch, cfg)
         loss_t.backward()
         if step < cfg.warmup_gdn_steps:  # warm-up: only the GDN layers learn
-            for p in model.parameters():
-                if id(p) not in gdn_params:
+            for p in params:
+                if id(p) not in run.warmup_params:
                     p.grad = None
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         for opt in opts:
             opt.step()
         step += 1
@@ -255,7 +311,7 @@ def train(
             model.train()
         out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 >= cfg.time_limit
         if step % cfg.save_every == 0 or step == end or out_of_time:
-            save_checkpoint(out, model, cfg, step, history, opts, task, evals)
+            run.save(step, history, evals)
         if out_of_time:  # a wall-clock budget (a lent GPU): the same command resumes from here
             break
     bar.close()

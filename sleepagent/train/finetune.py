@@ -1,0 +1,152 @@
+"""Teach a pretrained transformers hybrid to sleep: ``sleepagent train --base DIR``.
+
+A local qwen3_5 / qwen3_next / olmo_hybrid checkpoint is loaded through the adapter
+(:mod:`sleepagent.model.hf`) and trained with the same Algorithm-1 forward as the native model
+(:meth:`HFHybridLM.forward`: windows as the runtime splits them, N passes over the looped span,
+hidden states and linear-attention/conv states chained, masked cross-entropy, backprop through
+every pass). The data is the project's docqa task rendered in the model's own chat format (its
+tokenizer and template). Full fine-tuning, or LoRA with ``lora=R`` (peft); a GDN-only warm-up
+first with ``warmup_gdn_steps``, as the paper does ("first train just the SSM layers"); float32 on
+the CPU, bfloat16 on a GPU.
+
+The run directory is a transformers checkpoint (``config.json``, ``model.safetensors``, the
+tokenizer: ``AutoModelForCausalLM.from_pretrained`` loads it as the base architecture; LoRA
+weights are merged into it) plus ``sleepagent.json`` (window, loops, looped layers, eviction),
+``prompt.json`` (the system prompt it was trained with), ``train.json`` and the optimizer state,
+so ``SleepModel.from_pretrained`` loads it with its sleep settings and the run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, ConfigError
+from ..model.pretrained import write_prompt
+from ..tokenizer import PromptConventions
+from .trainer import TrainConfig, _load_optimizers, _optimizers, _resume_meta, _Run, _save_optimizers
+
+__all__ = ["prepare_base", "load_base"]
+
+
+def load_base(cfg: TrainConfig, path: str | Path):
+    """The base checkpoint (or a run directory) as a SleepModel with the run's sleep settings."""
+    from ..model import SleepModel
+    from ..model.hf import is_transformers_checkpoint
+
+    path = Path(path)
+    if not is_transformers_checkpoint(path):
+        raise CheckpointError(f"--base {path}: not a local transformers checkpoint (no config.json with a model_type)")
+    dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
+    window = cfg.window or int(cfg.task_kwargs.get("window", 1024))
+    sm = SleepModel.from_pretrained(path, device=cfg.device if cfg.device != "cpu" else None, window=window,
+                                    loops=cfg.loops, loop_layers=cfg.loop_layers, dtype=dtype)
+    sm.model.config.evict, sm.model.config.keep = cfg.evict, cfg.keep
+    if cfg.evict == "sliding" and not 0 < cfg.keep < window:
+        raise ConfigError(f"sliding eviction keeps 0 < keep < window={window} tokens, got keep={cfg.keep}", field="keep")
+    return sm
+
+
+def prepare_base(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
+    """The training run of a base model (see module docstring); resumes from ``out``."""
+    from .tasks import make_task
+
+    if cfg.task != "docqa":
+        raise ConfigError("--base fine-tunes on the docqa task (rendered in the model's own chat format)", field="task")
+    meta = _resume_meta(cfg, out) if resume else None
+    # a resumed run reloads its own weights (LoRA: the base's, and then its adapter)
+    sm = load_base(cfg, out if meta is not None and not cfg.lora else cfg.base)
+    lm = sm.model
+    task = make_task("docqa", **{**cfg.task_kwargs, "window": lm.config.window}, tokenizer=sm.tokenizer)
+    if cfg.lora:
+        _add_lora(lm, cfg.lora, out if meta is not None else None)
+    opts = _optimizers(cfg, lm)
+    warmup = {id(p) for m in lm.gdn.values() for p in m.parameters()}
+
+    def save(step: int, history: list, evals: list) -> None:
+        _save(out, sm, cfg, step, history, evals, opts)
+
+    run = _Run(lm, task, opts, save, warmup)
+    if meta is not None:
+        _load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
+        run.step, run.history, run.evals = meta["step"], meta["history"], meta.get("evals", [])
+    return run
+
+
+def _lora_targets(lm) -> list[str]:
+    """Every linear layer inside the decoder blocks (attention, GDN projections, MLPs)."""
+    names = set()
+    for name, module in lm.decoder.layers.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def _add_lora(lm, rank: int, resume_from: Path | None) -> None:
+    try:
+        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    except ImportError as e:
+        raise ConfigError(f"--lora needs peft: pip install 'sleepagent[finetune]' ({e})", field="lora") from None
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=_lora_targets(lm), lora_dropout=0.0)
+    inject_adapter_in_model(config, lm.decoder)
+    for name, p in lm.named_parameters():
+        p.requires_grad = "lora_" in name
+    if resume_from is not None and (resume_from / "adapter.safetensors").exists():
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(lm.decoder, load_file(str(resume_from / "adapter.safetensors")))
+
+
+def _save(out: Path, sm, cfg: TrainConfig, step: int, history: list, evals: list, opts) -> None:
+    """Write the run directory (see module docstring); file by file through a temporary folder,
+    so a crash mid-save leaves a loadable checkpoint."""
+    lm = sm.model
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    if cfg.lora:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(lm.decoder).items()},
+                  str(tmp / "adapter.safetensors"))
+    lm.hf.save_pretrained(tmp, state_dict=_merged_state_dict(lm) if cfg.lora else None)
+    sm.tokenizer.tok.save_pretrained(tmp)
+    c = lm.config
+    (tmp / "sleepagent.json").write_text(json.dumps(
+        {"window": c.window, "sleep_loops": c.sleep_loops, "loop_layers": list(c.span), "evict": c.evict,
+         "keep": c.keep}, indent=2) + "\n")
+    write_prompt(tmp, PromptConventions(system_prompt=sm.prompt.system_prompt or _task_prompt()))
+    scalars = _save_optimizers(opts, tmp / "optimizer.safetensors")
+    (tmp / "train.json").write_text(json.dumps(
+        {"config": cfg.model_dump(mode="json"), "step": step, "history": history, "evals": evals,
+         "optimizer_scalars": scalars}, indent=1) + "\n")
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
+    tmp.rmdir()
+
+
+def _task_prompt() -> str:
+    from .docqa import DOCQA_SYSTEM
+
+    return DOCQA_SYSTEM
+
+
+def _merged_state_dict(lm) -> dict[str, Any]:
+    """The base architecture's weights with the LoRA deltas added (what transformers loads)."""
+    state = {}
+    for name, module in lm.hf.named_modules():
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer") and module.lora_A:
+            base = module.base_layer.weight.detach()
+            delta = module.get_delta_weight("default").detach()
+            state[f"{name}.weight"] = (base + delta).contiguous()
+            if module.base_layer.bias is not None:
+                state[f"{name}.bias"] = module.base_layer.bias.detach()
+    for name, p in lm.hf.state_dict().items():
+        if "lora_" in name or "base_layer" in name:
+            continue
+        state.setdefault(name, p.detach())
+    return state
