@@ -54,7 +54,7 @@ def run_python(code: str) -> tuple[dict, str]:
 def test_every_block_is_covered_below():
     headings = {h for h, _ in blocks("python")} | {h for h, _ in blocks("bash")}
     covered = ("Quickstart", "An agent in ten lines", "LangChain in ten lines", "Serve it", "Transformers hybrids",
-               "Memory that persists", "Training")
+               "Teach it to sleep", "Memory that persists", "Training")
     assert all(any(c in h for c in covered) for h in headings), headings
     assert len(blocks("python")) == 5
 
@@ -172,3 +172,17 @@ def test_the_ray_command_names_real_options():
     help_text = runner.invoke(app, ["serve", "--help"]).output
     assert args[:2] == ["sleepagent", "serve"]
     assert all(a in help_text for a in args if a.startswith("--"))
+
+
+def test_the_fine_tuning_block_runs_as_written(tmp_path):
+    """The whole block, in a shell, as a reader would paste it (about a minute on 2 cores)."""
+    import os
+    import subprocess
+    import sys
+
+    code = block("bash", "Teach it to sleep")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-ec", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("qwen3_5") and "trained 20 steps" in out.stdout
+    assert (tmp_path / "runs" / "tiny-qwen3_5-sleep" / "sleepagent.json").exists()
