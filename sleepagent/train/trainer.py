@@ -111,7 +111,8 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
     mcfg = SleepHybridConfig(
         vocab_size=task.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=task.window, evict="hard",
+        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=task.window,
+        evict=cfg.evict, keep=cfg.keep,
         sleep_loops=cfg.loops, tie_embeddings=False,
     )
     torch.manual_seed(cfg.seed)

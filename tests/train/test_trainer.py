@@ -218,3 +218,20 @@ def test_free_running_scores_what_greedy_decoding_through_the_runtime_answers(tm
     assert [h[0] for h in free] == [h[0] for h in forced]  # a first answer has no earlier one
     later_wrong = [i for i, h in enumerate(forced) if not all(h[:-1])]
     assert all(len(h) == len(ex.answers) for h, ex in zip(free, examples, strict=True)) and later_wrong
+
+
+def test_sliding_eviction_trains_and_is_recorded(tmp_path):
+    """`train --evict sliding --keep K`: the model slides its window (the oldest W - K tokens are
+    consolidated at each sleep), and evaluation runs it the same way."""
+    c = cfg(evict="sliding", keep=4, task_kwargs=dict(n_max=6, k_max=2, window=12, edge_windows=3, queries=3))
+    train(c, tmp_path / "s", progress=False)
+    model, meta = load_checkpoint(tmp_path / "s")
+    assert model.config.evict == "sliding" and model.config.keep == 4 and meta["config"]["evict"] == "sliding"
+    result = evaluate(model, make_task("depo", **c.task_kwargs), [1, 2], n=4)
+    assert set(result) == {1, 2}
+    from sleepagent.model import SleepHybridLM
+
+    hard = SleepHybridLM(model.config.model_copy(update={"evict": "hard", "keep": 0}))
+    hard.load_state_dict(model.state_dict())
+    ids = torch.randint(1, 10, (1, 30))
+    assert not torch.equal(model(ids, loops=2, return_logits=True).logits, hard(ids, loops=2, return_logits=True).logits)
