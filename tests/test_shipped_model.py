@@ -27,8 +27,9 @@ def test_it_reads_a_long_document_through_the_agent_and_answers_from_its_fast_we
     n1 = summarize(run_agent_eval(SM, sessions, 1, page_chars=112))
     assert n4["documents_finished"] == n4["documents"] == 12
     assert n4["sleeps_before_first_question_min"] >= 4  # the pages left the window long before
-    assert cell(n4, 1, 1, 1) >= ⟨T_1HOP⟩
-    assert cell(n4, 1, 1, 2) >= cell(n1, 1, 1, 2) + ⟨T_MARGIN⟩  # what the sleep passes buy
+    assert cell(n4, 1, 1, 1) >= 0.8  # 0.920 [0.90, 0.94] on 200 sessions; 0.958 here
+    assert cell(n4, 1, 1, 2) >= 0.2  # 0.354 [0.32, 0.39] on 200 sessions; guessing is 1/16
+    assert cell(n4, 1, 1, 2) >= cell(n1, 1, 1, 2) + 0.05  # what the sleep passes buy: 16 of 48 against 8 here
 
 
 def test_it_reads_through_a_paging_tool_it_was_never_trained_with():
