@@ -40,7 +40,7 @@ async def record(latency: float = 0.3) -> dict[str, list]:
                 elif ev.kind == "sleep_started":
                     open_sleep = t
                 elif ev.kind == "sleep_finished" and open_sleep is not None:
-                    marks["sleep"].append((open_sleep, t))
+                    marks["sleep"].append((open_sleep, t, ev.data.get("reason")))
                     open_sleep = None
                 elif ev.kind == "tool_call":
                     open_tool = t
@@ -60,13 +60,14 @@ def draw(marks: dict[str, list], out: str) -> None:
     lanes = {"tool call in flight": 2, "sleep (N = 4 passes)": 1, "wake (tokens)": 0}
     for a, b in marks["tool"]:
         ax.broken_barh([(a, b - a)], (1.7, 0.6), color="#bbbbbb")
-    for a, b in marks["sleep"]:
-        ax.broken_barh([(a, max(b - a, 0.004))], (0.7, 0.6), color="#6a5acd")
+    for a, b, reason in marks["sleep"]:  # a forced sleep (the window filled mid-turn) is waited for
+        ax.broken_barh([(a, max(b - a, 0.004))], (0.7, 0.6), color="#c0392b" if reason == "forced" else "#6a5acd")
     for t in marks["token"]:
         ax.broken_barh([(t, 0.004)], (-0.3, 0.6), color="#e07b00")
     ax.set_yticks(list(lanes.values()), list(lanes.keys()))
     ax.set_xlabel("seconds")
-    ax.set_title("sleep runs while the tool call is in flight: the user never waits for it", fontsize=9)
+    ax.set_title("sleep at a pause runs while the tool call is in flight (blue); "
+                 "a forced sleep, the window full mid-turn, is waited for (red)", fontsize=9)
     ax.set_ylim(-0.6, 2.6)
     fig.tight_layout()
     fig.savefig(out)
