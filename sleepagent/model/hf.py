@@ -27,9 +27,11 @@ re-reads the window through the model's forward, which rebuilds its KV and worki
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,6 +332,16 @@ class HFHybridLM(torch.nn.Module):
 
         ``h``: the previous pass's span output, fed to layer ``start`` (None on pass 1).
         """
+        cache = self._cache(fast, seed_from=span_fast)
+        with self._span_hooks(h) as captured:
+            pos = torch.arange(ids.shape[1], device=self.device)[None]  # positions within the window
+            self.decoder(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True)
+        return captured["h"], _read_fast(cache, self.config.linear_layers)
+
+    @contextlib.contextmanager
+    def _span_hooks(self, h: torch.Tensor | None) -> Iterator[dict[str, torch.Tensor]]:
+        """While open, the looped span's first layer takes ``h`` as its input (unless None: pass
+        1 reads the embeddings) and its last layer's output is captured as ``captured["h"]``."""
         a, b = self.config.span
         captured: dict[str, torch.Tensor] = {}
 
@@ -344,14 +356,11 @@ class HFHybridLM(torch.nn.Module):
         hooks = [self.layers[b - 1].register_forward_hook(read)]
         if h is not None:
             hooks.append(self.layers[a].register_forward_pre_hook(feed, with_kwargs=True))
-        cache = self._cache(fast, seed_from=span_fast)
         try:
-            pos = torch.arange(ids.shape[1], device=self.device)[None]  # positions within the window
-            self.decoder(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True)
+            yield captured
         finally:
             for hook in hooks:
                 hook.remove()
-        return captured["h"], _read_fast(cache, self.config.linear_layers)
 
     # --- training forward -------------------------------------------------------------------
 
@@ -359,27 +368,10 @@ class HFHybridLM(torch.nn.Module):
                     logits: bool = False):
         """One pass with autograd (:meth:`_pass` for training): (h at the span's end, end
         FastState, logits of the last layer or None)."""
-        a, b = self.config.span
-        captured: dict[str, torch.Tensor] = {}
-
-        def feed(module, args, kwargs):
-            if args:
-                return (h, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": h}
-
-        def read(module, args, output):
-            captured["h"] = output[0] if isinstance(output, tuple) else output
-
-        hooks = [self.layers[b - 1].register_forward_hook(read)]
-        if h is not None:
-            hooks.append(self.layers[a].register_forward_pre_hook(feed, with_kwargs=True))
         cache = self._cache(fast, seed_from=span_fast, functional=True)
-        try:
+        with self._span_hooks(h) as captured:
             pos = torch.arange(ids.shape[1], device=self.device)[None].expand(ids.shape[0], -1)
             out = self.decoder(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True)
-        finally:
-            for hook in hooks:
-                hook.remove()
         end = FastState(S=tuple(cache.layers[i].recurrent_states[0] for i in self.config.linear_layers),
                         conv=tuple(cache.layers[i].conv_states[0] for i in self.config.linear_layers))
         head = self.hf.lm_head(out.last_hidden_state) if logits else None
