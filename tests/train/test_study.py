@@ -64,7 +64,23 @@ def test_presets_build_their_tasks_and_runs():
     for study in STUDIES.values():
         task = make_task(study.task, **study.task_kwargs)
         assert set(study.deep) <= set(task.test_difficulties())
-        assert [name for name, _ in study.runs()] == ["N1_s0", "N1_s1", "N4_s0", "N4_s1"]
+        assert [name for name, _ in study.runs()] == [f"N{n}_s{s}" for n in study.loops for s in study.seeds]
+        assert min(study.loops) == 1 and max(study.loops) == 4  # every preset compares N = 4 with N = 1
+    assert STUDIES["rule110-sweep"].loops == (1, 2, 3, 4)
+
+
+def test_a_sweep_over_n_has_a_column_per_n_and_compares_the_extremes(tmp_path):
+    from dataclasses import replace
+
+    report = run_study(replace(TINY, loops=(1, 2, 3)), tmp_path / "runs", tmp_path / "docs", progress=False)
+    assert sorted(report["runs"]) == ["N1_s0", "N1_s1", "N2_s0", "N2_s1", "N3_s0", "N3_s1"]
+    row = report["comparison"]["2"]
+    means = {n: (report["runs"][f"N{n}_s0"]["final"][str(n)]["2"] + report["runs"][f"N{n}_s1"]["final"][str(n)]["2"]) / 2
+             for n in (1, 2, 3)}
+    assert all(abs(row[f"N{n}_mean"] - means[n]) < 1e-9 for n in (1, 2, 3))
+    assert abs(row["margin"] - (means[3] - means[1])) < 1e-9
+    md = (tmp_path / "docs" / "tiny.md").read_text()
+    assert all(f"trained N={n} (mean" in md for n in (1, 2, 3)) and "margin N=3 − N=1" in md
 
 
 def test_a_second_phase_continues_every_run_from_its_checkpoint(tmp_path):
