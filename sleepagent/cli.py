@@ -265,7 +265,7 @@ def study(
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
-    """Train one task with N = 1 and N = 4 (two seeds each), score all runs, write docs/NAME.*"""
+    """Train one task with each N of the preset (N = 1 and 4; rule110-sweep: 1 to 4), two seeds each, score all runs, write docs/NAME.*"""
     import shlex
     import sys
 
