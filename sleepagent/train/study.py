@@ -23,6 +23,7 @@ an hour there); the same command runs unchanged on CUDA with ``--device cuda``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -301,14 +302,11 @@ _register(Study(
 ))
 
 
-_register(Study(
+_register(dataclasses.replace(
+    STUDIES["rule110"],  # the same task, model, optimiser and steps; only N and the page differ
     name="rule110-sweep",
     summary="the `rule110` preset with N = 1, 2, 3 and 4: the paper's accuracy-against-N figure at t = 2",
-    task="rule110",
-    task_kwargs=dict(rows=2, width=24, steps=(2,)),
-    train=dict(_RULE110_MODEL, steps=1000, batch_size=64, eval_every=125, save_every=250),
     loops=(1, 2, 3, 4),
-    deep=(2,),
     notes="Same task, model, optimiser (AdamW, as the `rule110` preset it extends) and steps as "
           "`rule110`, with N = 2 and 3 added; the N = 1 and N = 4 runs are retrained, not reused "
           "(they came out identical to `rule110`'s, run for run: training is deterministic on the CPU).\n\n"
