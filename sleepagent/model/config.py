@@ -85,8 +85,6 @@ class SleepHybridConfig(BaseModel):
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but n_layers is {self.n_layers}"
             )
-        if "gdn" not in self.layer_types:
-            raise ValueError("layer_types needs at least one 'gdn' layer: without fast weights there is nothing to sleep into")
         if "attn" in self.layer_types and self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
         kv = self.n_kv_heads or self.n_heads

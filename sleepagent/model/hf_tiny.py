@@ -61,9 +61,10 @@ def _tokenizer():
     return tok
 
 
-def _config(model_type: str, tok, layer_types: list[str] | None):
+def _config(model_type: str, tok, layer_types: list[str] | None, sizes: dict | None = None):
     ids = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.pad_token_id)
-    common = {**_COMMON, "layer_types": list(layer_types or _LAYERS), "num_hidden_layers": len(layer_types or _LAYERS)}
+    common = {**_COMMON, **(sizes or {}), "layer_types": list(layer_types or _LAYERS),
+              "num_hidden_layers": len(layer_types or _LAYERS)}
     if model_type in ("qwen3_5", "qwen3_5_text"):
         from transformers.models.qwen3_5 import Qwen3_5Config, Qwen3_5TextConfig
 
@@ -82,17 +83,19 @@ def _config(model_type: str, tok, layer_types: list[str] | None):
 
 
 def save_tiny_hybrid(
-    path: str | Path, model_type: str = "qwen3_5_text", seed: int = 0, layer_types: list[str] | None = None
+    path: str | Path, model_type: str = "qwen3_5_text", seed: int = 0, layer_types: list[str] | None = None,
+    sizes: dict | None = None,
 ) -> Path:
     """Write a tiny random ``model_type`` checkpoint (config, weights, tokenizer) into ``path``.
 
     ``layer_types``: "linear_attention" / "full_attention" per layer (default: 3 GDN + 1 attention).
+    ``sizes``: config fields that replace the tiny defaults (``hidden_size``, head counts, ...).
     """
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
     tok = _tokenizer()
-    config = _config(model_type, tok, layer_types)
+    config = _config(model_type, tok, layer_types, sizes)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

@@ -175,6 +175,10 @@ class SleepHybridLM(nn.Module):
         """A fresh state: zero fast weights, empty window."""
         if batch_size < 1:
             raise ShapeError(f"batch_size must be >= 1, got {batch_size}")
+        if not self.config.gdn_layers:
+            raise ConfigError("an attention-only model (no 'gdn' layer) has no fast weights to sleep into or to carry "
+                              "across windows: it is a baseline for studies, scored through its training forward "
+                              "(`sleepagent eval`); the runtime needs at least one GDN layer", field="layer_types")
         return HybridState.empty(
             self.config, batch_size, device=device or self.device, h_dtype=self.dtype
         )

@@ -5,7 +5,9 @@ A local qwen3_5 / qwen3_next / olmo_hybrid checkpoint is loaded through the adap
 (:meth:`HFHybridLM.forward`: windows as the runtime splits them, N passes over the looped span,
 hidden states and linear-attention/conv states chained, masked cross-entropy, backprop through
 every pass). The data is the project's docqa task rendered in the model's own chat format (its
-tokenizer and template). Full fine-tuning, or LoRA with ``lora=R`` (peft); a GDN-only warm-up
+tokenizer and template), or one of the synthetic tasks (rule110, depo, gsm_inf) fed as raw token
+ids, which must lie inside the model's vocabulary (the research setting of the paper's fine-tuning
+experiments, at a size a CPU can train: see docs/finetune.md). Full fine-tuning, or LoRA with ``lora=R`` (peft); a GDN-only warm-up
 first with ``warmup_gdn_steps``, as the paper does ("first train just the SSM layers"); float32 on
 the CPU, bfloat16 on a GPU.
 
@@ -29,7 +31,7 @@ from ..model.pretrained import write_prompt
 from ..tokenizer import PromptConventions
 from .trainer import TrainConfig, _load_optimizers, _optimizers, _resume_meta, _Run, _save_optimizers
 
-__all__ = ["prepare_base", "load_base"]
+__all__ = ["prepare_base", "load_base", "load_run"]
 
 
 def load_base(cfg: TrainConfig, path: str | Path):
@@ -41,7 +43,7 @@ def load_base(cfg: TrainConfig, path: str | Path):
     if not is_transformers_checkpoint(path):
         raise CheckpointError(f"--base {path}: not a local transformers checkpoint (no config.json with a model_type)")
     dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
-    window = cfg.window or int(cfg.task_kwargs.get("window", 1024))
+    window = cfg.window or _task_window(cfg)
     sm = SleepModel.from_pretrained(path, device=cfg.device if cfg.device != "cpu" else None, window=window,
                                     loops=cfg.loops, loop_layers=cfg.loop_layers, dtype=dtype)
     sm.model.config.evict, sm.model.config.keep = cfg.evict, cfg.keep
@@ -50,17 +52,44 @@ def load_base(cfg: TrainConfig, path: str | Path):
     return sm
 
 
+def _task_window(cfg: TrainConfig) -> int:
+    """The attention window a task is laid out for (docqa: its ``window`` setting, else 1024)."""
+    from .tasks import make_task
+
+    if cfg.task == "docqa":
+        return int(cfg.task_kwargs.get("window", 1024))
+    return int(make_task(cfg.task, **cfg.task_kwargs).window)
+
+
+def load_run(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
+    """A run directory written by ``train --base`` as (its :class:`HFHybridLM`, its ``train.json``),
+    with the sleep settings it was trained with, for scoring (``eval``, studies, probes)."""
+    from ..model import SleepModel
+
+    path = Path(path)
+    sm = SleepModel.from_pretrained(path, device=device if device != "cpu" else None)
+    try:
+        meta = json.loads((path / "train.json").read_text()) if (path / "train.json").exists() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path / 'train.json'}: {e}") from None
+    return sm.model, meta
+
+
 def prepare_base(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
     """The training run of a base model (see module docstring); resumes from ``out``."""
     from .tasks import make_task
 
-    if cfg.task != "docqa":
-        raise ConfigError("--base fine-tunes on the docqa task (rendered in the model's own chat format)", field="task")
     meta = _resume_meta(cfg, out) if resume else None
     # a resumed run reloads its own weights (LoRA: the base's, and then its adapter)
     sm = load_base(cfg, out if meta is not None and not cfg.lora else cfg.base)
     lm = sm.model
-    task = make_task("docqa", **{**cfg.task_kwargs, "window": lm.config.window}, tokenizer=sm.tokenizer)
+    if cfg.task == "docqa":  # rendered in the model's own chat format
+        task = make_task("docqa", **{**cfg.task_kwargs, "window": lm.config.window}, tokenizer=sm.tokenizer)
+    else:  # raw token ids
+        task = make_task(cfg.task, **cfg.task_kwargs)
+        if task.vocab_size > lm.config.vocab_size:
+            raise ConfigError(f"task {cfg.task} uses token ids up to {task.vocab_size - 1}, beyond the model's "
+                              f"vocabulary of {lm.config.vocab_size}", field="task")
     if cfg.lora:
         _add_lora(lm, cfg.lora, out if meta is not None else None)
     opts = _optimizers(cfg, lm)
@@ -119,7 +148,8 @@ def _save(out: Path, sm, cfg: TrainConfig, step: int, history: list, evals: list
     (tmp / "sleepagent.json").write_text(json.dumps(
         {"window": c.window, "sleep_loops": c.sleep_loops, "loop_layers": list(c.span), "evict": c.evict,
          "keep": c.keep}, indent=2) + "\n")
-    write_prompt(tmp, PromptConventions(system_prompt=sm.prompt.system_prompt or _task_prompt()))
+    if cfg.task == "docqa" or sm.prompt.system_prompt:  # a raw-token task model has no chat prompt
+        write_prompt(tmp, PromptConventions(system_prompt=sm.prompt.system_prompt or _task_prompt()))
     scalars = _save_optimizers(opts, tmp / "optimizer.safetensors")
     (tmp / "train.json").write_text(json.dumps(
         {"config": cfg.model_dump(mode="json"), "step": step, "history": history, "evals": evals,

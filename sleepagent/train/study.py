@@ -58,6 +58,17 @@ class Study:
     notes: str = ""  # markdown appended to the study's page: how the preset was chosen, what it replaced
     extend: dict[str, Any] | None = None  # second phase: TrainConfig updates (steps, schedule, seed, ...)
     first_answer: bool = False  # also score each document's first question alone (see evaluate's first_only)
+    # Fine-tuning studies (the paper's pretrained-model experiments): a random transformers hybrid
+    # (``save_tiny_hybrid`` arguments) is first trained as an ordinary model, N = 1, with
+    # ``pretrain`` (TrainConfig updates); every run then fine-tunes that checkpoint (``train --base``).
+    base_model: dict[str, Any] | None = None
+    pretrain: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.base_model is None) != (self.pretrain is None):
+            raise ValueError(f"study {self.name}: base_model and pretrain go together")
+        if self.pretrain is not None and self.extend:
+            raise ValueError(f"study {self.name}: a fine-tuning study has no second phase")
 
     def runs(self) -> list[tuple[str, TrainConfig]]:
         return [
@@ -66,6 +77,13 @@ class Study:
             for n in self.loops
             for seed in self.seeds
         ]
+
+    def pretrain_runs(self, out: Path) -> list[tuple[str, TrainConfig]]:
+        """The "pretraining" run (N = 1 from the random transformers model), if this study has one."""
+        if self.pretrain is None:
+            return []
+        return [("pretrain", TrainConfig(task=self.task, task_kwargs=dict(self.task_kwargs), loops=1, seed=0,
+                                         base=str(out / "random"), **{**self.train, **self.pretrain}))]
 
     def extended_runs(self, out: Path) -> list[tuple[str, TrainConfig]]:
         """The second phase: each run continued from its final checkpoint under ``out``."""
@@ -319,6 +337,87 @@ _register(dataclasses.replace(
           "beyond this CPU budget (the GPU study at t = 4 was half solved by N = 4).\n",
 ))
 
+_register(dataclasses.replace(
+    STUDIES["rule110"],  # the same task, model, steps and N; only the optimiser differs
+    name="rule110-muon",
+    summary="the `rule110` preset trained with Muon (the paper's optimiser) instead of AdamW",
+    train={**STUDIES["rule110"].train, "optimizer": "muon", "lr": 1e-3},
+    notes="Same task, model, steps, lr schedule and N as `rule110` (AdamW there); here Muon updates the "
+          "hidden matrices (lr 1e-3, scaled to AdamW's update size: `adjust_lr_fn=\"match_rms_adamw\"`) "
+          "and AdamW (lr 1e-3) the embeddings, head, norms and gates, the paper's optimiser.\n\n",
+))
+
+_ATTN_NOTES = """\
+The paper's attention-only baseline: the `rule110` preset's model with every GDN layer replaced
+by softmax attention (4 attention layers, no fast weights), same task, optimiser and steps. With
+the task's window of 24 tokens (`rule110-attn`) each row is evicted before the query and nothing
+of it remains (sleep has no fast weights to write, so N does not matter and only N = 1 is run):
+the floor, what the labels' statistics alone give. With a window of 64 tokens
+(`rule110-attn-full`) the whole example (51 tokens) lies in one window and nothing is ever
+evicted: a plain transformer that sees every cell exactly, the ceiling a memory could approach.
+
+"""
+
+for _suffix, _update, _what in (("", {}, "rows evicted as in `rule110`, nothing carried across windows"),
+                                ("-full", {"window": 64}, "a 64-token window holding the whole example: no eviction")):
+    _register(dataclasses.replace(
+        STUDIES["rule110"],
+        name=f"rule110-attn{_suffix}",
+        summary=f"attention-only baseline for `rule110` (4 attention layers, no GDN): {_what}",
+        train={**STUDIES["rule110"].train, "layer_types": ("attn",) * 4, **_update},
+        loops=(1,),
+        notes=_ATTN_NOTES,
+    ))
+
+_FINETUNE_NOTES = """\
+The paper's fine-tuning experiments (Jet-Nemotron 2B and Ouro 1.4B taught to sleep) at CPU size,
+through transformers modules only: a random `qwen3_5`-architecture model (one Gated DeltaNet
+layer, then three attention layers, as in the `rule110` preset; hidden size 128, about 0.6 M
+parameters with its 320-token byte vocabulary) is trained first as an ordinary model (N = 1: the
+"pretraining" stage), then fine-tuned with `train --base` to sleep with N = 4, against a control
+fine-tuned with N = 1 for the same steps from the same checkpoint. Each fine-tune first trains only
+the GDN layer (`warmup_gdn_steps`), as the paper does. The task is Rule 110 at t = 2 (rows of 24
+cells, one per evicted window of 24 tokens), fed as raw token ids; the long-document task
+(`docqa`) and `gsm_inf` were too slow for this budget through the transformers modules on two
+cores (1.6 s a step at N = 1 and 6 s at N = 4 for docqa's 16 x 1000-token batches).
+
+"""
+
+# a qwen3_5-architecture model laid out as the rule110 preset's: one GDN layer first, then attention
+_TINY_QWEN = dict(model_type="qwen3_5", layer_types=["linear_attention", "full_attention", "full_attention",
+                                                     "full_attention"],
+                  sizes=dict(hidden_size=128, intermediate_size=256, num_attention_heads=8, linear_num_value_heads=4,
+                             linear_num_key_heads=4, linear_key_head_dim=32, linear_value_head_dim=32))
+_FINETUNE_TRAIN = dict(steps=400, batch_size=64, adam_lr=1e-3, warmup_steps=50, schedule="constant",
+                       warmup_gdn_steps=50, eval_every=50, eval_n=100, save_every=100)
+# the "pretraining" stage of both fine-tuning presets: an ordinary model, hard eviction, N = 1
+_FINETUNE_PRETRAIN = dict(steps=400, warmup_steps=100, warmup_gdn_steps=0, evict="hard", keep=0)
+
+_register(Study(
+    name="finetune-rule110",
+    summary="a transformers qwen3_5 hybrid pretrained as an ordinary model (N = 1), then fine-tuned to sleep "
+            "(N = 4) against an N = 1 control; Rule 110, t = 2, hard eviction",
+    task="rule110",
+    task_kwargs=dict(rows=2, width=24, steps=(2,)),
+    train=_FINETUNE_TRAIN,
+    deep=(2,),
+    base_model=_TINY_QWEN,
+    pretrain=_FINETUNE_PRETRAIN,
+    notes=_FINETUNE_NOTES,
+))
+
+_register(dataclasses.replace(
+    STUDIES["finetune-rule110"],
+    name="finetune-rule110-sliding",
+    summary="`finetune-rule110` with sliding eviction in the fine-tuning: each sleep evicts 16 tokens and keeps "
+            "the newest 8 in the window",
+    train={**_FINETUNE_TRAIN, "evict": "sliding", "keep": 8},
+    notes=_FINETUNE_NOTES + "Sliding eviction (the paper's Ouro experiment, L = 512 there): the window holds 24 "
+          "tokens; when it is full the oldest 16 are consolidated and evicted and the newest 8 stay, exact. The "
+          "pretraining stage has `finetune-rule110`'s settings (the same random model, hard eviction, steps "
+          "and seed).\n\n",
+))
+
 def _train_one(args: tuple[dict, str, int | None, bool]) -> str:
     cfg_json, out, threads, progress = args
     if threads:
@@ -345,10 +444,19 @@ def run_study(
     it where it stopped; the same call resumes it), for a GPU lent for a fixed time."""
     out, docs = Path(out) / study.name, Path(docs)
     docs.mkdir(parents=True, exist_ok=True)
-    phases = [[(name, cfg.model_copy(update={"device": device, "time_limit": time_limit}))
-               for name, cfg in runs]
-              for runs in (study.runs(), study.extended_runs(out))]
+    runs = study.runs()
+    if study.base_model is not None:  # fine-tuning: every run starts from the pretrained checkpoint
+        runs = [(name, cfg.model_copy(update={"base": str(out / "pretrain")})) for name, cfg in runs]
+        if not (out / "random" / "config.json").exists():
+            from ..model.hf_tiny import save_tiny_hybrid
+
+            save_tiny_hybrid(out / "random", **study.base_model)
+    pretrain, *phases = [[(name, cfg.model_copy(update={"device": device, "time_limit": time_limit}))
+                         for name, cfg in group]
+                        for group in (study.pretrain_runs(out), runs, study.extended_runs(out))]
     t0 = time.perf_counter()
+    if pretrain:
+        _train_one((pretrain[0][1].model_dump(mode="json"), str(out / "pretrain"), threads, progress))
     for runs in phases:  # the second phase starts from the first one's checkpoints
         work = [(cfg.model_dump(mode="json"), str(out / name), threads, progress) for name, cfg in runs]
         if jobs > 1:
@@ -386,6 +494,11 @@ def run_study(
         "command": command or f"sleepagent study {study.name}",
         "scoring": "free-running",
     }
+    if pretrain:
+        report["base_model"], report["pretrain"] = study.base_model, study.pretrain
+        # the pretrained model itself, at N = 1 and woken with the largest N (never trained to sleep)
+        report["pretrain_run"] = _score(study, task, out / "pretrain",
+                                        pretrain[0][1].model_copy(update={"loops": max(study.loops)}), device)
     (docs / f"{study.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_final(report, docs / f"{study.name}_final.png")
     plot_curves(report, docs / f"{study.name}_curve.png", deep=study.deep)
@@ -484,6 +597,14 @@ def markdown(report: dict[str, Any]) -> str:
             for N, row in sorted(r[key].items(), key=lambda kv: -int(kv[0])):
                 label = name if int(N) == r["loops"] else f"{name} at N=1"
                 lines.append(f"| {label} | {steps} | " + " | ".join(f"{row[d]:.3f}" for d in report["comparison"]) + " |")
+    if report.get("pretrain_run"):
+        pre = report["pretrain_run"]
+        lines += ["", f"Fine-tuning: every run above starts from one pretrained checkpoint, a random transformers "
+                      f"model (`{json.dumps(report['base_model'])}`) trained as an ordinary model (N = 1, "
+                      f"`{json.dumps(report['pretrain'])}`, {pre['steps']} steps). That checkpoint, before "
+                      "fine-tuning:", ""]
+        for N, row in sorted(pre["final"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"- at N = {N}: " + ", ".join(f"d={d} {row[d]:.3f}" for d in row))
     lines += [
         "",
         f"![accuracy vs difficulty]({report['study']}_final.png)",

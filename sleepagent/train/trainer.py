@@ -81,7 +81,8 @@ class TrainConfig(BaseModel):
     )
     device: str = "cpu"
     base: str | None = Field(default=None, description="fine-tune this local transformers hybrid (a directory)")
-    window: int | None = Field(default=None, ge=2, description="--base: the attention window (default: the task's)")
+    window: int | None = Field(default=None, ge=2, description="the model's attention window (default: the task's); a native model with a window that holds "
+                    "the whole example never evicts (a plain transformer baseline)")
     loop_layers: tuple[int, int] | None = Field(default=None, description="--base: the decoder layers the sleep loops")
     evict: Literal["hard", "sliding"] = "hard"
     keep: int = Field(default=0, ge=0, description="sliding eviction: tokens kept in the window after a sleep")
@@ -111,7 +112,7 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
     mcfg = SleepHybridConfig(
         vocab_size=task.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=task.window,
+        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=cfg.window or task.window,
         evict=cfg.evict, keep=cfg.keep,
         sleep_loops=cfg.loops, tie_embeddings=False,
     )
@@ -189,9 +190,17 @@ def save_checkpoint(
     tmp.rmdir()
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[SleepHybridLM, dict]:
-    """A trained task model and its ``train.json`` (config, step, history)."""
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
+    """A trained task model and its ``train.json`` (config, step, history): a
+    :class:`SleepHybridLM`, or for a run of ``train --base`` the transformers hybrid it fine-tuned
+    (an :class:`~sleepagent.model.hf.HFHybridLM` with the run's sleep settings)."""
+    from ..model.hf import is_transformers_checkpoint
+
     path = Path(path)
+    if is_transformers_checkpoint(path):
+        from .finetune import load_run
+
+        return load_run(path, device)
     try:
         mcfg = SleepHybridConfig.from_json((path / "config.json").read_text())
         meta = json.loads((path / "train.json").read_text()) if (path / "train.json").exists() else {}

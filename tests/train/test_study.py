@@ -54,7 +54,12 @@ def test_summary_compares_means_against_the_seed_spread():
 
 def test_presets_are_valid_configs():
     for study in STUDIES.values():
-        assert len(study.runs()) == len(study.loops) * len(study.seeds) >= 4
+        assert len(study.runs()) == len(study.loops) * len(study.seeds) >= 2 * len(study.loops)
+
+
+def _baseline(study: Study) -> bool:
+    """The attention-only presets: no GDN layer, so N does not matter and only N = 1 runs."""
+    return "gdn" not in study.train.get("layer_types", ("gdn",))
 
 
 def test_presets_build_their_tasks_and_runs():
@@ -65,8 +70,56 @@ def test_presets_build_their_tasks_and_runs():
         task = make_task(study.task, **study.task_kwargs)
         assert set(study.deep) <= set(task.test_difficulties())
         assert [name for name, _ in study.runs()] == [f"N{n}_s{s}" for n in study.loops for s in study.seeds]
-        assert min(study.loops) == 1 and max(study.loops) == 4  # every preset compares N = 4 with N = 1
+        if _baseline(study):
+            assert study.loops == (1,)
+        else:  # every other preset compares N = 4 with N = 1
+            assert min(study.loops) == 1 and max(study.loops) == 4
     assert STUDIES["rule110-sweep"].loops == (1, 2, 3, 4)
+    assert {name for name, s in STUDIES.items() if _baseline(s)} == {"rule110-attn", "rule110-attn-full"}
+
+
+def test_variant_presets_change_only_what_they_are_named_for():
+    base = STUDIES["rule110"].runs()
+    for name, change in (("rule110-muon", {"optimizer": "muon", "lr": 1e-3}),
+                         ("rule110-attn-full", {"layer_types": ("attn",) * 4, "window": 64})):
+        variant = dict(STUDIES[name].runs())
+        for run, cfg in base:
+            if run in variant:
+                assert variant[run] == cfg.model_copy(update=change), name
+    slide = STUDIES["finetune-rule110-sliding"]
+    assert slide.pretrain == STUDIES["finetune-rule110"].pretrain  # the same "pretrained" model
+    assert {k: v for k, v in slide.train.items() if k not in ("evict", "keep")} == STUDIES["finetune-rule110"].train
+
+
+def test_a_fine_tuning_study_pretrains_at_n1_then_fine_tunes_that_checkpoint(tmp_path):
+    """The paper's fine-tuning experiment in miniature: a random transformers hybrid trained as an
+    ordinary model (N = 1), then every run fine-tuned from it with `train --base`; the runs are
+    transformers checkpoints that carry their sleep settings, scored at their N and at N = 1."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from sleepagent.model.hf import HFHybridLM
+    from sleepagent.train.trainer import load_checkpoint
+
+    preset = STUDIES["finetune-rule110-sliding"]
+    study = replace(preset, name="ft", base_model={**preset.base_model, "sizes": {}}, eval_n=6,
+                    train={**preset.train, "steps": 2, "batch_size": 4, "warmup_gdn_steps": 1, "eval_every": 2,
+                           "eval_n": 3},
+                    pretrain={**preset.pretrain, "steps": 2, "warmup_steps": 0})
+    report = run_study(study, tmp_path / "runs", tmp_path / "docs", progress=False)
+    root = tmp_path / "runs" / "ft"
+    pre = json.loads((root / "pretrain" / "train.json").read_text())["config"]
+    assert pre["base"] == str(root / "random") and pre["loops"] == 1 and pre["evict"] == "hard"
+    run = json.loads((root / "N4_s1" / "train.json").read_text())["config"]
+    assert run["base"] == str(root / "pretrain") and run["loops"] == 4 and run["seed"] == 1
+    assert json.loads((root / "N4_s1" / "sleepagent.json").read_text())["evict"] == "sliding"
+    model, meta = load_checkpoint(root / "N4_s1")
+    assert isinstance(model, HFHybridLM) and model.config.keep == 8 and meta["step"] == 2
+    AutoModelForCausalLM.from_pretrained(root / "N4_s1")  # the base architecture
+    assert set(report["runs"]["N4_s1"]["final"]) == {"1", "4"}
+    assert set(report["pretrain_run"]["final"]) == {"1", "4"}  # the pretrained model, woken with N = 4 too
+    assert "Fine-tuning: every run above starts from one pretrained checkpoint" in (tmp_path / "docs" / "ft.md").read_text()
 
 
 def test_a_sweep_over_n_has_a_column_per_n_and_compares_the_extremes(tmp_path):
