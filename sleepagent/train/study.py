@@ -347,6 +347,43 @@ _register(dataclasses.replace(
           "and AdamW (lr 1e-3) the embeddings, head, norms and gates, the paper's optimiser.\n\n",
 ))
 
+_register(dataclasses.replace(
+    STUDIES["rule110"],  # the same task, model, optimiser, steps and N; only the eviction differs
+    name="rule110-sliding",
+    summary="the `rule110` preset with sliding eviction: each sleep evicts 16 tokens and keeps the newest 8",
+    train={**STUDIES["rule110"].train, "evict": "sliding", "keep": 8},
+    notes="Same task, model, optimiser, steps and N as `rule110` (hard eviction there). Here the window of 24 "
+          "tokens slides (the paper's Ouro experiment, L = 512 there): when it is full, the oldest 16 tokens "
+          "are consolidated and evicted and the newest 8 stay in the window, exact. A row's label (its first "
+          "cell t = 2 steps later, on a ring) depends on cells 22, 23, 0, 1 and 2, so the kept tokens hold two "
+          "of the five inputs of the newer row's label exactly when the query is read; the others, and every "
+          "cell of the older row, are in the fast weights only.\n\n",
+))
+
+_GSM_NOTES = """\
+GSM-Infinite's symbolic subset (the paper's main benchmark) at CPU size: the question `Q: Vx?`
+first, then the shuffled statements of one chain of `op` operations (`assign Vb = Va + 1`, `- 1`
+or a plain copy) from a root `assign Va = <0..10>`, and four filler statements whose source is
+never assigned; then `A: <value>.`, scored on the value and its dot. Two-digit names (`V10` to
+`V98`) instead of the original's six keep an op-4 problem near 200 bytes, four windows of 64
+bytes, so three sleeps lie between the question and the answer. The layout is the original
+generator's (`eval --data` reads its records: `{question_var, context, answer}`). The answer is
+a lookup chain through the fast weights (the question's variable to its source, and so on to
+the root), like Depo's hops, plus counting the `+ 1` and `- 1` on the way.
+
+"""
+
+_register(Study(
+    name="gsm-inf",
+    summary="GSM-Infinite-style symbolic problems of 1, 2 and 4 operations, read across evicted windows of 64 bytes",
+    task="gsm_inf",
+    task_kwargs=dict(ops=(1, 2, 4), filler=4, window=64, digits=2),
+    train=dict(_CPU_TRAIN, batch_size=16),
+    eval_n=300,
+    deep=(2, 4),
+    notes=_GSM_NOTES,
+))
+
 _ATTN_NOTES = """\
 The paper's attention-only baseline: the `rule110` preset's model with every GDN layer replaced
 by softmax attention (4 attention layers, no fast weights), same task, optimiser and steps. With

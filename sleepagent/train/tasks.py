@@ -24,7 +24,8 @@ batched forward pass.
     in the original generator's ids (``9000+k``, ``9500``, separator ``9700``) onto this layout,
     for ``sleepagent eval --data``.
 
-``gsm_inf`` (GSM-Infinite's symbolic subset, byte level): the question ``Q: V123456?`` first,
+``gsm_inf`` (GSM-Infinite's symbolic subset, byte level): the question ``Q: V123456?`` first
+    (``digits`` per name, 6 as in the original; fewer make shorter text for CPU studies),
     then shuffled statements ``assign V1 = V2 + 1.`` / ``- 1`` / plain copy, one chain of ``op``
     statements from a root ``assign Vx = <0..10>``, plus filler chains whose root is never
     assigned; then ``A: <value>.``. Difficulty = op. Loss on the answer digits and the ``.``.
@@ -262,19 +263,26 @@ def read_data(path: str | Path, task: Depo | GsmInf) -> list[Example]:
     return examples
 
 
+def op_max(ops: tuple[int, ...]) -> int:
+    return max(ops, default=0)
+
+
 class GsmInf:
     """See module docstring. ``ops`` is the training distribution of the number of operations."""
 
     name = "gsm_inf"
 
-    def __init__(self, ops: tuple[int, ...] = (1, 2, 4, 8), filler: int = 12, window: int = 256) -> None:
-        self.ops, self.filler, self.window = ops, filler, window
+    def __init__(self, ops: tuple[int, ...] = (1, 2, 4, 8), filler: int = 12, window: int = 256, digits: int = 6) -> None:
+        if not 2 <= digits <= 6 or op_max(ops) + 1 + 2 * filler > 9 * 10 ** (digits - 1) - 1:
+            raise ValueError(f"gsm_inf: {digits}-digit names cannot name {op_max(ops) + 1 + 2 * filler} variables "
+                             "(digits 2..6)")
+        self.ops, self.filler, self.window, self.digits = ops, filler, window, digits
         self.vocab_size = 268
         self.pad_id = 256
 
     def sample(self, rng: random.Random, difficulty: int | None = None) -> Example:
         op = difficulty if difficulty is not None else rng.choice(self.ops)
-        names = rng.sample(range(100000, 999999), op + 1 + self.filler * 2)
+        names = rng.sample(range(10 ** (self.digits - 1), 10 ** self.digits - 1), op + 1 + self.filler * 2)
         var = [f"V{x}" for x in names]
         value = rng.randint(0, 10)
         statements = [f"assign {var[0]} = {value}"]

@@ -73,10 +73,13 @@ def test_depo_train_hops_limit_training_queries_but_not_tests():
         Depo(n_max=12, k_max=8, window=16, edge_windows=4, train_hops=(3,))
 
 
-def test_gsm_inf_answer_is_the_value_of_the_asked_variable():
-    task = GsmInf(ops=(5,), filler=6)
+@pytest.mark.parametrize("digits", [6, 2])
+def test_gsm_inf_answer_is_the_value_of_the_asked_variable(digits):
+    task = GsmInf(ops=(5,), filler=6, digits=digits)
     for seed in range(5):
         ex = task.sample(random.Random(seed))
+        names = set(re.findall(r"V\d+", bytes(ex.ids).decode()))
+        assert len(names) == 5 + 1 + 12 and all(len(n) == 1 + digits for n in names)
         text = bytes(ex.ids).decode()
         q = re.match(r"Q: (V\d+)\? (.*) A: (-?\d+)\.$", text)
         assert q
@@ -93,6 +96,11 @@ def test_gsm_inf_answer_is_the_value_of_the_asked_variable():
                     env[var] = int(parts[0])
         assert env[q.group(1)] == int(q.group(3))
         assert bytes(ex.ids[p] for p in ex.answers[0]).decode() == q.group(3) + "."
+
+
+def test_gsm_inf_refuses_more_variables_than_its_names_allow():
+    with pytest.raises(ValueError, match="2-digit names cannot name 99 variables"):
+        GsmInf(ops=(8,), filler=45, digits=2)
 
 
 def test_collate_and_unknown_task():
