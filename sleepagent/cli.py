@@ -322,7 +322,8 @@ def eval_cmd(
     and a 95% interval: on a fresh seeded test set, on --data, or (--agent) through the Agent API."""
     from .errors import SleepAgentError
     from .model.pretrained import resolve_checkpoint
-    from .train import load_checkpoint, make_task, plot_accuracy
+    from .train import load_checkpoint, plot_accuracy
+    from .train.finetune import run_task
     from .train.tasks import read_data
     from .train.trainer import _jsonable, data_hits, tally
 
@@ -337,7 +338,7 @@ def eval_cmd(
     trained_on = cfg.get("task", "depo")
     if task_name is not None and task_name != trained_on:
         raise _fail(f"{checkpoint_dir} was trained on {trained_on!r}, so --task {task_name} cannot score it")
-    task = make_task(trained_on, **cfg.get("task_kwargs", {}))
+    task = run_task(model, cfg)
     N_values, min_fill = list(_lengths(loops)), cfg.get("min_fill", 0.5)
     mode = "teacher-forced" if teacher_forced else "free-running"
     if data is not None:

@@ -61,6 +61,65 @@ def _task_window(cfg: TrainConfig) -> int:
     return int(make_task(cfg.task, **cfg.task_kwargs).window)
 
 
+class TokenizedTask:
+    """A byte-level text task (gsm_inf) rendered through a transformers model's own tokenizer, as
+    a real checkpoint must read it: the prompt and the answer are encoded apart, so the loss and
+    the exact-match span are the answer's tokens (a tokenizer that merged across the boundary
+    would blur them)."""
+
+    def __init__(self, task: Any, tokenizer: Any) -> None:
+        self.task, self.tokenizer = task, tokenizer
+        self.name, self.window = task.name, task.window
+        self.vocab_size, self.pad_id = tokenizer.vocab_size, tokenizer.pad_id
+
+    def sample(self, rng, difficulty: int | None = None):
+        return self.render(self.task.sample(rng, difficulty))
+
+    def render(self, ex):
+        from .tasks import Example
+
+        start = ex.answers[0][0]
+        prompt = self.tokenizer.encode(bytes(ex.ids[:start]).decode(), specials=False)
+        answer = self.tokenizer.encode(bytes(ex.ids[start:]).decode(), specials=False)
+        return Example(prompt + answer, [False] * len(prompt) + [True] * len(answer),
+                       [list(range(len(prompt), len(prompt) + len(answer)))], ex.difficulty, dict(ex.meta))
+
+    def from_record(self, *record: Any):
+        """An externally written problem (``eval --data``), laid out by the task, then tokenised."""
+        return self.render(self.task.from_record(*record))
+
+    def test_difficulties(self) -> list[int]:
+        return self.task.test_difficulties()
+
+
+def base_task(name: str, kwargs: dict, tokenizer: Any, window: int, vocab_size: int) -> Any:
+    """The task a ``train --base`` run reads: docqa in the model's chat format, gsm_inf's text
+    through its tokenizer, rule110 and depo (no text form) as raw token ids inside its vocabulary."""
+    from .tasks import make_task
+
+    if name == "docqa":
+        return make_task("docqa", **{**kwargs, "window": window}, tokenizer=tokenizer)
+    task = make_task(name, **kwargs)
+    if name == "gsm_inf":
+        return TokenizedTask(task, tokenizer)
+    if task.vocab_size > vocab_size:
+        raise ConfigError(f"task {name} uses token ids up to {task.vocab_size - 1}, beyond the model's vocabulary "
+                          f"of {vocab_size}", field="task")
+    return task
+
+
+def run_task(model: Any, cfg: dict) -> Any:
+    """The task a trained run is scored on, from its ``train.json`` config: as it was trained
+    (a fine-tuned transformers model reads it through :func:`base_task`)."""
+    from .tasks import make_task
+
+    name, kwargs = cfg.get("task", "depo"), cfg.get("task_kwargs", {})
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return make_task(name, **kwargs)
+    return base_task(name, kwargs, tokenizer, model.config.window, model.config.vocab_size)
+
+
 def load_run(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
     """A run directory written by ``train --base`` as (its :class:`HFHybridLM`, its ``train.json``),
     with the sleep settings it was trained with, for scoring (``eval``, studies, probes)."""
@@ -72,24 +131,17 @@ def load_run(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
         meta = json.loads((path / "train.json").read_text()) if (path / "train.json").exists() else {}
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {path / 'train.json'}: {e}") from None
+    sm.model.tokenizer = sm.tokenizer  # the run's task reads text through it (see run_task)
     return sm.model, meta
 
 
 def prepare_base(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
     """The training run of a base model (see module docstring); resumes from ``out``."""
-    from .tasks import make_task
-
     meta = _resume_meta(cfg, out) if resume else None
     # a resumed run reloads its own weights (LoRA: the base's, and then its adapter)
     sm = load_base(cfg, out if meta is not None and not cfg.lora else cfg.base)
     lm = sm.model
-    if cfg.task == "docqa":  # rendered in the model's own chat format
-        task = make_task("docqa", **{**cfg.task_kwargs, "window": lm.config.window}, tokenizer=sm.tokenizer)
-    else:  # raw token ids
-        task = make_task(cfg.task, **cfg.task_kwargs)
-        if task.vocab_size > lm.config.vocab_size:
-            raise ConfigError(f"task {cfg.task} uses token ids up to {task.vocab_size - 1}, beyond the model's "
-                              f"vocabulary of {lm.config.vocab_size}", field="task")
+    task = base_task(cfg.task, cfg.task_kwargs, sm.tokenizer, lm.config.window, lm.config.vocab_size)
     if cfg.lora:
         _add_lora(lm, cfg.lora, out if meta is not None else None)
     opts = _optimizers(cfg, lm)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .tasks import make_task
+from .finetune import run_task
 from .trainer import TrainConfig, accuracy, answer_hits, load_checkpoint, train
 
 __all__ = ["Study", "STUDIES", "run_study", "summarize"]
@@ -505,9 +505,8 @@ def run_study(
                 _train_one(item)
     train_s = time.perf_counter() - t0
 
-    task = make_task(study.task, **study.task_kwargs)
-    results = {name: _score(study, task, out / name, cfg, device) for name, cfg in phases[0]}
-    extended = {name: _score(study, task, out / name, cfg, device) for name, cfg in phases[1]}
+    results = {name: _score(study, out / name, cfg, device) for name, cfg in phases[0]}
+    extended = {name: _score(study, out / name, cfg, device) for name, cfg in phases[1]}
     report = {
         "study": study.name,
         "summary": study.summary,
@@ -534,7 +533,7 @@ def run_study(
     if pretrain:
         report["base_model"], report["pretrain"] = study.base_model, study.pretrain
         # the pretrained model itself, at N = 1 and woken with the largest N (never trained to sleep)
-        report["pretrain_run"] = _score(study, task, out / "pretrain",
+        report["pretrain_run"] = _score(study, out / "pretrain",
                                         pretrain[0][1].model_copy(update={"loops": max(study.loops)}), device)
     (docs / f"{study.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_final(report, docs / f"{study.name}_final.png")
@@ -543,9 +542,10 @@ def run_study(
     return report
 
 
-def _score(study: Study, task: Any, run_dir: Path, cfg: TrainConfig, device: str) -> dict[str, Any]:
+def _score(study: Study, run_dir: Path, cfg: TrainConfig, device: str) -> dict[str, Any]:
     """A finished run on the study's final test set, at its own N and at N = 1, plus its curve."""
     model, meta = load_checkpoint(run_dir, device)
+    task = run_task(model, cfg.model_dump())
     scored = {"loops": cfg.loops, "seed": cfg.seed, "steps": meta.get("step"), "curve": meta.get("evals", [])}
     hits = answer_hits(model, task, sorted({1, cfg.loops}), n=study.eval_n, seed=study.eval_seed,
                        min_fill=cfg.min_fill)

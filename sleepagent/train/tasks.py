@@ -39,6 +39,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -233,7 +234,7 @@ class Depo:
         return self.hops
 
 
-def read_data(path: str | Path, task: Depo | GsmInf) -> list[Example]:
+def read_data(path: str | Path, task: Any) -> list[Example]:
     """Externally supplied test sequences, one JSON object per line, mapped onto ``task``:
     depo ``{"tokens": [...], "label": [...]}`` in the original generator's layout
     (:meth:`Depo.from_original`), gsm_inf ``{"question_var": ..., "context": ..., "answer": int}``
@@ -242,7 +243,7 @@ def read_data(path: str | Path, task: Depo | GsmInf) -> list[Example]:
 
     if isinstance(task, Depo):
         keys, build = ("tokens", "label"), lambda r: task.from_original([int(t) for t in r[0]], [int(x) for x in r[1]])
-    elif isinstance(task, GsmInf):
+    elif hasattr(task, "from_record"):  # gsm_inf, or gsm_inf through a model's tokenizer
         keys, build = ("question_var", "context", "answer"), lambda r: task.from_record(str(r[0]), str(r[1]), int(r[2]))
     else:
         raise DataError(f"--data reads depo and gsm_inf sequences, not {getattr(task, 'name', task)!r}")

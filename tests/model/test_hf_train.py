@@ -164,3 +164,39 @@ def test_lora_trains_only_adapters_and_merges_them_into_the_checkpoint(checkpoin
     changed = {n for n in base if not torch.equal(base[n], merged[n])}
     assert changed and all(n.endswith("weight") and "layers." in n for n in changed)  # linear layers only
     assert not any("embed" in n or "norm" in n for n in changed)
+
+
+def test_train_base_reads_gsm_inf_through_the_models_tokenizer_and_eval_data_scores_it(checkpoints, tmp_path):
+    """The GPU recipe's data path at tiny size: GSM-Infinite-style problems rendered through the
+    checkpoint's own tokenizer (what a real Qwen3.5 must read), and records in the original
+    generator's layout scored through `eval --data` the same way."""
+    import random
+
+    from typer.testing import CliRunner
+
+    from sleepagent.cli import app
+    from sleepagent.train.finetune import TokenizedTask
+    from sleepagent.train.tasks import GsmInf
+    from sleepagent.train.trainer import load_checkpoint
+
+    out = tmp_path / "gsm"
+    task_args = '{"ops": [1, 2], "filler": 2, "window": 48, "digits": 2}'
+    result = CliRunner().invoke(app, ["train", "--base", str(checkpoints["qwen3_5"]), "--task", "gsm_inf", "--loops",
+                                      "2", "--steps", "2", "--batch-size", "2", "--task-args", task_args,
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model, meta = load_checkpoint(out)
+    assert model.config.window == 48 and model.config.sleep_loops == 2
+    tokenized = TokenizedTask(GsmInf(ops=(1, 2), filler=2, window=48, digits=2), model.tokenizer)
+    ex = tokenized.sample(random.Random(3), 2)
+    text = model.tokenizer.decode(ex.ids)
+    assert text.startswith("Q: V") and model.tokenizer.decode([ex.ids[p] for p in ex.answers[0]]) == \
+        text.rsplit("A: ", 1)[1]  # the answer span is exactly the value and its dot
+    assert all(ex.loss_mask[p] for p in ex.answers[0]) and sum(ex.loss_mask) == len(ex.answers[0])
+    records = tmp_path / "gsm.jsonl"
+    records.write_text(json.dumps({"question_var": "V12", "context": "assign V11 = 4. assign V12 = V11 + 1",
+                                   "answer": 5}) + "\n")
+    result = CliRunner().invoke(app, ["eval", str(out), "--data", str(records), "--loops", "1,2", "--json"])
+    assert result.exit_code == 0, result.output
+    report, _ = json.JSONDecoder().raw_decode(result.output[result.output.index('{"task"'):])
+    assert report["task"] == "gsm_inf" and report["counts"]["2"] == {"1": [report["counts"]["2"]["1"][0], 1]}
