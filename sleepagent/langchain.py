@@ -339,31 +339,42 @@ class ChatSleepModel(BaseChatModel):
         pieces: queue.Queue[Any] = queue.Queue()
         done = object()
         config = _CALL_CONFIG.get()
+        abandoned = threading.Event()  # the caller stopped reading: the worker stops at its next token
+
+        def on_token(text: str) -> None:
+            if abandoned.is_set():
+                raise _StreamAbandoned
+            pieces.put(text)
 
         def worker() -> None:
             _CALL_CONFIG.set(config)
             try:
-                out = _run_in_new_loop(lambda: self._respond(messages, stop, kwargs, on_token=pieces.put))
+                out = _run_in_new_loop(lambda: self._respond(messages, stop, kwargs, on_token=on_token))
                 pieces.put(("__result__", out))
             except BaseException as e:  # re-raised in the caller's thread
                 pieces.put(("__error__", e))
             finally:
                 pieces.put(done)
 
-        thread = threading.Thread(target=worker, daemon=True)
+        thread = threading.Thread(target=worker, name="sleepagent-langchain-stream", daemon=True)
         thread.start()
         final = None
-        while (item := pieces.get()) is not done:
-            if isinstance(item, tuple) and item[0] == "__error__":
-                raise item[1]
-            if isinstance(item, tuple) and item[0] == "__result__":
-                final = item[1]
-                continue
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
-            if run_manager:
-                run_manager.on_llm_new_token(item, chunk=chunk)
-            yield chunk
-        thread.join()
+        try:
+            while (item := pieces.get()) is not done:
+                if isinstance(item, tuple) and item[0] == "__error__":
+                    raise item[1]
+                if isinstance(item, tuple) and item[0] == "__result__":
+                    final = item[1]
+                    continue
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                if run_manager:
+                    run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+        finally:
+            # A caller that stops early (break, an exception) must not leave the worker generating
+            # on its own: a thread still inside torch when the interpreter exits aborts it.
+            abandoned.set()
+            thread.join()
         assert final is not None
         yield self._last_chunk(*final)
 
@@ -394,6 +405,10 @@ def _ai_message(text: str) -> AIMessage:
             {"type": "invalid_tool_call", "name": c.name, "args": c.raw, "id": None, "error": c.reason} for c in bad
         ],
     )
+
+
+class _StreamAbandoned(Exception):
+    """Raised inside a sync stream's worker when its caller stopped reading."""
 
 
 def _run_in_new_loop(fn: Callable[[], Any]) -> Any:

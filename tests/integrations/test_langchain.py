@@ -38,6 +38,20 @@ async def test_ainvoke_stream_and_astream_agree():
     assert "".join(c.content for c in achunks) == full and achunks[-1].chunk_position == "last"
 
 
+def test_a_stream_left_early_stops_its_worker():
+    """A caller that stops reading must not leave a thread generating on its own (one still in a
+    torch call when the interpreter exits aborts it)."""
+    import threading
+
+    before = set(threading.enumerate())
+    stream = chat(max_tokens=200).stream("tell me a long story")  # ~50 tokens from this model
+    first = next(iter(stream))
+    assert isinstance(first.content, str)
+    stream.close()
+    left = [t for t in threading.enumerate() if t not in before and t.name != "sleepagent-engine"]
+    assert not left  # the engine's worker is the engine's (closed at exit); the stream's own is gone
+
+
 def test_batch_runs_from_worker_threads():
     llm = chat()
     outs = llm.batch(["a", "b", "c"])
