@@ -84,12 +84,17 @@ def _config(model_type: str, tok, layer_types: list[str] | None, sizes: dict | N
 
 def save_tiny_hybrid(
     path: str | Path, model_type: str = "qwen3_5_text", seed: int = 0, layer_types: list[str] | None = None,
-    sizes: dict | None = None,
+    sizes: dict | None = None, gate_init: str = "mamba",
 ) -> Path:
     """Write a tiny random ``model_type`` checkpoint (config, weights, tokenizer) into ``path``.
 
     ``layer_types``: "linear_attention" / "full_attention" per layer (default: 3 GDN + 1 attention).
     ``sizes``: config fields that replace the tiny defaults (``hidden_size``, head counts, ...).
+    ``gate_init``: "mamba" (default) gives the GDN layers the native model's decay init (time
+    steps dt log-uniform in [1e-3, 0.1], so memory lasts tens to thousands of tokens);
+    "transformers" keeps the library's (``dt_bias = 1``: with decay rates up to 16, most heads
+    forget within a token or two, which a pretrained checkpoint has long since unlearned but a
+    random model meant to carry facts across windows must first unlearn, slowly).
     """
     from transformers import AutoModelForCausalLM
 
@@ -100,8 +105,26 @@ def save_tiny_hybrid(
     try:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
+        if gate_init == "mamba":
+            _mamba_gates(model)
+        elif gate_init != "transformers":
+            raise ValueError(f"gate_init must be 'mamba' or 'transformers', got {gate_init!r}")
     finally:
         torch.random.set_rng_state(state)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@torch.no_grad()
+def _mamba_gates(model: torch.nn.Module) -> None:
+    """Every GDN layer's decay as the native model's ``reset_gates``: A in [1, 16] and
+    softplus(dt_bias) = dt log-uniform in [1e-3, 0.1]."""
+    import math
+
+    for module in model.modules():
+        if hasattr(module, "A_log") and hasattr(module, "dt_bias"):
+            n = module.A_log.numel()
+            module.A_log.copy_(torch.empty(n).uniform_(1, 16).log())
+            dt = torch.exp(torch.empty(n).uniform_(math.log(1e-3), math.log(0.1))).clamp(min=1e-4)
+            module.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
