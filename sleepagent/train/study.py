@@ -387,7 +387,7 @@ _register(Study(
     summary="GSM-Infinite-style symbolic problems of 1, 2 and 4 operations, read across evicted windows of 64 bytes",
     task="gsm_inf",
     task_kwargs=dict(ops=(1, 2, 4), filler=4, window=64, digits=2),
-    train=dict(_CPU_TRAIN, batch_size=16, optimizer="muon", lr=3e-3),
+    train=dict(_CPU_TRAIN, steps=1000, batch_size=16, optimizer="muon", lr=3e-3),
     eval_n=300,
     deep=(2, 4),
     notes=_GSM_NOTES,
