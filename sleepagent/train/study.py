@@ -622,7 +622,7 @@ def markdown(report: dict[str, Any]) -> str:
         scoring_note(report),
         "",
         "| difficulty | " + " | ".join(f"trained N={n} (mean ± spread/2)" for n in sorted(set(loops)))
-        + f" | margin N={hi} − N={lo} | beats seed spread |",
+        + (f" | margin N={hi} − N={lo} | beats seed spread |" if hi > lo else " |"),
     ]
     header = lines[-1:]
     lines += _comparison_rows(report["comparison"], loops)
@@ -692,10 +692,13 @@ def render_page(json_path: str | Path) -> Path:
 
 
 def _comparison_rows(comparison: dict[str, Any], loops: list[int]) -> list[str]:
-    rows = ["|---" * (len(set(loops)) + 3) + "|"]
+    """The table's rows; a study of one N (a baseline) has no margin columns."""
+    compare = len(set(loops)) > 1
+    rows = ["|---" * (len(set(loops)) + (3 if compare else 1)) + "|"]
     for d, row in comparison.items():
         cells = [f"{row[f'N{n}_mean']:.3f} ± {float(row[f'N{n}_spread']) / 2:.3f}" for n in sorted(set(loops))]
-        rows.append(f"| {d} | " + " | ".join(cells) + f" | {row['margin']:+.3f} | {'yes' if row['beats_spread'] else 'no'} |")
+        margin = f" | {row['margin']:+.3f} | {'yes' if row['beats_spread'] else 'no'}" if compare else ""
+        rows.append(f"| {d} | " + " | ".join(cells) + margin + " |")
     return rows
 
 

@@ -164,3 +164,12 @@ def test_a_second_phase_continues_every_run_from_its_checkpoint(tmp_path):
     assert "After the second phase" in md and "| N2_s1_more | 3 + 2 |" in md
     assert "Second phase, the first question of each document only" in md
     assert (tmp_path / "docs" / "tiny_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_baseline_of_one_n_has_no_margin_columns():
+    from sleepagent.train.study import _comparison_rows
+
+    row = {"N1_mean": 0.32, "N1_spread": 0.0, "margin": 0.0, "beats_spread": False}
+    assert _comparison_rows({"2": row}, [1]) == ["|---|---|", "| 2 | 0.320 ± 0.000 |"]
+    both = {**row, "N4_mean": 1.0, "N4_spread": 0.0, "margin": 0.68, "beats_spread": True}
+    assert _comparison_rows({"2": both}, [1, 4])[1] == "| 2 | 0.320 ± 0.000 | 1.000 ± 0.000 | +0.680 | yes |"
