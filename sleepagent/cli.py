@@ -152,8 +152,10 @@ def train(
     device: str = "cpu",
     out: Annotated[str, typer.Option(help="checkpoint directory (resumed if it exists)")] = "runs/train",
     base: Annotated[str | None, typer.Option(help="fine-tune this local transformers hybrid (qwen3_5, qwen3_next, "
-                                             "olmo_hybrid) to sleep, on docqa in its own chat format")] = None,
-    window: Annotated[int | None, typer.Option(min=2, help="attention window (default: the task's; larger than an example: no eviction)")] = None,
+                                             "olmo_hybrid) to sleep: docqa in its chat format, gsm_inf through its tokenizer, "
+                                             "rule110/depo as token ids")] = None,
+    window: Annotated[int | None, typer.Option(
+        min=2, help="attention window (default: the task's; larger than an example: no eviction)")] = None,
     loop_layers: Annotated[str | None, typer.Option(help="--base: the decoder layers the sleep loops, 'a,b'")] = None,
     evict: Annotated[str, typer.Option(help="hard | sliding")] = "hard",
     keep: Annotated[int, typer.Option(min=0, help="sliding eviction: tokens kept after a sleep")] = 0,

@@ -5,9 +5,9 @@ A local qwen3_5 / qwen3_next / olmo_hybrid checkpoint is loaded through the adap
 (:meth:`HFHybridLM.forward`: windows as the runtime splits them, N passes over the looped span,
 hidden states and linear-attention/conv states chained, masked cross-entropy, backprop through
 every pass). The data is the project's docqa task rendered in the model's own chat format (its
-tokenizer and template), or one of the synthetic tasks (rule110, depo, gsm_inf) fed as raw token
-ids, which must lie inside the model's vocabulary (the research setting of the paper's fine-tuning
-experiments, at a size a CPU can train: see docs/finetune.md). Full fine-tuning, or LoRA with ``lora=R`` (peft); a GDN-only warm-up
+tokenizer and template), gsm_inf's problems rendered through its tokenizer, or rule110 and depo
+fed as raw token ids inside its vocabulary (the paper's fine-tuning experiments at a size a CPU
+can train: docs/finetune.md). Full fine-tuning, or LoRA with ``lora=R`` (peft); a GDN-only warm-up
 first with ``warmup_gdn_steps``, as the paper does ("first train just the SSM layers"); float32 on
 the CPU, bfloat16 on a GPU.
 
