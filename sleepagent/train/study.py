@@ -6,8 +6,9 @@ scores every final checkpoint on a fresh, larger seeded test set and writes:
 
 - ``<docs>/<name>.json``: every number (settings, per-run curves, final accuracies, margins);
 - ``<docs>/<name>.md``: the table, the command that reproduces it, the machine and wall time;
-- ``<docs>/<name>_final.png``: accuracy vs difficulty, one line per training N (mean of seeds,
-  each seed a marker);
+- ``<docs>/<name>_final.png``: accuracy vs difficulty, one line per training N, or for a sweep of
+  three or more N accuracy vs N, one line per difficulty (the paper's figure); the mean of the
+  seeds as a line, each seed a marker;
 - ``<docs>/<name>_curve.png``: accuracy on the deepest difficulties vs training step, per run.
 
 A study may have a second phase (``extend``): every run trained further from its final
@@ -179,6 +180,41 @@ _register(Study(
     notes=_DEPO_NOTES,
 ))
 
+_DEPO_SWEEP_NOTES = """\
+The depo preset's task, model and optimiser (AdamW, the recipe that learned 2 hops on the CPU)
+with N = 1, 2, 3 and 4, in one phase: 24000 steps at the constant lr the depo preset's second
+phase used (its 6000 cosine steps first only delayed the jump). Budget, from the depo preset's
+timings (one thread per run, two runs at a time on 2 cores): N = 1 ~0.1 s a step, N = 4 ~0.2 s,
+so about 500 core-minutes for the eight runs, 4 to 5 hours on 2 cores. Run it in pieces:
+`sleepagent study depo-sweep --jobs 2 --threads 1 --time-limit 3600` trains each run for an hour
+at most and saves; the same command resumes every run where it stopped.
+
+Muon was tried here first (N = 4, seed 0, lr 2e-3, 3500 steps): 1-hop 0.77, 2-hop flat at
+0.09 to 0.13 on the periodic test set, where AdamW's runs also stayed until step 6000 or later; it
+was not faster on this task within that budget, so the sweep keeps the optimiser with which the
+depo result was obtained.
+
+"""
+
+_DEPO_SWEEP_GPU_NOTES = """\
+The `depo-deep-gpu` preset (1 to 4 hops, d = 128, batch 256, AdamW) with N = 1, 2, 3 and 4:
+the paper's Depo figure (N = 1 stalls from k = 4, N = 2 from k = 8) at k = 4. Sized for a lent
+GPU: `LIMIT=360 bash scripts/gpu_sweeps.sh` trains its eight runs side by side with the other
+sweeps, 360 s each (the runs save and the same command resumes them).
+
+"""
+
+_DEPO_WINDOWS_NOTES = """\
+The paper's setting for Depo: the cycle's edges spread over two evicted windows (16 tokens each;
+with 12 nodes the first window holds 4 edges after the padding, the second 8), then the queries.
+A fact from the first window must survive the second window's sleep, N x 16 tokens of decay
+and overwriting, before a question reads it. The CPU attempt at this (2 windows of 24 tokens,
+d = 64, 2000 steps) stayed at chance with either N, likely for want of steps (the one-window
+depo preset needed 12000 or more); this preset is sized like `depo-deep-gpu` for a lent GPU
+(`scripts/gpu_sweeps.sh`).
+
+"""
+
 _DEPO_DEEP_NOTES = """\
 The depo preset's model and text with deeper questions added, sized for a GPU lent for minutes:
 d = 128, batch 256, constant lr, run with `--time-limit` (N = 1 runs take about 1.6 times the
@@ -231,6 +267,33 @@ for _k, _suffix in ((4, ""), (8, "-k8")):
         first_answer=True,
         notes=_DEPO_DEEP_NOTES + _DEPO_DEEP_RESULTS[_k],
     ))
+
+_register(dataclasses.replace(
+    STUDIES["depo"],  # the same task and model; N = 1 to 4, one phase at the second phase's constant lr
+    name="depo-sweep",
+    summary="2-hop queries over a 12-node cycle whose edges fill one window; N = 1 to 4 (CPU, hours)",
+    train={**STUDIES["depo"].train, "steps": 24000, "schedule": "constant", "eval_every": 1000},
+    loops=(1, 2, 3, 4),
+    extend=None,
+    notes=_DEPO_SWEEP_NOTES,
+))
+
+_register(dataclasses.replace(
+    STUDIES["depo-deep-gpu"],
+    name="depo-sweep-gpu",
+    summary="queries of 1 to 4 hops over a 12-node cycle whose edges fill one window; N = 1 to 4 (GPU)",
+    loops=(1, 2, 3, 4),
+    notes=_DEPO_DEEP_NOTES + _DEPO_SWEEP_GPU_NOTES,
+))
+
+_register(dataclasses.replace(
+    STUDIES["depo-deep-gpu"],
+    name="depo-windows-gpu",
+    summary="queries of 1 to 4 hops over a 12-node cycle whose edges span two evicted windows; N = 1 to 4 (GPU)",
+    task_kwargs={**STUDIES["depo-deep-gpu"].task_kwargs, "window": 16, "edge_windows": 2},
+    loops=(1, 2, 3, 4),
+    notes=_DEPO_WINDOWS_NOTES,
+))
 
 _RULE110_NOTES = """\
 This preset is the CPU-sized twin of `rule110-gpu-t2` (same task, model and lr; batch 64 instead of
@@ -354,6 +417,16 @@ _register(dataclasses.replace(
           "time: 68 min for the four runs, one at a time on one core while another study used the other.\n",
 ))
 
+_RULE110_T4_NOTES = """\
+The paper's accuracy-against-N figure on the CPU at the deepest t this budget reaches: the
+`rule110-muon` preset (model, Muon, batch 64, 1000 steps) with t = 4, so each row's label depends
+on 9 of its cells, and N = 1, 2, 3 and 4. The same t on the GPU with AdamW (`rule110-gpu`, batch
+256, 1500 steps of N = 4) solved only the newer row. A pilot of this preset's N4_s0 run (which
+then became that run: it was resumed from the pilot's step-250 checkpoint) scored 0.385 at step
+125 and 0.925 at step 250 on the periodic test set: Muon learns t = 4 where AdamW had not.
+
+"""
+
 _register(dataclasses.replace(
     STUDIES["rule110"],  # the same task, model, optimiser, steps and N; only the eviction differs
     name="rule110-sliding",
@@ -392,6 +465,42 @@ would have to appear. Wall time: N = 1 about 8 min a run, N = 4 about 20 min (on
 four processes on the two cores).
 
 """
+
+_register(dataclasses.replace(
+    STUDIES["rule110-muon"],  # the same model, optimiser (Muon), batch and steps; t = 4 and N = 1 to 4
+    name="rule110-t4",
+    summary="rows of 2 Rule 110 automata, one per evicted window; the first bit of each 4 steps later; N = 1 to 4",
+    task_kwargs=dict(rows=2, width=24, steps=(4,)),
+    loops=(1, 2, 3, 4),
+    deep=(4,),
+    notes=_RULE110_T4_NOTES,
+))
+
+_register(dataclasses.replace(
+    STUDIES["rule110-t4"],  # the same task, model, steps and seeds; AdamW instead of Muon, N = 4 only
+    name="rule110-t4-adamw",
+    summary="the AdamW row for `rule110-t4`: the same N = 4 runs trained with AdamW instead of Muon",
+    train=STUDIES["rule110"].train,
+    loops=(4,),
+    notes="The optimiser row the issue asks for where it changes the outcome: `rule110-t4`'s N = 4 runs "
+          "(same task, model, batch, steps, seeds and lr schedule) with AdamW (lr 1e-3 for every parameter, "
+          "as in `rule110`) instead of Muon.\n\n",
+))
+
+_register(dataclasses.replace(
+    STUDIES["rule110-gpu"],  # the GPU model and batch; Muon, t = 8, N = 1 to 4
+    name="rule110-t8-gpu",
+    summary="rows of 2 Rule 110 automata, one per evicted window; the first bit of each 8 steps later; "
+            "N = 1 to 4, Muon (GPU)",
+    task_kwargs=dict(rows=2, width=24, steps=(8,)),
+    train={**STUDIES["rule110-gpu"].train, "optimizer": "muon", "lr": 1e-3},
+    loops=(1, 2, 3, 4),
+    deep=(8,),
+    notes="`rule110-t4` one step deeper in the direction of the paper's t = 32 (each label depends on 17 "
+          "of the row's 24 cells), with the GPU presets' d = 128 and batch 256: where one extra pass may no "
+          "longer suffice and the paper's graded rise with N could show. Run with `--time-limit` "
+          "(`STUDIES=rule110-t8-gpu LIMIT=300 bash scripts/gpu_sweeps.sh`).\n\n",
+))
 
 _register(Study(
     name="gsm-inf",
@@ -715,7 +824,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- at N = {N}: " + ", ".join(f"d={d} {row[d]:.3f}" for d in row))
     lines += [
         "",
-        f"![accuracy vs difficulty]({report['study']}_final.png)",
+        f"![accuracy vs {'N' if against_n(report) else 'difficulty'}]({report['study']}_final.png)",
         f"![accuracy vs training step]({report['study']}_curve.png)",
         "",
     ]
@@ -741,9 +850,10 @@ def scoring_note(report: dict[str, Any]) -> str:
 
 
 def render_page(json_path: str | Path) -> Path:
-    """Rewrite ``<name>.md`` from its ``<name>.json`` (no training, no scoring)."""
+    """Rewrite ``<name>.md`` and ``<name>_final.png`` from its ``<name>.json`` (no training, no scoring)."""
     json_path = Path(json_path)
     report = json.loads(json_path.read_text())
+    plot_final(report, json_path.with_name(f"{json_path.stem}_final.png"))
     out = json_path.with_suffix(".md")
     out.write_text(markdown(report))
     return out
@@ -760,28 +870,53 @@ def _comparison_rows(comparison: dict[str, Any], loops: list[int]) -> list[str]:
     return rows
 
 
+def against_n(report: dict[str, Any]) -> bool:
+    """A sweep (three or more N, one phase) is drawn as the paper draws it: accuracy against N."""
+    return len(set(report["loops"])) >= 3 and not report.get("comparison_extended")
+
+
+def final_series(report: dict[str, Any]) -> tuple[str, list[tuple[str, list[int], list[float], list[tuple[int, float]]]]]:
+    """What the final plot draws: the x axis, then per line (label, xs, mean accuracies, seed points).
+
+    Two N: one line per training N against difficulty. A sweep (:func:`against_n`): one line per
+    difficulty against N, the paper's figure, each seed a point so the spread shows."""
+    loops = sorted(set(report["loops"]))
+    difficulties = [int(d) for d in report["comparison"]]
+    seeds = {n: [r["final"][str(n)] for r in report["runs"].values() if r["loops"] == n] for n in loops}
+    if against_n(report):
+        return "trained N (sleep passes)", [
+            (f"difficulty {d}", loops, [report["comparison"][str(d)][f"N{n}_mean"] for n in loops],
+             [(n, row[str(d)]) for n in loops for row in seeds[n]])
+            for d in difficulties
+        ]
+    return "difficulty", [
+        (f"trained N = {n}", difficulties, [report["comparison"][str(d)][f"N{n}_mean"] for d in difficulties],
+         [(d, row[str(d)]) for row in seeds[n] for d in difficulties])
+        for n in loops
+    ]
+
+
 def plot_final(report: dict[str, Any], path: Path) -> Path:
-    """Accuracy vs difficulty per training N: the mean as a line, each seed as a marker (with a
-    second phase: its results solid, the first phase's dotted)."""
+    """Accuracy vs difficulty per training N, or vs N per difficulty for a sweep: the mean as a
+    line, each seed as a marker (with a second phase: its results solid, the first phase's dotted)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    phases = [("runs", "comparison", "")]
     if report.get("comparison_extended"):
-        phases = [("runs", "comparison", " (first phase)"), ("extended_runs", "comparison_extended", " (extended)")]
-    for k, (runs_key, comp_key, tag) in enumerate(phases):
-        last = k == len(phases) - 1
-        for i, n in enumerate(sorted(set(report["loops"]))):
-            color = f"C{i}"
-            ds = [int(d) for d in report[comp_key]]
-            ax.plot(ds, [report[comp_key][str(d)][f"N{n}_mean"] for d in ds], color=color, marker="o",
-                    linestyle="-" if last else ":", alpha=1.0 if last else 0.5, label=f"trained N = {n}{tag}")
-            if last:
-                for r in report[runs_key].values():
-                    if r["loops"] == n:
-                        row = r["final"][str(n)]
-                        ax.scatter(ds, [row[str(d)] for d in ds], color=color, marker="x", alpha=0.6)
-    ax.set_xticks([int(d) for d in report["comparison"]])
-    _finish(ax, "difficulty", f"{report['task']}: accuracy (x = seeds)")
+        first = {**report, "comparison_extended": None}
+        extended = {**report, "runs": report["extended_runs"], "comparison": report["comparison_extended"],
+                    "comparison_extended": None}
+        phases = [(first, " (first phase)", False), (extended, " (extended)", True)]
+    else:
+        phases = [(report, "", True)]
+    for phase, tag, last in phases:
+        xlabel, series = final_series(phase)
+        for i, (label, xs, means, points) in enumerate(series):
+            ax.plot(xs, means, color=f"C{i}", marker="o", linestyle="-" if last else ":",
+                    alpha=1.0 if last else 0.5, label=label + tag)
+            if last and points:
+                ax.scatter(*zip(*points, strict=True), color=f"C{i}", marker="x", alpha=0.6)
+        ax.set_xticks(xs)
+    _finish(ax, xlabel, f"{report['task']}: accuracy (x = seeds)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from sleepagent.train.study import STUDIES, Study, run_study, summarize
@@ -66,15 +67,23 @@ def test_presets_build_their_tasks_and_runs():
     from sleepagent.train.tasks import make_task
 
     assert {"depo", "rule110"} <= set(STUDIES)
-    for study in STUDIES.values():
+    for name, study in STUDIES.items():
         task = make_task(study.task, **study.task_kwargs)
         assert set(study.deep) <= set(task.test_difficulties())
         assert [name for name, _ in study.runs()] == [f"N{n}_s{s}" for n in study.loops for s in study.seeds]
         if _baseline(study):
             assert study.loops == (1,)
+        elif name.endswith("-adamw"):  # an optimiser row: the N = 4 runs of its Muon study, with AdamW
+            muon = STUDIES[name.removesuffix("-adamw")]
+            assert study.loops == (4,) and muon.train["optimizer"] == "muon" and "optimizer" not in study.train
+            assert study.task_kwargs == muon.task_kwargs and study.train["steps"] == muon.train["steps"]
         else:  # every other preset compares N = 4 with N = 1
             assert min(study.loops) == 1 and max(study.loops) == 4
-    assert STUDIES["rule110-sweep"].loops == (1, 2, 3, 4)
+    sweeps = ("rule110-sweep", "rule110-t4", "rule110-t8-gpu", "depo-sweep", "depo-sweep-gpu", "depo-windows-gpu")
+    assert all(STUDIES[name].loops == (1, 2, 3, 4) for name in sweeps)
+    # the two-window Depo variant: the cycle's edges need more than one evicted window
+    windows = make_task("depo", **STUDIES["depo-windows-gpu"].task_kwargs)
+    assert windows.edge_windows == 2 and 2 * windows.n_max > windows.window - 1
     assert {name for name, s in STUDIES.items() if _baseline(s)} == {"rule110-attn", "rule110-attn-full"}
 
 
@@ -173,3 +182,24 @@ def test_a_baseline_of_one_n_has_no_margin_columns():
     assert _comparison_rows({"2": row}, [1]) == ["|---|---|", "| 2 | 0.320 ± 0.000 |"]
     both = {**row, "N4_mean": 1.0, "N4_spread": 0.0, "margin": 0.68, "beats_spread": True}
     assert _comparison_rows({"2": both}, [1, 4])[1] == "| 2 | 0.320 ± 0.000 | 1.000 ± 0.000 | +0.680 | yes |"
+
+
+def test_a_sweep_is_plotted_against_n_and_a_pair_against_difficulty(tmp_path):
+    from sleepagent.train.study import final_series, plot_final
+
+    runs = {f"N{n}_s{s}": {"loops": n, "final": {str(n): {"2": acc, "4": acc / 2}}}
+            for n, accs in ((1, (0.2, 0.3)), (2, (0.5, 0.7)), (4, (0.9, 1.0))) for s, acc in enumerate(accs)}
+    report = {"task": "rule110", "loops": [1, 2, 4], "runs": runs, "comparison": summarize(runs, (1, 2, 4))}
+    xlabel, series = final_series(report)
+    assert xlabel.startswith("trained N")
+    label, xs, means, points = series[0]
+    assert label == "difficulty 2" and xs == [1, 2, 4] and means == pytest.approx([0.25, 0.6, 0.95])
+    assert sorted(points) == [(1, 0.2), (1, 0.3), (2, 0.5), (2, 0.7), (4, 0.9), (4, 1.0)]  # every seed shows
+    assert series[1][2] == pytest.approx([0.125, 0.3, 0.475])
+    pair = {**report, "loops": [1, 4], "runs": {k: r for k, r in runs.items() if r["loops"] != 2}}
+    pair["comparison"] = summarize(pair["runs"], (1, 4))
+    xlabel, series = final_series(pair)
+    assert xlabel == "difficulty" and [s[0] for s in series] == ["trained N = 1", "trained N = 4"]
+    assert series[1][1] == [2, 4] and series[1][2] == pytest.approx([0.95, 0.475])
+    for r in (report, pair):
+        assert plot_final(r, tmp_path / "final.png").read_bytes()[:4] == b"\x89PNG"
