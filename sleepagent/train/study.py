@@ -182,8 +182,9 @@ _register(Study(
 
 _DEPO_SWEEP_NOTES = """\
 The depo preset's task, model and optimiser (AdamW, the recipe that learned 2 hops on the CPU)
-with N = 1, 2, 3 and 4, in one phase: 24000 steps at the constant lr the depo preset's second
-phase used (its 6000 cosine steps first only delayed the jump). Budget, from the depo preset's
+with N = 1, 2, 3 and 4, in one phase: 24000 steps at the constant lr of the depo preset's second
+phase (its first phase, 6000 cosine steps, ended with the lr near its floor before any run had
+made the 2-hop jump, which is why that preset needed a second phase). Budget, from the depo preset's
 timings (one thread per run, two runs at a time on 2 cores): N = 1 ~0.1 s a step, N = 4 ~0.2 s,
 so about 500 core-minutes for the eight runs, 4 to 5 hours on 2 cores. Run it in pieces:
 `sleepagent study depo-sweep --jobs 2 --threads 1 --time-limit 3600` trains each run for an hour
@@ -446,8 +447,8 @@ no N. Computing a label from 9 cells during sleep is within reach of two passes;
 row's label while the newer row's sleep writes over the fast weights is what seed 1 never found
 (the GPU study at this t, trained with AdamW, stopped at the same place with both seeds). The
 optimiser matters here: `rule110-t4-adamw`, the N = 4 runs trained with AdamW, scores 0.460 and
-0.316 after the same 1000 steps. Wall time: 81 min
-for the eight runs, two at a time on 2 cores beside other studies (N = 1 ~8 min a run, N = 4 ~35).
+0.316 after the same 1000 steps. Wall time: 81 min for the eight runs, two at a time on 2 cores
+beside other studies (N = 1 ~8 min a run, N = 4 ~35).
 
 """
 
