@@ -16,14 +16,8 @@ mkdir -p "$OUT/docs" runs/gpu
 trap 'echo "script end: $SECONDS s"' EXIT
 
 if [ "$DEVICE" = cuda ]; then
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, fla; print('torch', torch.__version__, 'fla', fla.__version__)"
-    # MPS lets the runs' small kernels share the GPU instead of taking turns; optional, and
-    # switched off again unless a CUDA context opens through it
-    if nvidia-cuda-mps-control -d 2>/dev/null; then
-        if timeout 60 python3 -c "import torch; torch.zeros(1, device='cuda').sum().item()"; then echo "MPS on"
-        else echo quit | nvidia-cuda-mps-control; echo "MPS failed; off"; fi
-    else echo "MPS off"; fi
+    source "$(dirname "$0")/gpu_mps.sh"
     (timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_cuda.py >"$OUT/test_cuda.log" 2>&1;
      echo "pytest exit $?" >>"$OUT/test_cuda.log") &
 fi

@@ -18,11 +18,7 @@ mkdir -p "$OUT/docs"
 trap 'echo "script end: $SECONDS s"' EXIT
 
 if [ "$DEVICE" = cuda ]; then
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    if nvidia-cuda-mps-control -d 2>/dev/null; then
-        if timeout 60 python3 -c "import torch; torch.zeros(1, device='cuda').sum().item()"; then echo "MPS on"
-        else echo quit | nvidia-cuda-mps-control; echo "MPS failed; off"; fi
-    else echo "MPS off"; fi
+    source "$(dirname "$0")/gpu_mps.sh"
 fi
 
 for study in $STUDIES; do
