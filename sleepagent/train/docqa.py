@@ -47,7 +47,7 @@ from .tasks import Example
 
 __all__ = [
     "DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "QA", "Conventions", "question", "reader_tools",
-    "pause_windows", "page_text", "tool_spec", "READ_REQUEST", "NEXT_REQUEST", "DONE",
+    "pause_windows", "page_text", "page_spec", "READ_REQUEST", "NEXT_REQUEST", "DONE",
 ]
 
 DOCQA_SYSTEM = "You read documents with the tools, then answer questions about them."
@@ -93,42 +93,125 @@ def question(start: str, hops: int) -> str:
     return f"Where do{'es' if hops == 1 else ''} {hops} road{'s' if hops > 1 else ''} from {start} lead?"
 
 
+# How pages may be headed and how a document's end may be marked (varied=True). Built from
+# parts, so forms nobody listed still come up; the demo reader's own are "[page i/P]" and
+# "[end of document]".
+_HEADER_FORMS = ("[page {i}/{n}]", "page {i}/{n}", "page {i} of {n}", "[{i}/{n}]", "({i}/{n})", "{i}/{n}",
+                 "p. {i}/{n}", "page {i}")
+_HEADER_FRAMES = ("{}", "{}", "--- {} ---", "-- {} --", "== {} ==", "# {}", "*** {} ***", "<{}>")
+_END_WORDS = ("end of document", "end of the document", "end", "the end", "end of text", "end of file",
+              "document ends", "no more pages", "eof", "end of doc")
+_END_FRAMES = ("[{}]", "--- {} ---", "({})", "<{}>", "*** {} ***", "{}", "{}.", "-- {} --", "== {} ==", "# {}")
+# A paging tool may take the page to read (1-based) instead of keeping its own place.
+_PAGE_ARGS = ("page", "page", "n", "page_number", "number", "num", "p", "index", "page_no", "i", "which")
+_ARG_DESCRIPTIONS = (
+    "Read one page of the document.",
+    "Return page `{arg}` of the document.",
+    "Get a page by number.",
+    "Read page {arg} (1-based).",
+    "Fetch the given page of the text.",
+    "Load a page of the document.",
+    "",
+)
+
+
+def _case(rng: random.Random, text: str) -> str:
+    """``text`` as written, capitalised, upper case or title case (placeholders kept)."""
+    cased = rng.choice((text, text, text.capitalize(), text.upper(), text.title()))
+    return cased.replace("{I}", "{i}").replace("{N}", "{n}")
+
+
 @dataclass(frozen=True)
 class Conventions:
     """How one session's paging tool and requests are worded. The default is the demo's reader
-    (``next_page``, pages with a ``[page i/P]`` header); ``docstring=None`` keeps the
-    :class:`~sleepagent.tools.DocumentReader`'s own description."""
+    (``next_page``, pages headed ``[page i/P]``, the last one ending ``[end of document]``);
+    ``docstring=None`` keeps the :class:`~sleepagent.tools.DocumentReader`'s own description.
+
+    ``header``: a format with ``{i}`` and ``{n}`` (page i of n) written above each page, or ""
+    for none; ``end_marker``: the line after the last page's text; ``page_arg``: the name of an
+    integer argument the tool takes, the 1-based page to read (the model then counts its own
+    pages, ``{"page": 2}``), or None for a tool that keeps its own place."""
 
     tool_name: str = "next_page"
     docstring: str | None = None
-    headers: bool = True
+    header: str = "[page {i}/{n}]"
     read_request: str = READ_REQUEST
     next_request: str = NEXT_REQUEST
+    end_marker: str = END_MARKER
+    page_arg: str | None = None
+
+    @property
+    def headers(self) -> bool:
+        return bool(self.header)
+
+    def call_arguments(self, page: int) -> dict[str, Any]:
+        """The arguments of the call that reads page ``page`` (1-based)."""
+        return {self.page_arg: page} if self.page_arg else {}
 
     @classmethod
     def draw(cls, rng: random.Random) -> Conventions:
+        page_arg = rng.choice(_PAGE_ARGS) if rng.random() < 0.3 else None
         if rng.random() < 0.35:
             name = rng.choice(_SOLO)
         else:
             name = f"{rng.choice(_VERBS)}_{rng.choice(_NOUNS)}"
+        if page_arg is not None:
+            docstring = rng.choice(_ARG_DESCRIPTIONS).format(arg=page_arg)
+        else:
+            docstring = rng.choice(_DESCRIPTIONS)
+        roll = rng.random()
+        if roll < 0.3:
+            header = "[page {i}/{n}]"
+        elif roll < 0.55:
+            header = ""
+        else:
+            header = rng.choice(_HEADER_FRAMES).format(_case(rng, rng.choice(_HEADER_FORMS)))
+        if rng.random() < 0.4:
+            end = END_MARKER
+        else:
+            end = rng.choice(_END_FRAMES).format(_case(rng, rng.choice(_END_WORDS)))
         return cls(
-            tool_name=name, docstring=rng.choice(_DESCRIPTIONS), headers=rng.random() < 0.5,
+            tool_name=name, docstring=docstring, header=header,
             read_request=rng.choice(_READ_REQUESTS), next_request=rng.choice(_NEXT_REQUESTS),
+            end_marker=end, page_arg=page_arg,
         )
 
 
-def tool_spec(name: str, description: str) -> dict[str, Any]:
+def page_spec(name: str, description: str, page_arg: str | None = None) -> dict[str, Any]:
+    """The OpenAI-format spec of a paging tool: no arguments, or one integer ``page_arg`` (what
+    ``@tool`` gives for ``def name(page: int) -> str`` with that docstring)."""
+    props = {page_arg: {"type": "integer"}} if page_arg else {}
+    params: dict[str, Any] = {"type": "object", "properties": props}
+    if page_arg:
+        params["required"] = [page_arg]
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": params}}
+
+
+def page_spec(name: str, description: str, page_arg: str | None = None) -> dict[str, Any]:
+    """The OpenAI-format spec of a paging tool: no arguments, or one integer ``page_arg`` (what
+    ``@tool`` gives for ``def name(page: int) -> str`` with that docstring)."""
+    props = {page_arg: {"type": "integer"}} if page_arg else {}
+    params: dict[str, Any] = {"type": "object", "properties": props}
+    if page_arg:
+        params["required"] = [page_arg]
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": params}}
+
+
+def tool_spec(name: str, description: str) -> dict[str, Any]:  # noqa: D401 - kept for callers
     """The OpenAI-format spec of a no-argument paging tool (what ``@tool`` gives for ``def
     name() -> str`` with that docstring)."""
     return {"type": "function",
             "function": {"name": name, "description": description, "parameters": {"type": "object", "properties": {}}}}
 
 
-def page_text(page: str, number: int, total: int, headers: bool) -> str:
-    """What the paging tool returns for one page: ``[page i/P]`` header (optional), the text, and
-    the end marker on the last page."""
-    out = f"[page {number}/{total}]\n{page}" if headers else page
-    return out + (f"\n{END_MARKER}" if number == total else "")
+def page_text(page: str, number: int, total: int, headers: bool | str = True,
+              end_marker: str = END_MARKER) -> str:
+    """What the paging tool returns for one page: the header (``True``: the demo's ``[page i/P]``;
+    a string: a format with ``{i}`` and ``{n}``; false or "": none), the text, and the end marker
+    on the last page."""
+    fmt = "[page {i}/{n}]" if headers is True else headers or ""
+    out = f"{fmt.format(i=number, n=total)}\n{page}" if fmt else page
+    return out + (f"\n{end_marker}" if number == total else "")
 
 
 @dataclass
@@ -259,20 +342,20 @@ class DocQA:
             text = " ".join(facts)
             documents.append(text)
             raw = paginate(text, self.page_chars)
-            pages.append([page_text(p, i + 1, len(raw), conv.headers) for i, p in enumerate(raw)])
+            pages.append([page_text(p, i + 1, len(raw), conv.header, conv.end_marker) for i, p in enumerate(raw)])
         if hop_seq is None:
             blocks = self.hop_blocks(rng, sizes, hops)
         elif hop_seq and isinstance(hop_seq[0], int):
             blocks = [[(0, k) for k in hop_seq]]  # type: ignore[misc]
         else:
             blocks = hop_seq  # type: ignore[assignment]
-        spec = tool_spec(conv.tool_name, self._description(conv, documents[0]))
+        spec = page_spec(conv.tool_name, self._description(conv, documents[0]), conv.page_arg)
         turns = [Turn("system", DOCQA_SYSTEM + render_tool_prompt([spec]))]
         questions: list[QA] = []
         for d in range(len(cycles)):
             turns.append(Turn("user", conv.read_request if d == 0 else conv.next_request))
-            for page in pages[d]:
-                turns.append(Turn("assistant", render_tool_call(conv.tool_name, {})))
+            for number, page in enumerate(pages[d], 1):
+                turns.append(Turn("assistant", render_tool_call(conv.tool_name, conv.call_arguments(number))))
                 turns.append(Turn("tool", page))
             turns.append(Turn("assistant", DONE))
             for doc, k in blocks[d] if d < len(blocks) else []:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..model import SleepHybridConfig, SleepHybridLM
 from ..model.pretrained import write_prompt
 from ..tokenizer import PromptConventions
@@ -63,6 +63,10 @@ class TrainConfig(BaseModel):
     n_layers: int = Field(default=4, gt=0)
     n_heads: int = Field(default=4, gt=0)
     layer_types: tuple[str, ...] | None = None
+    gdn_heads: int | None = Field(default=None, ge=1, description="GDN key heads (default n_heads)")
+    gdn_v_heads: int | None = Field(default=None, ge=1, description="GDN value heads (default gdn_heads)")
+    gdn_head_k_dim: int | None = Field(default=None, ge=1, description="GDN key dim per head (default d_model // heads)")
+    gdn_head_v_dim: int | None = Field(default=None, ge=1, description="GDN value dim per head (default the key dim)")
     conv_size: int = Field(
         default=4, ge=1, description="GDN short-convolution width (docqa: 12 spans a fact's two names)"
     )
@@ -90,11 +94,15 @@ class TrainConfig(BaseModel):
     time_limit: float | None = Field(
         default=None, gt=0, description="stop (and save) after this many seconds of this invocation; resumable"
     )
+    time_budget: float | None = Field(
+        default=None, gt=0, description="stop (and save) once the run's training CPU seconds (process time, every "
+        "thread, over every invocation) reach this: equal-budget comparisons that other load does not skew; resumable"
+    )
 
 
 # Settings that do not change what is learned: a run may be resumed with other values.
 _RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops", "time_limit", "eval_teacher_forced",
-              "base"}
+              "base", "time_budget"}
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -112,7 +120,8 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
     mcfg = SleepHybridConfig(
         vocab_size=task.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-        gdn_heads=cfg.n_heads, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=cfg.window or task.window,
+        gdn_heads=cfg.gdn_heads or cfg.n_heads, gdn_v_heads=cfg.gdn_v_heads, gdn_head_k_dim=cfg.gdn_head_k_dim,
+        gdn_head_v_dim=cfg.gdn_head_v_dim, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=cfg.window or task.window,
         evict=cfg.evict, keep=cfg.keep,
         sleep_loops=cfg.loops, tie_embeddings=False,
     )
@@ -270,13 +279,46 @@ def _prepare_native(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
         run.step, run.history, run.evals = meta["step"], meta["history"], meta.get("evals", [])
     elif cfg.init_from:
         start, _ = load_checkpoint(cfg.init_from, cfg.device)
-        # the window and N are settings of the run, not of the weights (RoPE positions lie within
-        # the window; a smaller window only uses fewer of them)
-        runtime = {"sleep_loops", "window"}
-        if start.config.model_dump(exclude=runtime) != model.config.model_dump(exclude=runtime):
-            raise CheckpointError(f"init_from={cfg.init_from} has another architecture than this run")
-        model.load_state_dict(start.state_dict())
+        model.load_state_dict(_initial_weights(start, model, cfg.init_from, cfg.seed).state_dict())
     return run
+
+
+def _initial_weights(start: SleepHybridLM, model: SleepHybridLM, source: str, seed: int) -> SleepHybridLM:
+    """The weights a run starts from: ``start`` itself when it has the run's architecture, or
+    ``start`` grown to it (:func:`~sleepagent.train.grow.grow`: more or wider GDN heads, GDN blocks
+    inserted) when the run's model is a larger copy of it. The window and N are settings of the
+    run, not of the weights (RoPE positions lie within the window; a smaller window only uses
+    fewer of them)."""
+    from .grow import grow
+
+    def shape(cfg: SleepHybridConfig) -> dict:
+        # sizes resolved (an explicit default equals an omitted one); window and N left out
+        out = cfg.model_dump(exclude={"sleep_loops", "window"})
+        out.update(gdn_v_heads=cfg.v_heads, gdn_head_k_dim=cfg.head_k_dim, gdn_head_v_dim=cfg.head_v_dim)
+        return out
+
+    want = shape(model.config)
+    if shape(start.config) == want:
+        return start
+    old, new = list(start.config.layer_types or ()), list(model.config.layer_types or ())
+    inserted, i = [], 0
+    for pos, kind in enumerate(new):
+        if i < len(old) and old[i] == kind:
+            i += 1
+        elif kind == "gdn":
+            inserted.append(pos)
+        else:
+            break
+    c = model.config
+    try:
+        grown = grow(start, gdn_heads=c.gdn_heads, gdn_v_heads=c.v_heads, gdn_head_k_dim=c.head_k_dim,
+                     gdn_head_v_dim=c.head_v_dim, insert_gdn=inserted, seed=seed)
+    except ConfigError as e:
+        raise CheckpointError(f"init_from={source}: cannot grow it into this run's model ({e})") from None
+    if i != len(old) or shape(grown.config) != want:
+        raise CheckpointError(f"init_from={source} has another architecture than this run, and this run's model "
+                              "is not a grown copy of it (more or wider GDN heads, GDN blocks inserted)")
+    return grown
 
 
 def _fit(cfg: TrainConfig, run: _Run, out: Path, *, progress: bool, stop_at: int | None) -> dict:
@@ -289,6 +331,12 @@ def _fit(cfg: TrainConfig, run: _Run, out: Path, *, progress: bool, stop_at: int
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.task} N={cfg.loops}")
     t0, tokens, loss_ema = time.perf_counter(), 0, None
+    # training wall and CPU seconds of earlier invocations (periodic evaluations excluded)
+    spent = next((h["train_s"] for h in reversed(history) if "train_s" in h), 0.0)
+    spent_cpu = next((h["cpu_s"] for h in reversed(history) if "cpu_s" in h), 0.0)
+    c0, eval_s, eval_cpu = time.process_time(), 0.0, 0.0
+    if cfg.time_budget is not None and spent_cpu >= cfg.time_budget:
+        end = step  # its budget was spent by earlier invocations
     while step < end:
         rng = random.Random(f"{cfg.seed}-{step}")  # one stream per step: a resumed run sees the same batches
         batch = _sample_batch(task, rng, cfg.batch_size)
@@ -312,14 +360,24 @@ def _fit(cfg: TrainConfig, run: _Run, out: Path, *, progress: bool, stop_at: int
         loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        train_s = spent + time.perf_counter() - t0 - eval_s
+        cpu_s = spent_cpu + time.process_time() - c0 - eval_cpu
+        mark = {"step": step, "loss": loss_ema, "train_s": round(train_s, 1), "cpu_s": round(cpu_s, 1)}
         if step % 10 == 0:
-            history.append({"step": step, "loss": loss_ema})
+            history.append(mark)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             if not evals or evals[-1]["step"] != step:
+                e0, ec0 = time.perf_counter(), time.process_time()
                 evals.append({"step": step, "accuracy": _jsonable(_periodic_eval(model, task, cfg)),
-                              "mode": "teacher_forced" if cfg.eval_teacher_forced else "free"})
+                              "mode": "teacher_forced" if cfg.eval_teacher_forced else "free",
+                              "train_s": round(train_s, 1), "cpu_s": round(cpu_s, 1)})
+                eval_s += time.perf_counter() - e0
+                eval_cpu += time.process_time() - ec0
             model.train()
-        out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 >= cfg.time_limit
+        out_of_time = (cfg.time_limit is not None and time.perf_counter() - t0 >= cfg.time_limit) or (
+            cfg.time_budget is not None and cpu_s >= cfg.time_budget)
+        if (out_of_time or step == end) and step % 10:
+            history.append(mark)  # where this invocation stopped (a resume continues from it)
         if step % cfg.save_every == 0 or step == end or out_of_time:
             run.save(step, history, evals)
         if out_of_time:  # a wall-clock budget (a lent GPU): the same command resumes from here

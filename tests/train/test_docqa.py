@@ -130,7 +130,7 @@ async def test_varied_conventions_and_two_documents_render_as_the_agent_reads_th
     from sleepagent.train.docqa import Conventions, page_text
 
     task = DocQA(n_places=(3, 6), hops=(1, 2), questions=4, page_chars=56, name_len=1, documents=(2, 2))
-    conv = Conventions(tool_name="fetch_chunk", docstring="Fetch the next part of the text.", headers=False,
+    conv = Conventions(tool_name="fetch_chunk", docstring="Fetch the next part of the text.", header="",
                        read_request="Please read the document.", next_request="Read another document.")
     t = task.transcript(random.Random(4), n=[5, 6], conventions=conv)
     assert len(t.documents) == 2 and len(t.pages) == 2
