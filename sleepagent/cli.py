@@ -739,7 +739,7 @@ def snapshots_list(store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOp
 @snap_app.command("show")
 def snapshots_show(snapshot_id: int, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
     """Per-layer fast-weight norms, effective rank, bytes; the policy and expiry."""
-    from .inspect import layer_stats
+    from .snapshot_view import layer_stats
 
     st = _store_call(lambda: _open_store(store))
     info, payload = _store_call(lambda: st.load(snapshot_id, tenant=tenant))
@@ -761,7 +761,7 @@ def snapshots_show(snapshot_id: int, store: StoreOpt = "sqlite:///sleepagent.db"
 @snap_app.command("diff")
 def snapshots_diff(a: int, b: int, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
     """Compare two snapshots layer by layer."""
-    from .inspect import diff_stats
+    from .snapshot_view import diff_stats
 
     st = _store_call(lambda: _open_store(store))
     _, pa = _store_call(lambda: st.load(a, tenant=tenant))
@@ -818,7 +818,7 @@ def snapshots_plot(
     tenant: TenantOpt = "default",
 ) -> None:
     """PNG heat-maps of each layer's fast weights and a per-layer norm chart."""
-    from .inspect import plot_snapshot
+    from .snapshot_view import plot_snapshot
 
     st = _store_call(lambda: _open_store(store))
     _, payload = _store_call(lambda: st.load(snapshot_id, tenant=tenant))

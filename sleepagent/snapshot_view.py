@@ -2,6 +2,9 @@
 
 Works on the raw safetensors payload of a snapshot (no model needed): the fast weights are the
 ``fast.S.<i>`` tensors, one ``[B, HV, K, V]`` matrix stack per GDN layer.
+
+Named ``snapshot_view``, not ``inspect``: a module named like a standard-library one shadows it
+(STYLE rule 13) and sends a reader who greps for the idea to the wrong file.
 """
 
 from __future__ import annotations
