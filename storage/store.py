@@ -8,7 +8,31 @@ payload's sha256 is checked on every read, and a payload with non-finite tensors
 Privacy, as the store enforces it:
 - **Tenants are namespaces.** Sessions are keyed by (tenant, id); a tenant naming another
   tenant's snapshot gets exactly the answer a missing one gets (:class:`SnapshotNotFound`, same
-  text), and the attempt is audited in the owner's trail.
+  text, and the same work: see the audit below, and :mod:`sleepagent.storage.timing` for the
+  clock).
+- **What a refused read leaves in the audit trail** (``sleep_events``; a trail is the rows of one
+  ``tenant`` value):
+
+  * :meth:`load` by snapshot number (snapshot ids are global, so a number can name another
+    tenant's snapshot): another tenant's snapshot gives one ``denied`` row in the *owner's*
+    trail (its ``session_id`` is the owner's session; detail ``action="read"``, ``by_tenant``,
+    ``snapshot``); a number in range that no snapshot has gives one ``not_found`` row, with the
+    same detail, in the store's own trail (tenant :data:`STORE_TRAIL`, the empty string, which no
+    tenant can be named). The reader's own trail gets nothing in either case. The row is
+    written by the same single INSERT in the read's own transaction, committed before the
+    caller gets its :class:`SnapshotNotFound`: a crash cannot lose it, and the caller waits for
+    the same work either way. A number below 1 or above 2**63 - 1 (no snapshot can have it) and
+    a read of one's own expired snapshot are refused without an audit row.
+  * Everything addressed by session id (:meth:`latest`, :meth:`restore_point`,
+    :meth:`list_snapshots`, :meth:`get_session`, :meth:`save`, :meth:`erase`, :meth:`claim`,
+    :meth:`owner_of`, :meth:`touch`) looks only in the caller's own namespace: another tenant's
+    session of the same name is a different session, never looked up, so there is no owner and
+    nothing is audited; the answer is :class:`SnapshotNotFound` as for any name the caller
+    does not have.
+  * A read-only store writes no audit rows at all (each skipped one is logged as a warning).
+  * Successful reads leave ``restore`` rows (with ``skip_corrupted`` for snapshots a resume
+    passed over), writes ``open``, ``claim``, ``persist``, ``erase`` (the receipt) and ``purge``;
+    every detail holds ids, counts, sizes and hashes, never message text.
 - **Expired means deleted.** Every write (and :meth:`purge`, ``sleepagent snapshots purge``, and
   opening the store) deletes expired snapshots, and reclaims ``session``-retention sessions
   whose lease ran out (a process that crashed never closed them): the lease is renewed by every
@@ -41,7 +65,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from sqlalchemy import create_engine, delete, event, inspect, select
+from sqlalchemy import create_engine, delete, event, insert, inspect, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -68,11 +92,14 @@ from sleepagent.policy import MemoryPolicy
 from .schema import SCHEMA_VERSION, Base, EventRow, SchemaRow, SessionRow, SnapshotRow
 
 __all__ = ["SnapshotStore", "SessionInfo", "SnapshotInfo", "EventRecord", "EraseReceipt", "Restored",
-           "check_name"]
+           "check_name", "STORE_TRAIL"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_ID = 2**63 - 1
+# The audit trail of the store itself (reads of snapshot ids nobody owns): no tenant can have this
+# name, since check_name requires at least one character.
+STORE_TRAIL = ""
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 
 
@@ -475,7 +502,8 @@ class SnapshotStore:
         return Restored(found[0], found[1], skipped, found[2])
 
     def load(self, snapshot_id: int, *, tenant: str, fingerprint: str | None = None) -> tuple[SnapshotInfo, bytes]:
-        """One snapshot and its payload; raises if missing (or another tenant's: the same answer),
+        """One snapshot and its payload; raises if missing (or another tenant's: the same answer,
+        after the same statements and one audit row either way; see the module docstring),
         expired, corrupted or made by another model."""
         check_name(tenant, "tenant")
         if isinstance(snapshot_id, bool) or not isinstance(snapshot_id, int):
@@ -483,22 +511,28 @@ class SnapshotStore:
         missing = SnapshotNotFound(f"no snapshot {snapshot_id}" if snapshot_id.bit_length() < 80 else "no such snapshot")
         if not 1 <= snapshot_id <= _MAX_ID:
             raise missing
+        refused = False
         with self._tx() as db:
-            row = db.get(SnapshotRow, snapshot_id)
-            if row is None:
-                raise missing
-            if row.tenant != tenant:
-                owner = (row.tenant, row.session_id)
-                row = None
+            # always exactly one result row (NULLs for a missing id), so a hit and a miss fetch alike
+            of_id = SnapshotRow.id == snapshot_id
+            owner_tenant, owner_session = db.execute(select(
+                select(SnapshotRow.tenant).where(of_id).scalar_subquery(),
+                select(SnapshotRow.session_id).where(of_id).scalar_subquery(),
+            )).one()
+            if owner_tenant != tenant:
+                # another tenant's snapshot and a missing one: the same statements, the same
+                # answer, and the audit committed with this transaction before the caller hears
+                # anything (so neither the clock nor a crash tells them apart or loses the row)
+                self._audit_refused_read(db, snapshot_id, tenant,
+                                         owner=None if owner_tenant is None else (owner_tenant, owner_session))
+                refused = True
             else:
-                owner = None
+                row = db.get(SnapshotRow, snapshot_id)
                 if row.expires_at is not None and row.expires_at <= self.clock():
                     raise SnapshotExpired(f"snapshot {snapshot_id} of session {row.session_id!r} expired")
                 payload = self._payload(db, row)
                 info = _snapshot_info(row)
-        if owner is not None:
-            # the same answer as a missing snapshot; the owner's audit trail records the attempt
-            self._audit("denied", owner[0], owner[1], snapshot=snapshot_id, by_tenant=tenant, action="read")
+        if refused:
             raise missing
         self._verify(info, payload, fingerprint)
         self._audit("restore", tenant, info.session_id, snapshot=snapshot_id)
@@ -593,6 +627,22 @@ class SnapshotStore:
             logger.warning("read-only store %s: not auditing %s of session %r", self.path, kind, session_id)
             return
         self.record(kind, tenant, session_id, **detail)
+
+    def _audit_refused_read(self, db: Session, snapshot_id: int, tenant: str, owner: tuple[str, str] | None) -> None:
+        """Audit a read of a snapshot id the reader does not own, in the caller's transaction.
+
+        One row, written by one INSERT of the same shape whatever the reason: another tenant's
+        snapshot gives a ``denied`` row in the owner's trail, an id nobody owns a ``not_found`` row
+        in the store's own trail (tenant :data:`STORE_TRAIL`). The reader's own trail gets
+        neither, so it reads the same either way. A read-only store skips it (warned) in both
+        cases."""
+        if self.read_only:
+            logger.warning("read-only store %s: not auditing a refused read of snapshot %d", self.path, snapshot_id)
+            return
+        trail, session_id, kind = (STORE_TRAIL, None, "not_found") if owner is None else (*owner, "denied")
+        detail = json.dumps({"action": "read", "by_tenant": tenant, "snapshot": snapshot_id}, sort_keys=True)
+        db.execute(insert(EventRow).values(created_at=self.clock(), tenant=trail, session_id=session_id,
+                                           kind=kind, detail=detail))
 
     def events(self, *, session_id: str | None = None, tenant: str | None = None) -> list[EventRecord]:
         with self._tx() as db:
