@@ -433,7 +433,7 @@ def bench_all(
     """Run every benchmark (kernels, wake, agent, engine, store, memory) and write a markdown table."""
     if ctx.invoked_subcommand is not None:
         return
-    from .bench_report import write_report
+    from .bench.report import write_report
 
     path = write_report(out, quick=quick, device=device, progress=lambda m: console.print(f"[dim]{m}[/]"))
     console.print(f"wrote {path} (and {path.with_name('memory.png')})")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import bench
+from . import agent, bounded, engine, fairness, kernels, memory, serve, store, wake
 
 __all__ = ["machine", "run_all", "to_markdown", "write_report"]
 
@@ -33,6 +33,7 @@ QUICK = {
 
 
 def machine() -> dict[str, Any]:
+    """The machine the figures come from, printed at the top of the report so runs are never mixed."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -48,19 +49,19 @@ def machine() -> dict[str, Any]:
 
 
 def run_all(*, quick: bool = False, device: str = "cpu", plot: str | None = None, progress=print) -> dict[str, Any]:
-    """Run kernels, wake, agent, engine, store, memory and bounded; ``quick`` shrinks every size (tests)."""
+    """Run every benchmark in turn; ``quick`` shrinks every size (tests)."""
     kw = QUICK if quick else {k: {} for k in QUICK}
     out: dict[str, Any] = {"machine": machine(), "quick": quick}
     steps = [
-        ("kernels", lambda: bench.bench_kernels(device=device, **kw["kernels"])),
-        ("wake", lambda: bench.bench_wake(device=device, **kw["wake"])),
-        ("agent", lambda: bench.bench_agent(device=device, **kw["agent"])),
-        ("engine", lambda: bench.bench_engine(device=device, **kw["engine"])),
-        ("store", lambda: bench.bench_store(**kw["store"])),
-        ("memory", lambda: bench.bench_memory(plot=plot, **kw["memory"])),
-        ("bounded", lambda: bench.bench_bounded(device=device, **kw["bounded"])),
-        ("fairness", lambda: bench.bench_fairness(device=device, **kw["fairness"])),
-        ("serve", lambda: bench.bench_serve(**kw["serve"])),
+        ("kernels", lambda: kernels.bench_kernels(device=device, **kw["kernels"])),
+        ("wake", lambda: wake.bench_wake(device=device, **kw["wake"])),
+        ("agent", lambda: agent.bench_agent(device=device, **kw["agent"])),
+        ("engine", lambda: engine.bench_engine(device=device, **kw["engine"])),
+        ("store", lambda: store.bench_store(**kw["store"])),
+        ("memory", lambda: memory.bench_memory(plot=plot, **kw["memory"])),
+        ("bounded", lambda: bounded.bench_bounded(device=device, **kw["bounded"])),
+        ("fairness", lambda: fairness.bench_fairness(device=device, **kw["fairness"])),
+        ("serve", lambda: serve.bench_serve(**kw["serve"])),
     ]
     for name, fn in steps:
         progress(f"bench {name} ...")

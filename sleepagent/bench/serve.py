@@ -1,0 +1,202 @@
+"""``sleepagent bench serve``: simulated conversations against a real ``sleepagent serve`` over HTTP.
+
+Streaming requests, so time to first token and inter-token latency come from the SSE chunks as a
+client sees them; with replicas, the same load on Ray Serve and a timed failover.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .timing import percentile_ms
+
+__all__ = ["bench_serve"]
+
+
+def bench_serve(*, conversations: int = 8, concurrency: int | None = None, rounds: int = 2, tool_s: float = 0.3,
+                think_s: float = 0.3, model: str = "docqa-small", replicas: tuple[int, ...] = ()) -> dict:
+    """``K`` simulated conversations against a real ``sleepagent serve`` on a free port, over HTTP
+    with streaming: read a document through a tool call (the tool takes ``tool_s``), then
+    ``rounds`` questions with ``think_s`` of user think time before each. Reports throughput, time
+    to first token and inter-token latency (p50/p99, from the SSE chunks), and the share of sleep
+    hidden in the pauses (from the server's metrics).
+
+    ``replicas``: also run the same load on Ray Serve with each number of engine replicas (a local
+    Ray, a temporary PostgreSQL store), and time a failover: the replica holding a conversation is
+    killed, and the next request's first token is timed (kill to first token)."""
+    import httpx
+
+    from ..serve import ServeConfig, serve_in_background
+
+    with serve_in_background(ServeConfig(model=model, no_auth=True, max_in_flight=max(64, conversations))) as url:
+        out = _drive(url, model, conversations, concurrency, rounds, tool_s, think_s)
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+
+    def metric(name: str) -> float:
+        return next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
+
+    hidden, exposed = metric("sleepagent_sleep_hidden_seconds_total"), metric("sleepagent_sleep_exposed_seconds_total")
+    out.update({"sleeps": metric("sleepagent_sleeps_total"), "sleep_hidden_s": hidden, "sleep_exposed_s": exposed,
+                "hidden_share": hidden / (hidden + exposed) if hidden + exposed else 1.0})
+    if replicas:
+        out["ray"] = {str(k): _bench_ray(k, model, conversations, concurrency, rounds, tool_s, think_s) for k in replicas}
+    return out
+
+
+_PAGE = "The road from K leads to M. The road from M leads to Q. The road from Q leads to K.\n[end of document]"
+_TOOLS = [{"type": "function", "function": {"name": "next_page", "description": "Read the next page of the document.",
+                                            "parameters": {"type": "object", "properties": {}}}}]
+
+
+async def _stream_turn(client, url: str, model: str, messages: list, session: str | None, record=None) -> tuple[dict, str]:
+    """One streamed request; returns (the assistant message, the session id). ``record(kind, s)``
+    gets "ttft" and "itl" times and "tokens" counts."""
+    import json as _json
+
+    body = {"model": model, "messages": messages, "tools": _TOOLS, "stream": True,
+            "stream_options": {"include_usage": True}}
+    headers = {"X-Session-Id": session} if session else {}
+    t0 = time.perf_counter()
+    first = last = None
+    content, calls = "", []
+    async with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}")
+        sid = r.headers.get("x-session-id", session)
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = _json.loads(line[6:])
+            if "error" in data:
+                raise RuntimeError(data["error"]["message"])
+            if data.get("usage") and record:
+                record("tokens", data["usage"]["completion_tokens"])
+            for ch in data.get("choices", []):
+                delta = ch.get("delta", {})
+                if delta.get("content") or delta.get("tool_calls"):
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                        record and record("ttft", now - t0)
+                    elif delta.get("content"):
+                        record and record("itl", now - last)
+                    last = now
+                    content += delta.get("content") or ""
+                    calls += delta.get("tool_calls") or []
+    message = {"role": "assistant", "content": content or None}
+    if calls:
+        message["tool_calls"] = [{k: c[k] for k in ("id", "type", "function")} for c in calls]
+    return message, sid
+
+
+def _drive(url: str, model: str, conversations: int, concurrency: int | None, rounds: int, tool_s: float,
+           think_s: float) -> dict:
+    """The simulated conversations of :func:`bench_serve` against ``url``."""
+    import anyio
+    import httpx
+
+    times: dict[str, list[float]] = {"ttft": [], "itl": []}
+    counts = {"tokens": 0, "requests": 0, "lost": 0}
+
+    def record(kind: str, value: float) -> None:
+        if kind == "tokens":
+            counts["tokens"] += int(value)
+        else:
+            times[kind].append(value)
+
+    async def conversation(limiter: anyio.CapacityLimiter) -> None:
+        async with limiter, httpx.AsyncClient(timeout=300) as client:
+            try:
+                messages = [{"role": "user", "content": "Read the document."}]
+                reply, sid = await _stream_turn(client, url, model, messages, None, record)
+                counts["requests"] += 1
+                messages.append(reply)
+                for call in reply.get("tool_calls", []):
+                    await anyio.sleep(tool_s)  # the tool runs: the server sleeps meanwhile
+                    messages.append({"role": "tool", "tool_call_id": call["id"], "content": _PAGE})
+                if reply.get("tool_calls"):
+                    reply, sid = await _stream_turn(client, url, model, messages, sid, record)
+                    counts["requests"] += 1
+                    messages.append(reply)
+                for q in range(rounds):
+                    await anyio.sleep(think_s)  # the user reads and thinks
+                    messages.append({"role": "user", "content": f"Where does 1 road from {'KMQ'[q % 3]} lead?"})
+                    reply, sid = await _stream_turn(client, url, model, messages, sid, record)
+                    counts["requests"] += 1
+                    messages.append(reply)
+            except (RuntimeError, httpx.HTTPError):
+                counts["lost"] += 1
+
+    async def main() -> float:
+        limiter = anyio.CapacityLimiter(concurrency or conversations)
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(conversations):
+                tg.start_soon(conversation, limiter)
+        return time.perf_counter() - t0
+
+    wall = anyio.run(main)
+
+    return {"model": model, "conversations": conversations, "concurrency": concurrency or conversations,
+            "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "wall_s": wall, "requests": counts["requests"],
+            "lost": counts["lost"], "requests_per_s": counts["requests"] / wall, "tokens_per_s": counts["tokens"] / wall,
+            "ttft_p50_ms": percentile_ms(times["ttft"], 0.5), "ttft_p99_ms": percentile_ms(times["ttft"], 0.99),
+            "itl_p50_ms": percentile_ms(times["itl"], 0.5), "itl_p99_ms": percentile_ms(times["itl"], 0.99)}
+
+
+def _bench_ray(replicas: int, model: str, conversations: int, concurrency: int | None, rounds: int, tool_s: float,
+               think_s: float) -> dict:
+    """The same load on Ray Serve with ``replicas`` engines, then a timed failover."""
+    import socket
+
+    import anyio
+    import ray
+    from ray import serve
+
+    from ..serve import ServeConfig
+    from ..serve.ray_serve import build_app
+    from ..storage.pgtemp import create_database, temporary_postgres
+
+    with temporary_postgres() as server, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        ray.init(num_cpus=max(2, replicas), include_dashboard=False, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            cfg = ServeConfig(model=model, no_auth=True, store=create_database(server), persist_window=True)
+            serve.run(build_app(cfg, replicas=replicas, num_cpus=max(2, replicas) / (replicas + 0.5)),
+                      name="sleepagent", route_prefix="/")
+            url = f"http://127.0.0.1:{port}/v1"
+            out = _drive(url, model, conversations, concurrency, rounds, tool_s, think_s)
+            if replicas > 1:
+                out["failover_s"] = anyio.run(_failover, url, model)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return out
+
+
+async def _failover(url: str, model: str) -> float:
+    """Seconds from killing the replica that holds a conversation to the first token of its next
+    reply (resumed on another replica from the store)."""
+    import anyio
+    import httpx
+    import ray
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        messages = [{"role": "user", "content": "Read the document."}]
+        r = await client.post(f"{url}/chat/completions", json={"model": model, "messages": messages, "tools": _TOOLS})
+        sid, replica = r.headers["x-session-id"], r.json()["session"]["replica"]
+        messages += [r.json()["choices"][0]["message"], {"role": "tool", "tool_call_id": "c", "content": _PAGE}]
+        name = next(a for a in ray.util.list_named_actors(all_namespaces=True) if replica in a["name"])
+        t0 = time.perf_counter()
+        ray.kill(ray.get_actor(name["name"], namespace=name["namespace"]), no_restart=True)
+        first: list[float] = []
+        while not first:
+            try:
+                await _stream_turn(client, url, model, messages, sid,
+                                   lambda kind, v: first.append(time.perf_counter()) if kind == "ttft" else None)
+            except (RuntimeError, httpx.HTTPError):
+                await anyio.sleep(0.05)  # Ray is still routing around the dead replica
+        return first[0] - t0
