@@ -115,6 +115,10 @@ def check_name(value: object, what: str) -> str:
 
 @dataclass(frozen=True)
 class SessionInfo:
+    """A session row. ``policy`` is the policy as stored: without its never-consolidate patterns
+    (a pattern may spell out the very secret it guards; the row keeps only their number) and
+    without its classifier (code is never stored)."""
+
     id: str
     tenant: str
     fingerprint: str
@@ -182,9 +186,22 @@ def _snapshot_info(row: SnapshotRow) -> SnapshotInfo:
     )
 
 
+def _stored_policy(policy: MemoryPolicy) -> dict[str, Any]:
+    """What a session row keeps of its policy: everything but the never-consolidate patterns (only
+    their number) and the classifier (excluded from every dump)."""
+    data = policy.model_dump(mode="json", exclude={"never_consolidate"})
+    data["never_consolidate_count"] = len(policy.never_consolidate)
+    return data
+
+
+def _policy_of(data: dict[str, Any]) -> MemoryPolicy:
+    """The stored policy back (rows written before patterns were left out still hold them)."""
+    return MemoryPolicy(**{k: v for k, v in data.items() if k in MemoryPolicy.model_fields})
+
+
 def _session_info(row: SessionRow) -> SessionInfo:
     return SessionInfo(
-        id=row.id, tenant=row.tenant, fingerprint=row.fingerprint, policy=MemoryPolicy(**row.policy),
+        id=row.id, tenant=row.tenant, fingerprint=row.fingerprint, policy=_policy_of(row.policy),
         created_at=row.created_at, updated_at=row.updated_at,
     )
 
@@ -336,7 +353,7 @@ class SnapshotStore:
                         return _session_info(row)
                     row = SessionRow(
                         id=session_id, tenant=tenant, fingerprint=fingerprint,
-                        policy=policy.model_dump(mode="json"), created_at=now, updated_at=now,
+                        policy=_stored_policy(policy), created_at=now, updated_at=now,
                     )
                     self._renew(row, now)
                     db.add(row)
@@ -372,7 +389,7 @@ class SnapshotStore:
 
     @staticmethod
     def _renew(row: SessionRow, now: float) -> None:
-        policy = MemoryPolicy(**row.policy)
+        policy = _policy_of(row.policy)
         row.lease_until = now + policy.lease if policy.retention == "session" else None
 
     def get_session(self, session_id: str, *, tenant: str) -> SessionInfo:
@@ -407,7 +424,7 @@ class SnapshotStore:
         with self._tx() as db:
             self._sweep(db, now)
             srow = self._session_row(db, session_id, tenant)
-            policy = MemoryPolicy(**srow.policy)
+            policy = _policy_of(srow.policy)
             if header.get("fingerprint") != srow.fingerprint:
                 raise FingerprintMismatch(expected=srow.fingerprint, found=str(header.get("fingerprint")))
             row = SnapshotRow(
