@@ -1,0 +1,63 @@
+"""End to end: the shipped docqa-small reads a document page by page through a real MCP server's
+paging tool, and sleeps while each page is on its way."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from sleepagent import Agent, SleepModel, SleepPolicy
+from sleepagent.demo import DEMO_MODEL, task_min_fill
+from sleepagent.tools import DocumentReader
+from sleepagent.tools.mcp import MCPServerHTTP, MCPServerStdio
+from sleepagent.train.docqa_eval import held_out_sessions
+
+from .test_mcp import SERVER, start_http_process
+
+# Each page takes this long to arrive. A pause sleep (4 passes over a ~150-token window) takes
+# ~0.05 s on an idle CPU and ~0.2 s on this project's busy 2-core machines: the latency covers it
+# with room, so the hidden fraction below is a ratio of sleep time, not a race.
+LATENCY = 0.5
+
+
+@pytest.fixture(scope="module")
+def sm() -> SleepModel:
+    return SleepModel.from_pretrained(DEMO_MODEL)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_docqa_small_reads_through_an_mcp_paging_tool_and_sleeps_in_its_latency(sm, transport, tmp_path):
+    doc = held_out_sessions(1, 12, 1, seed=7)[0].documents[0]
+    reader = DocumentReader.from_text(doc, page_chars=112)  # pages as the model was trained on
+    pages = [reader.render_page(i) for i in range(1, reader.page_count + 1)]
+    (tmp_path / "pages.json").write_text(json.dumps(pages))
+    args = ["--pages", str(tmp_path / "pages.json"), "--latency", str(LATENCY)]
+    proc = None
+    if transport == "stdio":
+        server = MCPServerStdio(sys.executable, [SERVER, "stdio", *args], include=["next_page"])
+    else:
+        proc, url = start_http_process(*args)
+        server = MCPServerHTTP(url, include=["next_page"])
+    try:
+        async with server:
+            agent = Agent(sm, tools=server.tools, max_steps=len(pages) + 3, max_tokens=64,
+                          sleep=SleepPolicy(loops=4, min_fill=task_min_fill(sm)))
+            try:
+                result = await agent.run("Read the document.")
+            finally:
+                agent.close()
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+    assert result.output == "Done."
+    assert [m.content for m in result.messages if m.role == "tool"] == pages  # every page, in order
+    assert not any(m.is_error for m in result.messages)
+    stats = result.sleep
+    assert stats.sleeps >= len(pages) - 1 and stats.forced_sleeps == 0 and stats.sleep_s_total > 0
+    assert stats.sleep_s_hidden / stats.sleep_s_total >= 0.95, stats
