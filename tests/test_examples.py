@@ -6,6 +6,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -50,3 +52,13 @@ async def test_long_document_qa_example_on_a_users_file(tmp_path, capsys):
     assert report["most_tokens_in_window"] <= report["window"]
     assert report["sleeps"] >= 1 and len(report["answers"]) == 2
     assert "read page" in capsys.readouterr().out
+
+
+async def test_mcp_agent_example(capsys):
+    pytest.importorskip("mcp")
+    example = load("mcp_agent.py")
+    report = await example["main"]()  # a generated document, served by mcp_document_server.py over stdio
+    assert report["output"] == "Done." and report["pages_read"] >= 2 and report["sleeps"] >= 1
+    assert report["sleep_s_total"] > 0 and report["hidden_fraction"] >= 0.95  # slept while pages were on their way
+    assert len(report["answers"]) == 2
+    assert "[page 1/" in capsys.readouterr().out
