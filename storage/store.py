@@ -246,6 +246,9 @@ class SnapshotStore:
         self.path: Path | None = None
         self.read_only = False
         where = parsed.render_as_string(hide_password=True)
+        # hide_parameters: SQLAlchemy logs each statement with its values as soon as an application
+        # turns logging up to INFO (and puts them in error messages); a payload holds a persisted
+        # window's token ids, so values never reach a log line, only the statements do
         try:
             if self.is_sqlite:
                 if not parsed.database or parsed.database == ":memory:":
@@ -261,12 +264,13 @@ class SnapshotStore:
                     os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
                 ))
                 target = f"sqlite:///file:{self.path}?mode=ro&uri=true" if self.read_only else parsed
-                self.engine: Engine = create_engine(target, connect_args={"timeout": 30, "check_same_thread": False})
+                self.engine: Engine = create_engine(target, connect_args={"timeout": 30, "check_same_thread": False},
+                                                    hide_parameters=True)
                 event.listen(self.engine, "connect", _sqlite_on_connect)
                 if not self.read_only:
                     event.listen(self.engine, "begin", _sqlite_on_begin)
             else:
-                self.engine = create_engine(parsed, pool_pre_ping=True)
+                self.engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
             self._prepare(create, where)
         except (NoSuchModuleError, ModuleNotFoundError) as e:
             raise ConfigError(f"no database driver for {parsed.drivername!r}: {e} (pip install 'sleepagent[postgres]')", field="url") from None
@@ -508,9 +512,11 @@ class SnapshotStore:
                     continue
                 found = (info, payload, value)
                 break
-        for sid, why in skipped:
+        for sid, _ in skipped:
             self._audit("skip_corrupted", tenant, session_id, snapshot=sid)
-            logger.warning("session %r: snapshot %d is unusable (%s); resuming from an older one", session_id, sid, why)
+            # the reason stays out of the log (an ``accept`` hook's message could quote the
+            # state it refused); the caller gets it in Restored.skipped
+            logger.warning("session %r: snapshot %d failed its checks; resuming from an older one", session_id, sid)
         if found is None:
             if skipped:
                 raise SnapshotCorrupted(f"session {session_id!r}: none of its {len(skipped)} snapshot(s) passed its checks")
@@ -558,15 +564,23 @@ class SnapshotStore:
     def _payload(self, db: Session, row: SnapshotRow) -> bytes:
         """A snapshot's bytes, in the caller's transaction. The column is deferred (listing rows
         never moves payloads); PostgreSQL sends it in binary, not as hex text twice its size."""
-        if self.is_sqlite:
-            return bytes(row.payload)
-        raw = db.connection().connection.driver_connection
-        with raw.cursor(binary=True) as cur:
-            cur.execute("SELECT payload FROM sleep_snapshots WHERE id = %s", (row.id,))
-            found = cur.fetchone()
-        if found is None:  # pragma: no cover - the row was read in this transaction
+        found = self._raw_payloads(db, "id = {}", row.id)
+        if not found:  # pragma: no cover - the row was read in this transaction
             raise SnapshotNotFound(f"no snapshot {row.id}")
-        return bytes(found[0])
+        return found[0]
+
+    def _raw_payloads(self, db: Session, where: str, *params: Any) -> list[bytes]:
+        """Payload bytes through the driver's own cursor, in the caller's transaction: SQLAlchemy
+        logs every result row at DEBUG (a truncated repr keeps a payload's head and tail, where a
+        persisted window's token ids can lie), and this read must leave no trace in a log."""
+        raw = db.connection().connection.driver_connection
+        mark = "?" if self.is_sqlite else "%s"
+        sql = f"SELECT payload FROM sleep_snapshots WHERE {where.format(*[mark] * len(params))} ORDER BY id"
+        if self.is_sqlite:
+            return [bytes(r[0]) for r in raw.execute(sql, params).fetchall()]
+        with raw.cursor(binary=True) as cur:
+            cur.execute(sql, params)
+            return [bytes(r[0]) for r in cur.fetchall()]
 
     def _verify(self, info: SnapshotInfo, payload: bytes, fingerprint: str | None) -> None:
         if hashlib.sha256(payload).hexdigest() != info.sha256 or len(payload) != info.size:
@@ -690,8 +704,7 @@ class SnapshotStore:
         """Slices of the session's payloads (from their tensor data, past the header) to look for
         in the file after the erase."""
         out = []
-        for payload in db.scalars(select(SnapshotRow.payload).where(*_of(tenant, session_id))):
-            payload = bytes(payload)
+        for payload in self._raw_payloads(db, "tenant = {} AND session_id = {}", tenant, session_id):
             n = int.from_bytes(payload[:8], "little") + 8
             data = payload[n:]
             if len(data) >= 64:

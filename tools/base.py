@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -297,10 +298,12 @@ class ToolRegistry(Mapping[str, Tool]):
             with anyio.move_on_after(limit) as scope:
                 output = to_text(await entry.invoke(values))
         except ToolError as exc:
-            logger.debug("tool %r failed: %s", entry.name, exc)
+            logger.debug("tool %r failed: %s", entry.name, _describe_exception(exc))
             return fail("tool_exception", f"tool {entry.name!r} failed: {exc}", entry.name)
         except Exception as exc:  # noqa: BLE001 - a tool bug must reach the model, not end the run
-            logger.warning("tool %r raised", entry.name, exc_info=True)
+            # never exc_info: a traceback prints the exception's message, which may quote the
+            # tool's input or output (a secret); the model still gets the message as a tool error
+            logger.warning("tool %r raised %s", entry.name, _describe_exception(exc))
             detail = f": {exc}" if str(exc) else ""
             return fail(
                 "tool_exception",
@@ -328,6 +331,29 @@ class ToolRegistry(Mapping[str, Tool]):
         model expects its calls to take effect in the order it wrote them.
         """
         return [await self.execute(call, timeout=timeout) for call in calls]
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """An exception for a log line: its type, its message's length and where it was raised (file,
+    line, function of the innermost frame), never the message or a chained exception's message,
+    which may quote message or tool text."""
+    where = ""
+    tb = exc.__traceback__
+    if tb is not None:
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code
+        where = f" at {os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name}"
+    chain = []
+    seen = exc
+    while (seen := seen.__cause__ or seen.__context__) is not None and len(chain) < 5:
+        chain.append(type(seen).__name__)
+    caused = f", from {' <- '.join(chain)}" if chain else ""
+    try:
+        size = f"message of {len(str(exc))} characters"
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break the error path
+        size = "message unreadable"
+    return f"{type(exc).__name__} ({size}){where}{caused}"
 
 
 def _describe_validation_error(exc: pydantic.ValidationError) -> str:
