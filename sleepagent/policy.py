@@ -139,8 +139,7 @@ class MemoryPolicy(_Policy):
     @classmethod
     def _plain_callable(cls, fn: Callable[[str], Any] | None) -> Callable[[str], Any] | None:
         # an async function would return a coroutine, which is truthy: every turn "sensitive"
-        if fn is not None and (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-                getattr(fn, "__call__", None))):
+        if fn is not None and (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)):
             raise ValueError("must be a plain function returning a bool, not an async one")
         return fn
 
