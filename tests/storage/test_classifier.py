@@ -13,12 +13,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load as st_load
+from sleepagent.storage import SnapshotStore
+from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sqlalchemy import select
 
 from sleepagent import Agent, MemoryPolicy, SleepPolicy
 from sleepagent.errors import ConfigError
-from sleepagent.storage import SnapshotStore
-from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sleepagent.testing import FunctionModel, tiny_model
 
 SM = tiny_model(seed=1, window=256, tie_embeddings=False)
@@ -135,7 +135,7 @@ async def test_an_agent_keeps_a_turn_the_classifier_flags_out_of_the_store(store
         await s.run("remember the public part")
         await s.run(f"my password is {SECRET.upper()}")
     agent.close()
-    info, blob = store.latest("w", tenant="t")
+    _, blob = store.latest("w", tenant="t")
     window = SM.tokenizer.decode(st_load(blob)["window.ids"][0].tolist())
     assert "public part" in window and "PASSWORD" not in window.upper()
     assert_nowhere(store, SECRET)
