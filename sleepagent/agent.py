@@ -6,6 +6,11 @@ background; the results are prefilled; repeat until a turn has no tool call. The
 carries the conversation: earlier turns are never re-read, and what left the window lives only in
 the fast weights.
 
+The Agent is a door over the runtime core (:mod:`sleepagent.runtime`): its sessions live in the
+core's session table and persist through its one persistence path, and every turn is written by
+its one token loop. What is the Agent's own is the tool loop: executing calls, their limits and
+the run's events.
+
 Failures the model causes (malformed calls, unknown tools, bad arguments, tool exceptions,
 timeouts) become tool-error messages and the run goes on. Cancellation (an anyio cancel scope,
 or ``run.cancel()`` on a stream) always propagates promptly; finished turns and committed sleeps
@@ -16,18 +21,17 @@ session remains usable.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import torch
 from anyio.lowlevel import current_token
 
-from .decoding import ToolCallConstraint
 from .engine import Engine, EngineSession, SleepStats
-from .errors import ConfigError, FingerprintMismatch, InputTooLarge, SleepAgentError, SnapshotCorrupted, UsageLimitExceeded
+from .errors import ConfigError, InputTooLarge, SleepAgentError, UsageLimitExceeded
 from .messages import (
     Event,
     FinalEvent,
@@ -42,58 +46,41 @@ from .messages import (
 )
 from .model import SleepModel
 from .policy import MemoryPolicy, SleepPolicy
+from .runtime import (
+    ChatRuntime,
+    ChatSession,
+    ResumeInfo,
+    open_store,
+    SampledModel,
+    ToolCallConstraint,
+    TurnInfo,
+    TurnModel,
+    generate_turn,
+    render_system_turn,
+    render_tool_prompt,
+)
 from .tools import (
     MalformedToolCall,
     Tool,
     ToolCall,
     ToolRegistry,
     ToolResult,
-    render_tool_call,
-    render_tool_response,
     split_text_and_calls,
 )
 
-__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "ResumeInfo", "render_tool_prompt", "render_system_turn",
-           "ChatTurn", "render_turns", "snapshot", "restore"]
-
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "ResumeInfo"]
 
 
-@dataclass(frozen=True)
-class ResumeInfo:
-    """How a session came back from the store (``AgentSession.resume``; None for a new session).
 
-    snapshot_id: the snapshot restored.
-    skipped:     newer snapshots that failed their checks (corrupted, non-finite), (id, why):
-                 the session resumed from an older one and lost what those held.
-    window_tokens: tokens of the window restored (``persist_window``), re-read into it.
-    lost:        tokens the snapshot did not hold, by reason: "window" (the window, without
-                 ``persist_window``), "never_consolidate" (turns the memory policy keeps out of
-                 every store), "unread" (input queued but not read yet when it was taken).
-    """
-
-    snapshot_id: int
-    skipped: list[tuple[int, str]] = field(default_factory=list)
-    window_tokens: int = 0
-    lost: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class TurnInfo:
-    """What a scripted model (see :mod:`sleepagent.testing`) is told about the turn it writes."""
-
-    session_id: str
-    step: int
-    tools: list[dict[str, Any]]
-    stats: SleepStats
 
 
 class Agent:
     """An agent over a sleep-enabled model.
 
     Args:
-        model: a :class:`SleepModel`, a checkpoint name or path, or a scripted test model
-            (:class:`sleepagent.testing.FunctionModel`).
+        model: a :class:`SleepModel`, a checkpoint name or path, or any
+            :class:`~sleepagent.runtime.TurnModel` (e.g. the scripted test doubles of
+            :mod:`sleepagent.testing`).
         tools: :class:`Tool` objects or plain functions (sync or async).
         sleep: when the model consolidates (default ``SleepPolicy()``: 4 passes, in pauses).
         memory: what sessions may keep (never-consolidate patterns, retention, ...).
@@ -132,27 +119,24 @@ class Agent:
         max_input_chars: int = 100_000,
         max_tool_output_chars: int = 20_000,
     ) -> None:
-        from .testing import FunctionModel
-
         _check_types(model=model, sleep=sleep, memory=memory, usage_limits=usage_limits, engine=engine,
                      system_prompt=system_prompt)
-        self.scripted: FunctionModel | None = model if isinstance(model, FunctionModel) else None
-        base = self.scripted.base if self.scripted is not None else model
+        turn_model = model if isinstance(model, TurnModel) else None
+        weights = turn_model.weights if turn_model is not None else model
         if engine is not None:
-            if base is not None and base is not engine.model:
+            if weights is not None and weights is not engine.model:
                 raise ConfigError("model and engine disagree: pass the engine's model (or only the engine)")
             self.engine = engine
             self._owns_engine = False
         else:
-            if base is None:
-                if self.scripted is None:
+            if weights is None:
+                if turn_model is None:
                     raise ConfigError("Agent needs a model: a SleepModel, a checkpoint name or path", field="model")
-                from .testing import tiny_model
-
-                base = tiny_model()  # a scripted model still needs real weights to run
-            self.engine = Engine(base if isinstance(base, SleepModel) else SleepModel.from_pretrained(base))
+                weights = turn_model.default_weights()
+            self.engine = Engine(weights if isinstance(weights, SleepModel) else SleepModel.from_pretrained(weights))
             self._owns_engine = True
         self.model: SleepModel = self.engine.model
+        self.turn_model: TurnModel = turn_model or SampledModel(self.model)
         for name, value in (("max_steps", max_steps), ("max_tokens", max_tokens), ("max_input_chars", max_input_chars),
                             ("max_tool_output_chars", max_tool_output_chars)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -166,20 +150,20 @@ class Agent:
         self.tools = ToolRegistry(tools)
         self.sleep = sleep or SleepPolicy()
         self.memory = memory or MemoryPolicy()
-        self.store = _open_store(store)
+        self.store = open_store(store)
         self.max_input_chars = max_input_chars
         self.max_tool_output_chars = max_tool_output_chars
-        # the checkpoint's own system prompt (its prompt.json), as a chat template comes with a
-        # transformers checkpoint; a small model answers well only in the register it was trained in
-        self.system_prompt = system_prompt if system_prompt is not None else (
-            self.model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
-        )
         self.max_steps = max_steps
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.seed = seed
         self.tool_timeout = tool_timeout
         self.usage_limits = usage_limits or UsageLimits()
+        # the checkpoint's own system prompt (its prompt.json), as a chat template comes with a
+        # transformers checkpoint; a small model answers well only in the register it was trained in
+        self.runtime = ChatRuntime(self.engine, store=self.store, memory=self.memory, sleep=self.sleep,
+                                   max_sessions=None, system_prompt=system_prompt)
+        self.system_prompt = self.runtime.system_prompt
 
     def session(self, id: str | None = None, *, tenant: str = "default") -> AgentSession:
         """A multi-turn conversation; use as ``async with agent.session() as s: await s.run(...)``.
@@ -195,15 +179,9 @@ class Agent:
         check_name(tenant, "tenant")
         if id is not None:
             check_name(id, "session id")
-        if self.store is None or self.memory.retention == "ephemeral":
-            return AgentSession(self, self.engine.session(id, policy=self.sleep), tenant=tenant)
-        fp = self.model.fingerprint
-        info = self.store.open_session(id, tenant=tenant, fingerprint=fp, policy=self.memory)
-        if info.fingerprint != fp:
-            raise FingerprintMismatch(expected=fp, found=info.fingerprint)
-        es = self.engine.session(info.id, policy=self.sleep)
-        resume = restore(self.model, self.store, es, tenant=tenant)
-        return AgentSession(self, es, tenant=tenant, persisted=True, resume=resume)
+            if (tenant, id) in self.runtime.sessions.live:
+                raise ConfigError(f"session {id!r} is already open in this agent; close it first", field="id")
+        return AgentSession(self, self.runtime.sessions.open(tenant, id))
 
     async def run(self, task: str | Message, *, session: AgentSession | None = None, **kw: Any) -> RunResult:
         """Run ``task`` to a final answer (in ``session``, or a fresh one closed afterwards)."""
@@ -230,106 +208,43 @@ class Agent:
         return render_tool_prompt(self.tools)
 
 
-def render_system_turn(tok: Any, text: str, specs: list[dict[str, Any]]) -> list[int]:
-    """The system turn with the tool list: in the tokenizer's own format when it has one (the
-    chat template of a transformers model), else as :func:`render_tool_prompt` text."""
-    if hasattr(tok, "render_system"):
-        return tok.render_system(text, specs)
-    return tok.render_turn("system", text + render_tool_prompt(specs), trusted=True)
-
-
-@dataclass(frozen=True)
-class ChatTurn:
-    """One message of a history a caller replays (LangChain, an OpenAI client): ``calls`` are the
-    assistant's tool calls as (name, arguments)."""
-
-    role: str  # system | user | assistant | tool
-    text: str
-    calls: tuple[tuple[str, dict[str, Any]], ...] = ()
-    is_error: bool = False
-
-
-def render_turns(
-    tok: Any, turns: Sequence[ChatTurn], specs: list[dict[str, Any]], *, first: bool, system_prompt: str,
-    allows: Callable[[str], bool] = lambda text: True,
-) -> list[tuple[list[int], bool]]:
-    """Token segments ``(ids, consolidate)`` for messages a caller sends, ending with the
-    generation prompt. ``first``: nothing was read yet, so the system turn (the caller's, else
-    ``system_prompt``) carries the tool list. ``allows(text)``: whether a turn may be consolidated
-    (the memory policy's never-consolidate patterns)."""
-    out: list[tuple[list[int], bool]] = []
-    if first and not any(t.role == "system" for t in turns):
-        out.append((render_system_turn(tok, system_prompt, specs), True))
-    for t in turns:
-        if t.role == "system":
-            out.append((render_system_turn(tok, t.text, specs if first else []), allows(t.text)))
-        elif t.role == "user":
-            out.append((tok.render_turn("user", t.text), allows(t.text)))
-        elif t.role == "assistant":
-            body = t.text + "".join(render_tool_call(name, args) for name, args in t.calls)
-            out.append((tok.generation_prompt() + tok.encode(body) + tok.close_turn(), allows(body)))
-        elif t.role == "tool":
-            result = ToolResult(call_id="", name="", content=t.text, is_error=t.is_error)
-            out.append((tok.render_tool_result(render_tool_response(result)), allows(t.text)))
-        else:
-            raise ConfigError(f"unsupported message role {t.role!r}")
-    out.append((tok.generation_prompt(), True))
-    return out
-
-
-def render_tool_prompt(tools: ToolRegistry | list[dict[str, Any]]) -> str:
-    """The tool list appended to the system prompt: one compact line per tool.
-
-    ``tools``: a registry, or OpenAI-format tool specs. Byte-level models pay for every
-    character of context, so the full JSON schemas (which the runtime still uses to validate
-    arguments) are summarised as ``name(arg: type): summary``.
-    """
-    specs = tools.specs() if isinstance(tools, ToolRegistry) else list(tools)
-    if not specs:
-        return ""
-    lines = []
-    for spec in specs:
-        fn = spec["function"]
-        params = fn["parameters"].get("properties", {})
-        args = ", ".join(f"{name}: {_type_name(p)}" for name, p in params.items())
-        desc = fn.get("description", "").split(". ")[0].strip()
-        lines.append(f"- {fn['name']}({args}): {desc}")
-    return "\nTools (call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>):\n" + "\n".join(lines)
-
-
-def _type_name(schema: dict[str, Any]) -> str:
-    if "type" in schema:
-        return str(schema["type"])
-    options = [o.get("type", "any") for o in schema.get("anyOf", [])]
-    return "|".join(o for o in options if o != "null") + ("?" if "null" in options else "") if options else "any"
-
-
 class AgentSession:
     """A conversation with one agent; its model state carries every turn (no re-prefill)."""
 
-    def __init__(
-        self, agent: Agent, engine_session: EngineSession, *, tenant: str = "default", persisted: bool = False,
-        resume: ResumeInfo | None = None,
-    ) -> None:
+    def __init__(self, agent: Agent, chat: ChatSession) -> None:
         self.agent = agent
-        self.engine_session = engine_session
-        self.tenant = tenant
-        self.persisted = persisted
-        self.resume = resume  # how the session came back from the store (None: a new session)
-        if persisted:
-            engine_session.on_commit = self._persist
+        self.chat = chat
         self.history: list[Message] = []
         self.usage = Usage()
         self._lock = anyio.Lock()
         self._emit: Callable[[Event], None] | None = None
         self._token = None
         self._rng = torch.Generator().manual_seed(agent.seed)
-        engine_session.on_event = self._on_engine_event
+        self._limits: UsageLimits | None = None
+        self._run_messages: list[Message] = []
+        chat.engine_session.on_event = self._on_engine_event
         self.closed = False
 
     @property
     def id(self) -> str:
-        return self.engine_session.id
+        return self.chat.id
+
+    @property
+    def tenant(self) -> str:
+        return self.chat.tenant
+
+    @property
+    def engine_session(self) -> EngineSession:
+        return self.chat.engine_session
+
+    @property
+    def persisted(self) -> bool:
+        return self.agent.runtime.persistence.active
+
+    @property
+    def resume(self) -> ResumeInfo | None:
+        """How the session came back from the store (None: a new session)."""
+        return self.chat.resume
 
     @property
     def stats(self) -> SleepStats:
@@ -346,26 +261,8 @@ class AgentSession:
         unless ``persist_window``); ``session`` retention and ``erase_on_close`` erase it."""
         if self.closed:
             return
-        engine, es, memory = self.agent.engine, self.engine_session, self.agent.memory
-        try:
-            if self.persisted:
-                await engine.wait_idle(es)
-                if memory.retention == "persistent" and not memory.erase_on_close:
-                    if memory.persist_window:
-                        await engine.call(es, lambda _state: self._persist(es))
-                    elif es.state.window_len:
-                        await engine.consolidate(es)  # persisted by the commit hook
-                if memory.retention == "session" or memory.erase_on_close:
-                    await engine.call(es, lambda _state: None)  # let queued work finish first
-                    self.agent.store.erase(self.id, tenant=self.tenant)
-        finally:
-            self.closed = True
-            engine.close_session(es)
-
-    def _persist(self, es: EngineSession) -> None:
-        """Write a snapshot of the session (runs on the engine worker, right after a commit)."""
-        payload, meta = snapshot(self.agent.model, es, self.agent.memory)
-        self.agent.store.save(self.id, payload, tenant=self.tenant, loops=es.policy.loops, meta=meta)
+        self.closed = True
+        await self.agent.runtime.sessions.close(self.chat)
 
     def run_stream(self, message: str | Message, **kw: Any) -> AgentRun:
         return AgentRun(self.agent, message, self, kw)
@@ -384,8 +281,7 @@ class AgentSession:
         if usage_limits is not None and not isinstance(usage_limits, UsageLimits):
             raise ConfigError(f"usage_limits must be a UsageLimits, got {type(usage_limits).__name__}", field="usage_limits")
         async with self._lock:
-            if self.persisted and self.agent.memory.retention == "session":
-                self.agent.store.touch(self.id, tenant=self.tenant)  # renew the lease: still alive
+            self.agent.runtime.persistence.touch(self.id, self.tenant)  # renew a session lease: still alive
             return await self._run(message, usage_limits or self.agent.usage_limits, tool_timeout)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -393,6 +289,7 @@ class AgentSession:
     async def _run(self, message: str | Message, limits: UsageLimits, tool_timeout: float | None) -> RunResult:
         agent, engine, es = self.agent, self.agent.engine, self.engine_session
         tok = agent.model.tokenizer
+        allows = agent.memory.allows_consolidation
         msg = message if isinstance(message, Message) else Message("user", message)
         if msg.role != "user":
             raise ConfigError(f"a run starts with a user message, got role {msg.role!r}")
@@ -402,16 +299,17 @@ class AgentSession:
                 f"{agent.max_input_chars:,} (Agent(max_input_chars=...))",
                 tokens=len(msg.content), limit=agent.max_input_chars,
             )
-        msg.consolidate = msg.consolidate and agent.memory.allows_consolidation(msg.content)
+        msg.consolidate = msg.consolidate and allows(msg.content)
         usage = Usage()
         run_messages: list[Message] = [msg]
         stats_before = es.stats.copy()
         timeout = tool_timeout if tool_timeout is not None else agent.tool_timeout
         self._limits, self._run_messages = limits, run_messages
         try:
-            if not es.meta.get("system_read"):
-                self._read(render_system_turn(tok, agent.system_prompt, agent.tools.specs()), True, usage)
-                es.meta["system_read"] = True
+            if not self.chat.meta.system_read:
+                system = agent.system_prompt
+                self._read(render_system_turn(tok, system, agent.tools.specs()), allows(system), usage)
+                self.chat.meta.system_read = True
             self._read(tok.render_turn("user", msg.content), msg.consolidate, usage)
             self._read(tok.generation_prompt(), True, usage)
             output = ""
@@ -438,9 +336,11 @@ class AgentSession:
                 for call in calls:
                     self._post(ToolCallEvent("tool_call", call=call))
                 engine.pause(es)  # the model waits for its tools: sleep now, off the hot path
-                results = [_bounded(r, agent.max_tool_output_chars) for r in await self._execute(calls, timeout)]
-                for result in results:
-                    allowed = agent.memory.allows_consolidation(result.content)
+                for call, raw in zip(calls, await self._execute(calls, timeout), strict=True):
+                    # the policy judges the whole output (before any cut) and the call it
+                    # answers (an error may echo the call's arguments)
+                    allowed = allows(raw.content) and allows(_call_text(call))
+                    result = _bounded(raw, agent.max_tool_output_chars)
                     run_messages.append(
                         Message(
                             "tool", result.content, consolidate=allowed, tool_call_id=result.call_id,
@@ -465,67 +365,35 @@ class AgentSession:
         self._post(FinalEvent("final", result=result))
         return result
 
-    def _read(self, ids: list[int], consolidate: bool, usage: Usage, check: bool = True) -> None:
+    def _read(self, ids: list[int], consolidate: bool, usage: Usage) -> None:
         """Queue tokens for the model; they are read by the next flush (cancel-safe). The run's
         input-token limits are checked first: a message over the limit is refused unread."""
-        limits = getattr(self, "_limits", None)
-        if check and limits is not None:
-            limits.check_input(usage, len(ids), self._run_messages)
+        if self._limits is not None:
+            self._limits.check_input(usage, len(ids), self._run_messages)
         self.agent.engine.append(self.engine_session, ids, consolidate)
         usage.input_tokens += len(ids)
 
     async def _generate(self, logits: torch.Tensor, usage: Usage, step: int, run_messages: list[Message]) -> str:
-        """One assistant turn; every emitted token is fed through the model (a real decode step).
-
-        The closing ``<|end|>`` is left pending: it is read with the next prefill.
-        """
+        """One assistant turn, written by the runtime's token loop."""
         agent, tok = self.agent, self.agent.model.tokenizer
-        stop = {tok.end_id, tok.eos_id}
-        emitted: list[int] = []
         # a call names a registered tool (the model chooses, among the names that exist)
         constraint = ToolCallConstraint.for_tokenizer(tok, list(agent.tools))
-        # with never-consolidate patterns, the reply is held out of the fast weights until it is
-        # known not to repeat a match (it is released below, where still in the window)
-        provisional = bool(agent.memory.never_consolidate)
-        es = self.engine_session
-        start = es.state.tokens_seen
-        clean = not provisional
-        text = ""
-        if agent.scripted is not None:
-            info = TurnInfo(self.id, step, agent.tools.specs(), self.stats)
-            text = await agent.scripted.respond(self.history + run_messages, info)
-            script = tok.encode(text)[: agent.max_tokens]
-        else:
-            script = None
-        try:
-            for i in range(agent.max_tokens):
-                if script is not None:
-                    if i >= len(script):
-                        break
-                    nxt = script[i]
-                else:
-                    nxt = self._sample(constraint.apply(logits, emitted) if constraint else logits)
-                    if nxt in stop:
-                        break
-                logits = await agent.engine.decode(es, nxt, consolidate=not provisional)
-                emitted.append(nxt)
-                usage.output_tokens += 1
-                self._post(TokenEvent("token", text=tok.decode([nxt])))
-            text = tok.decode(emitted)
-            if provisional and agent.memory.allows_consolidation(text):
-                await agent.engine.set_consolidate(es, start, start + len(emitted))
-                clean = True
-        finally:
-            # close the turn, even when cancelled; read with the next flush (a reply that matched
-            # a never-consolidate pattern, or was cut off before it could be checked, stays out)
-            self._read(tok.close_turn(), clean, usage, check=False)
-        return text
+        info = TurnInfo(self.id, step, agent.tools.specs(), self.stats)
+        picker = await agent.turn_model.picker(
+            self.history + run_messages, info, tokenizer=tok, max_tokens=agent.max_tokens,
+            temperature=agent.temperature, generator=self._rng, constraint=constraint,
+        )
 
-    def _sample(self, logits: torch.Tensor) -> int:
-        if self.agent.temperature == 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / self.agent.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self._rng))
+        def on_token(piece: str) -> None:
+            usage.output_tokens += 1
+            self._post(TokenEvent("token", text=piece))
+
+        try:
+            turn = await generate_turn(agent.engine, self.engine_session, logits, picker=picker,
+                                       max_tokens=agent.max_tokens, gate=agent.runtime.gate, on_token=on_token)
+        finally:
+            usage.input_tokens += len(tok.close_turn())  # queued by the loop, even when cancelled
+        return turn.text
 
     async def _execute(self, calls: Sequence[ToolCall | MalformedToolCall], timeout: float | None) -> list[ToolResult]:
         """Run the turn's tool calls concurrently; results keep the calls' order."""
@@ -643,12 +511,10 @@ class AgentRun:
 
 def _check_types(**values: Any) -> None:
     """Agent arguments of the wrong type fail here, by name, not later inside torch."""
-    from .testing import FunctionModel
-
     model = values["model"]
-    if not (model is None or isinstance(model, (SleepModel, FunctionModel, str, os.PathLike))):
-        raise ConfigError(f"model must be a SleepModel, a checkpoint name or path, or a FunctionModel; got "
-                          f"{type(model).__name__}", field="model")
+    if not (model is None or isinstance(model, (SleepModel, TurnModel, str, os.PathLike))):
+        raise ConfigError(f"model must be a SleepModel, a checkpoint name or path, or a TurnModel (such as "
+                          f"sleepagent.testing.FunctionModel); got {type(model).__name__}", field="model")
     expected = {"sleep": SleepPolicy, "memory": MemoryPolicy, "usage_limits": UsageLimits, "engine": Engine,
                 "system_prompt": str}
     for name, kind in expected.items():
@@ -674,21 +540,6 @@ def _check_message(message: Any) -> None:
         raise ConfigError(f"the message is not valid Unicode text ({e.reason} at position {e.start})", field="task") from None
 
 
-def _open_store(store: Any) -> Any:
-    """A SnapshotStore, or a database URL for one (``sqlite:///path.db``, ``postgresql+psycopg://...``)."""
-    if store is None or isinstance(store, str):
-        if store is None:
-            return None
-        from .storage import SnapshotStore
-
-        return SnapshotStore(store)
-    from .storage import SnapshotStore
-
-    if not isinstance(store, SnapshotStore):
-        raise ConfigError(f"store must be a SnapshotStore or a database URL, got {type(store).__name__}", field="store")
-    return store
-
-
 def _bounded(result: ToolResult, limit: int) -> ToolResult:
     """A tool result the model can be given: at most ``limit`` characters (cut with a note that
     says so), and valid Unicode (lone surrogates replaced), so no tool can stall the engine."""
@@ -701,54 +552,8 @@ def _bounded(result: ToolResult, limit: int) -> ToolResult:
     return dataclasses.replace(result, content=text)
 
 
-def snapshot(model: SleepModel, es: EngineSession, memory: MemoryPolicy) -> tuple[bytes, dict[str, Any]]:
-    """A session's snapshot: (payload, metadata) for :meth:`SnapshotStore.save`.
-
-    It holds the committed fast weights and, with ``persist_window``, the window's ids minus
-    never-consolidate turns; no message text in any other form. Input queued but not read yet is
-    not stored: only the count (and which structural tokens, like the assistant turn's closing
-    token, were queued, so a resume closes the turn as the live session would). The metadata
-    says what the snapshot could not hold (``lost``), and carries ``es.meta`` (flags and counts)."""
-    state = es.state
-    view = state.for_snapshot(keep_window=memory.persist_window)
-    tok = model.tokenizer
-    markers = {tuple(tok.close_turn()): "close_turn", tuple(tok.generation_prompt()): "generation_prompt"}
-    queued, unread = [], 0
-    for ids, _ in es.unread():
-        marker = markers.get(tuple(ids))
-        if marker is not None and not unread:
-            queued.append(marker)
-        else:
-            unread += len(ids)
-    dropped = state.window_len - view.window_len
-    lost = {"window": 0 if memory.persist_window else dropped,
-            "never_consolidate": dropped if memory.persist_window else 0, "unread": unread}
-    dtype = torch.bfloat16 if memory.snapshot_dtype == "bfloat16" else None
-    return view.to_bytes(model.fingerprint, dtype), {"queued": queued, "lost": lost, "session": dict(es.meta)}
-
-
-def restore(model: SleepModel, store: Any, es: EngineSession, *, tenant: str) -> ResumeInfo | None:
-    """Load a session's newest intact snapshot into ``es`` (state, queued structural tokens,
-    ``es.meta``); returns what was restored and lost, or None when there is nothing to resume."""
-
-    def decode(payload: bytes) -> Any:  # decodable and this model's, else try an older one
-        try:
-            return model.state_from_bytes(payload)
-        except FingerprintMismatch:
-            raise
-        except (SleepAgentError, ValueError, RuntimeError) as e:
-            raise SnapshotCorrupted(f"unusable state: {e}") from None
-
-    restored = store.restore_point(es.id, tenant=tenant, fingerprint=model.fingerprint, accept=decode)
-    if restored is None:
-        return None
-    snap = restored.info
-    es.state = restored.accepted
-    tok = model.tokenizer
-    # the snapshot holds no text: only which structural tokens were still queued
-    markers = {"close_turn": tok.close_turn(), "generation_prompt": tok.generation_prompt()}
-    es.pending = [(list(markers[m]), True) for m in snap.meta.get("queued", []) if m in markers]
-    es.pending_offset = 0
-    es.meta = dict(snap.meta.get("session", {}))
-    return ResumeInfo(snapshot_id=snap.id, skipped=list(restored.skipped), window_tokens=es.state.window_len,
-                      lost=dict(snap.meta.get("lost", {})))
+def _call_text(call: ToolCall | MalformedToolCall) -> str:
+    """A call as the model wrote it (what an error about it may echo)."""
+    if isinstance(call, MalformedToolCall):
+        return call.raw
+    return json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)

@@ -119,7 +119,6 @@ class EngineSession:
     # a chunk at a time (the first segment's first ``pending_offset`` tokens are already read)
     pending: list[tuple[list[int], bool]] = field(default_factory=list)
     pending_offset: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
     persist_error: BaseException | None = None
     # logits after the last token read (a flush whose tokens an earlier flush already read,
     # e.g. one that was cancelled after the worker took it, answers with these)

@@ -11,6 +11,9 @@ working.
   :class:`AccessDenied`, :class:`StoreError`
 - agent runs: :class:`ToolError`, :class:`UsageLimitExceeded`, :class:`InputTooLarge`,
   :class:`ModelBehaviorError`
+- conversations (the runtime core under every front door; the HTTP server maps each to a status):
+  :class:`RequestError` (400), :class:`SessionNotFound` (404), :class:`SessionConflict` (409),
+  :class:`SessionsFull` (429)
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ __all__ = [
     "UsageLimitExceeded",
     "InputTooLarge",
     "ModelBehaviorError",
+    "RequestError",
+    "SessionNotFound",
+    "SessionConflict",
+    "SessionsFull",
 ]
 
 
@@ -171,3 +178,36 @@ class ModelBehaviorError(SleepAgentError):
     def __init__(self, message: str, *, body: str | None = None) -> None:
         super().__init__(message)
         self.body = body
+
+
+# --- conversations ------------------------------------------------------------------------------
+
+
+class RequestError(SleepAgentError, ValueError):
+    """A conversation request cannot be served as sent (a tool message that answers no call, a
+    ``tool_choice`` the tools do not allow, nothing new to read). ``param`` names the part of the
+    request at fault when there is one (OpenAI's error ``param``)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class SessionNotFound(SleepAgentError, KeyError):
+    """No session of this id for this tenant, live or stored (another tenant's id answers the
+    same: ids are per tenant, and existence is not revealed across tenants)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session {session_id!r}")
+        self.session_id = session_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class SessionConflict(SleepAgentError):
+    """The session changed while a request waited for it (another request ran first): resend."""
+
+
+class SessionsFull(SleepAgentError):
+    """Every live session is in use and none can be released to make room: retry later."""

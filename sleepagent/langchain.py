@@ -1,10 +1,12 @@
 """ChatSleepModel: a LangChain chat model over a sleep-enabled hybrid.
 
-LangChain sends the whole history on every call; the model's state already holds what it has
-read. Each session (``config["configurable"]["session_id"]``; default: a fresh ephemeral
-session per call) remembers the messages it has read, reads only the new suffix, and is rebuilt
-(with a warning) when the history no longer starts with what it holds. Between calls the
-session's window is consolidated in the background, exactly as in :class:`~sleepagent.Agent`.
+A thin door over the runtime core (:class:`~sleepagent.runtime.ChatRuntime`): LangChain messages
+become the runtime's turns, the call's settings its generation parameters, and its reply an
+``AIMessage``. LangChain sends the whole history on every call; the model's state already holds
+what it has read. Each session (``config["configurable"]["session_id"]``; default: a fresh
+ephemeral session per call) reads only the messages it has not read, and is rebuilt (with a
+warning) when the history no longer starts with what it holds. Between calls the session's
+window is consolidated in the background, exactly as in :class:`~sleepagent.Agent`.
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import nullcontext
-from contextvars import ContextVar, copy_context
 import queue
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from contextvars import ContextVar, copy_context
 from typing import Any
 
 import anyio
-import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import LangSmithParams
@@ -40,12 +41,11 @@ from langchain_core.runnables.config import ensure_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
-from .agent import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
-from .decoding import ToolCallConstraint, normalize_tool_choice
-from .engine import Engine, EngineSession
+from .engine import Engine
 from .errors import ConfigError
 from .model import SleepModel
 from .policy import SleepPolicy
+from .runtime import ChatRuntime, ChatTurn, GenerationParams, Reply, normalize_tool_choice, visible_text
 from .tools import MalformedToolCall, split_text_and_calls
 
 __all__ = ["ChatSleepModel"]
@@ -55,13 +55,6 @@ logger = logging.getLogger(__name__)
 # The RunnableConfig of the current call: LangChain does not hand it to _generate, and the
 # session id lives in config["configurable"]["session_id"].
 _CALL_CONFIG: ContextVar[dict[str, Any] | None] = ContextVar("sleepagent_call_config", default=None)
-
-
-@dataclass
-class _Session:
-    engine_session: EngineSession
-    seen: list[str] = field(default_factory=list)  # keys of the messages already read
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _text(content: Any) -> str:
@@ -74,13 +67,6 @@ def _text(content: Any) -> str:
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
     return "".join(parts)
-
-
-def _key(message: BaseMessage) -> str:
-    """What identifies a message for the prefix check (ids and metadata do not count)."""
-    calls = [(c["name"], c["args"]) for c in getattr(message, "tool_calls", []) or []]
-    return json.dumps([message.type, _text(message.content), calls, getattr(message, "tool_call_id", None)],
-                      sort_keys=True, default=str)
 
 
 class ChatSleepModel(BaseChatModel):
@@ -110,7 +96,7 @@ class ChatSleepModel(BaseChatModel):
 
     _sleep_model: SleepModel | None = PrivateAttr(default=None)
     _engine: Engine | None = PrivateAttr(default=None)
-    _sessions: dict[str, _Session] = PrivateAttr(default_factory=dict)
+    _runtime: ChatRuntime | None = PrivateAttr(default=None)
     _init_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
@@ -149,7 +135,7 @@ class ChatSleepModel(BaseChatModel):
 
         ``tool_choice``: "auto" (default: the model decides), "none", "any"/"required" (the reply
         is a call), or a tool's name (a call of that tool), enforced by constrained decoding
-        (:mod:`sleepagent.decoding`); every call names one of ``tools``.
+        (:mod:`sleepagent.runtime.constraints`); every call names one of ``tools``.
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
         normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])  # fail early
@@ -199,93 +185,47 @@ class ChatSleepModel(BaseChatModel):
                 self._engine = Engine(sm)
             return self._engine
 
-    def _session(self, session_id: str | None) -> tuple[_Session, bool]:
-        policy = SleepPolicy(loops=self.loops)
-        if session_id is None:
-            return _Session(self.engine.session(policy=policy)), True
-        s = self._sessions.get(session_id)
-        if s is None:
-            s = self._sessions[session_id] = _Session(self.engine.session(session_id, policy=policy))
-        return s, False
-
-    def _tokens_for(self, messages: list[BaseMessage], tools: list[dict] | None, first: bool) -> list[tuple[list[int], bool]]:
-        turns = []
-        for m in messages:
-            text = _text(m.content)
-            if isinstance(m, SystemMessage):
-                turns.append(ChatTurn("system", text))
-            elif isinstance(m, HumanMessage):
-                turns.append(ChatTurn("user", text))
-            elif isinstance(m, AIMessage):
-                turns.append(ChatTurn("assistant", text, tuple((c["name"], c["args"]) for c in m.tool_calls)))
-            elif isinstance(m, ToolMessage):
-                turns.append(ChatTurn("tool", text, is_error=getattr(m, "status", "success") == "error"))
-            else:
-                raise ConfigError(f"unsupported message type {m.type!r}")
-        # the checkpoint's own system prompt (prompt.json) unless the caller set one
-        default = self.system_prompt or self.sleep_model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
-        return render_turns(self.sleep_model.tokenizer, turns, list(tools or []), first=first, system_prompt=default)
+    @property
+    def runtime(self) -> ChatRuntime:
+        """The runtime core this chat model is a door over (its sessions live in memory)."""
+        engine = self.engine
+        with self._init_lock:
+            if self._runtime is None:
+                # the checkpoint's own system prompt (prompt.json) unless the caller set one
+                self._runtime = ChatRuntime(engine, sleep=SleepPolicy(loops=self.loops), max_sessions=None,
+                                            system_prompt=self.system_prompt)
+            return self._runtime
 
     async def _respond(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
-        on_token: Callable[[str], None] | None = None,
-    ) -> tuple[str, int, int]:
-        """Read the unseen messages, generate one turn; returns (text, input tokens, output tokens)."""
+        on_text: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Read the messages the session has not read, and write one reply."""
         config = _CALL_CONFIG.get() or ensure_config()
         session_id = (config.get("configurable") or {}).get("session_id")
-        s, ephemeral = self._session(session_id)
-        engine, es, tok = self.engine, s.engine_session, self.sleep_model.tokenizer
-        keys = [_key(m) for m in messages]
-        if s.seen and keys[: len(s.seen)] != s.seen:
-            logger.warning("session %s: the history differs from what the model read; rebuilding the session", session_id)
-            engine.close_session(es)
-            s.engine_session = es = engine.session(session_id, policy=SleepPolicy(loops=self.loops))
-            s.seen = []
-            es.pending.clear()
-        new = messages[len(s.seen):]
-        segments = self._tokens_for(new, kwargs.get("tools"), first=not s.seen)
-        n_in = sum(len(ids) for ids, _ in segments)
-        for ids, flag in segments:
-            engine.append(es, ids, flag)
-        temperature = kwargs.get("temperature", self.temperature) or 0.0
-        max_tokens = kwargs.get("max_tokens", self.max_tokens) or 256
-        stops = list(stop or kwargs.get("stop") or self.stop or [])
-        rng = torch.Generator().manual_seed(self.seed)
-        names = [t["function"]["name"] for t in kwargs.get("tools") or []]
-        constraint = ToolCallConstraint.for_tokenizer(tok, names, normalize_tool_choice(kwargs.get("tool_choice"), names))
-        emitted: list[int] = []
-        text = ""
+        runtime = self.runtime
+        ephemeral = session_id is None
+        sid = str(session_id) if session_id is not None else uuid.uuid4().hex
+        before = runtime.sessions.live.get(("default", sid))
+        read_before = before.messages_read if before is not None else 0
+        tools = list(kwargs.get("tools") or [])
+        names = [t["function"]["name"] for t in tools]
+        params = GenerationParams(
+            max_tokens=kwargs.get("max_tokens", self.max_tokens) or 256,
+            temperature=kwargs.get("temperature", self.temperature) or 0.0, seed=self.seed,
+            stop=tuple(stop or kwargs.get("stop") or self.stop or []),
+            tool_choice=normalize_tool_choice(kwargs.get("tool_choice"), names),
+        )
+        turns = [_turn(m) for m in messages]
+        job = await runtime.prepare("default", turns, tools=tools, params=params, session_id=sid, create=True)
+        if job.status == "new" and read_before:
+            logger.warning("session %s: the history differs from what the model read; rebuilding the session", sid)
         try:
             with anyio.fail_after(self.timeout) if self.timeout else nullcontext():
-                logits = await engine.flush(es)
-                for _ in range(max_tokens):
-                    if constraint is not None:
-                        logits = constraint.apply(logits, emitted)
-                    if temperature > 0:
-                        nxt = int(torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=rng))
-                    else:
-                        nxt = int(logits.argmax())
-                    if nxt in (tok.end_id, tok.eos_id):
-                        break
-                    logits = await engine.decode(es, nxt)
-                    emitted.append(nxt)
-                    piece = tok.decode([nxt])
-                    text += piece
-                    if on_token is not None:
-                        on_token(piece)
-                    if any(x in text for x in stops):
-                        break
+                return await runtime.run(job, on_text=on_text)
         finally:
-            engine.append(es, tok.close_turn(), True)
-        cuts = [text.find(x) for x in stops if x and x in text]
-        if cuts:
-            text = text[: min(cuts)]
-        if ephemeral:
-            engine.close_session(es)
-        else:
-            s.seen = keys + [_key(_ai_message(text))]
-            engine.pause(es)  # the caller thinks (or runs tools): sleep now
-        return text, n_in, len(emitted)
+            if ephemeral:
+                runtime.sessions.discard(job.session)
 
     # --- LangChain entry points -----------------------------------------------------------------
 
@@ -293,19 +233,17 @@ class ChatSleepModel(BaseChatModel):
         self, messages: list[BaseMessage], stop: list[str] | None = None,
         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any,
     ) -> ChatResult:
-        text, n_in, n_out = await self._respond(messages, stop, kwargs)
-        return self._result(text, n_in, n_out)
+        return self._result(await self._respond(messages, stop, kwargs))
 
     def _generate(
         self, messages: list[BaseMessage], stop: list[str] | None = None,
         run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
     ) -> ChatResult:
-        text, n_in, n_out = _run_in_new_loop(lambda: self._respond(messages, stop, kwargs))
-        return self._result(text, n_in, n_out)
+        return self._result(_run_in_new_loop(lambda: self._respond(messages, stop, kwargs)))
 
-    def _result(self, text: str, n_in: int, n_out: int) -> ChatResult:
-        message = _ai_message(text)
-        message.usage_metadata = {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+    def _result(self, reply: Reply) -> ChatResult:
+        message = _ai_message(reply.turn.text)
+        message.usage_metadata = _usage(reply)
         message.response_metadata = {"model_name": self.model, "model_provider": "sleepagent"}
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -318,7 +256,7 @@ class ChatSleepModel(BaseChatModel):
 
         async def produce() -> None:
             try:
-                result["out"] = await self._respond(messages, stop, kwargs, on_token=send.send_nowait)
+                result["out"] = await self._respond(messages, stop, kwargs, on_text=send.send_nowait)
             finally:
                 send.close()
 
@@ -330,7 +268,7 @@ class ChatSleepModel(BaseChatModel):
                     if run_manager:
                         await run_manager.on_llm_new_token(piece, chunk=chunk)
                     yield chunk
-        yield self._last_chunk(*result["out"])
+        yield self._last_chunk(result["out"])
 
     def _stream(
         self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -349,7 +287,7 @@ class ChatSleepModel(BaseChatModel):
         def worker() -> None:
             _CALL_CONFIG.set(config)
             try:
-                out = _run_in_new_loop(lambda: self._respond(messages, stop, kwargs, on_token=on_token))
+                out = _run_in_new_loop(lambda: self._respond(messages, stop, kwargs, on_text=on_token))
                 pieces.put(("__result__", out))
             except BaseException as e:  # re-raised in the caller's thread
                 pieces.put(("__error__", e))
@@ -376,10 +314,10 @@ class ChatSleepModel(BaseChatModel):
             abandoned.set()
             thread.join()
         assert final is not None
-        yield self._last_chunk(*final)
+        yield self._last_chunk(final)
 
-    def _last_chunk(self, text: str, n_in: int, n_out: int) -> ChatGenerationChunk:
-        full = _ai_message(text)
+    def _last_chunk(self, reply: Reply) -> ChatGenerationChunk:
+        full = _ai_message(reply.turn.text)
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
@@ -387,24 +325,49 @@ class ChatSleepModel(BaseChatModel):
                     tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
                     for i, c in enumerate(full.tool_calls)
                 ],
-                usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
+                usage_metadata=_usage(reply),
                 response_metadata={"model_name": self.model, "model_provider": "sleepagent"},
                 chunk_position="last",
             )
         )
 
 
+def _turn(m: BaseMessage) -> ChatTurn:
+    """A LangChain message as the runtime renders it."""
+    text = _text(m.content)
+    if isinstance(m, SystemMessage):
+        return ChatTurn("system", text)
+    if isinstance(m, HumanMessage):
+        return ChatTurn("user", text)
+    if isinstance(m, AIMessage):
+        return ChatTurn("assistant", text, tuple((c["name"], c["args"]) for c in m.tool_calls),
+                        call_ids=tuple(c.get("id") for c in m.tool_calls))
+    if isinstance(m, ToolMessage):
+        return ChatTurn("tool", text, is_error=getattr(m, "status", "success") == "error", call_id=m.tool_call_id)
+    raise ConfigError(f"unsupported message type {m.type!r}")
+
+
 def _ai_message(text: str) -> AIMessage:
-    prose, calls = split_text_and_calls(text)
+    """A reply's text as LangChain's message: the visible text (no call markup, as the server's
+    ``content``), the calls, and the calls that could not be parsed."""
+    _, calls = split_text_and_calls(text)
     good = [c for c in calls if not isinstance(c, MalformedToolCall)]
     bad = [c for c in calls if isinstance(c, MalformedToolCall)]
     return AIMessage(
-        content=prose if calls else text,
+        content=visible_text(text),
         tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in good],
         invalid_tool_calls=[
             {"type": "invalid_tool_call", "name": c.name, "args": c.raw, "id": None, "error": c.reason} for c in bad
         ],
     )
+
+
+def _usage(reply: Reply) -> dict[str, Any]:
+    """LangChain's usage: input tokens count the whole history, the part the session already held
+    (``cache_read``) included, as OpenAI's prompt tokens do."""
+    n_in, n_out = reply.prompt_tokens, reply.completion_tokens
+    return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out,
+            "input_token_details": {"cache_read": reply.cached_tokens}}
 
 
 class _StreamAbandoned(Exception):

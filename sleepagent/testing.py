@@ -3,7 +3,8 @@
 An untrained model will not emit tool calls, so tests and examples script *what text* the model
 emits, while every token of it still goes through the real model: each emitted token is a real
 decode step on the session's real state, and every sleep pass is the real consolidation. Only the
-choice of the next token is replaced.
+choice of the next token is replaced. The doubles are :class:`~sleepagent.runtime.TurnModel`s, as
+a trained model is, so the Agent runs them through the same loop.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .model import SleepHybridConfig, SleepModel
+from .runtime.constraints import ToolCallConstraint
+from .runtime.generate import Script, TokenPicker
+from .runtime.models import TurnInfo, TurnModel
 from .tools import render_tool_call
 
 if TYPE_CHECKING:
-    from .agent import TurnInfo
     from .messages import Message
 
 __all__ = ["FunctionModel", "TestModel", "tiny_model", "tool_call"]
@@ -29,11 +34,12 @@ def tiny_model(seed: int = 0, **overrides: Any) -> SleepModel:
     return SleepModel.from_config(SleepHybridConfig(**{**TINY, **overrides}), seed=seed, name="tiny")
 
 
-class FunctionModel:
+class FunctionModel(TurnModel):
     """A model whose turns are written by ``function(messages, info) -> str`` (sync or async).
 
-    ``base`` is the real model whose compute runs (default: :func:`tiny_model`, or the engine's
-    model when the agent is given an engine).
+    ``base`` is the real model whose compute runs (default: the engine's model when the agent is
+    given an engine, else :func:`tiny_model`). A scripted turn longer than the agent's
+    ``max_tokens`` is cut there, as a generated one would be.
     """
 
     def __init__(
@@ -44,6 +50,13 @@ class FunctionModel:
         self.function = function
         self.base = base
 
+    @property
+    def weights(self) -> SleepModel | None:
+        return self.base
+
+    def default_weights(self) -> SleepModel:
+        return tiny_model()  # a scripted model still needs real weights to run
+
     async def respond(self, messages: list[Message], info: TurnInfo) -> str:
         out = self.function(messages, info)
         if inspect.isawaitable(out):
@@ -51,6 +64,12 @@ class FunctionModel:
         if not isinstance(out, str):
             raise TypeError(f"a FunctionModel's function must return str, got {type(out).__name__}")
         return out
+
+    async def picker(self, history: list[Message], info: TurnInfo, *, tokenizer: Any, max_tokens: int,
+                     temperature: float, generator: torch.Generator,
+                     constraint: ToolCallConstraint | None) -> TokenPicker:
+        text = await self.respond(history, info)
+        return Script(tokenizer.encode(text)[:max_tokens], tokenizer.end_id)
 
 
 class TestModel(FunctionModel):

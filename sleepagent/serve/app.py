@@ -1,10 +1,13 @@
 """``sleepagent serve``: an OpenAI-compatible HTTP server over one :class:`~sleepagent.Engine`.
 
-The HTTP layer only translates: OpenAI messages to the runtime's turns and back, errors to status
-codes. Sessions, sleep and memory policies stay in the engine, agent and store modules. A reply
-that ends in tool calls, or a final answer, pauses the session (the client is busy running the
-tool, or the user is reading), which is when its window is consolidated: the next request finds
-a fresh window and nobody waited for the sleep.
+The HTTP layer only translates, as vLLM's OpenAI layer turns a request into sampling parameters
+and calls its engine: OpenAI messages to the runtime's turns, the request's settings to
+:class:`~sleepagent.runtime.GenerationParams`, the runtime's :class:`~sleepagent.runtime.Reply` back
+to OpenAI's shape and its typed errors to status codes (:func:`api_error`). Sessions, the token
+loop, sleep and memory policies live in the runtime core (:mod:`sleepagent.runtime`); this module
+never steps a token. A reply that ends in tool calls, or a final answer, pauses the session (the
+client is busy running the tool, or the user is reading), which is when its window is
+consolidated: the next request finds a fresh window and nobody waited for the sleep.
 
 Endpoints: ``POST /v1/chat/completions`` (plain and SSE streaming), ``GET /v1/models``,
 ``GET /health``, ``GET /metrics`` (Prometheus). Every request is bounded: its size, its prompt
@@ -20,7 +23,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +31,23 @@ from fastapi import FastAPI, Request  # the serve extra; FastAPI resolves these 
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..agent import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
-from ..decoding import ToolCallConstraint, generate_turn, normalize_tool_choice, visible_text
 from ..engine import Engine
-from ..errors import ConfigError, SleepAgentError
+from ..errors import (
+    ConfigError,
+    FingerprintMismatch,
+    InputTooLarge,
+    RequestError,
+    SessionConflict,
+    SessionNotFound,
+    SessionsFull,
+    SleepAgentError,
+)
 from ..model import SleepModel
 from ..policy import MemoryPolicy, SleepPolicy
-from ..tools import MalformedToolCall, split_text_and_calls
-from .protocol import ApiError, ChatRequest, chat_response, chunk, new_id, usage
-from .sessions import ServerSession, SessionRegistry, turn_of
+from ..runtime import ChatRuntime, ChatTurn, GenerationParams, PreparedTurn, Reply, normalize_tool_choice, open_store
+from .protocol import ApiError, ChatMessage, ChatRequest, chat_response, chunk, new_id, text_of, usage
 
-__all__ = ["ServeConfig", "create_app", "load_api_keys"]
+__all__ = ["ServeConfig", "create_app", "load_api_keys", "api_error", "turn_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +112,47 @@ def authenticate(cfg: ServeConfig, authorization: str | None) -> str:
                    code="invalid_api_key")
 
 
+def turn_of(m: ChatMessage) -> ChatTurn:
+    """A client's message as the runtime renders it (developer messages are system messages)."""
+    role = "system" if m.role == "developer" else m.role
+    calls, ids = [], []
+    for c in m.tool_calls or []:
+        args = c.function.arguments
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                raise ApiError(400, f"tool call {c.function.name!r} has arguments that are not JSON",
+                               param="messages") from None
+        if not isinstance(args, dict):
+            raise ApiError(400, f"tool call {c.function.name!r}: arguments must be a JSON object", param="messages")
+        calls.append((c.function.name, args))
+        ids.append(c.id)
+    return ChatTurn(role, text_of(m.content), tuple(calls), call_ids=tuple(ids), call_id=m.tool_call_id)
+
+
+def api_error(e: SleepAgentError) -> ApiError:
+    """The runtime's typed errors as OpenAI errors: one table, for the single server and every
+    Ray Serve replica alike."""
+    if isinstance(e, InputTooLarge):
+        return ApiError(413, str(e), code="prompt_too_long", param="messages")
+    if isinstance(e, RequestError):
+        return ApiError(400, str(e), param=e.param)
+    if isinstance(e, SessionNotFound):
+        return ApiError(404, str(e), code="session_not_found", param="session_id")
+    if isinstance(e, FingerprintMismatch):
+        return ApiError(409, "the session was made by another model", code="fingerprint_mismatch")
+    if isinstance(e, SessionConflict):
+        return ApiError(409, str(e), code="session_changed")
+    if isinstance(e, SessionsFull):
+        return ApiError(429, f"the server holds {e}", type="rate_limit_error", code="too_many_sessions")
+    if isinstance(e, ValueError):
+        return ApiError(400, str(e))
+    return ApiError(500, str(e), type="server_error")
+
+
 class _Server:
-    """State of one running server: engine, sessions, counters."""
+    """State of one running server: the runtime over one engine, and counters."""
 
     @staticmethod
     def check(cfg: ServeConfig) -> None:
@@ -118,21 +165,22 @@ class _Server:
         for tenant in cfg.api_keys.values():
             check_name(tenant, "tenant")
 
-    def __init__(self, cfg: ServeConfig) -> None:
-        from ..agent import _open_store
-
+    def __init__(self, cfg: ServeConfig, *, claimant: str | None = None, checkpoint_turns: bool = False) -> None:
         self.check(cfg)
         self.cfg = cfg
         sm = cfg.model if isinstance(cfg.model, SleepModel) else SleepModel.from_pretrained(cfg.model)
         self.model_name = cfg.model_name or sm.name
         self.engine = Engine(sm)
-        self.store = _open_store(cfg.store)
+        self.store = open_store(cfg.store)
         sleep = SleepPolicy(loops=cfg.loops or sm.config.sleep_loops, on_wake=cfg.on_wake,
                             min_fill=float(sm.train_config.get("min_fill", 0.5)))
         memory = MemoryPolicy(retention="persistent" if self.store is not None else "ephemeral", ttl=cfg.ttl,
                               persist_window=cfg.persist_window)
-        self.sessions = SessionRegistry(self.engine, store=self.store, memory=memory, sleep=sleep,
-                                        idle_release_s=cfg.idle_release_s, max_sessions=cfg.max_sessions)
+        self.runtime = ChatRuntime(self.engine, store=self.store, memory=memory, sleep=sleep,
+                                   idle_release_s=cfg.idle_release_s, max_sessions=cfg.max_sessions,
+                                   max_prompt_tokens=cfg.max_prompt_tokens, checkpoint_turns=checkpoint_turns,
+                                   claimant=claimant)
+        self.sessions = self.runtime.sessions
         self.in_flight = 0
         self.counters = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "errors": 0}
         self.statuses: dict[str, int] = {}
@@ -142,115 +190,56 @@ class _Server:
 
     # --- one request ---------------------------------------------------------------------------
 
-    async def prepare(self, req: ChatRequest, tenant: str, header_session: str | None, create: bool = False) -> _Job:
-        """Everything that can fail before a reply is written (unknown model or session, bad tool
-        choice, too many tokens), so that it fails with its own status, streaming or not."""
+    async def prepare(self, req: ChatRequest, tenant: str, header_session: str | None,
+                      create: bool = False) -> PreparedTurn:
+        """Translate the request and let the runtime prepare it: everything that can fail before
+        a reply is written fails here, with its own status, streaming or not."""
         if req.model != self.model_name:
             raise ApiError(404, f"model {req.model!r} is not served here (this server serves {self.model_name!r})",
                            code="model_not_found", param="model")
         turns = [turn_of(m) for m in req.messages]
         specs = [t.model_dump(mode="json", exclude_none=True) for t in req.tools or []]
-        names = [t.function.name for t in req.tools or []]
         try:
-            choice = normalize_tool_choice(req.tool_choice, names)
+            choice = normalize_tool_choice(req.tool_choice, [t.function.name for t in req.tools or []])
         except ConfigError as e:
             raise ApiError(400, str(e), param="tool_choice") from None
-        s, new, status = await self.sessions.find(tenant, turns, header_session or req.session_id, create=create)
-        try:
-            return self._job(req, s, new, status, specs, names, choice)
-        except BaseException:
-            s.reserved_until = 0.0  # the request failed before it ran: the session is free again
-            raise
-
-    def _job(self, req: ChatRequest, s: ServerSession, new: list[ChatTurn], status: str, specs, names, choice) -> _Job:
-        if not new:
-            raise ApiError(400, "the request has no message the session has not read", param="messages")
-        sm, es = self.engine.model, s.engine_session
-        first = s.messages_read == 0 and not es.meta.get("system_read")
-        segments = render_turns(sm.tokenizer, new, specs, first=first,
-                                system_prompt=sm.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT,
-                                allows=self.sessions.memory.allows_consolidation)
-        prompt = sum(len(ids) for ids, _ in segments)
-        if prompt > self.cfg.max_prompt_tokens:
-            raise ApiError(413, f"the request's new messages are {prompt} tokens; this server reads at most "
-                                f"{self.cfg.max_prompt_tokens} per request", code="prompt_too_long", param="messages")
         limit = req.max_completion_tokens or req.max_tokens or self.cfg.max_completion_tokens
         if limit > self.cfg.max_completion_tokens:
             raise ApiError(413, f"max_tokens={limit} is over this server's {self.cfg.max_completion_tokens}",
                            code="max_tokens_too_large", param="max_tokens")
-        constraint = ToolCallConstraint.for_tokenizer(sm.tokenizer, names, choice)
-        return _Job(req, s, new, status, segments, prompt, limit, constraint, s.messages_read)
-
-    async def run(self, job: _Job, emit=None) -> dict[str, Any]:
-        """Read the job's messages into its session and write one reply (``emit(delta)`` streams
-        the visible text as it is written); returns the parts of the response."""
-        s = job.session
-        async with s.gate:
-            s.busy = True
-            try:
-                if s.messages_read != job.read_before or s.dirty:
-                    raise ApiError(409, f"session {s.id!r} changed while this request waited; resend it",
-                                   code="session_changed")
-                return await self._reply(job, emit)
-            finally:
-                s.busy = False
-                s.reserved_until = 0.0
-                s.last_used = time.monotonic()
-
-    async def _reply(self, job: _Job, emit) -> dict[str, Any]:
-        req, s = job.req, job.session
-        engine, es, tok = self.engine, s.engine_session, self.engine.model.tokenizer
-        cached = es.state.tokens_seen
-        for ids, flag in job.segments:
-            engine.append(es, ids, flag)
-        es.meta["system_read"] = True
+        params = GenerationParams(max_tokens=limit, temperature=req.temperature or 0.0,
+                                  seed=req.seed if req.seed is not None else 0, stop=tuple(req.stop),
+                                  tool_choice=choice)
         try:
-            logits = await engine.flush(es)
-        except BaseException:
-            # cancelled (the client left) or failed mid-read: the next request starts it over
-            s.dirty = True
-            raise
-        self.sessions.record(s, job.new)
+            return await self.runtime.prepare(tenant, turns, tools=specs, params=params,
+                                              session_id=header_session or req.session_id, create=create)
+        except SleepAgentError as e:
+            raise api_error(e) from None
+
+    async def run(self, job: PreparedTurn, emit=None) -> dict[str, Any]:
+        """Run a prepared request (``emit(delta)`` streams the visible text as it is written);
+        returns the parts of the response."""
         try:
-            text, n_out, finish = await generate_turn(
-                engine, es, logits, max_tokens=job.limit, temperature=req.temperature or 0.0,
-                seed=req.seed if req.seed is not None else 0, stop=req.stop, constraint=job.constraint, on_text=emit)
-        except BaseException:
-            s.dirty = True
-            raise
-        finally:
-            engine.append(es, tok.close_turn())  # read with the next request's flush
-        _, calls = split_text_and_calls(text)
-        good = [c for c in calls if not isinstance(c, MalformedToolCall)]
-        content = visible_text(text)
-        self.sessions.record(s, [ChatTurn("assistant", content, tuple((c.name, c.arguments) for c in good))])
-        if self.sessions.checkpoint_turns:  # before the sleep starts: another engine may take over
-            await self.sessions.checkpoint(s)
-        engine.pause(es)  # the client runs its tools, or the user reads: sleep now
-        self.counters["prompt_tokens"] += job.prompt
-        self.counters["completion_tokens"] += n_out
-        session = {"id": s.id, "status": job.status, "prompt_tokens_cached": cached}
-        if job.status == "resumed" and s.resume is not None:  # what the snapshot could not hold
-            session["lost_tokens"] = dict(s.resume.lost)
-            session["snapshot"] = s.resume.snapshot_id
-        return {"content": content if content or not good else None, "calls": good,
-                "finish": "tool_calls" if good else finish, "usage": usage(job.prompt, n_out, cached),
+            reply = await self.runtime.run(job, on_text=emit)
+        except SleepAgentError as e:
+            raise api_error(e) from None
+        self.counters["prompt_tokens"] += reply.prompt_tokens - reply.cached_tokens
+        self.counters["completion_tokens"] += reply.completion_tokens
+        return self.parts(reply)
+
+    @staticmethod
+    def parts(reply: Reply) -> dict[str, Any]:
+        """A reply as the pieces of an OpenAI response (plain or streamed)."""
+        session: dict[str, Any] = {"id": reply.session.id, "status": reply.status,
+                                   "prompt_tokens_cached": reply.cached_tokens}
+        if reply.resume is not None:  # what the snapshot could not hold
+            session["lost_tokens"] = dict(reply.resume.lost)
+            session["snapshot"] = reply.resume.snapshot_id
+        content = reply.content
+        return {"content": content if content or not reply.calls else None, "calls": reply.calls,
+                "finish": reply.finish, "usage": usage(reply.prompt_tokens, reply.completion_tokens,
+                                                       reply.cached_tokens),
                 "session": session}
-
-
-@dataclass
-class _Job:
-    """A validated request, ready to run in its session."""
-
-    req: ChatRequest
-    session: ServerSession
-    new: list[ChatTurn]
-    status: str
-    segments: list[tuple[list[int], bool]]
-    prompt: int
-    limit: int
-    constraint: ToolCallConstraint | None
-    read_before: int
 
 
 def create_app(cfg: ServeConfig):
@@ -266,7 +255,7 @@ def create_app(cfg: ServeConfig):
             tg.start_soon(_sweeper, server)
             yield
             tg.cancel_scope.cancel()
-        await server.sessions.close()
+        await server.runtime.close()
         server.engine.close()
 
     app = FastAPI(title="sleepagent", lifespan=lifespan)
@@ -282,8 +271,7 @@ def create_app(cfg: ServeConfig):
 
     @app.exception_handler(SleepAgentError)
     async def runtime_error(request: Request, e: SleepAgentError):
-        status = 400 if isinstance(e, ValueError) else 500
-        return error(ApiError(status, str(e), type="invalid_request_error" if status == 400 else "server_error"))
+        return error(api_error(e))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception):
@@ -329,7 +317,7 @@ def create_app(cfg: ServeConfig):
         rid = new_id()
         headers = {"x-session-id": job.session.id, "x-session-status": job.status}
         if req.stream:
-            return StreamingResponse(_stream(server, job, rid), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(_stream(server, job, req, rid), media_type="text/event-stream", headers=headers)
         server.in_flight += 1
         try:
             parts = await _until_disconnect(request, server.run(job))
@@ -368,11 +356,11 @@ async def _until_disconnect(request, coro):
     return result["value"]
 
 
-async def _stream(server: _Server, job: _Job, rid: str) -> AsyncIterator[bytes]:
+async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str) -> AsyncIterator[bytes]:
     """Server-sent events: a role chunk, content deltas as they are written, tool calls, the
     finish reason, and (``stream_options.include_usage``) a last chunk with the usage."""
     send, recv = anyio.create_memory_object_stream[Any](max_buffer_size=1_000_000)
-    model, req = server.model_name, job.req
+    model = server.model_name
 
     def line(obj: Any) -> bytes:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
@@ -384,7 +372,7 @@ async def _stream(server: _Server, job: _Job, rid: str) -> AsyncIterator[bytes]:
         except ApiError as e:
             send.send_nowait(("error", e))
         except SleepAgentError as e:
-            send.send_nowait(("error", ApiError(500, str(e), type="server_error")))
+            send.send_nowait(("error", api_error(e)))
         finally:
             send.close()
 
@@ -421,7 +409,7 @@ async def _sweeper(server: _Server) -> None:
     while True:
         await anyio.sleep(period)
         try:
-            await server.sessions.release_idle()
+            await server.runtime.release_idle()
         except Exception:  # a failing store must not stop the server: log and keep serving
             logger.exception("releasing idle sessions failed")
 

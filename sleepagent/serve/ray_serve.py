@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from ray import serve
 
 from ..errors import SleepAgentError
-from .app import ServeConfig, _Server, _stream, authenticate
+from .app import ServeConfig, _Server, _stream, api_error, authenticate
 from .protocol import ApiError, ChatRequest, chat_response, new_id
 
 __all__ = ["build_app", "app_builder", "EngineReplica", "Router"]
@@ -55,10 +55,9 @@ class EngineReplica:
         import torch
 
         torch.set_num_threads(int(os.environ.get("SLEEPAGENT_REPLICA_THREADS", "1")))
-        self.server = _Server(ServeConfig(**cfg))
-        # the replica's Ray id: a session's responses name it, and it names the replica's actor
-        self.server.sessions.claimant = self.replica = serve.get_replica_context().replica_id.unique_id
-        self.server.sessions.checkpoint_turns = True
+        # the replica's Ray id: a session's responses name it, and it names the replica's claims
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.server = _Server(ServeConfig(**cfg), claimant=self.replica, checkpoint_turns=True)
 
     @serve.multiplexed(max_num_models_per_replica=1024)
     async def _hold(self, key: str) -> str:
@@ -69,12 +68,13 @@ class EngineReplica:
     async def chat(self, body: bytes, tenant: str, session_id: str, created: bool) -> dict[str, Any]:
         await self._hold(serve.get_multiplexed_model_id())
         try:
-            job = await self._job(body, tenant, session_id, created)
+            _, job = await self._job(body, tenant, session_id, created)
             parts = await self.server.run(job)
         except ApiError as e:
             return {"error": e.body(), "status": e.status}
         except SleepAgentError as e:
-            return {"error": ApiError(500, str(e), type="server_error").body(), "status": 500}
+            err = api_error(e)
+            return {"error": err.body(), "status": err.status}
         body_out = chat_response(new_id(), self.server.model_name, parts["content"], parts["calls"], parts["finish"],
                                  parts["usage"], {**parts["session"], "replica": self.replica})
         return {"body": body_out, "status": 200}
@@ -82,11 +82,11 @@ class EngineReplica:
     async def chat_stream(self, body: bytes, tenant: str, session_id: str, created: bool):
         await self._hold(serve.get_multiplexed_model_id())
         try:
-            job = await self._job(body, tenant, session_id, created)
+            req, job = await self._job(body, tenant, session_id, created)
         except ApiError as e:
             yield f"data: {json.dumps(e.body())}\n\n".encode()
             return
-        async for piece in _stream(self.server, job, new_id()):
+        async for piece in _stream(self.server, job, req, new_id()):
             yield piece
 
     async def _job(self, body: bytes, tenant: str, session_id: str, created: bool):
@@ -95,7 +95,7 @@ class EngineReplica:
         except ValidationError as e:
             err = e.errors()[0]
             raise ApiError(400, f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-        return await self.server.prepare(req, tenant, session_id, create=created)
+        return req, await self.server.prepare(req, tenant, session_id, create=created)
 
     async def stats(self) -> dict[str, Any]:
         return {"replica": self.replica, "sessions": sorted(f"{t}/{s}" for t, s in self.server.sessions.live)}

@@ -38,7 +38,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..agent import render_system_turn, render_tool_prompt
+from ..runtime.render import render_system_turn, render_tool_prompt
 from ..tokenizer import ByteTokenizer
 from ..tools import DocumentReader, ToolRegistry, render_tool_call
 from ..tools.calls import ToolResult

@@ -33,7 +33,7 @@ class TestChatSleepModelIntegration(ChatSleepModelCapabilities, ChatModelIntegra
 
     @property
     def has_tool_choice(self) -> bool:
-        return True  # enforced by constrained decoding (sleepagent.decoding)
+        return True  # enforced by constrained decoding (sleepagent.runtime.constraints)
 
     @property
     def supports_model_override(self) -> bool:

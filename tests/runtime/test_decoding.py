@@ -7,7 +7,7 @@ import torch
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool as lc_tool
 
-from sleepagent.decoding import ToolCallConstraint, normalize_tool_choice
+from sleepagent.runtime import ToolCallConstraint, normalize_tool_choice
 from sleepagent.errors import ConfigError
 from sleepagent.tokenizer import ByteTokenizer
 

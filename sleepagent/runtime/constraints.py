@@ -1,4 +1,4 @@
-"""Constrained decoding of tool calls: a call names a tool that exists.
+"""Constrained decoding of tool calls: a call names a tool that exists; and what of a turn a client sees.
 
 A byte-level model spells a tool's name one byte at a time, often long after the system prompt
 that listed the tools left its attention window; one wrong byte makes the call unusable. As
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-__all__ = ["ToolCallConstraint", "normalize_tool_choice"]
+__all__ = ["ToolCallConstraint", "normalize_tool_choice", "visible_text"]
 
 
 def normalize_tool_choice(choice: object, tool_names: Sequence[str]) -> str:
@@ -117,60 +117,3 @@ def visible_text(text: str) -> str:
         if end == -1:
             return "".join(out)
         pos = end + len("</tool_call>")
-
-
-async def generate_turn(
-    engine,
-    session,
-    logits: torch.Tensor,
-    *,
-    max_tokens: int,
-    temperature: float = 0.0,
-    seed: int = 0,
-    stop: Sequence[str] = (),
-    constraint: ToolCallConstraint | None = None,
-    on_text=None,
-) -> tuple[str, int, str]:
-    """Decode one assistant turn on ``engine`` from ``logits`` (after the generation prompt);
-    every emitted token goes through a real decode step. Returns ``(text, tokens, finish)``,
-    finish "stop" (end of turn or a stop string) or "length".
-
-    ``on_text(delta)`` receives the visible text (:func:`visible_text`) as it grows, held back by
-    the longest stop string so a stop string is never half sent. The caller closes the turn
-    (reads ``tokenizer.close_turn()``) afterwards.
-    """
-    tok = engine.model.tokenizer
-    rng = torch.Generator().manual_seed(int(seed))
-    emitted: list[int] = []
-    text, sent, finish = "", 0, "length"
-    stops = [s for s in stop if s]
-    hold = max((len(s) for s in stops), default=1) - 1
-    for _ in range(max_tokens):
-        if constraint is not None:
-            logits = constraint.apply(logits, emitted)
-        if temperature > 0:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            nxt = int(torch.multinomial(probs, 1, generator=rng))
-        else:
-            nxt = int(torch.argmax(logits))
-        if nxt in (tok.end_id, tok.eos_id):
-            finish = "stop"
-            break
-        logits = await engine.decode(session, nxt)
-        emitted.append(nxt)
-        text = tok.decode(emitted)
-        cut = min((text.find(s) for s in stops if s in text), default=-1)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
-            break
-        if on_text is not None:
-            shown = visible_text(text.rstrip("\ufffd"))  # a cut multi-byte character waits
-            ready = len(shown) - hold
-            if ready > sent:
-                on_text(shown[sent:ready])
-                sent = ready
-    if on_text is not None:
-        shown = visible_text(text)
-        if len(shown) > sent:
-            on_text(shown[sent:])
-    return text, len(emitted), finish

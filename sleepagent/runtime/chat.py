@@ -1,0 +1,195 @@
+"""Chat completion over the runtime: a client's history in, one assistant reply out.
+
+The HTTP server and the LangChain wrapper are thin doors over :class:`ChatRuntime`: they turn
+their protocol's request into :class:`~sleepagent.runtime.render.ChatTurn` messages, tool specs
+and :class:`~sleepagent.runtime.generate.GenerationParams`, and turn the :class:`Reply` back into
+their protocol. Everything about a turn happens here: which session the history continues
+(:class:`~sleepagent.runtime.sessions.SessionTable`), what it still has to read, the memory
+policy on every message, the one token loop, usage, and the pause that lets the session sleep
+while the client runs its tools or its user reads.
+
+A request is prepared first (:meth:`ChatRuntime.prepare`: everything that can fail before a reply
+is written, so that it fails with its own error, streaming or not) and then run
+(:meth:`ChatRuntime.run`), one request at a time per session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..engine import Engine
+from ..errors import InputTooLarge, RequestError, SessionConflict
+from ..policy import MemoryPolicy, SleepPolicy
+from ..tools import MalformedToolCall, ToolCall, split_text_and_calls
+from .constraints import ToolCallConstraint
+from .generate import GenerationParams, Sampler, TurnText, generate_turn
+from .persistence import Persistence, ResumeInfo, SessionStore
+from .render import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
+from .sessions import ChatSession, SessionTable
+
+__all__ = ["ChatRuntime", "PreparedTurn", "Reply"]
+
+
+@dataclass
+class PreparedTurn:
+    """A validated request, ready to run in its session."""
+
+    session: ChatSession
+    new: list[ChatTurn]
+    status: str  # "new" | "reused" | "resumed"
+    segments: list[tuple[list[int], bool]]
+    new_tokens: int
+    params: GenerationParams
+    constraint: ToolCallConstraint | None
+    read_before: int
+
+
+@dataclass
+class Reply:
+    """One assistant reply and what it cost.
+
+    ``prompt_tokens`` counts every token of the request's history, the part the session already
+    held (``cached_tokens``) included, as OpenAI counts them; the session read only the rest.
+    """
+
+    turn: TurnText
+    calls: list[ToolCall]
+    malformed: list[MalformedToolCall]
+    prompt_tokens: int
+    cached_tokens: int
+    session: ChatSession
+    status: str
+    resume: ResumeInfo | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content(self) -> str:
+        return self.turn.content
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.turn.tokens
+
+    @property
+    def finish(self) -> str:
+        return "tool_calls" if self.calls else self.turn.finish
+
+
+class ChatRuntime:
+    """One engine's conversations: sessions, persistence, rendering and the token loop.
+
+    ``max_prompt_tokens``: the most new tokens one request may read (None: no cap).
+    ``checkpoint_turns``: snapshot after every reply (several engines share the store, so that
+    another can take a session over mid-way)."""
+
+    def __init__(self, engine: Engine, *, store: SessionStore | None = None, memory: MemoryPolicy | None = None,
+                 sleep: SleepPolicy | None = None, idle_release_s: float = 300.0, max_sessions: int | None = 1024,
+                 system_prompt: str | None = None, max_prompt_tokens: int | None = None,
+                 checkpoint_turns: bool = False, claimant: str | None = None) -> None:
+        self.engine = engine
+        self.model = engine.model
+        self.memory = memory or MemoryPolicy(retention="persistent" if store is not None else "ephemeral")
+        self.persistence = Persistence(engine, store, self.memory)
+        self.sessions = SessionTable(engine, self.persistence, sleep=sleep, idle_release_s=idle_release_s,
+                                     max_sessions=max_sessions, claimant=claimant)
+        self.system_prompt = system_prompt or self.model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
+        self.max_prompt_tokens = max_prompt_tokens
+        self.checkpoint_turns = checkpoint_turns
+
+    @property
+    def gate(self) -> Callable[[str], bool] | None:
+        """The memory policy's check on a turn's whole text, or None when it excludes nothing."""
+        return self.memory.allows_consolidation if self.memory.never_consolidate else None
+
+    # --- one request ---------------------------------------------------------------------------
+
+    async def prepare(self, tenant: str, turns: list[ChatTurn], *, tools: list[dict[str, Any]],
+                      params: GenerationParams, session_id: str | None = None,
+                      create: bool = False) -> PreparedTurn:
+        """Find the history's session and render what it still has to read; raises (typed, from
+        :mod:`sleepagent.errors`) whatever makes the request unservable."""
+        names = [t["function"]["name"] for t in tools]
+        s, new, status = await self.sessions.find(tenant, turns, session_id, create=create)
+        try:
+            if not new:
+                raise RequestError("the request has no message the session has not read", param="messages")
+            tok = self.model.tokenizer
+            segments = render_turns(tok, new, tools, first=not s.meta.system_read, system_prompt=self.system_prompt,
+                                    allows=self.memory.allows_consolidation)
+            n_new = sum(len(ids) for ids, _ in segments)
+            if self.max_prompt_tokens is not None and n_new > self.max_prompt_tokens:
+                raise InputTooLarge(f"the request's new messages are {n_new} tokens; this server reads at most "
+                                    f"{self.max_prompt_tokens} per request", tokens=n_new, limit=self.max_prompt_tokens)
+            constraint = ToolCallConstraint.for_tokenizer(tok, names, params.tool_choice)
+            return PreparedTurn(s, new, status, segments, n_new, params, constraint, s.messages_read)
+        except BaseException:
+            s.reserved_until = 0.0  # the request failed before it ran: the session is free again
+            raise
+
+    async def run(self, job: PreparedTurn, *, on_text: Callable[[str], None] | None = None,
+                  on_token: Callable[[str], None] | None = None) -> Reply:
+        """Read the job's messages into its session and write one reply."""
+        s = job.session
+        async with s.gate:
+            s.busy = True
+            try:
+                if s.messages_read != job.read_before or s.dirty:
+                    raise SessionConflict(f"session {s.id!r} changed while this request waited; resend it")
+                return await self._reply(job, on_text, on_token)
+            finally:
+                s.busy = False
+                s.reserved_until = 0.0
+                s.last_used = time.monotonic()
+
+    async def reply(self, tenant: str, turns: list[ChatTurn], *, tools: list[dict[str, Any]],
+                    params: GenerationParams, session_id: str | None = None, create: bool = False,
+                    on_text: Callable[[str], None] | None = None,
+                    on_token: Callable[[str], None] | None = None) -> Reply:
+        """:meth:`prepare` then :meth:`run`."""
+        job = await self.prepare(tenant, turns, tools=tools, params=params, session_id=session_id, create=create)
+        return await self.run(job, on_text=on_text, on_token=on_token)
+
+    async def _reply(self, job: PreparedTurn, on_text, on_token) -> Reply:
+        s, engine = job.session, self.engine
+        es = s.engine_session
+        cached = es.state.tokens_seen + sum(len(ids) for ids, _ in es.unread())
+        for ids, flag in job.segments:
+            engine.append(es, ids, flag)
+        s.meta.system_read = True
+        try:
+            logits = await engine.flush(es)
+        except BaseException:
+            s.dirty = True  # cancelled (the client left) or failed mid-read: the next request starts over
+            raise
+        self.sessions.record(s, job.new)
+        params = job.params
+        picker = Sampler(params.temperature, torch.Generator().manual_seed(params.seed), job.constraint)
+        try:
+            turn = await generate_turn(engine, es, logits, picker=picker, max_tokens=params.max_tokens,
+                                       stop=params.stop, gate=self.gate, on_token=on_token, on_text=on_text)
+        except BaseException:
+            s.dirty = True
+            raise
+        _, parsed = split_text_and_calls(turn.text)
+        calls = [c for c in parsed if isinstance(c, ToolCall)]
+        malformed = [c for c in parsed if isinstance(c, MalformedToolCall)]
+        self.sessions.record(s, [ChatTurn("assistant", turn.content, tuple((c.name, c.arguments) for c in calls))])
+        if self.checkpoint_turns:  # before the sleep starts: another engine may take over
+            await self.persistence.checkpoint(es, s.tenant, s.meta)
+        engine.pause(es)  # the client runs its tools, or the user reads: sleep now
+        return Reply(turn=turn, calls=calls, malformed=malformed, prompt_tokens=cached + job.new_tokens,
+                     cached_tokens=cached, session=s, status=job.status,
+                     resume=s.resume if job.status == "resumed" else None)
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    async def release_idle(self) -> int:
+        return await self.sessions.release_idle()
+
+    async def close(self) -> None:
+        await self.sessions.close_all()
