@@ -131,22 +131,41 @@ LIMITS_LADDER: tuple[Limits, ...] = (
 
 
 # ------------------------------------------------------------------------------------------ bounding
-def bound_schema(schema: Mapping[str, Any] | bool, limits: Limits = Limits()) -> dict[str, Any] | bool:
+def bound_schema(schema: Mapping[str, Any] | bool, limits: Limits = Limits(), *,
+                 avoid: str | None = None) -> dict[str, Any] | bool:
     """A schema whose every value is also valid against ``schema`` and whose serialisations are
     finite (see the module docstring): local ``$ref`` inlined (recursion cut at ``limits.depth``,
     where the reference becomes ``false``), annotations dropped, ``type`` lists split into
-    ``anyOf``, and the caps of ``limits`` applied. Raises :class:`ConfigError` on a remote
-    ``$ref`` or an ``allOf`` it cannot merge."""
+    ``anyOf``, and the caps of ``limits`` applied. ``avoid``: a word no string may contain (a tool
+    call's arguments must not spell the tag that ends the call). Raises :class:`ConfigError` on a
+    remote ``$ref``."""
     if isinstance(schema, bool):
-        return schema if schema is False else _any_value(limits, limits.depth)
+        return schema if schema is False else _any_value(limits, limits.depth, avoid)
     if not isinstance(schema, Mapping):
         raise ConfigError(f"a JSON schema is an object or a boolean, got {type(schema).__name__}", field="schema")
-    return _Bounder(schema, limits).bound(schema, {})
+    return _Bounder(schema, limits, avoid).bound(schema, {})
+
+
+def _avoid_pattern(word: str) -> str:
+    """A regex matching exactly the strings that do not contain ``word`` (whose first character
+    occurs in it once), without lookarounds (the engine has none). From the word's automaton:
+    after its first character, a partial match either restarts (the first character again),
+    breaks off (any other character), or ends the string."""
+    import re
+
+    first, rest, e = word[0], word[1:], re.escape
+    if first in rest:
+        raise ValueError(f"{word!r}: its first character occurs again")
+    again = "|".join(e(rest[:j]) + e(first) for j in range(len(rest)))
+    off = "|".join(e(rest[:j]) + f"[^{e(rest[j])}{e(first)}]" for j in range(len(rest)))
+    end = "|".join(e(rest[:j]) for j in range(len(rest)))
+    return f"^(?:[^{e(first)}]|{e(first)}(?:{again})*(?:{off}))*(?:{e(first)}(?:{again})*(?:{end}))?$"
 
 
 class _Bounder:
-    def __init__(self, root: Mapping[str, Any], limits: Limits) -> None:
+    def __init__(self, root: Mapping[str, Any], limits: Limits, avoid: str | None = None) -> None:
         self.root, self.lim = root, limits
+        self.avoid = _avoid_pattern(avoid) if avoid else None
 
     def resolve(self, ref: str) -> Any:
         if not ref.startswith("#"):
@@ -163,7 +182,7 @@ class _Bounder:
     def bound(self, s: Any, seen: dict[str, int]) -> Any:
         lim = self.lim
         if s is True or s == {}:
-            return _any_value(lim, lim.depth)
+            return _any_value(lim, lim.depth, self.avoid)
         if s is False:
             return False
         s = {k: v for k, v in s.items() if k not in _ANNOTATIONS and k not in ("$defs", "definitions")}
@@ -204,7 +223,7 @@ class _Bounder:
             elif any(k in s for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")):
                 types = "number"
             else:
-                return _any_value(lim, lim.depth)
+                return _any_value(lim, lim.depth, self.avoid)
         if types == "string":
             return self._string(s)
         if types in ("integer", "number"):
@@ -232,6 +251,11 @@ class _Bounder:
             out["minLength"] = lo
         if "pattern" in s:
             out["pattern"] = s["pattern"]
+        if self.avoid:
+            if "pattern" not in out:
+                out["pattern"] = self.avoid
+            else:  # both patterns: the engine intersects them
+                return {"allOf": [out, {"type": "string", "pattern": self.avoid, "maxLength": out["maxLength"]}]}
         return out
 
     def _number(self, s: dict, kind: str) -> dict:
@@ -331,17 +355,20 @@ def _key_pattern(n: int) -> str:
     return f"^[A-Za-z_][A-Za-z0-9_]{{0,{max(0, n - 1)}}}$"
 
 
-def _any_value(lim: Limits, depth: int) -> dict:
+def _any_value(lim: Limits, depth: int, avoid: str | None = None) -> dict:
     """Any JSON value, bounded: scalars, and below ``depth`` arrays and maps of such values."""
     span = 10 ** lim.int_digits - 1
+    text: dict[str, Any] = {"type": "string", "maxLength": lim.string}
+    if avoid:
+        text["pattern"] = avoid
     branches: list[dict] = [
         {"type": "null"}, {"type": "boolean"},
         {"type": "number", "minimum": -span, "maximum": span,
          "multipleOf": 1 if lim.frac_digits == 0 else float(f"1e-{lim.frac_digits}")},
-        {"type": "string", "maxLength": lim.string},
+        text,
     ]
     if depth > 1:
-        inner = _any_value(lim, depth - 1)
+        inner = _any_value(lim, depth - 1, avoid)
         branches.append({"type": "array", "items": inner, "maxItems": lim.items})
         branches.append({"type": "object", "properties": {}, "patternProperties": {_key_pattern(lim.key): inner},
                          "additionalProperties": False, "maxProperties": lim.properties})
@@ -421,7 +448,7 @@ def _decimals(m: float) -> int | None:
         mant, exp = text.lower().split("e")
         frac = len(mant.split(".")[1].rstrip("0")) if "." in mant else 0
         return max(0, frac - int(exp))
-    whole, _, frac = text.partition(".")
+    frac = text.partition(".")[2]
     return len(frac.rstrip("0"))
 
 
@@ -786,7 +813,9 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     def size_of(lim: Limits):
         bounded, worst = {}, 0
         for name in chosen:
-            b = bound_schema(schemas[name], lim)
+            # no argument string may spell "tool_call>": the call would seem to end (or a new one to
+            # open) inside it, for the runtime's parser reads the tags from the decoded text
+            b = bound_schema(schemas[name], lim, avoid="tool_call>")
             if b is False:
                 raise ConfigError(f"tool {name!r}: its parameters accept no value", field="tools")
             bounded[name] = b
