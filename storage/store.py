@@ -21,8 +21,11 @@ Privacy, as the store enforces it:
     tenant can be named). The reader's own trail gets nothing in either case. The row is
     written by the same single INSERT in the read's own transaction, committed before the
     caller gets its :class:`SnapshotNotFound`: a crash cannot lose it, and the caller waits for
-    the same work either way. A number below 1 or above 2**63 - 1 (no snapshot can have it) and
-    a read of one's own expired snapshot are refused without an audit row.
+    the same work either way (the price: a refused read costs a commit, on SQLite a journal
+    sync, even for an id nobody owns). Each case takes one event id from the store-wide
+    sequence, so event ids do not tell them apart either. A number below 1 or above 2**63 - 1
+    (no snapshot can have it) and a read of one's own expired snapshot are refused without an
+    audit row.
   * Everything addressed by session id (:meth:`latest`, :meth:`restore_point`,
     :meth:`list_snapshots`, :meth:`get_session`, :meth:`save`, :meth:`erase`, :meth:`claim`,
     :meth:`owner_of`, :meth:`touch`) looks only in the caller's own namespace: another tenant's
@@ -33,6 +36,10 @@ Privacy, as the store enforces it:
   * Successful reads leave ``restore`` rows (with ``skip_corrupted`` for snapshots a resume
     passed over), writes ``open``, ``claim``, ``persist``, ``erase`` (the receipt) and ``purge``;
     every detail holds ids, counts, sizes and hashes, never message text.
+- **Logs carry ids, never text.** The store's own log lines name sessions, snapshot ids and
+  paths; SQLAlchemy's statement logging (on as soon as an application sets INFO or DEBUG) gets
+  no parameter values (``hide_parameters``), and payloads are read past its row logging, since a
+  persisted window's token ids are message text.
 - **Expired means deleted.** Every write (and :meth:`purge`, ``sleepagent snapshots purge``, and
   opening the store) deletes expired snapshots, and reclaims ``session``-retention sessions
   whose lease ran out (a process that crashed never closed them): the lease is renewed by every
