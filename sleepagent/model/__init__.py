@@ -1,7 +1,8 @@
 """The sleep-enabled hybrid LM: config, kernels, layers, wake/sleep model and its state."""
 
 from .config import SleepHybridConfig
-from .hybrid import LMOutput, SleepHybridLM, SleepJob
+from .algorithm1 import LMOutput, training_forward
+from .hybrid import SleepHybridLM, SleepJob
 from .ops import gated_delta_rule
 from .pretrained import SleepModel
 from .state import FastState, HybridState
@@ -11,6 +12,7 @@ __all__ = [
     "SleepHybridLM",
     "SleepJob",
     "LMOutput",
+    "training_forward",
     "FastState",
     "HybridState",
     "gated_delta_rule",

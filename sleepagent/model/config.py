@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 
-__all__ = ["SleepHybridConfig", "LayerType"]
+__all__ = ["SleepHybridConfig", "LayerType", "LEGACY_LOOPS_KEY"]
 
 LayerType = Literal["gdn", "attn"]
+# the name N had in config JSON before it was ``loops``: read, and kept in the fingerprinted form
+LEGACY_LOOPS_KEY = "sleep_loops"
 
 
 class SleepHybridConfig(BaseModel):
@@ -55,7 +57,7 @@ class SleepHybridConfig(BaseModel):
     window: int = Field(gt=0, description="W: max tokens in the attention KV window")
     evict: Literal["hard", "sliding"] = "hard"
     keep: int = Field(default=0, ge=0, description="tokens kept in the window after a sliding eviction")
-    sleep_loops: int = Field(default=1, ge=1, description="N: default consolidation passes")
+    loops: int = Field(default=1, ge=1, description="N: default consolidation passes")
     loop_layers: tuple[int, int] | None = Field(
         default=None, description="(start, stop) span of blocks looped during sleep; default all"
     )
@@ -73,6 +75,18 @@ class SleepHybridConfig(BaseModel):
                 loc = ".".join(str(p) for p in err["loc"]) or "config"
                 lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
             raise ConfigError("invalid SleepHybridConfig: " + "; ".join(lines), field=field) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        # Checkpoints written before N was called ``loops`` everywhere (the shipped ones, and
+        # runs still training) store it as "sleep_loops"; they load unchanged.
+        if isinstance(data, dict) and LEGACY_LOOPS_KEY in data:
+            data = dict(data)
+            old = data.pop(LEGACY_LOOPS_KEY)
+            if data.setdefault("loops", old) != old:
+                raise ValueError(f"loops={data['loops']} and {LEGACY_LOOPS_KEY}={old} disagree (one name for N)")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SleepHybridConfig:
@@ -143,6 +157,11 @@ class SleepHybridConfig(BaseModel):
         return 2 * self.gdn_heads * self.head_k_dim + self.v_heads * self.head_v_dim
 
     @property
+    def sleep_loops(self) -> int:
+        """The old name of :attr:`loops`, while callers outside the model move to it."""
+        return self.loops
+
+    @property
     def span(self) -> tuple[int, int]:
         """The looped block span, ``(0, n_layers)`` when the whole stack loops."""
         return self.loop_layers or (0, self.n_layers)
@@ -158,8 +177,16 @@ class SleepHybridConfig(BaseModel):
         return [i for i, t in enumerate(self.layer_types) if t == "attn"]
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys): the form hashed into the model fingerprint."""
+        """Canonical JSON (sorted keys): what ``config.json`` holds."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def fingerprint_json(self) -> str:
+        """The canonical JSON hashed into the model fingerprint: :meth:`to_json` with N under
+        its first key, ``"sleep_loops"``, so that renaming the field changed no fingerprint (the
+        shipped checkpoints' and every stored snapshot's stay valid)."""
+        data = self.model_dump(mode="json")
+        data[LEGACY_LOOPS_KEY] = data.pop("loops")
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> SleepHybridConfig:

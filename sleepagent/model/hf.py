@@ -8,14 +8,16 @@ transformers config. The adapter gives the engine the same wake/sleep interface 
   holds the window: the attention KV of the tokens read since the last sleep, and the working
   linear-attention (GDN) states. Positions restart at 0 in every window (as in SleepHybridLM:
   RoPE positions within the window).
-- **sleep** is the paper's Algorithm 1 over the window: ``h = embed(window)``; then N times the
-  looped span of decoder layers, each pass starting from the previous pass's hidden states and
-  its end recurrent + conv states (attention causal within the window, its KV rebuilt from the
-  pass's h). Each pass is one call of the model's own forward on a fresh cache seeded with the
-  committed states, with hooks that feed layer ``start`` the previous pass's h and read layer
-  ``stop - 1``'s output. Layers outside the span restart from the committed state every pass, so
-  in effect they run once (before the span on the embeddings, after it on the final h). Then the
-  attention KV is dropped: the next window starts a new cache seeded with the committed states.
+- **the paper's pieces**: ``embed``, ``blocks(h, fast, start, stop)`` and ``head``, as on
+  SleepHybridLM. ``blocks`` is one call of the model's own decoder forward on a fresh cache
+  holding ``fast``, in which the layers outside ``[start, stop)`` pass their input through.
+- **sleep** is the paper's Algorithm 1 over the window: ``h = embed(window)``; the layers before
+  the looped span once, the span N times (each pass from the previous pass's hidden states and
+  its end recurrent + conv states; attention causal within the window, its KV rebuilt from the
+  pass's h), the layers after the span once over the final h. Then the attention KV is dropped:
+  the next window starts a new cache seeded with the committed states.
+- **training** goes through :func:`sleepagent.model.algorithm1.training_forward`, the same
+  function SleepHybridLM trains through, over ``embed`` / ``blocks`` / ``head``.
 - **CPU safety**: when flash-linear-attention is importable, transformers binds its Triton
   kernels at import time and they crash on a machine without a GPU ("0 active drivers"). On CPU
   the adapter rebinds only its own GDN modules' ``forward`` to the PyTorch reference kernels
@@ -27,21 +29,24 @@ re-reads the window through the model's forward, which rebuilds its KV and worki
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import types
-from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import CheckpointError, ConfigError, FingerprintMismatch, ShapeError, SnapshotCorrupted, StateMismatch, WindowFull
+from .algorithm1 import LMOutput, check_ids, check_loops, training_forward
+from .config import LEGACY_LOOPS_KEY
+from .hf_tokenizer import HFChatTokenizer
 from .hybrid import weights_digest
 from .state import FastState, read_header
 
@@ -52,7 +57,7 @@ __all__ = [
     "HFHybridLM",
     "HFChatTokenizer",
     "is_transformers_checkpoint",
-    "load_transformers_hybrid",
+    "load_hf_lm",
 ]
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5", "qwen3_5_text", "qwen3_next", "olmo_hybrid")
@@ -85,7 +90,7 @@ class HFSleepConfig:
     attn_layers: tuple[int, ...]
     vocab_size: int
     window: int = 1024
-    sleep_loops: int = 4
+    loops: int = 4
     loop_layers: tuple[int, int] | None = None
     evict: str = "hard"
     keep: int = 0
@@ -93,8 +98,7 @@ class HFSleepConfig:
     def __post_init__(self) -> None:
         if self.window < 2:
             raise ConfigError(f"window must be >= 2, got {self.window}", field="window")
-        if self.sleep_loops < 1:
-            raise ConfigError(f"sleep_loops must be >= 1, got {self.sleep_loops}", field="sleep_loops")
+        check_loops(self.loops, 1)
         if self.loop_layers is not None:
             a, b = self.loop_layers
             if not 0 <= a < b <= self.n_layers:
@@ -106,12 +110,19 @@ class HFSleepConfig:
             raise ConfigError("the model has no linear-attention (GDN) layers: nothing to sleep into", field="layer_types")
 
     @property
+    def sleep_loops(self) -> int:
+        """The old name of :attr:`loops`, while callers outside the model move to it."""
+        return self.loops
+
+    @property
     def span(self) -> tuple[int, int]:
         return tuple(self.loop_layers) if self.loop_layers else (0, self.n_layers)  # type: ignore[return-value]
 
-    def to_json(self) -> str:
+    def fingerprint_json(self) -> str:
+        """The settings hashed into the fingerprint (N under its first key, ``"sleep_loops"``, so
+        that renaming the field changed no fingerprint)."""
         return json.dumps(
-            {"model_type": self.model_type, "window": self.window, "sleep_loops": self.sleep_loops,
+            {"model_type": self.model_type, "window": self.window, LEGACY_LOOPS_KEY: self.loops,
              "loop_layers": list(self.span), "evict": self.evict}, sort_keys=True,
         )
 
@@ -168,7 +179,8 @@ class HFState:
         """The committed state alone (what a snapshot holds when the raw window must not persist)."""
         return HFState(
             fast=self.fast, cache=None, window=self.window, linear_layers=self.linear_layers,
-            tokens_seen=self.tokens_seen - self.window_len, tokens_consolidated=self.tokens_consolidated,
+            # the consolidated tokens, not tokens_seen: that counts never-consolidate tokens too
+            tokens_seen=self.tokens_consolidated, tokens_consolidated=self.tokens_consolidated,
             sleeps=self.sleeps,
         )
 
@@ -181,7 +193,7 @@ class HFState:
         return HFState(
             fast=self.fast, cache=None, window=self.window, linear_layers=self.linear_layers,
             window_ids=kept, consolidate_mask=[True] * len(kept),
-            tokens_seen=self.tokens_seen - self.window_len + len(kept),
+            tokens_seen=self.tokens_consolidated + len(kept),
             tokens_consolidated=self.tokens_consolidated, sleeps=self.sleeps,
         )
 
@@ -219,6 +231,8 @@ class HFHybridLM(torch.nn.Module):
         self.decoder = hf_model.model
         self.layers = self.decoder.layers
         self.gdn = {i: _gdn_module(self.layers[i]) for i in config.linear_layers}
+        for i, layer in enumerate(self.layers):
+            _skip_outside_span(layer, i)
         if self.device.type != "cuda":
             for module in self.gdn.values():
                 pin_torch_kernels(module)
@@ -233,7 +247,8 @@ class HFHybridLM(torch.nn.Module):
 
     # --- states -----------------------------------------------------------------------------
 
-    def _zero_fast(self, batch_size: int = 1) -> FastState:
+    def new_fast(self, batch_size: int = 1) -> FastState:
+        """The zero FastState (S: [B, HV, K, V] float32; conv: [B, conv_dim, kernel])."""
         S, conv = [], []
         for i in self.config.linear_layers:
             m = self.gdn[i]
@@ -241,22 +256,19 @@ class HFHybridLM(torch.nn.Module):
             conv.append(torch.zeros(batch_size, m.conv_dim, m.conv_kernel_size, device=self.device, dtype=self.dtype))
         return FastState(S=tuple(S), conv=tuple(conv))
 
-    def _cache(self, fast: FastState, seed_from: FastState | None = None, functional: bool = False) -> Any:
+    def _cache(self, fast: FastState, functional: bool = False) -> Any:
         """A fresh cache (no attention KV) whose GDN layers start from ``fast``.
 
-        With ``seed_from``, layers inside the looped span start from ``seed_from`` instead.
         ``functional``: the cache holds the given tensors and every update rebinds instead of
         writing in place (transformers' caches copy into fixed buffers, which autograd cannot
-        differentiate through): the training forward's cache.
+        differentiate through, and which would alias ``fast``): the cache of :meth:`blocks`.
         """
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # transformers loads only with a transformers model
 
         cache = DynamicCache(config=self.text_config)
-        a, b = self.config.span
         for j, li in enumerate(self.config.linear_layers):
-            src = seed_from if (seed_from is not None and a <= li < b) else fast
             layer = cache.layers[li]
-            conv, S = src.conv[j], src.S[j]
+            conv, S = fast.conv[j], fast.S[j]
             layer.lazy_initialization(conv_states=conv, recurrent_states=S, conv_kernel_size=conv.shape[-1])
             if functional:
                 layer.conv_states[0], layer.recurrent_states[0] = conv, S
@@ -270,7 +282,7 @@ class HFHybridLM(torch.nn.Module):
     def new_state(self, batch_size: int = 1, device=None) -> HFState:
         if batch_size != 1:
             raise ShapeError(f"transformers hybrids serve one sequence per state, got batch_size={batch_size}")
-        fast = self._zero_fast()
+        fast = self.new_fast()
         return HFState(fast=fast, cache=self._cache(fast), window=self.config.window,
                        linear_layers=self.config.linear_layers)
 
@@ -279,6 +291,50 @@ class HFHybridLM(torch.nn.Module):
             raise StateMismatch(f"expected an HFState, got {type(state).__name__}")
         if state.window != self.config.window or len(state.fast.S) != len(self.config.linear_layers):
             raise StateMismatch("the state was made for a model with another window or layer layout")
+
+    # --- the paper's pieces -----------------------------------------------------------------
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] -> hidden states [B, T, d]: what decoder layer 0 reads."""
+        check_ids(ids, self.config.vocab_size)
+        return self.decoder.embed_tokens(ids.to(self.device))
+
+    def blocks(
+        self, h: torch.Tensor, fast: FastState, start: int = 0, stop: int | None = None
+    ) -> tuple[torch.Tensor, FastState]:
+        """Decoder layers ``[start, stop)`` once over ``h`` [B, T, d] from ``fast``, positions
+        0..T-1 (attention causal within ``h``, no KV kept); differentiable.
+
+        One call of the model's own decoder forward on a fresh cache holding ``fast``: layers
+        outside the span pass their input through untouched (:func:`_skip_outside_span`), so
+        layer ``start`` reads ``h``, and layer ``stop - 1``'s output (before the final norm) is
+        the returned h. Pure: ``fast`` is not modified; the returned FastState carries the
+        span's GDN layers advanced and ``fast``'s entries for the others.
+        """
+        stop = self.config.n_layers if stop is None else stop
+        if start >= stop:
+            return h, fast
+        if len(fast.S) != len(self.config.linear_layers) or fast.batch_size != h.shape[0]:
+            raise StateMismatch(f"FastState of {len(fast.S)} layers and batch size {fast.batch_size} does not fit "
+                                f"{len(self.config.linear_layers)} GDN layers and hidden states {tuple(h.shape)}")
+        cache = self._cache(fast, functional=True)
+        B, T = h.shape[:2]
+        pos = torch.arange(T, device=h.device)[None].expand(B, -1)  # positions within the window
+        span = _Span(start, stop)
+        token = _SPAN.set(span)
+        try:
+            self.decoder(inputs_embeds=h, position_ids=pos, cache=cache, use_cache=True)
+        finally:
+            _SPAN.reset(token)
+        assert span.out is not None
+        layers = [cache.layers[i] for i in self.config.linear_layers]
+        end = FastState(S=tuple(layer.recurrent_states[0] for layer in layers),
+                        conv=tuple(layer.conv_states[0] for layer in layers))
+        return span.out, end
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The last layer's output [B, T, d] -> logits [B, T, vocab] (final norm, then lm_head)."""
+        return self.hf.lm_head(self.decoder.norm(h))
 
     # --- wake -------------------------------------------------------------------------------
 
@@ -293,8 +349,7 @@ class HFHybridLM(torch.nn.Module):
             raise ShapeError("prefill needs at least one token")
         if state.window_len + T > state.window:
             raise WindowFull(window=state.window, used=state.window_len, requested=T)
-        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
-            raise ShapeError(f"token ids must lie in [0, {self.config.vocab_size})")
+        check_ids(ids, self.config.vocab_size)
         if state.cache is None:
             state.cache = self._cache(state.fast)
         pos = torch.arange(state.window_len, state.window_len + T, device=self.device)[None]
@@ -317,7 +372,7 @@ class HFHybridLM(torch.nn.Module):
     # --- sleep ------------------------------------------------------------------------------
 
     def begin_sleep(self, state: HFState, loops: int | None = None) -> HFSleepJob:
-        return HFSleepJob(self, state, loops or self.config.sleep_loops)
+        return HFSleepJob(self, state, check_loops(loops, self.config.loops))
 
     def consolidate(self, state: HFState, loops: int | None = None) -> HFState:
         """Sleep: all N passes of Algorithm 1, then a fresh window (``state`` is untouched)."""
@@ -326,65 +381,7 @@ class HFHybridLM(torch.nn.Module):
             job.run_pass()
         return job.commit()
 
-    @torch.no_grad()
-    def _pass(self, ids: torch.Tensor, fast: FastState, h: torch.Tensor | None, span_fast: FastState | None):
-        """One pass of the stack over ``ids``: returns (h at the span's end, end FastState).
-
-        ``h``: the previous pass's span output, fed to layer ``start`` (None on pass 1).
-        """
-        cache = self._cache(fast, seed_from=span_fast)
-        with self._span_hooks(h) as captured:
-            pos = torch.arange(ids.shape[1], device=self.device)[None]  # positions within the window
-            self.decoder(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True)
-        return captured["h"], _read_fast(cache, self.config.linear_layers)
-
-    @contextlib.contextmanager
-    def _span_hooks(self, h: torch.Tensor | None) -> Iterator[dict[str, torch.Tensor]]:
-        """While open, the looped span's first layer takes ``h`` as its input (unless None: pass
-        1 reads the embeddings) and its last layer's output is captured as ``captured["h"]``."""
-        a, b = self.config.span
-        captured: dict[str, torch.Tensor] = {}
-
-        def feed(module, args, kwargs):
-            if args:
-                return (h, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": h}
-
-        def read(module, args, output):
-            captured["h"] = output[0] if isinstance(output, tuple) else output
-
-        hooks = [self.layers[b - 1].register_forward_hook(read)]
-        if h is not None:
-            hooks.append(self.layers[a].register_forward_pre_hook(feed, with_kwargs=True))
-        try:
-            yield captured
-        finally:
-            for hook in hooks:
-                hook.remove()
-
     # --- training forward -------------------------------------------------------------------
-
-    def _train_pass(self, ids: torch.Tensor, fast: FastState, h: torch.Tensor | None, span_fast: FastState | None,
-                    logits: bool = False):
-        """One pass with autograd (:meth:`_pass` for training): (h at the span's end, end
-        FastState, logits of the last layer or None)."""
-        cache = self._cache(fast, seed_from=span_fast, functional=True)
-        with self._span_hooks(h) as captured:
-            pos = torch.arange(ids.shape[1], device=self.device)[None].expand(ids.shape[0], -1)
-            out = self.decoder(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True)
-        end = FastState(S=tuple(cache.layers[i].recurrent_states[0] for i in self.config.linear_layers),
-                        conv=tuple(cache.layers[i].conv_states[0] for i in self.config.linear_layers))
-        head = self.hf.lm_head(out.last_hidden_state) if logits else None
-        return captured["h"], end, head
-
-    def _consolidate_train(self, ids: torch.Tensor, fast: FastState, loops: int,
-                           first: tuple[torch.Tensor, FastState] | None = None) -> FastState:
-        """Algorithm 1 over ``ids`` from ``fast``, differentiably; ``first``: pass 1's (h, end
-        state) when the wake pass already computed it over exactly these tokens."""
-        h, end = first if first is not None else self._train_pass(ids, fast, None, None)[:2]
-        for _ in range(loops - 1):
-            h, end, _ = self._train_pass(ids, fast, h, end)
-        return end
 
     def forward(
         self,
@@ -392,94 +389,26 @@ class HFHybridLM(torch.nn.Module):
         loss_mask: torch.Tensor | None = None,
         loops: int | None = None,
         *,
-        window_lengths: list[int] | None = None,
-        detach_every: int | None = None,
         checkpoint: bool = False,
+        detach_every: int | None = None,
         return_logits: bool = False,
-    ):
-        """The training forward of Algorithm 1 through the transformers model, as
-        :meth:`SleepHybridLM.forward` (same arguments, an :class:`LMOutput`): the sequence is split
-        into windows as the runtime splits it (``window``, hard or sliding eviction with ``keep``,
-        or explicit ``window_lengths``); each window's wake pass, from the committed state, gives
-        the loss on its targets; then N passes of the looped span over the window (hidden states
-        and linear-attention/conv states chained) give the next window's committed state.
-        Backprop runs through every pass and window; ``checkpoint`` recomputes each window in
-        backward; ``detach_every=k`` truncates backprop every k windows."""
-        from torch.nn import functional as F
-        from torch.utils.checkpoint import checkpoint as activation_checkpoint
-
-        from .hybrid import LMOutput
-
-        if ids.dim() != 2:
-            raise ShapeError(f"forward expects token ids [batch, tokens], got {tuple(ids.shape)}")
-        B, T = ids.shape
-        if loss_mask is None:
-            loss_mask = torch.ones(B, T, dtype=torch.bool, device=ids.device)
-            loss_mask[:, 0] = False
-        loops = loops or self.config.sleep_loops
-        cfg = self.config
-        W = cfg.window
-        sliding = cfg.evict == "sliding"
-        stride = W - cfg.keep if sliding else W
-        targets = torch.full_like(ids, -100)
-        targets[:, :-1] = torch.where(loss_mask[:, 1:].bool(), ids[:, 1:], -100)
-        n_targets = int((targets != -100).sum())
-        if window_lengths is not None and (sliding or sum(window_lengths) != T or not all(0 < n <= W for n in window_lengths)):
-            raise ShapeError(f"window_lengths must be positive, at most window={W}, sum to {T}, with hard eviction")
-        fast = self._zero_fast(B)
-        total = torch.zeros((), device=self.device)
-        logits_out = []
-        start, k = 0, 0
-        while True:
-            end = min(start + (window_lengths[k] if window_lengths is not None else W), T)
-            last = end >= T
-            new_from = cfg.keep if sliding and k else 0
-            consolidate_len = 0 if last else end - start if window_lengths is not None else min(stride, end - start)
-            win, tgt = ids[:, start:end], targets[:, start:end].clone()
-            tgt[:, :new_from] = -100  # kept tokens were scored in the previous window
-
-            def window(*flat: torch.Tensor, win=win, tgt=tgt, consolidate_len=consolidate_len):
-                n = len(flat) // 2
-                fs = FastState(S=tuple(flat[:n]), conv=tuple(flat[n:]))
-                h, wake_end, logits = self._train_pass(win, fs, None, None, logits=True)
-                flat_logits = logits.flatten(0, 1)
-                if flat_logits.dtype in (torch.float16, torch.bfloat16):  # the loss in float32 (or float64)
-                    flat_logits = flat_logits.float()
-                loss_sum = F.cross_entropy(flat_logits, tgt.flatten().to(self.device), ignore_index=-100,
-                                           reduction="sum")
-                if consolidate_len == 0:
-                    nxt = fs
-                elif consolidate_len == win.shape[1]:  # the whole window: the wake pass is pass 1
-                    nxt = self._consolidate_train(win, fs, loops, first=(h, wake_end))
-                else:
-                    nxt = self._consolidate_train(win[:, :consolidate_len], fs, loops)
-                return (loss_sum, logits if return_logits else torch.empty(0), *nxt.S, *nxt.conv)
-
-            args = (*fast.S, *fast.conv)
-            if checkpoint and torch.is_grad_enabled():
-                loss_sum, logits, *flat = activation_checkpoint(window, *args, use_reentrant=False)
-            else:
-                loss_sum, logits, *flat = window(*args)
-            total = total + loss_sum
-            if return_logits:
-                logits_out.append(logits[:, new_from:])
-            if last:
-                break
-            n = len(fast.S)
-            fast = FastState(S=tuple(flat[:n]), conv=tuple(flat[n:]))
-            k += 1
-            if detach_every and k % detach_every == 0:
-                fast = fast.detach()
-            start = end if window_lengths is not None else start + stride
-        return LMOutput(loss=total / max(n_targets, 1), logits=torch.cat(logits_out, 1) if return_logits else None,
-                        n_targets=n_targets)
+        fast: FastState | None = None,
+        window_lengths: list[int] | None = None,
+    ) -> LMOutput:
+        """The training forward of Algorithm 1 through the transformers model:
+        :func:`sleepagent.model.algorithm1.training_forward`, the function SleepHybridLM trains
+        through, over this adapter's :meth:`embed`, :meth:`blocks` and :meth:`head`."""
+        return training_forward(
+            self, ids, loss_mask, loops, checkpoint=checkpoint, detach_every=detach_every,
+            return_logits=return_logits, fast=fast, window_lengths=window_lengths,
+        )
 
     # --- snapshots --------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
         """sha256 of the adapter config, the transformers config and every weight (recomputed on
         each call, like SleepHybridLM's: ``SleepModel`` keeps the value and refreshes it)."""
-        return weights_digest(self.hf, self.config.to_json(), self.text_config.to_json_string(use_diff=False))
+        return weights_digest(self.hf, self.config.fingerprint_json(), self.text_config.to_json_string(use_diff=False))
 
     def save_state(self, state: HFState) -> bytes:
         return state.to_bytes(self.fingerprint())
@@ -517,16 +446,18 @@ class HFHybridLM(torch.nn.Module):
 class HFSleepJob:
     """One consolidation of an HFState's window, a pass at a time (same contract as SleepJob).
 
-    With nothing masked, pass 1's end state is the wake's working state: N = 1 commits exactly
-    what the plain model's cache holds. Pass 2 then needs pass 1's hidden states, which wake did
-    not keep: it recomputes pass 1 first (one extra pass, once per sleep).
+    Pass 1 runs the decoder layers up to the looped span's end over the embeddings, each later
+    pass the span over the previous pass's h, and the commit runs the layers after the span once
+    over the final h. With nothing masked, pass 1 plus the suffix is the wake pass: N = 1
+    commits exactly what the plain model's cache holds. Pass 2 then needs pass 1's hidden states,
+    which wake did not keep: it recomputes pass 1 first (one extra pass, once per sleep).
     """
 
     def __init__(self, model: HFHybridLM, state: HFState, loops: int) -> None:
         model._check_state(state)
         self.model, self.state, self.loops = model, state, loops
         keep = [t for t, m in zip(state.window_ids, state.consolidate_mask, strict=True) if m]
-        self.ids = torch.tensor([keep], dtype=torch.long)
+        self.ids = torch.tensor([keep], dtype=torch.long, device=model.device)
         self.n_consolidated = len(keep)
         self.reuse_wake = self.n_consolidated == state.window_len
         self.passes_done = 0
@@ -542,37 +473,79 @@ class HFSleepJob:
         self.run_pass()
         return True
 
+    @torch.no_grad()
     def run_pass(self) -> None:
         if self.done:
             return
         m, st = self.model, self.state
-        if self.passes_done == 0:
-            if self.reuse_wake:
-                self._fast = st.working
-            else:
-                self._h, self._fast = m._pass(self.ids, st.fast, None, None)
+        a, b = m.config.span
+        if self.passes_done == 0 and self.reuse_wake:
+            self._fast = st.working
+        elif self._h is None:  # pass 1 (again, when wake's end state stood for it so far)
+            self._h, self._fast = m.blocks(m.embed(self.ids), st.fast, 0, b)
+            if self.passes_done:
+                self._h, self._fast = m.blocks(self._h, self._fast, a, b)
         else:
-            if self._h is None:  # pass 1 reused wake's state; its hidden states are needed now
-                self._h, _ = m._pass(self.ids, st.fast, None, None)
-            self._h, self._fast = m._pass(self.ids, st.fast, self._h, self._fast)
+            self._h, self._fast = m.blocks(self._h, self._fast, a, b)
         self.passes_done += 1
 
+    @torch.no_grad()
     def commit(self) -> HFState:
-        st = self.state
+        m, st = self.model, self.state
         if self.n_consolidated and self.passes_done == 0:
             raise StateMismatch("commit() needs at least one pass: call run_pass() first")
         fast = self._fast if self.n_consolidated else st.fast
+        if self._h is not None and m.config.span[1] < m.config.n_layers:
+            # the layers after the looped span run once, over the loop's final hidden states
+            fast = m.blocks(self._h, fast, m.config.span[1], m.config.n_layers)[1]
         return HFState(
-            fast=fast, cache=self.model._cache(fast), window=st.window, linear_layers=st.linear_layers,
+            fast=fast, cache=m._cache(fast), window=st.window, linear_layers=st.linear_layers,
             tokens_seen=st.tokens_seen, tokens_consolidated=st.tokens_consolidated + self.n_consolidated,
-            sleeps=st.sleeps + 1,
+            sleeps=st.sleeps + bool(self.n_consolidated),  # a sleep over excluded tokens only is not counted
         )
+
+
+@dataclass
+class _Span:
+    """The decoder layers a :meth:`HFHybridLM.blocks` call runs, and the output of the last."""
+
+    start: int
+    stop: int
+    out: torch.Tensor | None = None
+
+
+# Set only while a `blocks` call runs the decoder (per thread and task: an engine thread waking
+# another session meanwhile sees None and runs every layer).
+_SPAN: ContextVar[_Span | None] = ContextVar("sleepagent_hf_span", default=None)
+
+
+def _skip_outside_span(layer: torch.nn.Module, index: int) -> None:
+    """Let decoder layer ``index`` sit out a :meth:`HFHybridLM.blocks` call that does not include
+    it (this instance only; outside such a call it runs as always).
+
+    The decoder's own forward computes what its layers need (rotary tables, masks per layer type,
+    positions), so running a span of layers through it keeps the model's code in charge; a layer
+    outside the span returns its input, which costs nothing and feeds layer ``start`` the span's
+    h. A layer's forward cannot be skipped from a hook, hence the per-instance method (bound with
+    ``MethodType``, so a deep copy of the model binds it to the copy).
+    """
+    own = layer.__dict__.get("forward")  # a wrapper installed before (accelerate's device hooks)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        span = _SPAN.get()
+        if span is not None and not span.start <= index < span.stop:
+            return hidden_states
+        out = (own or types.MethodType(type(self).forward, self))(hidden_states, *args, **kwargs)
+        if span is not None and index == span.stop - 1:
+            span.out = out[0] if isinstance(out, tuple) else out
+        return out
+
+    layer.forward = types.MethodType(forward, layer)
 
 
 def _rebinding_updates(layer: Any) -> None:
     """Replace a linear-attention cache layer's state updates (in place, into fixed buffers) by
     ones that rebind the new tensors: the same values, and autograd can follow them."""
-    from torch.nn import functional as F
 
     def update_conv_state(conv_states, state_idx=0, conv_kernel_size=None, **kwargs):
         k = layer.conv_kernel_size[state_idx] or conv_kernel_size
@@ -580,7 +553,8 @@ def _rebinding_updates(layer: Any) -> None:
             full = torch.cat([layer.conv_states[state_idx], conv_states], dim=-1)
         else:
             full = F.pad(conv_states, (max(k - conv_states.shape[-1], 0), 0))
-        layer.conv_states[state_idx] = full[..., -k:]
+        # contiguous: a committed state must not keep the whole window's conv input alive
+        layer.conv_states[state_idx] = full[..., -k:].contiguous()
         layer.has_previous_state[state_idx] = True
         return full
 
@@ -627,93 +601,7 @@ def _torch_fallback(fn: Any) -> Any:
     return inner if getattr(inner, "__module__", "").startswith("transformers.") else fn
 
 
-# --- tokenizer ------------------------------------------------------------------------------------
-
-_SENTINEL = "\x00SLEEPAGENT\x00"
-
-
-class HFChatTokenizer:
-    """The model's own tokenizer and chat template behind ByteTokenizer's interface.
-
-    Turns are rendered with the chat template (the difference between the rendering with and
-    without the turn), and the content inside a turn is tokenised on its own: untrusted text
-    (user, tool, document) never becomes special tokens.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tok = tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise CheckpointError("the transformers tokenizer has no chat_template: the agent needs one")
-        vocab = tokenizer.get_vocab()
-        end = next((t for t in ("<|im_end|>", "<|eot_id|>", "<|end|>") if t in vocab), None)
-        self.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else vocab.get(end)
-        self.end_id = vocab[end] if end is not None else self.eos_id
-        if self.end_id is None:
-            raise CheckpointError("the tokenizer has neither an end-of-turn token nor an eos token")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        self._gen_prompt: list[int] | None = None
-        self._close: list[int] | None = None
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tok)
-
-    def encode(self, text: str, *, specials: bool = True) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False, split_special_tokens=not specials)["input_ids"])
-
-    def decode(self, ids, *, skip_specials: bool = False) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=skip_specials)
-
-    def _render(self, messages: list[dict], **kw: Any) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, **kw)
-
-    def _turn(self, before: list[dict], message: dict, content: str, trusted: bool, **kw: Any) -> list[int]:
-        """Ids of ``message`` (whose content is the sentinel) rendered after ``before``."""
-        full = self._render([*before, message], **kw)
-        prefix = self._render(before, **kw) if before else ""
-        text = full[len(prefix):] if full.startswith(prefix) else self._render([message], **kw)
-        head, _, tail = text.partition(_SENTINEL)
-        return self.encode(head) + self.encode(content, specials=trusted) + self.encode(tail)
-
-    def render_turn(self, role: str, content: str, *, trusted: bool = False) -> list[int]:
-        if role == "system":
-            return self.render_system(content)
-        before = [{"role": "user", "content": "hi"}] if role == "assistant" else [{"role": "system", "content": "s"}]
-        return self._turn(before, {"role": role, "content": _SENTINEL}, content, trusted)
-
-    def render_system(self, content: str, tools: list[dict] | None = None) -> list[int]:
-        """The system turn; ``tools`` (OpenAI-format specs) rendered the way the template says."""
-        return self._turn([], {"role": "system", "content": _SENTINEL}, content, True, tools=tools or None)
-
-    def render_tool_result(self, rendered_response: str) -> list[int]:
-        body = rendered_response.removeprefix("<tool_response>").removesuffix("</tool_response>")
-        before = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
-                  {"role": "assistant", "content": "ok"}]
-        return self._turn(before, {"role": "tool", "content": _SENTINEL}, body, False)
-
-    def close_turn(self) -> list[int]:
-        """What the template writes after an assistant turn's content (e.g. ``<|im_end|>\n``)."""
-        if self._close is None:
-            before = [{"role": "user", "content": "hi"}]
-            text = self._render([*before, {"role": "assistant", "content": _SENTINEL}])
-            tail = text.partition(_SENTINEL)[2]
-            ids = self.encode(tail)
-            self._close = ids if self.end_id in ids[:1] else [self.end_id]
-        return list(self._close)
-
-    def generation_prompt(self) -> list[int]:
-        if self._gen_prompt is None:
-            msgs = [{"role": "user", "content": "hi"}]
-            full = self._render(msgs, add_generation_prompt=True)
-            base = self._render(msgs)
-            self._gen_prompt = self.encode(full[len(base):] if full.startswith(base) else "")
-        return list(self._gen_prompt)
-
-    def to_dict(self) -> dict:
-        return {"type": "transformers", "name": getattr(self.tok, "name_or_path", "")}
-
-
-def load_transformers_hybrid(
+def load_hf_lm(
     path: Path,
     *,
     device=None,
@@ -721,19 +609,18 @@ def load_transformers_hybrid(
     loops: int | None = None,
     loop_layers: tuple[int, int] | None = None,
     dtype: torch.dtype | None = None,
-):
-    """Load a local transformers GDN hybrid as a :class:`~sleepagent.model.SleepModel`.
+) -> tuple[HFHybridLM, HFChatTokenizer]:
+    """A local transformers GDN hybrid as an :class:`HFHybridLM` and its tokenizer
+    (``SleepModel.from_pretrained`` wraps them).
 
     Sleep settings come from the arguments, else from ``sleepagent.json`` in the directory
-    (``{"window": ..., "sleep_loops": ..., "loop_layers": [a, b], "evict": ..., "keep": ...}``,
-    as ``sleepagent train --base`` writes it), else defaults; ``prompt.json`` gives the system
-    prompt it was trained with.
+    (``{"window": ..., "loops": ..., "loop_layers": [a, b], "evict": ..., "keep": ...}``, as
+    ``sleepagent train --base`` writes it; older runs wrote N as ``"sleep_loops"``), else defaults.
     """
     try:
-        import transformers
+        import transformers  # only a transformers checkpoint needs it loaded
     except ImportError as e:  # pragma: no cover - transformers is a dependency
         raise CheckpointError(f"loading a transformers checkpoint needs transformers: {e}") from None
-    from .pretrained import SleepModel, read_prompt
 
     data = json.loads((path / "config.json").read_text())
     model_type = data.get("model_type")
@@ -757,10 +644,9 @@ def load_transformers_hybrid(
         attn_layers=tuple(i for i, t in enumerate(types_) if t != "linear_attention"),
         vocab_size=text.vocab_size,
         window=window or extra.get("window", 1024),
-        sleep_loops=loops or extra.get("sleep_loops", 4),
+        loops=loops or extra.get("loops", extra.get(LEGACY_LOOPS_KEY, 4)),
         loop_layers=tuple(loop_layers or extra.get("loop_layers") or ()) or None,
         evict=extra.get("evict", "hard"),
         keep=int(extra.get("keep", 0)),
     )
-    lm = HFHybridLM(hf.to(device) if device else hf, cfg)
-    return SleepModel(lm, HFChatTokenizer(tok), name=path.name, prompt=read_prompt(path))
+    return HFHybridLM(hf.to(device) if device else hf, cfg), HFChatTokenizer(tok)

@@ -11,7 +11,8 @@ The paper's pieces are public: ``h = model.embed(ids)``, ``h, fast = model.block
   start: ``h = embed(c); N times: h, F = blocks(h, F)``. Returns a new state; the input state is
   never touched, so an aborted sleep loses nothing.
 - **training forward** (``model(ids, loss_mask, loops=N)``): the same computation over a long
-  sequence split into windows, differentiable through every pass and window.
+  sequence split into windows, differentiable through every pass and window; written once, in
+  :mod:`sleepagent.model.algorithm1`, over ``embed`` / ``blocks`` / ``head``.
 
 With ``loop_layers=(a, b)`` only blocks ``[a, b)`` loop; blocks before run once before the loop
 and blocks after run once after it, over the loop's final hidden states.
@@ -21,14 +22,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..errors import ConfigError, ShapeError, StateMismatch, WindowFull
+from .algorithm1 import LMOutput, check_ids, check_loops, training_forward
 from .config import SleepHybridConfig
 from .layers import MLP, GatedDeltaNet, RMSNorm, WindowAttention
 from .state import FastState, HybridState
@@ -46,16 +45,6 @@ def weights_digest(module: nn.Module, *configs: str) -> str:
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-@dataclass
-class LMOutput:
-    """Result of the training forward: mean cross-entropy over loss positions (and, on request,
-    the wake-pass logits of every position)."""
-
-    loss: torch.Tensor
-    logits: torch.Tensor | None = None
-    n_targets: int = 0
 
 
 class Block(nn.Module):
@@ -318,12 +307,13 @@ class SleepHybridLM(nn.Module):
         return job.commit()
 
     def _loops(self, loops: int | None) -> int:
-        n = self.config.sleep_loops if loops is None else loops
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"loops must be an integer >= 1, got {loops!r}", field="loops")
-        return n
+        return check_loops(loops, self.config.loops)
 
     # --- training forward -----------------------------------------------------------------------
+
+    def new_fast(self, batch_size: int = 1) -> FastState:
+        """The zero FastState a sequence starts from (no window, no KV: see :meth:`new_state`)."""
+        return FastState.zeros(self.config, batch_size, device=self.device, dtype=self.dtype)
 
     def forward(
         self,
@@ -337,110 +327,13 @@ class SleepHybridLM(nn.Module):
         fast: FastState | None = None,
         window_lengths: list[int] | None = None,
     ) -> LMOutput:
-        """Algorithm 1 over a long sequence, split into windows exactly as wake would split it.
-
-        ``loss_mask[b, t]`` marks token t as a target (predicted from position t - 1); default:
-        every token after the first. Each window runs pass 1 from the committed FastState (its
-        logits give the loss), then, unless it is the last window, the consolidation passes that
-        produce the next window's committed state. With ``evict="sliding"`` windows overlap by
-        ``keep`` tokens and only the oldest ``W - keep`` are consolidated. ``checkpoint``
-        recomputes each window in backward; ``detach_every=k`` truncates backprop every k windows.
-        ``window_lengths`` (hard eviction) gives the windows explicitly, e.g. to train on the
-        boundaries the runtime's pause-time sleeps will produce; each at most ``window``.
-        """
-        if ids.dim() != 2:
-            raise ShapeError(f"forward expects token ids [batch, tokens], got {tuple(ids.shape)}")
-        self._check_ids(ids)
-        B, T = ids.shape
-        if loss_mask is None:
-            loss_mask = torch.ones(B, T, dtype=torch.bool, device=ids.device)
-            loss_mask[:, 0] = False
-        elif loss_mask.shape != ids.shape:
-            raise ShapeError(f"loss_mask shape {tuple(loss_mask.shape)} must equal ids shape {tuple(ids.shape)}")
-        loops = self._loops(loops)
-        cfg = self.config
-        W = cfg.window
-        stride = W - cfg.keep if cfg.evict == "sliding" else W
-        fast = fast if fast is not None else FastState.zeros(cfg, B, device=ids.device, dtype=self.dtype)
-        # targets[t] = ids[t + 1], active where loss_mask[t + 1]
-        targets = torch.full_like(ids, -100)
-        targets[:, :-1] = torch.where(loss_mask[:, 1:].bool(), ids[:, 1:], -100)
-
-        total = torch.zeros((), device=ids.device)
-        n_targets = int((targets != -100).sum())
-        logits_out: list[torch.Tensor] = []
-        if window_lengths is not None:
-            if cfg.evict != "hard":
-                raise ConfigError("window_lengths needs evict='hard'", field="window_lengths")
-            if sum(window_lengths) != T or not all(0 < n <= W for n in window_lengths):
-                raise ShapeError(
-                    f"window_lengths must be positive, at most window={W}, and sum to {T} tokens; got {window_lengths}"
-                )
-        start, k = 0, 0
-        while True:
-            end = min(start + (window_lengths[k] if window_lengths is not None else W), T)
-            new_from = 0 if k == 0 else cfg.keep if cfg.evict == "sliding" else 0
-            last = end >= T
-            win_ids, win_tgt = ids[:, start:end], targets[:, start:end].clone()
-            win_tgt[:, :new_from] = -100  # kept tokens were already scored in the previous window
-            consolidate_len = 0 if last else end - start if window_lengths is not None else min(stride, end - start)
-            args = (win_ids, win_tgt, consolidate_len, loops, return_logits, new_from)
-            if checkpoint and torch.is_grad_enabled():
-                tensors = (*fast.S, *fast.conv)
-                loss_sum, logits, *flat = activation_checkpoint(
-                    self._window_step, args, *tensors, use_reentrant=False
-                )
-            else:
-                loss_sum, logits, *flat = self._window_step(args, *fast.S, *fast.conv)
-            total = total + loss_sum
-            if return_logits:
-                logits_out.append(logits)
-            if last:
-                break
-            n = len(fast.S)
-            fast = FastState(S=tuple(flat[:n]), conv=tuple(flat[n:]))
-            k += 1
-            if detach_every and k % detach_every == 0:
-                fast = fast.detach()
-            start = end if window_lengths is not None else start + stride
-        loss = total / max(n_targets, 1)
-        return LMOutput(loss=loss, logits=torch.cat(logits_out, 1) if return_logits else None, n_targets=n_targets)
-
-    def _window_step(self, args, *tensors: torch.Tensor):
-        """One window of the training forward: wake pass (loss) + consolidation passes."""
-        win_ids, win_tgt, consolidate_len, loops, return_logits, new_from = args
-        n = len(tensors) // 2
-        fast = FastState(S=tuple(tensors[:n]), conv=tuple(tensors[n:]))
-        a, b = self.config.span
-        n_layers = self.config.n_layers
-        h_span, F1, _ = self._run(self.embed(win_ids), fast, 0, b)
-        h, F_wake, _ = self._run(h_span, F1, b, n_layers)
-        logits = self.head(h)
-        loss_sum = F.cross_entropy(
-            logits.flatten(0, 1).float(), win_tgt.flatten(), ignore_index=-100, reduction="sum"
+        """Algorithm 1 over a long sequence, split into windows exactly as wake would split it:
+        :func:`sleepagent.model.algorithm1.training_forward` (the transformers adapter trains
+        through the same function)."""
+        return training_forward(
+            self, ids, loss_mask, loops, checkpoint=checkpoint, detach_every=detach_every,
+            return_logits=return_logits, fast=fast, window_lengths=window_lengths,
         )
-        out_logits = logits[:, new_from:] if return_logits else torch.empty(0, device=h.device)
-        if consolidate_len == win_ids.shape[1]:
-            # the whole window is consolidated: the wake pass is pass 1 (as in SleepJob)
-            if loops == 1:
-                fast = F_wake
-            else:
-                for _ in range(loops - 1):
-                    h_span, F1, _ = self._run(h_span, F1, a, b)
-                fast = self._run(h_span, F1, b, n_layers)[1] if b < n_layers else F1
-        elif consolidate_len:
-            fast = self._algorithm1(win_ids[:, :consolidate_len], fast, loops)
-        return (loss_sum, out_logits, *fast.S, *fast.conv)
-
-    def _algorithm1(self, ids: torch.Tensor, fast: FastState, loops: int) -> FastState:
-        """Commit ``ids`` into ``fast``: prefix once, looped span ``loops`` times, suffix once."""
-        a, b = self.config.span
-        h, F1 = self._run(self.embed(ids), fast, 0, b)[:2]
-        for _ in range(loops - 1):
-            h, F1 = self._run(h, F1, a, b)[:2]
-        if b < self.config.n_layers:
-            F1 = self._run(h, F1, b, self.config.n_layers)[1]
-        return F1
 
     # --- identity -------------------------------------------------------------------------------
 
@@ -450,7 +343,7 @@ class SleepHybridLM(nn.Module):
         A snapshot restores only into a model with the same fingerprint: fast weights written by
         one set of weights mean nothing to another.
         """
-        return weights_digest(self, self.config.to_json())
+        return weights_digest(self, self.config.fingerprint_json())
 
     def save_state(self, state: HybridState) -> bytes:
         """Serialise ``state`` (safetensors bytes tagged with this model's fingerprint)."""
@@ -476,20 +369,14 @@ class SleepHybridLM(nn.Module):
     # --- validation -----------------------------------------------------------------------------
 
     def _check_ids(self, ids: torch.Tensor) -> None:
-        if ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise ShapeError(f"token ids must be an integer tensor, got {ids.dtype}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
-            raise ShapeError(
-                f"token ids must lie in [0, {self.config.vocab_size}), got range "
-                f"[{int(ids.min())}, {int(ids.max())}]"
-            )
+        check_ids(ids, self.config.vocab_size)
 
     def _check_fast(self, fast: FastState, batch: int) -> None:
         if len(fast.S) != len(self.config.gdn_layers):
             raise StateMismatch(
                 f"FastState has {len(fast.S)} fast-weight matrices, model has {len(self.config.gdn_layers)} GDN layers"
             )
-        if fast.batch_size != batch:
+        if fast.S and fast.batch_size != batch:  # an attention-only baseline carries no state
             raise StateMismatch(f"FastState batch size {fast.batch_size} != hidden states batch size {batch}")
 
     def _check_state(self, state: HybridState) -> None:
@@ -606,7 +493,9 @@ class SleepJob:
             m.prefill(st.window_ids[:, lo : st.window_len], new, st.consolidate_mask[:, lo : st.window_len])
         new.tokens_seen = st.tokens_seen
         new.tokens_consolidated = st.tokens_consolidated + self.n_consolidated
-        new.sleeps = st.sleeps + 1
+        # a sleep over never-consolidate tokens alone changes nothing stored, and is not counted:
+        # a stored count of such sleeps would tell how long an excluded turn was
+        new.sleeps = st.sleeps + bool(self.n_consolidated)
         return new
 
     def _merge_suffix(self, fast: FastState) -> FastState:

@@ -15,11 +15,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, ConfigError
 from pydantic import ValidationError
 
+from ..errors import CheckpointError, ConfigError
 from ..tokenizer import ByteTokenizer, PromptConventions
 from .config import SleepHybridConfig
+from .hf import HFHybridLM, load_hf_lm
+from .hf_tokenizer import HFChatTokenizer
 from .hybrid import SleepHybridLM
 
 __all__ = ["SleepModel", "CHECKPOINTS_DIR", "shipped_checkpoints"]
@@ -43,8 +45,8 @@ class SleepModel:
 
     def __init__(
         self,
-        model: SleepHybridLM,
-        tokenizer: ByteTokenizer | None = None,
+        model: SleepHybridLM | HFHybridLM,
+        tokenizer: ByteTokenizer | HFChatTokenizer | None = None,
         name: str = "model",
         train_config: dict | None = None,
         prompt: PromptConventions | None = None,
@@ -117,9 +119,8 @@ class SleepModel:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read {path / 'config.json'}: {e}") from None
         if isinstance(raw, dict) and "model_type" in raw and "d_model" not in raw:
-            from .hf import load_transformers_hybrid
-
-            return load_transformers_hybrid(path, device=device, **hf_options)
+            lm, tok = load_hf_lm(path, device=device, **hf_options)
+            return cls(lm, tok, name=path.name, prompt=read_prompt(path))
         if hf_options:
             raise ConfigError(f"{sorted(hf_options)} apply to transformers checkpoints only; {path} is a sleepagent checkpoint")
         config = SleepHybridConfig(**raw)

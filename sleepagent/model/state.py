@@ -69,6 +69,17 @@ class FastState:
     def detach(self) -> FastState:
         return FastState(S=tuple(s.detach() for s in self.S), conv=tuple(c.detach() for c in self.conv))
 
+    def flatten(self) -> tuple[torch.Tensor, ...]:
+        """``(*S, *conv)``: the form activation checkpointing passes between windows."""
+        return (*self.S, *self.conv)
+
+    @classmethod
+    def unflatten(cls, tensors) -> FastState:
+        """Inverse of :meth:`flatten`."""
+        tensors = tuple(tensors)
+        n = len(tensors) // 2
+        return cls(S=tensors[:n], conv=tensors[n:])
+
     def equal(self, other: FastState) -> bool:
         """Bit-exact equality of every tensor."""
         return len(self.S) == len(other.S) and all(
@@ -140,7 +151,9 @@ class HybridState:
             consolidate_mask=torch.ones_like(self.consolidate_mask),
             window_h=torch.zeros_like(self.window_h),
             window_len=0,
-            tokens_seen=self.tokens_seen - self.window_len,
+            # what the state holds in any form: the consolidated tokens. Not tokens_seen, which
+            # counts never-consolidate tokens too: a stored count would reveal their length
+            tokens_seen=self.tokens_consolidated,
         )
 
     def for_snapshot(self, keep_window: bool) -> HybridState:
@@ -161,7 +174,7 @@ class HybridState:
             self.without_window(),
             window_ids=ids,
             window_len=n,
-            tokens_seen=self.tokens_seen - self.window_len + n,
+            tokens_seen=self.tokens_consolidated + n,
             replay=True,
         )
 

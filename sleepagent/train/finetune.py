@@ -198,7 +198,7 @@ def _save(out: Path, sm, cfg: TrainConfig, step: int, history: list, evals: list
     sm.tokenizer.tok.save_pretrained(tmp)
     c = lm.config
     (tmp / "sleepagent.json").write_text(json.dumps(
-        {"window": c.window, "sleep_loops": c.sleep_loops, "loop_layers": list(c.span), "evict": c.evict,
+        {"window": c.window, "loops": c.loops, "loop_layers": list(c.span), "evict": c.evict,
          "keep": c.keep}, indent=2) + "\n")
     if cfg.task == "docqa" or sm.prompt.system_prompt:  # a raw-token task model has no chat prompt
         write_prompt(tmp, PromptConventions(system_prompt=sm.prompt.system_prompt or _task_prompt()))

@@ -123,7 +123,7 @@ def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
         gdn_heads=cfg.gdn_heads or cfg.n_heads, gdn_v_heads=cfg.gdn_v_heads, gdn_head_k_dim=cfg.gdn_head_k_dim,
         gdn_head_v_dim=cfg.gdn_head_v_dim, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=cfg.window or task.window,
         evict=cfg.evict, keep=cfg.keep,
-        sleep_loops=cfg.loops, tie_embeddings=False,
+        loops=cfg.loops, tie_embeddings=False,
     )
     torch.manual_seed(cfg.seed)
     return SleepHybridLM(mcfg)
@@ -293,7 +293,7 @@ def _initial_weights(start: SleepHybridLM, model: SleepHybridLM, source: str, se
 
     def shape(cfg: SleepHybridConfig) -> dict:
         # sizes resolved (an explicit default equals an omitted one); window and N left out
-        out = cfg.model_dump(exclude={"sleep_loops", "window"})
+        out = cfg.model_dump(exclude={"loops", "window"})
         out.update(gdn_v_heads=cfg.v_heads, gdn_head_k_dim=cfg.head_k_dim, gdn_head_v_dim=cfg.head_v_dim)
         return out
 

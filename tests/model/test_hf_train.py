@@ -135,10 +135,10 @@ def test_train_base_writes_a_checkpoint_transformers_and_sleepagent_load(checkpo
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     settings = json.loads((out / "sleepagent.json").read_text())
-    assert settings == {"window": 128, "sleep_loops": 2, "loop_layers": [1, 3], "evict": "hard", "keep": 0}
+    assert settings == {"window": 128, "loops": 2, "loop_layers": [1, 3], "evict": "hard", "keep": 0}
     hf = AutoModelForCausalLM.from_pretrained(out)  # the base architecture, with the trained weights
     sm = SleepModel.from_pretrained(out)
-    assert sm.config.sleep_loops == 2 and sm.config.span == (1, 3) and sm.prompt.system_prompt
+    assert sm.config.loops == 2 and sm.config.span == (1, 3) and sm.prompt.system_prompt
     ids = torch.randint(0, 250, (1, 12), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(sm.model.prefill(ids, sm.model.new_state()), hf(ids).logits.float(),
@@ -186,7 +186,7 @@ def test_train_base_reads_gsm_inf_through_the_models_tokenizer_and_eval_data_sco
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     model, meta = load_checkpoint(out)
-    assert model.config.window == 48 and model.config.sleep_loops == 2
+    assert model.config.window == 48 and model.config.loops == 2
     tokenized = TokenizedTask(GsmInf(ops=(1, 2), filler=2, window=48, digits=2), model.tokenizer)
     ex = tokenized.sample(random.Random(3), 2)
     text = model.tokenizer.decode(ex.ids)

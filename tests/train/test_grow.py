@@ -23,7 +23,7 @@ SHAPES = [
 def _small(seed: int = 0) -> SleepHybridLM:
     torch.manual_seed(seed)
     cfg = SleepHybridConfig(vocab_size=53, d_model=32, n_layers=4, gdn_heads=2, window=16, conv_size=4, chunk_size=8,
-                            tie_embeddings=False, sleep_loops=3, norm_eps=1e-12)
+                            tie_embeddings=False, loops=3, norm_eps=1e-12)
     model = SleepHybridLM(cfg).double()
     with torch.no_grad():  # away from the init, so that copied weights are told apart from fresh ones
         for p in model.parameters():
