@@ -5,7 +5,7 @@
 #   LIMIT=380 OUT=/tmp/gpu bash scripts/gpu_session.sh          # on a CUDA machine
 #   DEVICE=cpu LIMIT=15 OUT=/tmp/gpu bash scripts/gpu_session.sh  # a dry run of the plumbing
 #
-# Writes under $OUT: log files, the rule110-gpu studies' pages/JSON/plots (docs/), and
+# Writes under $OUT: log files, the rule110-gpu studies' pages/JSON/plots (docs/, for the repository's docs/studies/), and
 # docqa.tgz, rule110.tgz with every run directory (without optimizer states).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda}

@@ -6,7 +6,7 @@
 #   LIMIT=360 OUT=/tmp/gpu bash scripts/gpu_sweeps.sh           # on a CUDA machine
 #   DEVICE=cpu LIMIT=10 OUT=/tmp/gpu bash scripts/gpu_sweeps.sh  # a dry run of the plumbing
 #
-# Writes under $OUT: the studies' pages/JSON/plots (docs/), logs, and one archive of run
+# Writes under $OUT: the studies' pages/JSON/plots (docs/, for the repository's docs/studies/), logs, and one archive of run
 # directories per study (without optimizer states; at most 8 files come back from a lent machine).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda}

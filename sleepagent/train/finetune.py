@@ -7,7 +7,7 @@ hidden states and linear-attention/conv states chained, masked cross-entropy, ba
 every pass). The data is the project's docqa task rendered in the model's own chat format (its
 tokenizer and template), gsm_inf's problems rendered through its tokenizer, or rule110 and depo
 fed as raw token ids inside its vocabulary (the paper's fine-tuning experiments at a size a CPU
-can train: docs/finetune.md). Full fine-tuning, or LoRA with ``lora=R`` (peft); a GDN-only warm-up
+can train: docs/guides/finetune.md). Full fine-tuning, or LoRA with ``lora=R`` (peft); a GDN-only warm-up
 first with ``warmup_gdn_steps``, as the paper does ("first train just the SSM layers"); float32 on
 the CPU, bfloat16 on a GPU.
 

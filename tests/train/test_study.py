@@ -203,3 +203,27 @@ def test_a_sweep_is_plotted_against_n_and_a_pair_against_difficulty(tmp_path):
     assert series[1][1] == [2, 4] and series[1][2] == pytest.approx([0.95, 0.475])
     for r in (report, pair):
         assert plot_final(r, tmp_path / "final.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_preset_reads_its_notes_from_docs_studies_notes():
+    """Presets hold settings; their prose lives in markdown files beside the pages, every one of
+    which exists and is used, and ends up on the page."""
+    from sleepagent.train.study import NOTES_DIR
+
+    used = {name for study in STUDIES.values() for name in study.notes_from}
+    assert used == {p.stem for p in NOTES_DIR.glob("*.md")}
+    for study in STUDIES.values():
+        assert study.notes_from and not study.notes, study.name
+        text = study.page_notes()
+        assert text and all((NOTES_DIR / f"{n}.md").read_text().strip() in text for n in study.notes_from)
+
+
+def test_a_missing_notes_file_leaves_the_page_without_them(tmp_path, monkeypatch):
+    import sleepagent.train.study as study_module
+
+    monkeypatch.setattr(study_module, "NOTES_DIR", tmp_path)
+    (tmp_path / "kept.md").write_text("Kept.\n")
+    study = Study(name="x", summary="", task="depo", task_kwargs={}, train={}, notes_from=("kept", "gone"),
+                  notes="Inline.")
+    with pytest.warns(UserWarning, match="gone.md not found"):
+        assert study.page_notes() == "Kept.\n\nInline."

@@ -1,7 +1,7 @@
 """Draw the docqa runs' periodic test scores (the ``evals`` in their ``train.json``).
 
-    python docs/docqa_curve.py runs/docqa-read runs/docqa-small [--out docs/docqa_curve.png]
-    python docs/docqa_curve.py runs/docqa-long runs/docqa-long-n1 --side-by-side --out docs/docqa_long_curve.png
+    python docs/guides/docqa_curve.py runs/docqa-read runs/docqa-small [--out docs/guides/docqa_curve.png]
+    python docs/guides/docqa_curve.py runs/docqa-long runs/docqa-long-n1 --side-by-side --out docs/guides/docqa_long_curve.png
 
 Without ``--side-by-side`` the runs are stages of one model, drawn one after another; with it they
 are twins trained from the same start (each line labelled with the N it was trained with). The
@@ -36,7 +36,7 @@ def curves(runs: list[Path], side_by_side: bool) -> tuple[dict[tuple[str, int, i
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("docs/docqa_curve.png"))
+    ap.add_argument("--out", type=Path, default=Path("docs/guides/docqa_curve.png"))
     ap.add_argument("--side-by-side", action="store_true", help="the runs are twins, not stages")
     args = ap.parse_args()
     data, starts = curves(args.runs, args.side_by_side)
