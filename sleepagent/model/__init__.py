@@ -1,7 +1,7 @@
 """The sleep-enabled hybrid LM: config, kernels, layers, wake/sleep model and its state."""
 
-from .config import SleepHybridConfig
 from .algorithm1 import LMOutput, training_forward
+from .config import SleepHybridConfig
 from .hybrid import SleepHybridLM, SleepJob
 from .ops import gated_delta_rule
 from .pretrained import SleepModel

@@ -33,7 +33,7 @@ import inspect
 import json
 import types
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,19 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from ..errors import CheckpointError, ConfigError, FingerprintMismatch, ShapeError, SnapshotCorrupted, StateMismatch, WindowFull
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    FingerprintMismatch,
+    ShapeError,
+    SnapshotCorrupted,
+    StateMismatch,
+    WindowFull,
+)
 from .algorithm1 import LMOutput, check_ids, check_loops, training_forward
 from .config import LEGACY_LOOPS_KEY
+from .hf_state import HF_STATE_FORMAT, HFState
 from .hf_tokenizer import HFChatTokenizer
 from .hybrid import weights_digest
 from .state import FastState, read_header
@@ -61,7 +69,6 @@ __all__ = [
 ]
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5", "qwen3_5_text", "qwen3_next", "olmo_hybrid")
-HF_STATE_FORMAT = "sleepagent.HFState"
 # module-level kernel names the GDN forwards call; transformers binds fla's versions when fla imports
 _KERNEL_NAMES = (
     "torch_chunk_gated_delta_rule",
@@ -127,99 +134,6 @@ class HFSleepConfig:
         )
 
 
-@dataclass(kw_only=True, eq=False)
-class HFState:
-    """One sequence's state for :class:`HFHybridLM` (batch size 1).
-
-    fast:   committed FastState at the window's start (S: GDN recurrent states [1, HV, K, V];
-            conv: the conv tails [1, conv_dim, kernel]), one per linear-attention layer.
-    cache:  the transformers cache over the window (attention KV + working GDN states).
-    """
-
-    fast: FastState
-    cache: Any
-    window: int
-    linear_layers: tuple[int, ...]
-    window_ids: list[int] = field(default_factory=list)
-    consolidate_mask: list[bool] = field(default_factory=list)
-    tokens_seen: int = 0
-    tokens_consolidated: int = 0
-    sleeps: int = 0
-
-    batch_size = 1
-
-    @property
-    def window_len(self) -> int:
-        return len(self.window_ids)
-
-    @property
-    def device(self) -> torch.device:
-        return self.fast.S[0].device
-
-    @property
-    def fast_weights(self) -> list[torch.Tensor]:
-        return list(self.fast.S)
-
-    @property
-    def working(self) -> FastState:
-        """The GDN states advanced over the window so far (read from the cache)."""
-        return _read_fast(self.cache, self.linear_layers)
-
-    @property
-    def nbytes(self) -> int:
-        kv = 0
-        for layer in self.cache.layers if self.cache is not None else ():
-            for name in ("keys", "values"):
-                t = getattr(layer, name, None)
-                if isinstance(t, torch.Tensor):
-                    kv += t.numel() * t.element_size()
-        return 2 * self.fast.nbytes + kv
-
-    def without_window(self) -> HFState:
-        """The committed state alone (what a snapshot holds when the raw window must not persist)."""
-        return HFState(
-            fast=self.fast, cache=None, window=self.window, linear_layers=self.linear_layers,
-            # the consolidated tokens, not tokens_seen: that counts never-consolidate tokens too
-            tokens_seen=self.tokens_consolidated, tokens_consolidated=self.tokens_consolidated,
-            sleeps=self.sleeps,
-        )
-
-    def for_snapshot(self, keep_window: bool) -> HFState:
-        """What a snapshot may hold: the committed state, and with ``keep_window`` the window's
-        ids minus those marked never-consolidate (loading re-reads them, as for every HFState)."""
-        if not keep_window:
-            return self.without_window()
-        kept = [t for t, m in zip(self.window_ids, self.consolidate_mask, strict=True) if m]
-        return HFState(
-            fast=self.fast, cache=None, window=self.window, linear_layers=self.linear_layers,
-            window_ids=kept, consolidate_mask=[True] * len(kept),
-            tokens_seen=self.tokens_consolidated + len(kept),
-            tokens_consolidated=self.tokens_consolidated, sleeps=self.sleeps,
-        )
-
-    def to_bytes(self, fingerprint: str, dtype: torch.dtype | None = None) -> bytes:
-        """Safetensors bytes (``dtype`` is accepted for the interface; transformers states are
-        stored at their own precision)."""
-        tensors = {f"fast.S.{i}": s for i, s in enumerate(self.fast.S)}
-        tensors |= {f"fast.conv.{i}": c for i, c in enumerate(self.fast.conv)}
-        tensors["window.ids"] = torch.tensor([self.window_ids], dtype=torch.long)
-        tensors["window.mask"] = torch.tensor([self.consolidate_mask], dtype=torch.bool)
-        tensors = {k: t.detach().cpu().clone().contiguous() for k, t in tensors.items()}
-        counters = {"window_len": self.window_len, "window": self.window, "tokens_seen": self.tokens_seen,
-                    "tokens_consolidated": self.tokens_consolidated, "sleeps": self.sleeps}
-        meta = {"format": HF_STATE_FORMAT, "format_version": "1", "fingerprint": fingerprint,
-                "counters": json.dumps(counters)}
-        return st_save(tensors, metadata=meta)
-
-
-def _read_fast(cache: Any, linear_layers: tuple[int, ...]) -> FastState:
-    layers = [cache.layers[i] for i in linear_layers]
-    return FastState(
-        S=tuple(layer.recurrent_states[0].clone() for layer in layers),
-        conv=tuple(layer.conv_states[0].clone() for layer in layers),
-    )
-
-
 class HFHybridLM(torch.nn.Module):
     """A transformers GDN hybrid behind SleepHybridLM's wake/sleep interface (see module doc)."""
 
@@ -263,7 +177,9 @@ class HFHybridLM(torch.nn.Module):
         writing in place (transformers' caches copy into fixed buffers, which autograd cannot
         differentiate through, and which would alias ``fast``): the cache of :meth:`blocks`.
         """
-        from transformers import DynamicCache  # transformers loads only with a transformers model
+        from transformers import (
+            DynamicCache,  # transformers loads only with a transformers model
+        )
 
         cache = DynamicCache(config=self.text_config)
         for j, li in enumerate(self.config.linear_layers):

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-from pydantic import ValidationError
 
 from ..errors import CheckpointError, ConfigError
 from ..tokenizer import ByteTokenizer, PromptConventions
