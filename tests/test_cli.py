@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from typer.testing import CliRunner
 
 from sleepagent.cli import app
@@ -190,3 +191,95 @@ def test_bench_fairness_and_serve_json():
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["lost"] == 0 and data["requests"] == 2 * 3 and data["sleeps"] >= 1
+
+
+def test_train_has_one_option_per_train_config_field():
+    """The options are derived from TrainConfig, so a field added there is an option here."""
+    from sleepagent.train import TrainConfig
+
+    help_text = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["train", "--help"]).output
+    flags = {"task_kwargs": "--task-args"}
+    for name in TrainConfig.model_fields:
+        assert f" {flags.get(name, '--' + name.replace('_', '-'))} " in help_text, name
+    for extra in ("--threads", "--stop-at", "--out"):  # what is not a training setting
+        assert f" {extra} " in help_text
+
+
+def test_options_come_from_the_model_with_their_types_defaults_and_help():
+    from typing import Any, Literal
+
+    from pydantic import BaseModel, Field
+
+    from sleepagent.cli.model_options import ModelOptions
+
+    class Settings(BaseModel):
+        steps: int = Field(default=3, ge=1, description="how many")
+        rate: float = 0.5
+        name: str | None = None
+        fast: bool = False
+        mode: Literal["a", "b"] = "a"
+        sizes: tuple[int, ...] | None = None
+        span: tuple[int, int] | None = (1, 2)
+        extra: dict[str, Any] = Field(default_factory=dict)
+
+    opts = ModelOptions(Settings, flags={"extra": "--extra-json"})
+    assert [p.name for p in opts.parameters] == list(Settings.model_fields)
+    defaults = {p.name: p.default for p in opts.parameters}
+    assert defaults == {"steps": 3, "rate": 0.5, "name": None, "fast": False, "mode": "a", "sizes": None,
+                        "span": "1,2", "extra": "{}"}
+    given = {**defaults, "sizes": "4, 5,6", "extra": '{"k": 1}'}
+    assert Settings(**opts.values(given)) == Settings(sizes=(4, 5, 6), span=(1, 2), extra={"k": 1})
+    for field, text, words in (("span", "1", "--span: expected 2 comma-separated integers"),
+                               ("sizes", "1,x", "--sizes: expected comma-separated integers"),
+                               ("extra", "[1]", "--extra-json: expected a JSON object")):
+        with pytest.raises(ValueError, match=words):
+            opts.values({**defaults, field: text})
+
+    class Unsupported(BaseModel):
+        when: set[int] = set()
+
+    with pytest.raises(TypeError, match="Unsupported.when"):
+        ModelOptions(Unsupported)
+
+
+def test_bad_inputs_across_the_cli_are_one_line_and_write_nothing(tmp_path):
+    """Each of these printed a usage box or a traceback (some after minutes of work) before."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    train = ["train", "--task", "rule110", "--task-args", '{"steps": [2]}', "--steps", "1", "--batch-size", "1",
+             "--d-model", "16"]
+    cases = [
+        (["train", "--steps", "abc"], "--steps"),
+        (["train", "--optimizer", "sgd"], "--optimizer"),
+        (["train", "--no-such-option"], "No such option"),
+        (["train", "--steps", "0"], "--steps"),
+        (["train", "--loop-layers", "1"], "--loop-layers"),
+        ([*train, "--out", str(a_file)], "is a file"),
+        ([*train, "--device", "tpu"], "--device tpu"),
+        (["eval", "docqa-small", "--n", "1", "--loops", "1", "--plot", str(tmp_path)], "is a directory"),
+        (["bench", "memory", "--tokens", "300", "--plot", str(tmp_path / "no" / "m.png")], "does not exist"),
+        (["bench", "--quick", "--out", str(tmp_path)], "is a directory"),
+        (["bench", "kernels", "--lengths", "64", "--device", "cuda:x"], "--device cuda:x"),
+        (["study", "depo", "--docs", str(a_file)], "is a file"),
+        (["study", "no-such-study"], "unknown study"),
+        (["demo", "--questions", "many"], "--questions"),
+        (["no-such-command"], "No such command"),
+    ]
+    for args, words in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("error: ") and r.output.strip().count("\n") == 0, (args, r.output)
+        assert words in r.output, (args, r.output)
+    assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_study_capacity_runs_the_capacity_study(tmp_path, monkeypatch):
+    """`sleepagent study capacity` (named in sleepagent.train.capacity) goes to its own runner."""
+    import sleepagent.train.capacity as capacity
+
+    calls = []
+    monkeypatch.setattr(capacity, "run_capacity", lambda out, docs, **kw: calls.append((out, docs, kw)) or {})
+    r = runner.invoke(app, ["study", "capacity", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                            "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    assert calls == [(tmp_path / "runs" / "capacity", str(tmp_path / "docs"), {"jobs": 2, "threads": 1})]

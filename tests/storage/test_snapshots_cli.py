@@ -136,3 +136,77 @@ def test_purge_deletes_expired_snapshots_for_real(tmp_path):
     header = int.from_bytes(payload[:8], "little") + 8
     tensors = payload[header:]
     assert tensors[len(tensors) // 2 : len(tensors) // 2 + 64] not in data
+
+
+def _one_line_error(r, words: str) -> None:
+    """What every refused command prints: exit code 2, one ``error:`` line naming the problem."""
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and r.output.strip().count("\n") == 0, r.output
+    assert words in r.output and "Traceback" not in r.output and "Usage" not in r.output
+
+
+def test_export_from_a_read_only_store_writes_nothing(tmp_path, monkeypatch):
+    """Before: the payload was written, then recording the export failed with a traceback. An
+    export is recorded in the store's audit trail, so a store this process may not write refuses
+    it, and no file (whole, partial or temporary) is left."""
+    import os
+
+    url, (a, _) = make_store(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr("sleepagent.storage.store.os.access",
+                        lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = runner.invoke(app, ["snapshots", "export", str(a), "--out", str(out / "a.safetensors"), "--store", url,
+                            "--tenant", "acme"])
+    _one_line_error(r, "read-only")
+    assert list(out.iterdir()) == []
+
+
+def test_export_that_cannot_be_recorded_leaves_no_file(tmp_path, monkeypatch):
+    """The audit row is written before the file takes its name: if recording fails, the file and
+    its temporary twin are both gone."""
+    from sleepagent.errors import StoreError
+
+    url, (a, _) = make_store(tmp_path)
+    real_record = SnapshotStore.record
+
+    def refuse(self, kind, *args, **kwargs):  # reads are audited too: only the export's row fails
+        if kind == "export":
+            raise StoreError("the store went away")
+        return real_record(self, kind, *args, **kwargs)
+
+    monkeypatch.setattr(SnapshotStore, "record", refuse)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = runner.invoke(app, ["snapshots", "export", str(a), "--out", str(out / "a.safetensors"), "--store", url,
+                            "--tenant", "acme"])
+    _one_line_error(r, "the store went away")
+    assert list(out.iterdir()) == []
+
+
+def test_output_paths_of_the_wrong_kind_are_one_line(tmp_path):
+    """Before: `export --out DIR` and `plot --out FILE` ended in tracebacks."""
+    url, (a, _) = make_store(tmp_path)
+    common = ["--store", url, "--tenant", "acme"]
+    r = runner.invoke(app, ["snapshots", "export", str(a), "--out", str(tmp_path), *common])
+    _one_line_error(r, "is a directory")
+    r = runner.invoke(app, ["snapshots", "export", str(a), "--out", str(tmp_path / "no" / "a.safetensors"), *common])
+    _one_line_error(r, "does not exist")
+    a_file = tmp_path / "taken.png"
+    a_file.write_text("not a directory")
+    for out in (a_file, a_file / "plots"):
+        r = runner.invoke(app, ["snapshots", "plot", str(a), "--out", str(out), *common])
+        _one_line_error(r, "is a file, not a directory")
+    assert a_file.read_text() == "not a directory"
+
+
+def test_ids_that_are_not_integers_are_one_line(tmp_path):
+    """Before: typer's usage box. Now what the parser rejects is one line too."""
+    url, (a, _) = make_store(tmp_path)
+    for args in (["show", "abc"], ["diff", str(a), "x"], ["export", "1.5", "--out", str(tmp_path / "x")],
+                 ["plot", "abc"], ["show"], ["show", str(a), "--no-such-option"]):
+        r = runner.invoke(app, ["snapshots", *args, "--store", url])
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("error: ") and r.output.strip().count("\n") == 0, (args, r.output)
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,285 @@
+"""``sleepagent bench``: each benchmark as a subcommand, and all of them as one markdown report.
+
+Every figure is a ratio against a baseline run in the same process (:mod:`sleepagent.bench`), so
+the tables compare like with like on whatever machine printed them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ._common import check_device, console, new_file, positive_ints
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Benchmarks, printed as ratios against a baseline run in the same process. "
+    "With no subcommand: all of them, written to docs/benchmarks.md.",
+    invoke_without_command=True,
+)
+
+
+@app.callback()
+def bench_all(
+    ctx: typer.Context,
+    out: Annotated[str, typer.Option(help="markdown report to write")] = "docs/benchmarks.md",
+    quick: Annotated[bool, typer.Option(help="small sizes (a smoke run, not figures to quote)")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Run every benchmark (kernels, wake, agent, engine, store, memory) and write a markdown table."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..bench.report import write_report
+
+    check_device(device)
+    new_file(out, create_parents=True)  # checked now: the benchmarks take minutes
+    path = write_report(out, quick=quick, device=device, progress=lambda m: console.print(f"[dim]{m}[/]"))
+    console.print(f"wrote {path} (and {path.with_name('memory.png')})")
+
+
+@app.command("kernels")
+def bench_kernels_cmd(
+    lengths: Annotated[str, typer.Option(help="sequence lengths T, comma-separated")] = "512,2048,8192",
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Chunked GDN kernel vs the recurrent reference: forward and forward+backward time and ratio."""
+    from ..bench import bench_kernels
+
+    check_device(device)
+    result = bench_kernels(positive_ints(lengths), repeats=repeats, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"gated delta rule on {result['device']} ({result['backend']} vs torch_recurrent)")
+    for col in ("T", "chunk fwd ms", "recurrent fwd ms", "fwd ratio", "chunk f+b ms", "recurrent f+b ms", "f+b ratio"):
+        table.add_column(col, justify="right")
+    for c in result["cases"]:
+        table.add_row(
+            str(c["T"]),
+            f"{1000 * c['chunk_fwd_s']:.1f}", f"{1000 * c['recurrent_fwd_s']:.1f}", f"{c['fwd_ratio']:.1f}x",
+            f"{1000 * c['chunk_fwdbwd_s']:.1f}", f"{1000 * c['recurrent_fwdbwd_s']:.1f}", f"{c['fwdbwd_ratio']:.1f}x",
+        )
+    console.print(table)
+
+
+@app.command("wake")
+def bench_wake_cmd(
+    loops: Annotated[str, typer.Option(help="sleep-loop counts N, comma-separated")] = "1,2,4,8",
+    tokens: Annotated[int, typer.Option(min=1)] = 256,
+    rounds: Annotated[int, typer.Option(min=1)] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Per-token decode latency for each N (sleep runs between steps, never on the decode path)."""
+    from ..bench import bench_wake
+
+    check_device(device)
+    result = bench_wake(positive_ints(loops), tokens=tokens, rounds=rounds, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"wake decode latency on {result['device']} (window {result['window']}; N interleaved "
+                        f"token by token, {result['rounds']} rounds)")
+    table.add_column("N", justify="right")
+    table.add_column("median ms / token", justify="right")
+    table.add_column("vs N=1", justify="right")
+    table.add_column("round medians (spread)", justify="right")
+    base = result["ms_per_token"].get("1")
+    for n, ms in result["ms_per_token"].items():
+        lo, hi = result["round_medians_ms"][n]
+        table.add_row(n, f"{ms:.3f}", f"{ms / base:.3f}" if base else "-", f"{lo:.3f} to {hi:.3f}")
+    console.print(table)
+
+
+@app.command("agent")
+def bench_agent_cmd(
+    latency: Annotated[float, typer.Option(min=0.0, help="seconds each page takes to arrive")] = 0.2,
+    loops: Annotated[int, typer.Option(min=1, help="sleep passes N")] = 4,
+    pages: Annotated[int, typer.Option(min=1)] = 12,
+    page_chars: Annotated[int, typer.Option(min=1)] = 300,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """An agent reads a document page by page: sleep in pauses vs only when full vs N = 1."""
+    from ..bench import bench_agent
+
+    check_device(device)
+    result = bench_agent(latency=latency, loops=loops, pages=pages, page_chars=page_chars, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"agent reading {pages} pages, tool latency {latency}s, N={loops}, window {result['window']}")
+    for col in ("schedule", "total s", "sleep s", "hidden s", "exposed s", "hidden %", "forced", "wake ms/token"):
+        table.add_column(col, justify="right")
+    for name, r in result["schedules"].items():
+        table.add_row(
+            name, f"{r['total_s']:.2f}", f"{r['sleep_s']:.3f}", f"{r['hidden_s']:.3f}", f"{r['exposed_s']:.3f}",
+            f"{100 * r['hidden_fraction']:.1f}", str(r["forced_sleeps"]), f"{r['wake_ms_per_token']:.2f}",
+        )
+    console.print(table)
+    console.print(f"user-visible time, pause / full: {result['pause_over_full_total']:.3f}")
+
+
+@app.command("engine")
+def bench_engine_cmd(
+    sessions: Annotated[int, typer.Option(min=1)] = 10,
+    tokens: Annotated[int, typer.Option(min=1)] = 64,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Concurrent sessions' decode throughput: batched wake steps vs one session at a time."""
+    from ..bench import bench_engine
+
+    check_device(device)
+    result = bench_engine(sessions=sessions, tokens=tokens, device=device)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"{sessions} sessions × {tokens} tokens on {result['device']}: serial {result['serial_tok_s']:.0f} tok/s, "
+        f"batched {result['batched_tok_s']:.0f} tok/s, speedup {result['speedup']:.2f}x"
+    )
+
+
+@app.command("store")
+def bench_store_cmd(
+    url: Annotated[str | None, typer.Option(help="a PostgreSQL URL to use instead of a temporary server")] = None,
+    postgres: Annotated[bool, typer.Option(help="also bench PostgreSQL (temporary local server)")] = True,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
+    writers: Annotated[int, typer.Option(min=1)] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Snapshot write/restore latency and bytes (small model, 2B-class state) and concurrent writes."""
+    from ..bench import bench_store
+
+    result = bench_store(url=url, postgres=postgres, repeats=repeats, writers=writers)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title="snapshot store")
+    for col in ("backend", "state", "MB", "write ms", "restore ms"):
+        table.add_column(col, justify="right")
+    for backend, row in result["backends"].items():
+        for name in ("small", "2b-class", "2b-class bf16"):
+            r = row[name]
+            table.add_row(backend, name, f"{r['bytes'] / 1e6:.2f}", f"{r['write_ms']:.1f}", f"{r['restore_ms']:.1f}")
+    console.print(table)
+    errs = {b: row["2b-class bf16"]["max_relative_error"] for b, row in result["backends"].items()}
+    console.print("bf16 snapshots: largest relative error of a restored fast weight: "
+                  + ", ".join(f"{b} {e:.2e}" for b, e in errs.items()))
+    for backend, row in result["backends"].items():
+        c = row["concurrent"]
+        console.print(f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s ({c['mb_per_s']:.1f} MB/s)")
+
+
+@app.command("bounded")
+def bench_bounded_cmd(
+    read_mb: Annotated[float, typer.Option(min=0.01, help="MB of tool output one session reads")] = 2.0,
+    steps: Annotated[int, typer.Option(min=10, help="decode steps timed per case")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Bounded work: a 1 MB task against an input limit, and an active session's decode latency
+    while another session reads a huge tool output (then cancelled), on the shipped model."""
+    from ..bench import bench_bounded
+
+    r = bench_bounded(read_mb=read_mb, steps=steps)
+    if as_json:
+        print(json.dumps(r))
+        return
+    console.print(f"1 MB task, input_tokens_limit=10_000: refused after {r['refused_1mb_s'] * 1e3:.0f} ms, unread")
+    console.print(f"decode step of an active session: idle p50 {r['idle_p50_ms']:.2f} / p99 {r['idle_p99_ms']:.2f} ms; "
+                  f"while another reads {read_mb:g} MB: p50 {r['reading_p50_ms']:.2f} / p99 {r['reading_p99_ms']:.2f} ms "
+                  f"(p99 {r['p99_ratio']:.2f}x); tokens read after the cancel: {r['read_after_cancel']}")
+
+
+@app.command("fairness")
+def bench_fairness_cmd(
+    sleepers: Annotated[int, typer.Option(min=1, help="other sessions sleeping meanwhile")] = 8,
+    loops: Annotated[int, typer.Option(min=1, max=64, help="their sleep passes N")] = 4,
+    turns: Annotated[int, typer.Option(min=2)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """An active session's wake latency while other sessions sleep, against the same with them idle."""
+    from ..bench import bench_fairness
+
+    r = bench_fairness(sleepers=sleepers, loops=loops, turns=turns)
+    if as_json:
+        print(json.dumps(r))
+        return
+    table = Table(title=f"active session while {sleepers} others sleep (N={loops}); ms")
+    for col in ("", "others idle", "others sleeping", "p99 ratio"):
+        table.add_column(col, justify="right")
+    table.add_row("wake step p50 / p99", f"{r['idle_step_p50_ms']:.2f} / {r['idle_step_p99_ms']:.2f}",
+                  f"{r['sleeping_step_p50_ms']:.2f} / {r['sleeping_step_p99_ms']:.2f}", f"{r['step_p99_ratio']:.2f}x")
+    table.add_row("time to first token p50 / p99", f"{r['idle_ttft_p50_ms']:.2f} / {r['idle_ttft_p99_ms']:.2f}",
+                  f"{r['sleeping_ttft_p50_ms']:.2f} / {r['sleeping_ttft_p99_ms']:.2f}", f"{r['ttft_p99_ratio']:.2f}x")
+    console.print(table)
+    console.print(f"sleep passes the others ran meanwhile: {r['sleep_passes_meanwhile']}; "
+                  f"turns measured while they slept: {r['turns_while_others_slept']}/{turns}")
+
+
+@app.command("serve")
+def bench_serve_cmd(
+    conversations: Annotated[int, typer.Option(min=1, help="simulated conversations")] = 8,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="at a time (default: all)")] = None,
+    rounds: Annotated[int, typer.Option(min=0, help="questions after the document")] = 2,
+    tool_latency: Annotated[float, typer.Option(min=0.0, help="seconds the tool takes")] = 0.3,
+    think: Annotated[float, typer.Option(min=0.0, help="user think time before each question")] = 0.3,
+    replicas: Annotated[str | None, typer.Option(help="also on Ray Serve with these replica counts, e.g. 1,2")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Concurrent conversations against a real `sleepagent serve` over HTTP (streaming); with
+    --replicas, the same on Ray Serve and a timed failover."""
+    from ..bench import bench_serve
+
+    r = bench_serve(conversations=conversations, concurrency=concurrency, rounds=rounds, tool_s=tool_latency,
+                    think_s=think, replicas=positive_ints(replicas) if replicas else ())
+    if as_json:
+        print(json.dumps(r))
+        return
+    console.print(f"{r['conversations']} conversations ({r['concurrency']} at a time): {r['requests']} requests, "
+                  f"{r['lost']} lost, {r['requests_per_s']:.1f} requests/s, {r['tokens_per_s']:.0f} tokens/s")
+    console.print(f"time to first token p50 {r['ttft_p50_ms']:.1f} / p99 {r['ttft_p99_ms']:.1f} ms; "
+                  f"inter-token p50 {r['itl_p50_ms']:.2f} / p99 {r['itl_p99_ms']:.2f} ms")
+    console.print(f"{r['sleeps']:.0f} sleeps; hidden {r['sleep_hidden_s']:.2f} s, exposed {r['sleep_exposed_s']:.2f} s "
+                  f"({100 * r['hidden_share']:.0f}% hidden)")
+    for k, row in r.get("ray", {}).items():
+        fail = f", failover {row['failover_s']:.2f} s (kill to first token)" if "failover_s" in row else ""
+        console.print(f"Ray Serve, {k} replica(s): {row['requests']} requests, {row['lost']} lost, "
+                      f"{row['requests_per_s']:.1f} requests/s, time to first token p50 {row['ttft_p50_ms']:.1f} / "
+                      f"p99 {row['ttft_p99_ms']:.1f} ms{fail}")
+
+
+@app.command("memory")
+def bench_memory_cmd(
+    tokens: Annotated[str, typer.Option(help="session lengths, comma-separated")] = "1000,10000,100000",
+    run_full_up_to: Annotated[int, typer.Option(help="run the no-eviction model up to this length")] = 10_000,
+    plot: Annotated[str | None, typer.Option(help="write a PNG plot here")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Per-session memory: the sleep hybrid vs the same model whose KV cache keeps everything."""
+    from ..bench import bench_memory
+
+    if plot:
+        new_file(plot, "--plot")
+    result = bench_memory(positive_ints(tokens), run_full_up_to=run_full_up_to, plot=plot)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title="session memory (d=128, 4 layers; state = what a session holds between calls)")
+    for col in ("tokens", "sleep state MB", "sleep peak RSS MB", "no-eviction state MB", "no-eviction peak RSS MB", "state ratio"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        full = r["full"]
+        table.add_row(
+            str(r["tokens"]), f"{r['sleep']['state_bytes'] / 1e6:.2f}", f"{r['sleep']['peak_rss_mb']:.0f}",
+            f"{full['state_bytes'] / 1e6:.2f}", f"{full['peak_rss_mb']:.0f}" + ("" if full["ran"] else " (allocated only)"),
+            f"{r['state_ratio']:.1f}x",
+        )
+    console.print(table)
