@@ -40,10 +40,10 @@ from typing import Any, NamedTuple
 
 from ..runtime.render import render_system_turn, render_tool_prompt
 from ..tokenizer import ByteTokenizer
-from ..tools import DocumentReader, ToolRegistry, render_tool_call
+from ..tools import DocumentReader, render_tool_call
 from ..tools.calls import ToolResult
 from ..tools.document import END_MARKER, paginate
-from .tasks import Example
+from .example import Example
 
 __all__ = [
     "DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "QA", "Conventions", "question", "reader_tools",
@@ -175,16 +175,6 @@ class Conventions:
             read_request=rng.choice(_READ_REQUESTS), next_request=rng.choice(_NEXT_REQUESTS),
             end_marker=end, page_arg=page_arg,
         )
-
-
-def page_spec(name: str, description: str, page_arg: str | None = None) -> dict[str, Any]:
-    """The OpenAI-format spec of a paging tool: no arguments, or one integer ``page_arg`` (what
-    ``@tool`` gives for ``def name(page: int) -> str`` with that docstring)."""
-    props = {page_arg: {"type": "integer"}} if page_arg else {}
-    params: dict[str, Any] = {"type": "object", "properties": props}
-    if page_arg:
-        params["required"] = [page_arg]
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": params}}
 
 
 def page_spec(name: str, description: str, page_arg: str | None = None) -> dict[str, Any]:

@@ -25,20 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
+from ..model import SleepModel
+from ..model.hf import is_transformers_checkpoint
 from ..model.pretrained import write_prompt
 from ..tokenizer import PromptConventions
-from .trainer import TrainConfig, _load_optimizers, _optimizers, _resume_meta, _Run, _save_optimizers
+from .docqa import DOCQA_SYSTEM
+from .example import Example
+from .run import (
+    Run,
+    TrainConfig,
+    build_optimizers,
+    load_optimizers,
+    resume_meta,
+    save_optimizers,
+)
+from .tasks import make_task
 
 __all__ = ["prepare_base", "load_base", "load_run"]
 
 
 def load_base(cfg: TrainConfig, path: str | Path):
     """The base checkpoint (or a run directory) as a SleepModel with the run's sleep settings."""
-    from ..model import SleepModel
-    from ..model.hf import is_transformers_checkpoint
-
     path = Path(path)
     if not is_transformers_checkpoint(path):
         raise CheckpointError(f"--base {path}: not a local transformers checkpoint (no config.json with a model_type)")
@@ -54,8 +64,6 @@ def load_base(cfg: TrainConfig, path: str | Path):
 
 def _task_window(cfg: TrainConfig) -> int:
     """The attention window a task is laid out for (docqa: its ``window`` setting, else 1024)."""
-    from .tasks import make_task
-
     if cfg.task == "docqa":
         return int(cfg.task_kwargs.get("window", 1024))
     return int(make_task(cfg.task, **cfg.task_kwargs).window)
@@ -76,8 +84,6 @@ class TokenizedTask:
         return self.render(self.task.sample(rng, difficulty))
 
     def render(self, ex):
-        from .tasks import Example
-
         start = ex.answers[0][0]
         prompt = self.tokenizer.encode(bytes(ex.ids[:start]).decode(), specials=False)
         answer = self.tokenizer.encode(bytes(ex.ids[start:]).decode(), specials=False)
@@ -95,8 +101,6 @@ class TokenizedTask:
 def base_task(name: str, kwargs: dict, tokenizer: Any, window: int, vocab_size: int) -> Any:
     """The task a ``train --base`` run reads: docqa in the model's chat format, gsm_inf's text
     through its tokenizer, rule110 and depo (no text form) as raw token ids inside its vocabulary."""
-    from .tasks import make_task
-
     if name == "docqa":
         return make_task("docqa", **{**kwargs, "window": window}, tokenizer=tokenizer)
     task = make_task(name, **kwargs)
@@ -111,8 +115,6 @@ def base_task(name: str, kwargs: dict, tokenizer: Any, window: int, vocab_size: 
 def run_task(model: Any, cfg: dict) -> Any:
     """The task a trained run is scored on, from its ``train.json`` config: as it was trained
     (a fine-tuned transformers model reads it through :func:`base_task`)."""
-    from .tasks import make_task
-
     name, kwargs = cfg.get("task", "depo"), cfg.get("task_kwargs", {})
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
@@ -123,8 +125,6 @@ def run_task(model: Any, cfg: dict) -> Any:
 def load_run(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
     """A run directory written by ``train --base`` as (its :class:`HFHybridLM`, its ``train.json``),
     with the sleep settings it was trained with, for scoring (``eval``, studies, probes)."""
-    from ..model import SleepModel
-
     path = Path(path)
     sm = SleepModel.from_pretrained(path, device=device if device != "cpu" else None)
     try:
@@ -135,24 +135,24 @@ def load_run(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
     return sm.model, meta
 
 
-def prepare_base(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
+def prepare_base(cfg: TrainConfig, out: Path, resume: bool) -> Run:
     """The training run of a base model (see module docstring); resumes from ``out``."""
-    meta = _resume_meta(cfg, out) if resume else None
+    meta = resume_meta(cfg, out) if resume else None
     # a resumed run reloads its own weights (LoRA: the base's, and then its adapter)
     sm = load_base(cfg, out if meta is not None and not cfg.lora else cfg.base)
     lm = sm.model
     task = base_task(cfg.task, cfg.task_kwargs, sm.tokenizer, lm.config.window, lm.config.vocab_size)
     if cfg.lora:
         _add_lora(lm, cfg.lora, out if meta is not None else None)
-    opts = _optimizers(cfg, lm)
+    opts = build_optimizers(cfg, lm)
     warmup = {id(p) for m in lm.gdn.values() for p in m.parameters()}
 
     def save(step: int, history: list, evals: list) -> None:
         _save(out, sm, cfg, step, history, evals, opts)
 
-    run = _Run(lm, task, opts, save, warmup)
+    run = Run(lm, task, opts, save, warmup)
     if meta is not None:
-        _load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
+        load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
         run.step, run.history, run.evals = meta["step"], meta["history"], meta.get("evals", [])
     return run
 
@@ -176,8 +176,6 @@ def _add_lora(lm, rank: int, resume_from: Path | None) -> None:
     for name, p in lm.named_parameters():
         p.requires_grad = "lora_" in name
     if resume_from is not None and (resume_from / "adapter.safetensors").exists():
-        from safetensors.torch import load_file
-
         set_peft_model_state_dict(lm.decoder, load_file(str(resume_from / "adapter.safetensors")))
 
 
@@ -189,8 +187,9 @@ def _save(out: Path, sm, cfg: TrainConfig, step: int, history: list, evals: list
     tmp = out / ".tmp"
     tmp.mkdir(exist_ok=True)
     if cfg.lora:
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
+        from peft import (
+            get_peft_model_state_dict,  # an optional dependency (the finetune extra)
+        )
 
         save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(lm.decoder).items()},
                   str(tmp / "adapter.safetensors"))
@@ -202,7 +201,7 @@ def _save(out: Path, sm, cfg: TrainConfig, step: int, history: list, evals: list
          "keep": c.keep}, indent=2) + "\n")
     if cfg.task == "docqa" or sm.prompt.system_prompt:  # a raw-token task model has no chat prompt
         write_prompt(tmp, PromptConventions(system_prompt=sm.prompt.system_prompt or _task_prompt()))
-    scalars = _save_optimizers(opts, tmp / "optimizer.safetensors")
+    scalars = save_optimizers(opts, tmp / "optimizer.safetensors")
     (tmp / "train.json").write_text(json.dumps(
         {"config": cfg.model_dump(mode="json"), "step": step, "history": history, "evals": evals,
          "optimizer_scalars": scalars}, indent=1) + "\n")
@@ -212,8 +211,6 @@ def _save(out: Path, sm, cfg: TrainConfig, step: int, history: list, evals: list
 
 
 def _task_prompt() -> str:
-    from .docqa import DOCQA_SYSTEM
-
     return DOCQA_SYSTEM
 
 

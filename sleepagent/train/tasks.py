@@ -37,33 +37,14 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..errors import DataError
+from .docqa import DocQA
+from .example import Example, collate
 
 __all__ = ["Example", "Rule110", "Depo", "GsmInf", "TASKS", "make_task", "collate", "read_data"]
-
-
-@dataclass
-class Example:
-    ids: list[int]
-    loss_mask: list[bool]
-    answers: list[list[int]]  # positions of each answer's tokens (exact match per answer)
-    difficulty: int
-    meta: dict = field(default_factory=dict)
-
-
-def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad a batch to one length (padding is never a target)."""
-    T = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(examples), T, dtype=torch.bool)
-    for i, e in enumerate(examples):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        mask[i, : len(e.ids)] = torch.tensor(e.loss_mask)
-    return ids, mask
 
 
 def rule110_step(row: list[int]) -> list[int]:
@@ -191,8 +172,6 @@ class Depo:
         so the windows fall where they fall in training. Each answer keeps its own k, in
         ``meta["hops"]`` (the original draws k per query). Raises :class:`DataError` naming the
         first thing that does not fit."""
-        from ..errors import DataError
-
         if len(label) != len(tokens):
             raise DataError(f"label has {len(label)} entries for {len(tokens)} tokens")
         if not tokens or tokens[0] != self.bos:
@@ -239,8 +218,6 @@ def read_data(path: str | Path, task: Any) -> list[Example]:
     depo ``{"tokens": [...], "label": [...]}`` in the original generator's layout
     (:meth:`Depo.from_original`), gsm_inf ``{"question_var": ..., "context": ..., "answer": int}``
     (:meth:`GsmInf.from_record`)."""
-    from ..errors import DataError
-
     if isinstance(task, Depo):
         keys, build = ("tokens", "label"), lambda r: task.from_original([int(t) for t in r[0]], [int(x) for x in r[1]])
     elif hasattr(task, "from_record"):  # gsm_inf, or gsm_inf through a model's tokenizer
@@ -313,8 +290,6 @@ class GsmInf:
         joined by ". ", the integer answer; laid out as :meth:`sample` lays out its own. The
         difficulty is the number of operations on the asked variable's chain, found by following
         the chain back to its root (a :class:`DataError` when it does not reach one)."""
-        from ..errors import DataError
-
         statements = [x.strip() for x in context.strip().rstrip(".").split(". ") if x.strip()]
         source: dict[str, str | None] = {}
         for st in statements:
@@ -340,8 +315,6 @@ TASKS = {"rule110": Rule110, "depo": Depo, "gsm_inf": GsmInf}
 
 def make_task(name: str, **kwargs):
     if name == "docqa":
-        from .docqa import DocQA
-
         return DocQA(**kwargs)
     try:
         return TASKS[name](**kwargs)

@@ -15,106 +15,35 @@ earlier answers in context, one forward per batch) only on request, and labelled
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from ..model import SleepHybridConfig, SleepHybridLM
+from ..model.hf import is_transformers_checkpoint
 from ..model.pretrained import write_prompt
 from ..tokenizer import PromptConventions
+from .docqa import pause_windows
+from .finetune import load_run, prepare_base
+from .grow import grow
+from .run import (
+    Run,
+    TrainConfig,
+    build_optimizers,
+    load_optimizers,
+    lr_factor,
+    resume_meta,
+    save_optimizers,
+)
 from .tasks import collate, make_task
 
-__all__ = ["TrainConfig", "train", "evaluate", "load_checkpoint", "plot_accuracy"]
-
-
-class TrainConfig(BaseModel):
-    """Everything that defines a training run (stored in ``train.json`` for resume/reproduction)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: str = "depo"
-    task_kwargs: dict[str, Any] = Field(default_factory=dict)
-    loops: int = Field(default=4, ge=1)
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=2e-3, gt=0)
-    adam_lr: float = Field(default=1e-3, gt=0, description="AdamW lr for non-matrix params (and all, with adamw)")
-    optimizer: Literal["adamw", "muon"] = "adamw"
-    weight_decay: float = Field(default=0.0, ge=0)
-    warmup_gdn_steps: int = Field(default=0, ge=0, description="first steps train only the GDN layers")
-    grad_clip: float = Field(default=1.0, gt=0)
-    schedule: Literal["constant", "cosine"] = Field(
-        default="constant", description="lr after warm-up: constant, or cosine decay to 10% at the last step"
-    )
-    warmup_steps: int = Field(default=0, ge=0, description="linear lr warm-up from 0")
-    checkpoint: bool = Field(default=False, description="activation checkpointing per window")
-    detach_every: int | None = Field(default=None, ge=1)
-    seed: int = 0
-    d_model: int = Field(default=128, gt=0)
-    n_layers: int = Field(default=4, gt=0)
-    n_heads: int = Field(default=4, gt=0)
-    layer_types: tuple[str, ...] | None = None
-    gdn_heads: int | None = Field(default=None, ge=1, description="GDN key heads (default n_heads)")
-    gdn_v_heads: int | None = Field(default=None, ge=1, description="GDN value heads (default gdn_heads)")
-    gdn_head_k_dim: int | None = Field(default=None, ge=1, description="GDN key dim per head (default d_model // heads)")
-    gdn_head_v_dim: int | None = Field(default=None, ge=1, description="GDN value dim per head (default the key dim)")
-    conv_size: int = Field(
-        default=4, ge=1, description="GDN short-convolution width (docqa: 12 spans a fact's two names)"
-    )
-    min_fill: float = Field(default=0.5, ge=0, le=1, description="pause sleeps: as SleepPolicy.min_fill")
-    save_every: int = Field(default=200, ge=1)
-    eval_every: int | None = Field(
-        default=None, ge=1, description="score a fixed test set every k steps (kept in train.json's 'evals')"
-    )
-    eval_n: int = Field(default=100, ge=1, description="test examples per difficulty for eval_every")
-    eval_loops: tuple[int, ...] | None = Field(default=None, description="N values scored by eval_every; default (1, loops)")
-    eval_teacher_forced: bool = Field(
-        default=False, description="eval_every scores teacher-forced (cheaper; labelled so) instead of free-running"
-    )
-    init_from: str | None = Field(
-        default=None, description="start from this checkpoint's weights (same architecture; fresh optimizer)"
-    )
-    device: str = "cpu"
-    base: str | None = Field(default=None, description="fine-tune this local transformers hybrid (a directory)")
-    window: int | None = Field(default=None, ge=2, description="the model's attention window (default: the task's); a native model with a window that holds "
-                    "the whole example never evicts (a plain transformer baseline)")
-    loop_layers: tuple[int, int] | None = Field(default=None, description="--base: the decoder layers the sleep loops")
-    evict: Literal["hard", "sliding"] = "hard"
-    keep: int = Field(default=0, ge=0, description="sliding eviction: tokens kept in the window after a sleep")
-    lora: int | None = Field(default=None, ge=1, description="--base: LoRA rank (peft); default full fine-tuning")
-    time_limit: float | None = Field(
-        default=None, gt=0, description="stop (and save) after this many seconds of this invocation; resumable"
-    )
-    time_budget: float | None = Field(
-        default=None, gt=0, description="stop (and save) once the run's training CPU seconds (process time, every "
-        "thread, over every invocation) reach this: equal-budget comparisons that other load does not skew; resumable"
-    )
-
-
-# Settings that do not change what is learned: a run may be resumed with other values.
-_RESUMABLE = {"steps", "save_every", "device", "eval_every", "eval_n", "eval_loops", "time_limit", "eval_teacher_forced",
-              "base", "time_budget"}
-
-
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """Multiplier of the base learning rates at ``step`` (0-based): linear warm-up, then constant
-    or cosine decay to 10%. A function of the step alone, so a resumed run follows the same curve."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+__all__ = ["TrainConfig", "train", "evaluate", "load_checkpoint", "plot_accuracy", "lr_factor", "build_model"]
 
 
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
@@ -129,51 +58,6 @@ def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
     return SleepHybridLM(mcfg)
 
 
-def _optimizers(cfg: TrainConfig, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
-    """Muon for the hidden matrices, AdamW for embeddings, the output head and everything else
-    (or AdamW for all). Frozen parameters (LoRA's base weights) are left out."""
-    def hidden(name: str, p: torch.nn.Parameter) -> bool:
-        return p.dim() == 2 and not any(k in name for k in ("tok_emb", "embed_tokens", "lm_head"))
-
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    matrices = [p for n, p in trainable if hidden(n, p)]
-    others = [p for n, p in trainable if not hidden(n, p)]
-    if cfg.optimizer == "muon":
-        return [opt for opt in (
-            torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
-            if matrices else None,
-            torch.optim.AdamW(others, lr=cfg.adam_lr, weight_decay=0.0) if others else None,
-        ) if opt is not None]
-    return [torch.optim.AdamW([p for _, p in trainable], lr=cfg.adam_lr, weight_decay=cfg.weight_decay)]
-
-
-def _save_optimizers(opts: list[torch.optim.Optimizer], path: Path) -> dict:
-    tensors, scalars = {}, {}
-    for i, opt in enumerate(opts):
-        sd = opt.state_dict()
-        for pid, st in sd["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"{i}.{pid}.{k}"] = v.detach().cpu().contiguous()
-                else:
-                    scalars[f"{i}.{pid}.{k}"] = v
-    save_file(tensors, str(path))
-    return scalars
-
-
-def _load_optimizers(opts: list[torch.optim.Optimizer], path: Path, scalars: dict) -> None:
-    tensors = load_file(str(path))
-    for i, opt in enumerate(opts):
-        sd = opt.state_dict()
-        state: dict[int, dict[str, Any]] = {}
-        for key, v in {**tensors, **scalars}.items():
-            oi, pid, name = key.split(".", 2)
-            if int(oi) == i:
-                state.setdefault(int(pid), {})[name] = v
-        sd["state"] = state
-        opt.load_state_dict(sd)
-
-
 def save_checkpoint(
     out: Path, model: SleepHybridLM, cfg: TrainConfig, step: int, history: list, opts, task=None,
     evals: list | None = None,
@@ -183,7 +67,7 @@ def save_checkpoint(
     tmp.mkdir(exist_ok=True)
     (tmp / "config.json").write_text(json.dumps(json.loads(model.config.to_json()), indent=2) + "\n")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    scalars = _save_optimizers(opts, tmp / "optimizer.safetensors")
+    scalars = save_optimizers(opts, tmp / "optimizer.safetensors")
     # chat tasks (docqa) write their byte tokenizer: the checkpoint then loads as a SleepModel
     tok = getattr(task, "tokenizer", None)
     spec = tok.to_dict() if tok is not None else {"type": "task", "task": cfg.task}
@@ -203,12 +87,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
     """A trained task model and its ``train.json`` (config, step, history): a
     :class:`SleepHybridLM`, or for a run of ``train --base`` the transformers hybrid it fine-tuned
     (an :class:`~sleepagent.model.hf.HFHybridLM` with the run's sleep settings)."""
-    from ..model.hf import is_transformers_checkpoint
-
     path = Path(path)
     if is_transformers_checkpoint(path):
-        from .finetune import load_run
-
         return load_run(path, device)
     try:
         mcfg = SleepHybridConfig.from_json((path / "config.json").read_text())
@@ -232,50 +112,24 @@ def train(
     """
     out = Path(out)
     if cfg.base:
-        from .finetune import prepare_base
-
         run = prepare_base(cfg, out, resume)
     else:
         run = _prepare_native(cfg, out, resume)
     return _fit(cfg, run, out, progress=progress, stop_at=stop_at)
 
 
-@dataclass
-class _Run:
-    """What the training loop needs, whichever kind of model it trains."""
-
-    model: Any
-    task: Any
-    opts: list[torch.optim.Optimizer]
-    save: Any  # save(step, history, evals): writes the checkpoint directory
-    warmup_params: set[int]  # ids of the parameters a GDN-only warm-up trains
-    step: int = 0
-    history: list = field(default_factory=list)
-    evals: list = field(default_factory=list)
-
-
-def _resume_meta(cfg: TrainConfig, out: Path) -> dict | None:
-    if not (out / "train.json").exists():
-        return None
-    meta = json.loads((out / "train.json").read_text())
-    saved = TrainConfig(**meta["config"])
-    if saved.model_dump(exclude=_RESUMABLE) != cfg.model_dump(exclude=_RESUMABLE):
-        raise CheckpointError(f"{out} holds a run with another config; use another --out or the same settings")
-    return meta
-
-
-def _prepare_native(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
+def _prepare_native(cfg: TrainConfig, out: Path, resume: bool) -> Run:
     task = make_task(cfg.task, **cfg.task_kwargs)
     model = build_model(cfg, task).to(cfg.device)
-    opts = _optimizers(cfg, model)
-    run = _Run(model, task, opts, lambda step, history, evals: save_checkpoint(
+    opts = build_optimizers(cfg, model)
+    run = Run(model, task, opts, lambda step, history, evals: save_checkpoint(
         out, model, cfg, step, history, opts, task, evals),
         {id(p) for i in model.config.gdn_layers for p in model.layers[i].parameters()})
-    meta = _resume_meta(cfg, out) if resume else None
+    meta = resume_meta(cfg, out) if resume else None
     if meta is not None:
         loaded, _ = load_checkpoint(out, cfg.device)
         model.load_state_dict(loaded.state_dict())
-        _load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
+        load_optimizers(opts, out / "optimizer.safetensors", meta.get("optimizer_scalars", {}))
         run.step, run.history, run.evals = meta["step"], meta["history"], meta.get("evals", [])
     elif cfg.init_from:
         start, _ = load_checkpoint(cfg.init_from, cfg.device)
@@ -289,8 +143,6 @@ def _initial_weights(start: SleepHybridLM, model: SleepHybridLM, source: str, se
     inserted) when the run's model is a larger copy of it. The window and N are settings of the
     run, not of the weights (RoPE positions lie within the window; a smaller window only uses
     fewer of them)."""
-    from .grow import grow
-
     def shape(cfg: SleepHybridConfig) -> dict:
         # sizes resolved (an explicit default equals an omitted one); window and N left out
         out = cfg.model_dump(exclude={"loops", "window"})
@@ -321,7 +173,7 @@ def _initial_weights(start: SleepHybridLM, model: SleepHybridLM, source: str, se
     return grown
 
 
-def _fit(cfg: TrainConfig, run: _Run, out: Path, *, progress: bool, stop_at: int | None) -> dict:
+def _fit(cfg: TrainConfig, run: Run, out: Path, *, progress: bool, stop_at: int | None) -> dict:
     """The training loop: one seeded batch per step (a resumed run sees the same batches)."""
     end = min(cfg.steps, stop_at) if stop_at else cfg.steps
     model, task, opts = run.model, run.task, run.opts
@@ -401,8 +253,6 @@ def _windows(task, ex, min_fill: float) -> list[int] | None:
     """Explicit windows for tasks whose examples carry the runtime's pause points (docqa)."""
     if "pauses" not in ex.meta:
         return None
-    from .docqa import pause_windows
-
     return pause_windows(len(ex.ids), ex.meta["pauses"], task.window, min_fill)
 
 
