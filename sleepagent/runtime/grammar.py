@@ -49,6 +49,7 @@ import statistics
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -203,10 +204,11 @@ class _Bounder:
                 branches = [b for b in branches if b is not False]
                 if not branches:
                     return False
+                # oneOf stays oneOf: the engine takes it only where it equals anyOf (disjoint branches)
                 rest = self.bound(s, seen) if s else None
                 if rest is not None:
-                    return self._all_of([{"anyOf": branches}, rest]) if rest is not False else False
-                return {"anyOf": branches}  # oneOf as anyOf: a generated value is kept to one branch below
+                    return self._all_of([{key: branches}, rest]) if rest is not False else False
+                return {key: branches}
         if "const" in s or "enum" in s:
             return {k: s[k] for k in ("const", "enum") if k in s}
         types = s.get("type")
@@ -393,8 +395,8 @@ def max_json_bytes(schema: Any, separators: tuple[str, str] = DEFAULT_SEPARATORS
             return lit(s["const"])
         if "enum" in s:
             return max((lit(v) for v in s["enum"]), default=-1)
-        if "anyOf" in s:
-            return max((size(b) for b in s["anyOf"]), default=-1)
+        if "anyOf" in s or "oneOf" in s:
+            return max((size(b) for b in s.get("anyOf", s.get("oneOf"))), default=-1)
         if "allOf" in s:
             sizes = [size(b) for b in s["allOf"]]
             return -1 if any(x < 0 for x in sizes) else min(sizes)
@@ -513,8 +515,7 @@ class _ByteTokens:
 
 def _build_vocab(tokenizer: Any) -> _Vocab:
     llg = _llguidance()
-    ends = tuple(dict.fromkeys(i for i in (getattr(tokenizer, "end_id", None), getattr(tokenizer, "eos_id", None))
-                               if i is not None))
+    ends = _end_ids(tokenizer)
     if not ends:
         raise ConfigError("the tokenizer has no end-of-turn or eos id", field="tokenizer")
     hf = getattr(tokenizer, "tok", None)
@@ -550,6 +551,31 @@ def _build_vocab(tokenizer: Any) -> _Vocab:
 
 
 # ------------------------------------------------------------------------------------------ constraint
+_MATCHERS: OrderedDict[tuple[int, str], tuple[_Vocab, Any]] = OrderedDict()
+_MATCHERS_MAX = 64
+
+
+def _matcher(vocab: _Vocab, grammar: str) -> Any:
+    """A fresh matcher for ``grammar``: a copy of a compiled one when the same grammar was built
+    before for this vocabulary (an agent's turns repeat their schema and tools; a copy takes ~1 us,
+    a build ~1-30 ms)."""
+    llg = _llguidance()
+    key = (id(vocab), grammar)
+    with _LLG_LOCK:
+        hit = _MATCHERS.get(key)
+        if hit is not None and hit[0] is vocab:
+            _MATCHERS.move_to_end(key)
+            return hit[1].deep_copy()
+    m = llg.LLMatcher(vocab.llg, grammar, log_level=0)
+    if m.is_error():
+        raise ConfigError(f"the grammar engine rejects the schema: {m.get_error()}", field="schema")
+    with _LLG_LOCK:
+        _MATCHERS[key] = (vocab, m.deep_copy())
+        while len(_MATCHERS) > _MATCHERS_MAX:
+            _MATCHERS.popitem(last=False)
+    return m
+
+
 @dataclass(frozen=True, kw_only=True)
 class _CallGate:
     """A tool call may only start while the rest of the budget holds the longest call."""
@@ -575,7 +601,6 @@ class GrammarConstraint:
 
     def __init__(self, vocab: _Vocab, grammar: str, *, max_tokens: int, needed: int, limits: Limits,
                  schemas: Any, kind: Literal["json", "tools"], gate: _CallGate | None = None) -> None:
-        llg = _llguidance()
         self._vocab = vocab
         self.grammar = grammar
         self.kind = kind
@@ -585,11 +610,9 @@ class GrammarConstraint:
         self.schemas = schemas
         self.end_ids = vocab.end_ids
         self._gate = gate
-        self._matcher = llg.LLMatcher(vocab.llg, grammar, log_level=0)
-        if self._matcher.is_error():
-            raise ConfigError(f"the grammar engine rejects the schema: {self._matcher.get_error()}", field="schema")
-        self._words = torch.zeros((vocab.size + 31) // 32, dtype=torch.int32)
-        self._ends = torch.tensor(self.end_ids, dtype=torch.long)
+        self._matcher = _matcher(vocab, grammar)
+        self._words = np.zeros((vocab.size + 31) // 32, dtype=np.uint32)
+        self._ends = np.array(self.end_ids, dtype=np.int64)
         self.reset()
 
     # --- state ---------------------------------------------------------------------------------
@@ -597,7 +620,7 @@ class GrammarConstraint:
         """Back to the start of the turn."""
         self._matcher.reset()
         self._emitted: list[int] = []
-        self._mask: torch.Tensor | None = None
+        self._mask: np.ndarray | None = None
         self._text = bytearray()  # what was written since the last call closed (text tags only)
         self._inside = False  # between a call's open tag and its close tag
 
@@ -606,7 +629,7 @@ class GrammarConstraint:
         grammar does not allow it."""
         token = int(token)
         mask = self._mask if self._mask is not None else self._compute()
-        if not (0 <= token < mask.numel()) or not bool(mask[token]) or token in self.end_ids:
+        if not (0 <= token < mask.size) or not mask[token] or token in self.end_ids:
             raise ModelBehaviorError(f"token {token} is not allowed by the grammar here", body=self.text())
         if not self._matcher.consume_token(token):
             raise ModelBehaviorError(f"the grammar engine refused token {token}: {self._matcher.get_error()}",
@@ -646,26 +669,25 @@ class GrammarConstraint:
             self.advance(t)
 
     # --- masks ---------------------------------------------------------------------------------
-    def _compute(self) -> torch.Tensor:
-        """Allowed ids after what was fed, as a bool [vocab] (the engine's vocabulary)."""
-        self._matcher.unsafe_compute_mask_ptr(self._words.data_ptr(), self._words.numel() * 4)
-        bits = np.unpackbits(self._words.numpy().view(np.uint8), bitorder="little")[: self._vocab.size]
-        mask = torch.from_numpy(bits.astype(bool))
-        mask[self._ends] = False
+    def _compute(self) -> np.ndarray:
+        """Allowed ids after what was fed, as a bool [vocab] array (the engine's vocabulary)."""
+        self._matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+        mask = np.unpackbits(self._words.view(np.uint8), bitorder="little", count=self._vocab.size).astype(bool)
+        ends = self._ends
         remaining = self.max_tokens - len(self._emitted)
-        if self._matcher.is_accepting():
-            mask[self._ends] = True
-            if remaining <= 1:  # the last iteration: only the end
-                mask[:] = False
-                mask[self._ends] = True
+        accepting = self._matcher.is_accepting()
+        mask[ends] = accepting
+        if accepting and remaining <= 1:  # the last iteration: only the end
+            mask[:] = False
+            mask[ends] = True
         gate = self._gate
         if gate is not None and not self._inside and remaining < gate.need + 1:
             # no call may start that the budget could not finish (its end token included)
             if gate.open_id is not None:
                 mask[gate.open_id] = False
-            elif self._vocab.with_lt is not None and len(self._vocab.with_lt):
-                mask[torch.from_numpy(self._vocab.with_lt)] = False
-        if not bool(mask.any()):
+            elif self._vocab.with_lt is not None:
+                mask[self._vocab.with_lt] = False
+        if not mask.any():
             # not reachable for a bounded grammar; say so instead of sampling from all -inf
             raise ModelBehaviorError("the grammar allows no token here (budget spent before the value ended)",
                                      body=self.text())
@@ -673,22 +695,23 @@ class GrammarConstraint:
         return mask
 
     def allowed(self, emitted: Sequence[int] | None = None) -> torch.Tensor:
-        """The allowed ids as a bool [vocab] tensor (the engine's vocabulary), after ``emitted``
-        (None: after what was fed)."""
+        """The allowed ids as a bool [vocab] tensor (the engine's vocabulary; read-only), after
+        ``emitted`` (None: after what was fed)."""
         if emitted is not None:
             self._sync(emitted)
-        return self._mask if self._mask is not None else self._compute()
+        return torch.from_numpy(self._mask if self._mask is not None else self._compute())
 
     def apply(self, logits: torch.Tensor, emitted: Sequence[int]) -> torch.Tensor:
         """``logits`` [vocab] (or [1, vocab]) with every disallowed id at -inf (a new tensor); ids
         beyond the tokenizer's vocabulary (a padded embedding) are disallowed."""
-        mask = self.allowed(emitted)
+        self._sync(emitted)
+        mask = self._mask if self._mask is not None else self._compute()
         V = logits.shape[-1]
-        if V < mask.numel():
-            raise ConfigError(f"logits have {V} entries but the tokenizer has {mask.numel()} ids", field="logits")
-        keep = torch.zeros(V, dtype=torch.bool)
-        keep[: mask.numel()] = mask
-        return logits.masked_fill(~keep.to(logits.device, non_blocking=True), float("-inf"))
+        if V < mask.size:
+            raise ConfigError(f"logits have {V} entries but the tokenizer has {mask.size} ids", field="logits")
+        banned = np.ones(V, dtype=bool)
+        np.logical_not(mask, out=banned[: mask.size])
+        return logits.masked_fill(torch.from_numpy(banned).to(logits.device, non_blocking=True), float("-inf"))
 
     # --- queries -------------------------------------------------------------------------------
     def is_complete(self) -> bool:
@@ -874,10 +897,15 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
 def bench_constrained(model: Any = "docqa-small", *, schema: Mapping[str, Any] | None = None, tokens: int = 256,
                       max_tokens: int = 96, repeats: int = 3, threads: int | None = 1) -> dict[str, Any]:
     """Per-token cost of the mask on ``model`` (a SleepModel or a shipped checkpoint's name), in one
-    process: greedy decoding of ``tokens`` tokens without a constraint, then under
-    :func:`json_constraint` (``schema``, default a small object; a new value is started whenever one
-    ends), ``repeats`` times each, interleaved. Returns ms per token for both, their ratio, the
-    mask's own cost (compute + apply) per token, and the constraint's build time."""
+    process. Constrained: greedy values under :func:`json_constraint` (``schema``, default a small
+    object; budget ``max_tokens``), one after another from the same prompt, until ``tokens`` tokens
+    were written, constraint builds and end-token masks included. Plain: the same segments (same
+    lengths, same state clones and positions) decoded greedily without a mask. ``repeats`` rounds,
+    medians; ``threads``: torch threads during the run (None: leave as is).
+
+    Returns ``plain_ms_per_token``, ``constrained_ms_per_token``, their ``ratio``, the mask's own
+    cost per token (``mask_ms_per_token``: advance + compute + apply, median and p99) and the
+    constraint's ``build_ms``."""
     from ..model import SleepModel
 
     sm = SleepModel.from_pretrained(model) if isinstance(model, str) else model
@@ -894,21 +922,14 @@ def bench_constrained(model: Any = "docqa-small", *, schema: Mapping[str, Any] |
         with torch.inference_mode():
             base = net.new_state(1)
             first = net.prefill(torch.tensor([prompt]), base)[0, -1]
-            ends = torch.tensor(tok_end_ids(tok))
-
-            def plain() -> float:
-                state, logits = base.clone(), first.clone()
-                t = time.perf_counter()
-                for _ in range(tokens):
-                    logits = logits.index_fill(0, ends, float("-inf"))  # keep going: time tokens, not turns
-                    nxt = int(torch.argmax(logits))
-                    logits = net.step(torch.tensor([nxt]), state)[0]
-                return (time.perf_counter() - t) / tokens
+            ends = torch.tensor(_end_ids(tok))
 
             mask_s: list[float] = []
             build_s: list[float] = []
 
-            def constrained() -> float:
+            def constrained(lengths: list[int]) -> float:
+                # values one after another from the prompt, until ``tokens`` tokens were written;
+                # ``lengths`` receives each value's length, for plain() to replay
                 done, t = 0, time.perf_counter()
                 while done < tokens:
                     t0 = time.perf_counter()
@@ -925,29 +946,49 @@ def bench_constrained(model: Any = "docqa-small", *, schema: Mapping[str, Any] |
                         logits = net.step(torch.tensor([nxt]), state)[0]
                         emitted.append(nxt)
                         done += 1
+                    lengths.append(len(emitted))
                 return (time.perf_counter() - t) / tokens
 
-            plain()  # warm-up
+            def plain(lengths: list[int]) -> float:
+                # the same segments from the same state (positions, window, clones), unconstrained
+                t = time.perf_counter()
+                for n in lengths:
+                    state, logits = base.clone(), first.clone()
+                    for _ in range(n):
+                        logits = logits.index_fill(0, ends, float("-inf"))  # time tokens, not turns
+                        nxt = int(torch.argmax(logits))
+                        logits = net.step(torch.tensor([nxt]), state)[0]
+                return (time.perf_counter() - t) / sum(lengths)
+
+            warm: list[int] = []
+            plain([16])
+            constrained(warm)
+            mask_s.clear()
+            build_s.clear()
             p, c = [], []
             for _ in range(repeats):
-                p.append(plain())
-                c.append(constrained())
+                lengths: list[int] = []
+                c.append(constrained(lengths))
+                p.append(plain(lengths))
     finally:
         torch.set_num_threads(old_threads)
-    import llguidance
+    from importlib.metadata import version
 
     p_ms, c_ms = 1000 * statistics.median(p), 1000 * statistics.median(c)
     return {
-        "model": sm.name, "engine": f"llguidance {getattr(llguidance, '__version__', '')}".strip(),
-        "tokens": tokens, "repeats": repeats, "threads": torch.get_num_threads() if not threads else threads,
+        "model": sm.name, "engine": f"llguidance {version('llguidance')}",
+        "schema": schema, "max_tokens": max_tokens, "tokens": tokens, "repeats": repeats,
+        "threads": threads or torch.get_num_threads(),
         "plain_ms_per_token": round(p_ms, 3), "constrained_ms_per_token": round(c_ms, 3),
         "ratio": round(c_ms / p_ms, 3),
         "mask_ms_per_token": round(1000 * statistics.median(mask_s), 4),
+        "mask_ms_per_token_mean": round(1000 * statistics.fmean(mask_s), 4),
         "mask_ms_per_token_p99": round(1000 * float(np.quantile(mask_s, 0.99)), 4),
         "build_ms": round(1000 * statistics.median(build_s), 3),
     }
 
 
-def tok_end_ids(tokenizer: Any) -> tuple[int, ...]:
+def _end_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens that end a turn: the end-of-turn token, then eos."""
     return tuple(dict.fromkeys(i for i in (getattr(tokenizer, "end_id", None), getattr(tokenizer, "eos_id", None))
                                if i is not None))
