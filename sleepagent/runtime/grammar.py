@@ -89,7 +89,6 @@ _ANNOTATIONS = frozenset({
 })
 # string formats whose values have a bounded length of their own (RFC 3339 / 4122 / 791 / 4291)
 _FORMAT_LEN = {"date": 10, "time": 32, "date-time": 40, "uuid": 36, "ipv4": 15, "ipv6": 45}
-_KEY_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 # ------------------------------------------------------------------------------------------ limits
@@ -455,11 +454,11 @@ def _decimals(m: float) -> int | None:
 
 
 def _pattern_len(pattern: str) -> int:
-    """Longest match of a key pattern made by :func:`_key_pattern`."""
-    if pattern == _KEY_PATTERN:
-        raise ConfigError("unbounded key pattern", field="schema")
-    inner = pattern.rsplit("{", 1)[1].split("}")[0]
-    return 1 + int(inner.split(",")[-1])
+    """Longest match of a key pattern made by :func:`_key_pattern` (``...{0,n}$``)."""
+    try:
+        return 1 + int(pattern.rsplit("{", 1)[1].split("}")[0].split(",")[-1])
+    except (IndexError, ValueError):
+        raise ConfigError(f"key pattern {pattern!r} has no length bound", field="schema") from None
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -640,25 +639,25 @@ class GrammarConstraint:
             self._track(token)
 
     def _track(self, token: int) -> None:
-        """Whether a call is open: between its open tag and its close tag."""
+        """Whether a call is open (between its open tag and its close tag), from the tokens fed."""
         gate = self._gate
         assert gate is not None
-        tag_id = gate.close_id if self._inside else gate.open_id
-        if tag_id is not None:
-            if token == tag_id:
-                self._inside = not self._inside
+        if token in (gate.open_id, gate.close_id):
+            self._inside = token == gate.open_id
+            self._text.clear()
             return
-        tag = gate.close_text if self._inside else gate.open_text
         self._text += self._vocab.token_bytes[token]
-        k = self._text.find(tag)
-        if k < 0:
-            del self._text[: max(0, len(self._text) - len(tag) + 1)]  # keep what may begin the tag
-            return
-        self._inside = not self._inside
-        rest = bytes(self._text[k + len(tag):])
-        self._text.clear()
-        if rest and (gate.open_id if self._inside is False else gate.close_id) is None:
-            self._text += rest  # a token that closes one call and opens the next: rare, still counted
+        while True:  # one token may close a call and open the next
+            if (gate.close_id if self._inside else gate.open_id) is not None:
+                self._text.clear()  # the next tag is a token of its own: no text to watch
+                return
+            tag = gate.close_text if self._inside else gate.open_text
+            k = self._text.find(tag)
+            if k < 0:
+                del self._text[: max(0, len(self._text) - len(tag) + 1)]  # keep what may begin the tag
+                return
+            self._inside = not self._inside
+            del self._text[: k + len(tag)]
 
     def _sync(self, emitted: Sequence[int]) -> None:
         n = len(self._emitted)
