@@ -68,8 +68,8 @@ def order_split(model, task_kwargs: dict, loops: list[int], *, n: int = 500, see
     for order in ("before", "after"):
         task = _FirstQuestionIf(order, **task_kwargs)
         acc = evaluate(model, task, loops, n=n, seed=seed, difficulties=[2], min_fill=min_fill)
-        for N, row in acc.items():
-            out.setdefault(N, {})[order] = row[2]
+        for n_loops, row in acc.items():
+            out.setdefault(n_loops, {})[order] = row[2]
     return out
 
 
@@ -94,8 +94,8 @@ def row_split(model, task_kwargs: dict, loops: list[int], *, n: int = 500,
     out: dict[int, list[float]] = {}
     for row in range(task.rows):
         acc = evaluate(model, _OneRow(row, **task_kwargs), loops, n=n, seed=seed, difficulties=[t])
-        for N, by_t in acc.items():
-            out.setdefault(N, []).append(by_t[t])
+        for n_loops, by_t in acc.items():
+            out.setdefault(n_loops, []).append(by_t[t])
     docs = test_set(task, t, n, seed)
     ones = [sum(ex.ids[ex.answers[0][r]] for ex in docs) / n for r in range(task.rows)]
     return out, [max(p, 1 - p) for p in ones]
@@ -108,12 +108,13 @@ def main(run_dirs: list[str]) -> None:
         loops = sorted({1, cfg["loops"]})
         if cfg["task"] == "rule110":
             rows, majority = row_split(model, cfg["task_kwargs"], loops)
-            cells = "; ".join(f"N={N}: " + ", ".join(f"{a:.3f}" for a in r) for N, r in rows.items())
+            cells = "; ".join(f"N={n_loops}: " + ", ".join(f"{a:.3f}" for a in r) for n_loops, r in rows.items())
             base = ", ".join(f"{m:.3f}" for m in majority)
             print(f"{Path(run).name} (trained N={cfg['loops']}), per row (oldest first): {cells}; majority {base}")
             continue
         split = order_split(model, cfg["task_kwargs"], loops)
-        cells = ", ".join(f"N={N}: before {r['before']:.3f}, after {r['after']:.3f}" for N, r in split.items())
+        cells = ", ".join(f"N={n_loops}: before {r['before']:.3f}, after {r['after']:.3f}"
+                          for n_loops, r in split.items())
         print(f"{Path(run).name} (trained N={cfg['loops']}): {cells}")
 
 

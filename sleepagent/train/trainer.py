@@ -246,7 +246,7 @@ def _periodic_eval(model: SleepHybridLM, task, cfg: TrainConfig) -> dict[int, di
 
 
 def _jsonable(result: dict[int, dict[int, float]]) -> dict[str, dict[str, float]]:
-    return {str(N): {str(d): a for d, a in row.items()} for N, row in result.items()}
+    return {str(n_loops): {str(d): a for d, a in row.items()} for n_loops, row in result.items()}
 
 
 def _windows(task, ex, min_fill: float) -> list[int] | None:
@@ -319,9 +319,10 @@ def answer_hits(
     result: dict[int, dict[int, list[list[bool]]]] = {}
     for d in difficulties:
         examples = test_set(task, d, n, seed)
-        for N in loops:
-            result.setdefault(N, {})[d] = example_hits(model, task, examples, N, batch_size=batch_size,
-                                                       min_fill=min_fill, teacher_forced=teacher_forced)
+        for n_loops in loops:
+            result.setdefault(n_loops, {})[d] = example_hits(
+                model, task, examples, n_loops, batch_size=batch_size, min_fill=min_fill,
+                teacher_forced=teacher_forced)
     return result
 
 
@@ -391,16 +392,17 @@ def _truncate(windows: list[int] | None, n: int) -> list[int] | None:
 def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False) -> dict[int, dict[int, float]]:
     """Exact-match accuracy per N and difficulty from :func:`answer_hits` (``first_only``: each
     example's first answer alone)."""
-    return {N: {d: k / max(n, 1) for d, (k, n) in row.items()} for N, row in tally(hits, first_only).items()}
+    return {n_loops: {d: k / max(n, 1) for d, (k, n) in row.items()}
+            for n_loops, row in tally(hits, first_only).items()}
 
 
 def tally(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False) -> dict[int, dict[int, tuple[int, int]]]:
     """(right, questions) per N and difficulty from :func:`answer_hits`-shaped hits."""
     out: dict[int, dict[int, tuple[int, int]]] = {}
-    for N, rows in hits.items():
+    for n_loops, rows in hits.items():
         for d, per_example in rows.items():
             scored = [h for ex in per_example for h in (ex[:1] if first_only else ex)]
-            out.setdefault(N, {})[d] = (sum(scored), len(scored))
+            out.setdefault(n_loops, {})[d] = (sum(scored), len(scored))
     return out
 
 
@@ -415,17 +417,17 @@ def data_hits(model: SleepHybridLM, task, loops: list[int], *, examples: list | 
         return tally(hits), tally(hits, first_only=True)
     every: dict[int, dict[int, tuple[int, int]]] = {}
     first: dict[int, dict[int, tuple[int, int]]] = {}
-    for N in loops:
+    for n_loops in loops:
         scored: dict[int, list[bool]] = {}
         scored_first: dict[int, list[bool]] = {}
-        for ex, hits_ in zip(examples, example_hits(model, task, examples, N, min_fill=min_fill,
+        for ex, hits_ in zip(examples, example_hits(model, task, examples, n_loops, min_fill=min_fill,
                                                     teacher_forced=teacher_forced)):
             ks = ex.meta.get("hops", [ex.difficulty] * len(hits_))
             for k, hit in zip(ks, hits_):
                 scored.setdefault(k, []).append(hit)
             scored_first.setdefault(ks[0], []).append(hits_[0])
-        every[N] = {k: (sum(h), len(h)) for k, h in sorted(scored.items())}
-        first[N] = {k: (sum(h), len(h)) for k, h in sorted(scored_first.items())}
+        every[n_loops] = {k: (sum(h), len(h)) for k, h in sorted(scored.items())}
+        first[n_loops] = {k: (sum(h), len(h)) for k, h in sorted(scored_first.items())}
     return every, first
 
 
@@ -461,9 +463,9 @@ def plot_accuracy(result: dict[int, dict[int, float]], path: str | Path, title: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for N, row in sorted(result.items()):
+    for n_loops, row in sorted(result.items()):
         xs = sorted(row)
-        ax.plot(xs, [row[x] for x in xs], marker="o", label=f"N = {N}")
+        ax.plot(xs, [row[x] for x in xs], marker="o", label=f"N = {n_loops}")
     ax.set_xlabel("difficulty")
     ax.set_ylabel("exact-match accuracy")
     ax.set_ylim(0, 1)
