@@ -40,9 +40,9 @@ def test_order_split_partitions_the_first_questions(tmp_path):
     for _ in range(n):
         counts[edge_order(task, task.sample(rng, 2))] += 1
     assert counts["before"] and counts["after"]
-    for N in (1, 2):
-        mixed = split[N]["before"] * counts["before"] + split[N]["after"] * counts["after"]
-        assert abs(mixed - first[N][2] * n) < 1e-9
+    for n_loops in (1, 2):
+        mixed = split[n_loops]["before"] * counts["before"] + split[n_loops]["after"] * counts["after"]
+        assert abs(mixed - first[n_loops][2] * n) < 1e-9
 
 
 def test_row_split_scores_each_rows_label_on_the_study_documents(tmp_path):
@@ -64,11 +64,11 @@ def test_row_split_scores_each_rows_label_on_the_study_documents(tmp_path):
     docs = [task.sample(rng, 2) for _ in range(n)]
     ids, mask = collate(docs, task.pad_id)
     pos = docs[0].answers[0]
-    for N in (1, 2):
+    for n_loops in (1, 2):
         with torch.no_grad():
-            logits = model.eval()(ids, mask, loops=N, return_logits=True).logits
+            logits = model.eval()(ids, mask, loops=n_loops, return_logits=True).logits
         right = logits[:, [p - 1 for p in pos]].argmax(-1) == ids[:, pos]
-        assert rows[N] == pytest.approx(right.double().mean(0).tolist())
-        assert evaluate(model, task, [N], n=n)[N][2] <= min(rows[N])
+        assert rows[n_loops] == pytest.approx(right.double().mean(0).tolist())
+        assert evaluate(model, task, [n_loops], n=n)[n_loops][2] <= min(rows[n_loops])
     labels = ids[:, pos].double().mean(0)
     assert majority == pytest.approx(torch.maximum(labels, 1 - labels).tolist())
