@@ -172,7 +172,7 @@ class _Server:
         self.model_name = cfg.model_name or sm.name
         self.engine = Engine(sm)
         self.store = open_store(cfg.store)
-        sleep = SleepPolicy(loops=cfg.loops or sm.config.sleep_loops, on_wake=cfg.on_wake,
+        sleep = SleepPolicy(loops=cfg.loops or sm.config.loops, on_wake=cfg.on_wake,
                             min_fill=float(sm.train_config.get("min_fill", 0.5)))
         memory = MemoryPolicy(retention="persistent" if self.store is not None else "ephemeral", ttl=cfg.ttl,
                               persist_window=cfg.persist_window)
