@@ -157,11 +157,6 @@ class SleepHybridConfig(BaseModel):
         return 2 * self.gdn_heads * self.head_k_dim + self.v_heads * self.head_v_dim
 
     @property
-    def sleep_loops(self) -> int:
-        """The old name of :attr:`loops`, while callers outside the model move to it."""
-        return self.loops
-
-    @property
     def span(self) -> tuple[int, int]:
         """The looped block span, ``(0, n_layers)`` when the whole stack loops."""
         return self.loop_layers or (0, self.n_layers)

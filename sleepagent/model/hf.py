@@ -117,11 +117,6 @@ class HFSleepConfig:
             raise ConfigError("the model has no linear-attention (GDN) layers: nothing to sleep into", field="layer_types")
 
     @property
-    def sleep_loops(self) -> int:
-        """The old name of :attr:`loops`, while callers outside the model move to it."""
-        return self.loops
-
-    @property
     def span(self) -> tuple[int, int]:
         return tuple(self.loop_layers) if self.loop_layers else (0, self.n_layers)  # type: ignore[return-value]
 
