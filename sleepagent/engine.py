@@ -42,7 +42,7 @@ from .errors import ConfigError, SleepAgentError
 from .model import HybridState, SleepJob, SleepModel
 from .policy import SleepPolicy
 
-__all__ = ["Engine", "EngineSession", "SleepStats", "EngineClosed"]
+__all__ = ["Engine", "EngineSession", "SleepStats", "EngineClosed", "kept_tokens"]
 
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -53,6 +53,14 @@ def _close_all() -> None:
     # A daemon worker killed in the middle of a torch call aborts the interpreter at exit.
     for engine in list(_ENGINES):
         engine.close()
+
+
+def kept_tokens(state: Any) -> int:
+    """Tokens in the window that may be consolidated (never-consolidate ones left out)."""
+    mask = state.consolidate_mask
+    if isinstance(mask, list):  # transformers hybrids keep a list
+        return sum(bool(m) for m in mask[: state.window_len])
+    return int(mask[0, : state.window_len].sum()) if state.window_len else 0
 
 
 class EngineClosed(SleepAgentError):
@@ -78,6 +86,7 @@ class SleepStats:
     decode_s: float = 0.0
     wake_wait_s: float = 0.0
     window_fill: float = 0.0
+    excluded_drops: int = 0  # a full window shed its never-consolidate tokens instead of sleeping
 
     @property
     def wake_ms_per_token(self) -> float:
@@ -280,7 +289,10 @@ class Engine:
         with self._cv:
             if self._closed or session.closed or p.when != "pause" or session.sleeping:
                 return False
-            if st.window_len == 0 or st.window_len < p.min_fill * st.window:
+            # never-consolidate tokens do not count: a sleep is for what may be consolidated,
+            # and when it comes must not depend on an excluded turn
+            kept = kept_tokens(st)
+            if kept == 0 or kept < p.min_fill * st.window:
                 return False
             session._sleep_requested = True
             session._interrupted = False
@@ -559,6 +571,13 @@ class Engine:
                 self._timed_step(s, exposed_from=0.0)
                 return True
         st = s.state
+        if s._job is None and need and st.window_len + need > st.window and kept_tokens(st) < st.window_len:
+            # never-consolidate tokens fill part of the window: they leave it, the others stay
+            # (they sleep with the turns after them, as though the excluded ones were never read)
+            t0 = time.perf_counter()
+            s.state = st = self.model.model.drop_excluded(st)
+            s.stats.excluded_drops += 1
+            s.stats.prefill_s += time.perf_counter() - t0
         if s._job is None and need and st.window_len + need > st.window:
             s.stats.forced_sleeps += 1
             self._begin(s, "forced", "forced")

@@ -282,6 +282,20 @@ class HFHybridLM(torch.nn.Module):
 
     # --- sleep ------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def drop_excluded(self, state: HFState) -> HFState:
+        """The window without its never-consolidate tokens, the others read again from the
+        committed state (see :meth:`SleepHybridLM.drop_excluded`)."""
+        self._check_state(state)
+        kept = [t for t, m in zip(state.window_ids, state.consolidate_mask, strict=True) if m]
+        new = HFState(fast=state.fast, cache=self._cache(state.fast), window=state.window,
+                      linear_layers=state.linear_layers)
+        if kept:
+            self.prefill(torch.tensor([kept], device=self.device), new, True)
+        new.tokens_seen, new.tokens_consolidated, new.sleeps = state.tokens_seen, state.tokens_consolidated, state.sleeps
+        new.shed = True
+        return new
+
     def begin_sleep(self, state: HFState, loops: int | None = None) -> HFSleepJob:
         return HFSleepJob(self, state, check_loops(loops, self.config.loops))
 
@@ -370,7 +384,7 @@ class HFSleepJob:
         keep = [t for t, m in zip(state.window_ids, state.consolidate_mask, strict=True) if m]
         self.ids = torch.tensor([keep], dtype=torch.long, device=model.device)
         self.n_consolidated = len(keep)
-        self.reuse_wake = self.n_consolidated == state.window_len
+        self.reuse_wake = self.n_consolidated == state.window_len and not state.shed
         self.passes_done = 0
         self._h: torch.Tensor | None = None
         self._fast: FastState = state.fast

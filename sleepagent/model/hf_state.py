@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as st_save
 
-from .state import FastState
+from .state import FastState, canonical_bytes
 
 __all__ = ["HFState", "HF_STATE_FORMAT", "read_fast"]
 
@@ -40,6 +40,7 @@ class HFState:
     tokens_seen: int = 0
     tokens_consolidated: int = 0
     sleeps: int = 0
+    shed: bool = False  # never-consolidate tokens were shed from this window (see HybridState.shed)
 
     batch_size = 1
 
@@ -104,7 +105,7 @@ class HFState:
                     "tokens_consolidated": self.tokens_consolidated, "sleeps": self.sleeps}
         meta = {"format": HF_STATE_FORMAT, "format_version": "1", "fingerprint": fingerprint,
                 "counters": json.dumps(counters)}
-        return st_save(tensors, metadata=meta)
+        return canonical_bytes(st_save(tensors, metadata=meta))
 
 
 def read_fast(cache: Any, linear_layers: tuple[int, ...]) -> FastState:

@@ -306,6 +306,28 @@ class SleepHybridLM(nn.Module):
             job.run_pass()
         return job.commit()
 
+    @torch.no_grad()
+    def drop_excluded(self, state: HybridState) -> HybridState:
+        """The window without its never-consolidate tokens: the committed fast weights, and the
+        window's other tokens read again from them, at the front of a fresh window.
+
+        The engine does this instead of a forced sleep while the window holds excluded tokens:
+        they leave the window as a sleep would have evicted them, and the other tokens stay, to
+        be consolidated with the turns after them exactly when they would have been had the
+        excluded tokens never been read. So an excluded turn, however long, does not move which
+        tokens sleep together, and nothing consolidated depends on it. ``state`` is untouched."""
+        self._check_state(state)
+        if state.batch_size != 1:
+            raise StateMismatch("drop_excluded takes a single-sequence state")
+        L = state.window_len
+        ids = state.window_ids[:, :L][:, state.consolidate_mask[0, :L]]
+        new = HybridState.empty(self.config, 1, device=state.device, h_dtype=state.window_h.dtype, fast=state.fast)
+        if ids.shape[1]:
+            self.prefill(ids, new, True)
+        new.tokens_seen, new.tokens_consolidated, new.sleeps = state.tokens_seen, state.tokens_consolidated, state.sleeps
+        new.shed = True
+        return new
+
     def _loops(self, loops: int | None) -> int:
         return check_loops(loops, self.config.loops)
 
@@ -421,7 +443,7 @@ class SleepJob:
             )
         self._keep_cols = mask[0].nonzero().flatten() if mask.shape[1] else mask.new_zeros(0, dtype=torch.long)
         self.n_consolidated = int(self._keep_cols.numel())
-        self.reuse_wake = cfg.evict == "hard" and self.n_consolidated == L
+        self.reuse_wake = cfg.evict == "hard" and self.n_consolidated == L and not state.shed
         self.passes_done = 0
         self._h: torch.Tensor | None = None
         self._fast: FastState = state.fast

@@ -116,6 +116,10 @@ class HybridState:
     # a snapshot form (see for_snapshot): the window's ids are stored without the KV, hidden
     # states or working state computed from them; loading re-reads them from ``fast``
     replay: bool = False
+    # never-consolidate tokens were shed from this window (Engine, drop_excluded): its first
+    # tokens were read with them in view, so a sleep recomputes pass 1 instead of reusing wake
+    # (what it consolidates must not depend on them, not even through rounding)
+    shed: bool = False
 
     @property
     def fast_weights(self) -> list[torch.Tensor]:
@@ -240,7 +244,7 @@ class HybridState:
                 }
             ),
         }
-        return st_save(tensors, metadata=meta)
+        return canonical_bytes(st_save(tensors, metadata=meta))
 
     @classmethod
     def from_bytes(
@@ -324,6 +328,20 @@ class HybridState:
             consolidate_mask=torch.ones(B, W, dtype=torch.bool, device=device),
             window_h=torch.zeros(B, W, cfg.d_model, device=device, dtype=h_dtype),
         )
+
+
+def canonical_bytes(data: bytes) -> bytes:
+    """``data`` (safetensors bytes) with its header's keys in sorted order. safetensors writes
+    metadata in hash-map order, which changes from one process to the next, so two identical
+    states would be stored as different bytes; sorted, a state has exactly one form (what a
+    test that compares stored bytes, and a content hash, rely on). The header keeps its length
+    and the tensors their offsets."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen for a header safetensors wrote (the same JSON, compact)
+        return data
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n :]
 
 
 def read_header(data: bytes) -> dict[str, str]:

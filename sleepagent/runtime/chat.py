@@ -104,7 +104,7 @@ class ChatRuntime:
     @property
     def gate(self) -> Callable[[str], bool] | None:
         """The memory policy's check on a turn's whole text, or None when it excludes nothing."""
-        return self.memory.allows_consolidation if self.memory.never_consolidate else None
+        return self.memory.allows_consolidation if self.memory.screens_text else None
 
     # --- one request ---------------------------------------------------------------------------
 

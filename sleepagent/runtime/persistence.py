@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..engine import Engine, EngineSession
+from ..engine import Engine, EngineSession, kept_tokens
 from ..errors import ConfigError, FingerprintMismatch, SleepAgentError, SnapshotCorrupted
 from ..model import SleepModel
 from ..policy import MemoryPolicy
@@ -96,8 +96,9 @@ class ResumeInfo:
                  the session resumed from an older one and lost what those held.
     window_tokens: tokens of the window restored (``persist_window``), re-read into it.
     lost:        tokens the snapshot did not hold, by reason: "window" (the window, without
-                 ``persist_window``), "never_consolidate" (turns the memory policy keeps out of
-                 every store), "unread" (input queued but not read yet when it was taken).
+                 ``persist_window``), "unread" (input queued but not read yet when it was
+                 taken). Never-consolidate turns are in no count: not even their length is
+                 stored.
     """
 
     snapshot_id: int
@@ -112,21 +113,25 @@ def snapshot(model: SleepModel, es: EngineSession, memory: MemoryPolicy,
 
     Input queued but not read yet is not stored: only the count (and which structural tokens,
     like the assistant turn's closing token, were queued, so a resume closes the turn as the
-    live session would). The metadata says what the snapshot could not hold (``lost``)."""
+    live session would). The metadata says what the snapshot could not hold (``lost``).
+
+    Nothing in it depends on a never-consolidate turn: the payload holds no token of one (the
+    window's ids without them; counters that count only the tokens the state holds in some form,
+    :meth:`~sleepagent.model.HybridState.for_snapshot`), and the counts of ``lost`` leave them
+    out, so that not even an excluded turn's length is stored."""
     state = es.state
     view = state.for_snapshot(keep_window=memory.persist_window)
     tok = model.tokenizer
     markers = {tuple(tok.close_turn()): "close_turn", tuple(tok.generation_prompt()): "generation_prompt"}
     queued, unread = [], 0
-    for ids, _ in es.unread():
+    for ids, consolidate in es.unread():
         marker = markers.get(tuple(ids))
         if marker is not None and not unread:
             queued.append(marker)
-        else:
+        elif consolidate:
             unread += len(ids)
-    dropped = state.window_len - view.window_len
-    lost = {"window": 0 if memory.persist_window else dropped,
-            "never_consolidate": dropped if memory.persist_window else 0, "unread": unread}
+    kept = kept_tokens(state)
+    lost = {"window": 0 if memory.persist_window else kept, "unread": unread}
     dtype = torch.bfloat16 if memory.snapshot_dtype == "bfloat16" else None
     return view.to_bytes(model.fingerprint, dtype), {"queued": queued, "lost": lost,
                                                      "session": (meta or SessionMeta()).to_json()}
@@ -197,9 +202,19 @@ class Persistence:
         self.store.save(es.id, payload, tenant=tenant, loops=es.policy.loops, meta=info)
 
     def hook(self, es: EngineSession, tenant: str, meta: Callable[[], SessionMeta]) -> None:
-        """Snapshot the session after every committed sleep."""
-        if self.active:
-            es.on_commit = lambda e: self.save(e, tenant, meta())
+        """Snapshot the session after every committed sleep that consolidated something (a sleep
+        over never-consolidate tokens alone changes nothing; a snapshot of it would only tell,
+        by the number of rows, how long the excluded turn was)."""
+        if not self.active:
+            return
+        saved = {"consolidated": es.state.tokens_consolidated}
+
+        def on_commit(e: EngineSession) -> None:
+            if e.state.tokens_consolidated != saved["consolidated"]:
+                saved["consolidated"] = e.state.tokens_consolidated
+                self.save(e, tenant, meta())
+
+        es.on_commit = on_commit
 
     async def checkpoint(self, es: EngineSession, tenant: str, meta: SessionMeta) -> None:
         """Snapshot now, in order with the session's queued work (after a reply: a failover then

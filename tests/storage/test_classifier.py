@@ -141,8 +141,6 @@ async def test_an_agent_keeps_a_turn_the_classifier_flags_out_of_the_store(store
     assert_nowhere(store, SECRET)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/chat.py gate checks memory.never_consolidate, not "
-                   "memory.screens_text: a classify-only policy never checks the reply (lead's fix)")
 async def test_a_reply_the_classifier_flags_is_kept_out_of_the_store(store):
     """The assistant repeats the secret in another case: only the classifier sees it."""
     policy = MemoryPolicy(retention="persistent", persist_window=True,
