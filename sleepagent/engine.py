@@ -444,22 +444,25 @@ class Engine:
         first = queue[take]
         del queue[take]
         self._last_was_decode = first.kind == "decode"
-        if first.kind != "decode" or not self.batch_wake:
+        if first.kind not in ("decode", "flush") or not self.batch_wake:
             return [first]
+        # several sessions' decode steps, or several sessions' reads, as one batched pass
         batch, seen, rest = [first], {id(first.session)}, deque()
         while self._wake and len(batch) < self.max_batch:
             req = self._wake.popleft()
-            if req.kind == "decode" and id(req.session) not in seen:
+            if req.kind == first.kind and id(req.session) not in seen:
                 batch.append(req)
-                seen.add(id(req.session))
             else:
                 rest.append(req)
-                seen.add(id(req.session))
+            seen.add(id(req.session))
         self._wake.extendleft(reversed(rest))
         return batch
 
     def _run_wake(self, batch: list[_Request]) -> None:
         batch = [r for r in batch if not r.cancelled]  # a cancelled read stops here, between chunks
+        if len(batch) > 1 and batch[0].kind == "flush":
+            self._run_reads(batch)
+            return
         ready = []
         for req in batch:
             s = req.session
@@ -511,6 +514,75 @@ class Engine:
             s.last_logits = logits[i].clone()
             self._finish(req, s.last_logits)
 
+    def _run_reads(self, batch: list[_Request]) -> None:
+        """Several sessions' reads: each takes its sleep work first (then waits its next turn),
+        the others read one piece each (up to ``prefill_chunk`` tokens, across their queued
+        segments) in one batched pass."""
+        reads: list[tuple[_Request, list[int], list[bool], tuple[int, int]]] = []
+        for req in batch:
+            s = req.session
+            try:
+                if not req.started:
+                    s.stats.wake_wait_s += time.perf_counter() - req.enqueued
+                    req.started = True
+                if self._advance_sleep(s, 1):
+                    self._requeue(req)
+                elif not s.pending:
+                    self._finish(req, self._last_logits(s))
+                else:
+                    reads.append((req, *self._next_piece(s, self.prefill_chunk)))
+            except BaseException as e:
+                self._finish(req, exc=e)
+        if not reads:
+            return
+        lm = self.model.model
+        try:
+            t0 = time.perf_counter()
+            if len(reads) > 1 and hasattr(lm, "prefill_many"):
+                logits = lm.prefill_many([(ids, flags) for _, ids, flags, _ in reads], [r.session.state for r, *_ in reads])
+            else:
+                logits = torch.stack([
+                    lm.prefill(torch.tensor([ids]), r.session.state, consolidate=torch.tensor([flags]))[0, -1]
+                    for r, ids, flags, _ in reads])
+            dt = (time.perf_counter() - t0) / len(reads)
+        except BaseException as e:
+            for req, *_ in reads:
+                self._finish(req, exc=e)
+            return
+        for i, (req, ids, _, (n_segments, offset)) in enumerate(reads):
+            s = req.session
+            with self._cv:
+                del s.pending[:n_segments]
+                s.pending_offset = offset
+            s.stats.prefill_s += dt
+            s.stats.prefill_tokens += len(ids)
+            s.stats.window_fill = s.state.window_len / s.state.window
+            s.last_logits = logits[i].clone()
+            if s.pending:
+                self._requeue(req)
+            else:
+                self._finish(req, s.last_logits)
+
+    @staticmethod
+    def _next_piece(session: EngineSession, budget: int) -> tuple[list[int], list[bool], tuple[int, int]]:
+        """The next tokens to read: up to ``budget`` and the window's room, across queued
+        segments (one flag per token), and where the queue will stand after them (segments
+        finished, offset into the next)."""
+        st = session.state
+        room = min(budget, st.window - st.window_len)
+        ids: list[int] = []
+        flags: list[bool] = []
+        i, off = 0, session.pending_offset
+        while i < len(session.pending) and len(ids) < room:
+            seg, flag = session.pending[i]
+            take = min(len(seg) - off, room - len(ids))
+            ids += seg[off : off + take]
+            flags += [flag] * take
+            off += take
+            if off >= len(seg):
+                i, off = i + 1, 0
+        return ids, flags, (i, off)
+
     def _requeue(self, req: _Request) -> None:
         with self._cv:
             self._wake.append(req)
@@ -523,19 +595,14 @@ class Engine:
                 return False
             if budget <= 0:
                 return False
-            ids, consolidate = session.pending[0]
-            off = session.pending_offset
-            st = session.state
-            n = min(budget, len(ids) - off, st.window - st.window_len)
-            if n > 0:
-                session.last_logits = self._prefill(session, ids[off : off + n], consolidate)
-                budget -= n
+            # one prefill for as many queued segments as fit (many small messages: one pass)
+            ids, flags, (n_segments, offset) = self._next_piece(session, budget)
+            if ids:
+                session.last_logits = self._prefill(session, ids, flags)
+                budget -= len(ids)
             with self._cv:
-                if off + n >= len(ids):
-                    session.pending.pop(0)
-                    session.pending_offset = 0
-                else:
-                    session.pending_offset = off + n
+                del session.pending[:n_segments]
+                session.pending_offset = offset
         return True
 
     @staticmethod
@@ -609,10 +676,11 @@ class Engine:
             self._timed_step(session, exposed_from=0.0)
         self._commit(session, exposed_from=0.0)
 
-    def _prefill(self, session: EngineSession, ids: list[int], consolidate: bool) -> torch.Tensor:
-        """Read ``ids`` (they fit in the window) and return the logits after the last one."""
+    def _prefill(self, session: EngineSession, ids: list[int], flags: list[bool]) -> torch.Tensor:
+        """Read ``ids`` (they fit in the window; one consolidate flag each) and return the logits
+        after the last one."""
         t0 = time.perf_counter()
-        logits = self.model.model.prefill(torch.tensor([ids]), session.state, consolidate=consolidate)
+        logits = self.model.model.prefill(torch.tensor([ids]), session.state, consolidate=torch.tensor([flags]))
         session.stats.prefill_s += time.perf_counter() - t0
         session.stats.prefill_tokens += len(ids)
         session.stats.window_fill = session.state.window_len / session.state.window

@@ -129,9 +129,11 @@ class SleepHybridLM(nn.Module):
         hi: int,
         state: HybridState | None = None,
         attend: Callable[[int, WindowAttention, torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, FastState, list[tuple[int, torch.Tensor, torch.Tensor]]]:
         """Blocks [lo, hi) over h. With ``state``, attention also sees the window's cached KV;
-        ``attend(slot, mixer, x) -> (y, k, v)`` replaces the attention call altogether.
+        ``attend(slot, mixer, x) -> (y, k, v)`` replaces the attention call altogether;
+        ``valid`` [B, T] marks real tokens of right-padded rows (GDN layers skip the padding).
 
         Returns the new h, the advanced FastState and, per attention layer run, its slot and the
         new tokens' (k, v) for the caller to cache.
@@ -144,7 +146,7 @@ class SleepHybridLM(nn.Module):
             x = block.norm1(h)
             if block.kind == "gdn":
                 j = self._gdn_slot[i]
-                y, S[j], conv[j] = block.mixer(x, S[j], conv[j])
+                y, S[j], conv[j] = block.mixer(x, S[j], conv[j], valid=valid)
             else:
                 j = self._attn_slot[i]
                 if attend is not None:
@@ -285,6 +287,67 @@ class SleepHybridLM(nn.Module):
             self._append(
                 st, ids[row], torch.full_like(ids[row], flags[r], dtype=torch.bool), h_span[row],
                 [(j, k[row], v[row]) for j, k, v in new_kv],
+                FastState(S=tuple(s[row] for s in S), conv=tuple(c[row] for c in conv)),
+            )
+        return logits
+
+    @torch.no_grad()
+    def prefill_many(
+        self, pieces: list[tuple[list[int], list[bool]]], states: list[HybridState]
+    ) -> torch.Tensor:
+        """Wake: read one piece of tokens into each of several single-sequence states, in one
+        batched pass (rows right-padded to the longest piece); returns the logits after each
+        piece's last token, [n, vocab].
+
+        ``pieces[r]``: (ids, consolidate flags), one flag per token; each must fit its state's
+        window. Equals :meth:`prefill` on each state alone, up to float rounding: padding enters
+        no state (GDN layers skip it, attention never looks at it from a real token), which is how
+        the engine reads many sessions' inputs at once (see :meth:`step_many` for decode)."""
+        n = len(states)
+        if len(pieces) != n or n == 0:
+            raise ShapeError(f"prefill_many: {len(pieces)} pieces for {n} states")
+        lengths = [len(ids) for ids, _ in pieces]
+        for (ids, flags), st, T in zip(pieces, states, lengths, strict=True):
+            self._check_state(st)
+            if st.batch_size != 1:
+                raise StateMismatch("prefill_many takes single-sequence states (batch size 1)")
+            if T == 0 or len(flags) != T:
+                raise ShapeError(f"prefill_many: a piece needs at least one token and one flag per token, got "
+                                 f"{T} tokens and {len(flags)} flags")
+            if st.window_len + T > st.window:
+                raise WindowFull(window=st.window, used=st.window_len, requested=T)
+        device = states[0].device
+        Tmax = max(lengths)
+        ids = torch.zeros(n, Tmax, dtype=torch.long, device=device)
+        valid = torch.zeros(n, Tmax, dtype=torch.bool, device=device)
+        for r, (row, _) in enumerate(pieces):
+            ids[r, : lengths[r]] = torch.as_tensor(row, dtype=torch.long, device=device)
+            valid[r, : lengths[r]] = True
+        self._check_ids(ids)
+        past = torch.tensor([st.window_len for st in states], device=device)
+        Lmax = int(past.max())
+        working = FastState(
+            S=tuple(torch.cat(t) for t in zip(*(st.working.S for st in states), strict=True)),
+            conv=tuple(torch.cat(t) for t in zip(*(st.working.conv for st in states), strict=True)),
+        )
+
+        def attend(j: int, mixer: WindowAttention, x: torch.Tensor):
+            past_k = torch.cat([st.k_cache[j][:, :, :Lmax] for st in states])
+            past_v = torch.cat([st.v_cache[j][:, :, :Lmax] for st in states])
+            return mixer.forward_padded(x, past_k, past_v, past)
+
+        b = self.config.span[1]
+        h_span, working, new_kv = self._run(self.embed(ids), working, 0, b, attend=attend, valid=valid)
+        h, working, kv2 = self._run(h_span, working, b, self.config.n_layers, attend=attend, valid=valid)
+        new_kv += kv2
+        last = torch.tensor(lengths, device=device) - 1
+        logits = self.head(h[torch.arange(n, device=device), last])
+        S, conv = working.S, working.conv
+        for r, st in enumerate(states):
+            row, T = slice(r, r + 1), lengths[r]
+            self._append(
+                st, ids[row, :T], torch.tensor([pieces[r][1]], dtype=torch.bool, device=device), h_span[row, :T],
+                [(j, k[row, :, :T], v[row, :, :T]) for j, k, v in new_kv],
                 FastState(S=tuple(s[row] for s in S), conv=tuple(c[row] for c in conv)),
             )
         return logits

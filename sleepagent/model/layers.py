@@ -104,6 +104,38 @@ class WindowAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.out(y), k, v
 
+    def forward_padded(
+        self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Several new tokens per row, rows right-padded, windows of different lengths (batched
+        prefill).
+
+        x: [B, T, d]; past_k/past_v: [B, Hkv, Lmax, D] whose slots >= lengths[b] are padding;
+        lengths: [B] long. Row b's token t sits at window position lengths[b] + t and sees keys
+        0..lengths[b]-1 and the row's new tokens up to itself, exactly as :meth:`forward` with
+        that row alone; a padded token's output is garbage and never read.
+        """
+        B, T, _ = x.shape
+        D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
+        Lmax = past_k.shape[2]
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        positions = lengths[:, None] + torch.arange(T, device=x.device)[None, :]  # [B, T]
+        cos, sin = rope_tables(positions.flatten(), D, self.theta, q.dtype)
+        cos, sin = cos.view(B, 1, T, D // 2), sin.view(B, 1, T, D // 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all = torch.cat([past_k, k], dim=2)
+        v_all = torch.cat([past_v, v], dim=2)
+        slots = torch.arange(Lmax, device=x.device)
+        past_ok = (slots[None, :] < lengths[:, None])[:, None, :].expand(B, T, Lmax)  # [B, T, Lmax]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None].expand(B, T, T)
+        mask = torch.cat([past_ok, causal], dim=2)  # [B, T, Lmax + T]
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask[:, None], enable_gqa=H != Hkv)
+        y = y.transpose(1, 2).reshape(B, T, H * D)
+        return self.out(y), k, v
+
     def forward_rows(
         self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,9 +202,11 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(
-        self, x: torch.Tensor, S: torch.Tensor, conv_tail: torch.Tensor
+        self, x: torch.Tensor, S: torch.Tensor, conv_tail: torch.Tensor, valid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: [B, T, d]; S: [B, HV, K, V]; conv_tail: [B, conv_dim, conv_size - 1].
+        """x: [B, T, d]; S: [B, HV, K, V]; conv_tail: [B, conv_dim, conv_size - 1]; ``valid``
+        [B, T]: the real tokens of right-padded rows (padding neither writes nor decays the
+        state, and the conv tail is taken at each row's last real token).
 
         Returns y [B, T, d], the state after the T tokens, and the new conv tail.
         """
@@ -181,7 +215,12 @@ class GatedDeltaNet(nn.Module):
         # causal depthwise conv, continuing from the previous tokens' tail
         seq = torch.cat([conv_tail.to(qkv.dtype), qkv.transpose(1, 2)], dim=2)  # [B, C, ks-1+T]
         qkv = F.silu(F.conv1d(seq, self.conv_weight.to(qkv.dtype), groups=self.conv_dim)).transpose(1, 2)
-        new_tail = seq[:, :, seq.shape[2] - (self.conv_size - 1) :]
+        if valid is None:
+            new_tail = seq[:, :, seq.shape[2] - (self.conv_size - 1) :]
+        else:  # row b's tail: its last conv_size - 1 inputs before the padding
+            ends = valid.sum(1)  # [B]
+            idx = ends[:, None] + torch.arange(self.conv_size - 1, device=x.device)[None, :]  # [B, ks-1]
+            new_tail = seq.gather(2, idx[:, None, :].expand(-1, seq.shape[1], -1))
         q, k, v = qkv.split([self.H * self.K, self.H * self.K, self.HV * self.V], dim=-1)
         q = q.view(B, T, self.H, self.K)
         k = k.view(B, T, self.H, self.K)
@@ -189,6 +228,9 @@ class GatedDeltaNet(nn.Module):
         beta = b.float().sigmoid()
         # If the model runs in bf16, A_log.exp() must still be float32 or the decay rounds badly.
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
+        if valid is not None:  # padding: no write (beta 0) and no decay (g 0)
+            beta = beta * valid[:, :, None]
+            g = g * valid[:, :, None]
         # Decode steps (T == 1) take the recurrent form: one rank-1 update, no chunk padding.
         backend = "torch_recurrent" if T == 1 and not x.is_cuda else "auto"
         o, S_new = gated_delta_rule(

@@ -300,6 +300,41 @@ def test_step_many_equals_separate_steps(mode):
         model.step_many(tokens[:1], [fill_to_full(model)])
 
 
+@pytest.mark.parametrize("mode", ["hard", "hard-looped-span"])
+def test_prefill_many_equals_separate_prefills(mode):
+    """A batched read of pieces of different lengths, into windows of different lengths, with
+    per-token consolidate flags, equals one prefill per state: logits, KV, hidden states, the
+    working fast weights and conv tails, and the flags. Then a sleep of each agrees too."""
+    model = tiny_model(**MODES[mode])
+    past, pieces = [0, 3, 9, 1], [5, 1, 7, 12]  # window 16
+    batched, alone = [], []
+    for i, n in enumerate(past):
+        for group in (batched, alone):
+            st = model.new_state()
+            if n:
+                model.prefill(ids_for(model, 1, n, seed=i), st)
+            group.append(st)
+    rows = []
+    for i, T in enumerate(pieces):
+        ids = ids_for(model, 1, T, seed=10 + i)[0].tolist()
+        flags = [bool((t + i) % 3) for t in range(T)]
+        rows.append((ids, flags))
+    got = model.prefill_many(rows, batched)
+    want = torch.stack([model.prefill(torch.tensor([ids]), st, consolidate=torch.tensor([flags]))[0, -1]
+                        for (ids, flags), st in zip(rows, alone, strict=True)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(batched, alone, strict=True):
+        assert a.window_len == b.window_len and a.tokens_seen == b.tokens_seen and torch.equal(a.ids(), b.ids())
+        assert torch.equal(a.consolidate_mask, b.consolidate_mask)
+        for x, y in zip((*a.working.S, *a.working.conv, *a.k_cache, *a.v_cache, a.window_h),
+                        (*b.working.S, *b.working.conv, *b.k_cache, *b.v_cache, b.window_h), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        for x, y in zip(model.consolidate(a).fast.S, model.consolidate(b).fast.S, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(WindowFull):
+        model.prefill_many([([1, 2], [True, True])], [fill_to_full(model)])
+
+
 def fill_to_full(model: SleepHybridLM) -> HybridState:
     st = model.new_state()
     model.prefill(ids_for(model, 1, model.config.window), st)
