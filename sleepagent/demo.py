@@ -14,6 +14,12 @@ only come from the fast weights. The same session runs twice, with N = 4 sleep p
 N = 1 (a plain hybrid), and the demo reports, per run: each answer next to the truth, accuracy
 per document and hop count, tokens read vs the most tokens ever held in the KV window, sleeps,
 fast-weight bytes, sleep time hidden vs exposed, and per-token wake latency.
+
+One session is a small sample, so the demo then runs many more (:func:`run_batch`: held-out
+documents from a generator written apart from the training task's, every session a real Agent
+session, the engine batching their work) and gives right answers per hop count for N = 4 and
+the same weights at N = 1, with the number of questions and a 95% interval: what sleep buys,
+and where it buys nothing, at a glance.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from typing import Any
 import anyio
 
 from .agent import Agent
+from .engine import Engine
 from .model import SleepModel
 from .policy import SleepPolicy
 from .tools import DocumentReader, tool
 from .train.docqa import NEXT_REQUEST, READ_REQUEST, DocQA
-from .train.docqa_eval import EvalSession, facts_needed, held_out_sessions
+from .train.docqa_eval import EvalSession, facts_needed, held_out_sessions, run_agent_eval, wilson
 
-__all__ = ["DemoRun", "run_demo", "demo_session", "docqa_task", "task_min_fill", "DEMO_MODEL"]
+__all__ = ["DemoRun", "DemoBatch", "run_demo", "run_batch", "demo_session", "docqa_task", "task_min_fill",
+           "DEMO_MODEL"]
 
 DEMO_MODEL = "docqa-small"
 
@@ -74,6 +82,62 @@ class DemoRun:
                 "accuracy_by_hops": {str(k): v for k, v in self.accuracy_by("hops").items()}}
 
 
+@dataclass
+class DemoBatch:
+    """Many held-out sessions at one N: right answers and questions per hop count."""
+
+    loops: int
+    sessions: int
+    places: int
+    cells: dict[int, tuple[int, int]]  # hops -> (right, asked)
+    documents_finished: int
+    wall_s: float
+
+    def interval(self, hops: int) -> tuple[float, float]:
+        return wilson(*self.cells[hops])
+
+    def accuracy(self, hops: int) -> float:
+        right, asked = self.cells[hops]
+        return right / max(asked, 1)
+
+
+def verdict(a: DemoBatch, b: DemoBatch, hops: int) -> str:
+    """What the two runs' intervals say about sleep on ``hops``-hop questions (``a``: more passes)."""
+    (lo_a, hi_a), (lo_b, hi_b) = a.interval(hops), b.interval(hops)
+    if lo_a > hi_b:
+        return f"N={a.loops} better (intervals apart)"
+    if lo_b > hi_a:
+        return f"N={b.loops} better (intervals apart)"
+    return "no gain: a lookup needs no sleep" if hops == 1 else "no difference shown"
+
+
+def run_batch(model: str | SleepModel = DEMO_MODEL, *, sessions: int = 32, places: int = 16, per_doc: int = 8,
+              loops: tuple[int, ...] = (4, 1), seed: int = 0,
+              progress: Callable[[int, int, int], None] | None = None) -> list[DemoBatch]:
+    """``sessions`` held-out sessions of one ``places``-place document each, ``per_doc`` questions
+    (half 1-hop, half 2-hop) after it, through the Agent API, once per N on the same documents;
+    the engine batches the sessions' reads, decode steps and sleeps. ``progress(loops, done,
+    total)`` as sessions finish."""
+    sm = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
+    held = held_out_sessions(sessions, places, 1, seed=1000 + seed, per_doc=per_doc)
+    page_chars = docqa_task(sm).page_chars
+    out = []
+    for n in loops:
+        t0 = time.perf_counter()
+        results = run_agent_eval(sm, held, n, page_chars=page_chars, min_fill=task_min_fill(sm),
+                                 concurrency=sessions,
+                                 progress=None if progress is None else lambda d, t, n=n: progress(n, d, t))
+        cells: dict[int, list[bool]] = {}
+        for r in results:
+            for a in r.answers:
+                cells.setdefault(a["hops"], []).append(a["right"])
+        out.append(DemoBatch(loops=n, sessions=sessions, places=places,
+                             cells={k: (sum(v), len(v)) for k, v in sorted(cells.items())},
+                             documents_finished=sum(f for r in results for f in r.finished_reading),
+                             wall_s=time.perf_counter() - t0))
+    return out
+
+
 def demo_session(places: tuple[int, ...] = (16, 10), questions: int = 6, recall: int = 4, seed: int = 0) -> EvalSession:
     """The demo's documents and questions: a long document (16 places, four pages at the shipped
     model's page size), then a second one, with questions after each and about both at the end."""
@@ -98,10 +162,25 @@ def run_demo(
     """
     sm = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
     session = demo_session(tuple(places), questions, recall=max(questions // 2, 1), seed=seed)
-    return [anyio.run(_one_run, sm, session, n, latency, think, on_page) for n in loops]
+    runs: dict[int, DemoRun] = {}
+
+    async def main() -> None:
+        # the runs share one engine and go at once: each mostly waits (pages on their way, a user
+        # thinking), and the engine serves whichever has work
+        with Engine(sm) as engine:
+            async with anyio.create_task_group() as tg:
+                for n in loops:
+                    async def one(n: int = n) -> None:
+                        runs[n] = await _one_run(engine, session, n, latency, think, on_page)
+                    tg.start_soon(one)
+
+    anyio.run(main)
+    return [runs[n] for n in loops]
 
 
-async def _one_run(sm: SleepModel, session: EvalSession, n: int, latency: float, think: float, on_page) -> DemoRun:
+async def _one_run(engine: Engine, session: EvalSession, n: int, latency: float, think: float,
+                   on_page) -> DemoRun:
+    sm = engine.model
     page_chars = docqa_task(sm).page_chars
     readers = [DocumentReader.from_text(doc, page_chars=page_chars, latency=latency) for doc in session.documents]
     current = {"doc": 0}
@@ -112,7 +191,8 @@ async def _one_run(sm: SleepModel, session: EvalSession, n: int, latency: float,
         return await readers[current["doc"]].read(None)
 
     policy = SleepPolicy(loops=n, when="pause", min_fill=task_min_fill(sm), on_wake="finish")
-    agent = Agent(sm, tools=[next_page], sleep=policy, max_steps=max(r.page_count for r in readers) + 3, max_tokens=64)
+    agent = Agent(sm, engine=engine, tools=[next_page], sleep=policy,
+                  max_steps=max(r.page_count for r in readers) + 3, max_tokens=64)
     run = DemoRun(loops=n, pages=[r.page_count for r in readers], window=sm.config.window)
     total_pages = sum(run.pages)
     t0 = time.perf_counter()

@@ -412,16 +412,19 @@ class Engine:
                             self._last_wake = 0.0  # the gap is real: sleep may run now
                         continue
                 batch = self._take_wake_batch() if self._wake else None
-                sleeper = self._sleepers.popleft() if batch is None else None
+                sleepers: list[EngineSession] = []
+                if batch is None:
+                    # several sessions' sleeps step together: one batched block for all of them
+                    limit = self.max_batch if self.batch_wake else 1
+                    while self._sleepers and len(sleepers) < limit:
+                        s = self._sleepers.popleft()
+                        if all(s is not t for t in sleepers):
+                            sleepers.append(s)
             if batch is not None:
                 self._run_wake(batch)
                 self._last_wake = time.perf_counter()
-            elif sleeper is not None:
-                try:
-                    self._run_sleep_step(sleeper)
-                except Exception as e:  # a broken sleep must not stop the worker: drop it
-                    sleeper._job = None
-                    self._emit(sleeper, "sleep_failed", error=repr(e))
+            elif sleepers:
+                self._run_sleep_steps(sleepers)
 
     def _take_wake_batch(self) -> list[_Request]:
         """The next wake work: one request, or several sessions' decode steps batched (FIFO kept
@@ -519,13 +522,14 @@ class Engine:
         the others read one piece each (up to ``prefill_chunk`` tokens, across their queued
         segments) in one batched pass."""
         reads: list[tuple[_Request, list[int], list[bool], tuple[int, int]]] = []
+        deferred: list[EngineSession] = []
         for req in batch:
             s = req.session
             try:
                 if not req.started:
                     s.stats.wake_wait_s += time.perf_counter() - req.enqueued
                     req.started = True
-                if self._advance_sleep(s, 1):
+                if self._advance_sleep(s, 1, deferred):
                     self._requeue(req)
                 elif not s.pending:
                     self._finish(req, self._last_logits(s))
@@ -533,6 +537,12 @@ class Engine:
                     reads.append((req, *self._next_piece(s, self.prefill_chunk)))
             except BaseException as e:
                 self._finish(req, exc=e)
+        try:
+            self._step_deferred(deferred)
+        except BaseException as e:  # a broken sleep: its sessions' reads fail, the worker goes on
+            for s in deferred:
+                s._job = None
+                self._emit(s, "sleep_failed", error=repr(e))
         if not reads:
             return
         lm = self.model.model
@@ -611,13 +621,15 @@ class Engine:
             raise ConfigError("nothing to read: append tokens first")
         return session.last_logits
 
-    def _advance_sleep(self, session: EngineSession, need: int) -> bool:
+    def _advance_sleep(self, session: EngineSession, need: int, defer: list[EngineSession] | None = None) -> bool:
         """One unit (a block of one pass) of the sleep work that must happen before ``session``
         can take ``need`` more tokens; True while more remains.
 
         First the session's own pause sleep, which it woke into, per ``on_wake`` (finish: run the
         remaining passes, exposed; commit: complete at least one pass; abort: drop it); then a
-        forced sleep if the window has no room for ``need`` tokens (all of it exposed)."""
+        forced sleep if the window has no room for ``need`` tokens (all of it exposed). With
+        ``defer``, the block is not run here: the session is added to it, for the caller to run
+        its block batched with other sessions' (:meth:`_step_deferred`)."""
         s = session
         with self._cv:
             requested, s._sleep_requested = s._sleep_requested, False
@@ -635,7 +647,7 @@ class Engine:
             elif job.done or (mode == "commit" and job.passes_done >= 1):
                 self._commit(s, exposed_from=0.0)
             else:
-                self._timed_step(s, exposed_from=0.0)
+                self._step_or_defer(s, defer)
                 return True
         st = s.state
         if s._job is None and need and st.window_len + need > st.window and kept_tokens(st) < st.window_len:
@@ -651,12 +663,35 @@ class Engine:
         job = s._job
         if job is not None and s._job_reason == "forced":
             if not job.done:
-                self._timed_step(s, exposed_from=0.0)
+                self._step_or_defer(s, defer)
                 return True
             self._commit(s, exposed_from=0.0)
         if s._job is None:
             s._wake_since = None
         return False
+
+    def _step_or_defer(self, session: EngineSession, defer: list[EngineSession] | None) -> None:
+        if defer is None:
+            self._timed_step(session, exposed_from=0.0)
+        else:
+            defer.append(session)
+
+    def _step_deferred(self, sessions: list[EngineSession]) -> None:
+        """One block of each session's sleep that a wake is waiting for (all exposed), batched
+        across sessions where the model allows it."""
+        if not sessions:
+            return
+        jobs = [s._job for s in sessions]
+        t0 = time.perf_counter()
+        if len(jobs) > 1 and hasattr(type(jobs[0]), "run_steps"):
+            passes = type(jobs[0]).run_steps(jobs)
+        else:
+            passes = [job.run_step() for job in jobs]
+        share = (time.perf_counter() - t0) / len(sessions)
+        for s, finished_pass in zip(sessions, passes, strict=True):
+            self._account(s, t0, t0 + share, 0.0)
+            if finished_pass:
+                s.stats.passes += 1
 
     def _sleep_now(self, session: EngineSession) -> None:
         if session.state.window_len:
@@ -691,20 +726,63 @@ class Engine:
         while self._advance_sleep(session, 0):
             pass
 
-    def _run_sleep_step(self, session: EngineSession) -> None:
-        """One block of a paused session's sleep (the worker's gap work), round-robin."""
+    def _run_sleep_steps(self, sleepers: list[EngineSession]) -> None:
+        """One block of each paused session's sleep (the worker's gap work), batched across
+        sessions where their models allow it; round-robin over what is left."""
+        stepping: list[EngineSession] = []
+        for s in sleepers:
+            try:
+                if self._sleep_ready(s):
+                    stepping.append(s)
+            except Exception as e:  # a broken sleep must not stop the worker: drop it
+                s._job = None
+                self._emit(s, "sleep_failed", error=repr(e))
+        if not stepping:
+            return
+        jobs = [s._job for s in stepping]
+        try:
+            t0 = time.perf_counter()
+            if len(jobs) > 1 and hasattr(type(jobs[0]), "run_steps"):
+                passes = type(jobs[0]).run_steps(jobs)
+            else:
+                passes = [job.run_step() for job in jobs]
+            t1 = time.perf_counter()
+        except Exception as e:
+            for s in stepping:
+                s._job = None
+                self._emit(s, "sleep_failed", error=repr(e))
+            return
+        share = (t1 - t0) / len(stepping)
+        for s, job, finished_pass in zip(stepping, jobs, passes, strict=True):
+            try:
+                self._account(s, t0, t0 + share, s._wake_since)
+                if finished_pass:
+                    s.stats.passes += 1
+                if job.done:
+                    s._interrupted = False
+                    self._commit(s, exposed_from=s._wake_since)
+                else:
+                    with self._cv:
+                        self._sleepers.append(s)
+            except Exception as e:
+                s._job = None
+                self._emit(s, "sleep_failed", error=repr(e))
+
+    def _sleep_ready(self, session: EngineSession) -> bool:
+        """Bring a paused session's sleep to its next block (begin it, or resolve an
+        interruption); True when a block is to run now."""
         s = session
         if s.closed:
             s._job = None
-            return
+            return False
         mode = s.policy.on_wake
         if s._job is None:
             if not s._sleep_requested:
-                return
+                return False
             s._sleep_requested = False
             if s._interrupted and mode == "abort":  # cancelled before a pass ran: nothing to drop
                 s._interrupted = False
-                return
+                return False
             self._begin(s, "pause")
         job = s._job
         assert job is not None
@@ -712,14 +790,8 @@ class Engine:
             # the run was cancelled: drop, or commit what is done, without waking the session
             s._interrupted = False
             self._abort(s) if mode == "abort" else self._commit(s, exposed_from=s._wake_since)
-            return
-        self._timed_step(s, exposed_from=s._wake_since)
-        if job.done:
-            s._interrupted = False
-            self._commit(s, exposed_from=s._wake_since)
-        else:
-            with self._cv:
-                self._sleepers.append(s)
+            return False
+        return True
 
     def _timed_step(self, session: EngineSession, exposed_from: float | None) -> None:
         """Run one block of the sleep's current pass; seconds after ``exposed_from`` (a wake was

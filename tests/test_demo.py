@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sleepagent.demo import DEMO_MODEL, demo_session, run_demo
+from sleepagent.demo import DEMO_MODEL, DemoBatch, demo_session, run_batch, run_demo, verdict
 from sleepagent.model import SleepModel
 from sleepagent.train.docqa_eval import facts_needed, held_out_sessions
 
@@ -21,12 +21,26 @@ def test_demo_reads_two_long_documents_sleeps_during_fetches_and_keeps_the_kv_bo
         assert r.max_window_tokens <= r.window < r.tokens_read  # read far more than the window holds
         assert {a["doc"] for a in r.answers} == {1, 2} and len(r.answers) == 2 + 2 + 1
         assert any(a["evicted"] for a in r.answers)
-        assert r.sleep_s_exposed <= r.sleep_s_hidden  # sleep runs while the user waits
-    # same documents, same questions, both N
+        assert r.sleeps >= r.sleeps_before_questions
+    # same documents, same questions, both N; N = 4 runs three more passes per sleep
     assert [a["question"] for a in n4.answers] == [a["question"] for a in n1.answers]
-    assert n4.sleep_s_hidden > n1.sleep_s_hidden  # N = 4 does real work, hidden in the pauses
-    assert n4.tokens_read == n1.tokens_read and n4.fast_weight_bytes == n1.fast_weight_bytes
+    assert n4.sleep_s_total > 0 and n4.tokens_read == n1.tokens_read and n4.fast_weight_bytes == n1.fast_weight_bytes
     assert pages[-1][1] == pages[-1][2]
+
+
+def test_the_batch_table_counts_every_question_and_says_what_the_intervals_say():
+    sm = SleepModel.from_pretrained(DEMO_MODEL)
+    n4, n1 = run_batch(sm, sessions=3, places=6, per_doc=4, loops=(4, 1))
+    for b in (n4, n1):
+        assert b.cells.keys() == {1, 2} and all(asked == 3 * 2 for _, asked in b.cells.values())
+        assert b.documents_finished == 3
+        lo, hi = b.interval(2)
+        assert lo <= b.accuracy(2) <= hi
+    apart = DemoBatch(4, 50, 16, {1: (190, 200), 2: (170, 200)}, 50, 1.0)
+    level = DemoBatch(1, 50, 16, {1: (188, 200), 2: (70, 200)}, 50, 1.0)
+    assert verdict(apart, level, 2) == "N=4 better (intervals apart)"
+    assert verdict(apart, level, 1) == "no gain: a lookup needs no sleep"
+    assert verdict(level, apart, 2) == "N=4 better (intervals apart)"
 
 
 def test_held_out_sessions_follow_the_documented_format():

@@ -20,13 +20,16 @@ def demo(
     questions: Annotated[int, typer.Option(min=1, help="questions asked after each document")] = 6,
     latency: Annotated[float, typer.Option(min=0.0, help="simulated seconds per page fetch")] = 0.3,
     think: Annotated[float, typer.Option(min=0.0, help="simulated user think time between questions")] = 0.2,
+    sessions: Annotated[int, typer.Option(min=0, help="held-out sessions per N for the accuracy table (0: none)")] = 32,
+    batch_places: Annotated[int, typer.Option(min=2, max=26, help="places per document in those sessions")] = 16,
     seed: int = 0,
 ) -> None:
     """Long-document QA: the agent reads long documents page by page through a tool, sleeping
-    during each fetch, then answers multi-hop questions, most from its fast weights; N = 4 vs N = 1."""
+    during each fetch, then answers multi-hop questions, most from its fast weights; N = 4 vs N = 1.
+    Then many more sessions, batched by the engine, give accuracy per hop count with 95% intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ..demo import run_demo
+    from ..demo import run_batch, run_demo
     from ..errors import SleepAgentError
     from ..model import SleepModel
 
@@ -89,3 +92,48 @@ def demo(
     for name, cell in rows:
         summary.add_row(name, *(cell(r) for r in runs))
     console.print(summary)
+    if sessions and len(runs) >= 1:
+        _batch_table(sm, sessions, batch_places, ns, seed)
+
+
+def _batch_table(sm, sessions: int, places: int, loops: tuple[int, ...], seed: int) -> None:
+    """Right answers per hop count over many held-out sessions, per N, with 95% intervals."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ..demo import run_batch, verdict
+
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[bold]N={task.fields[n]}[/] sessions"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as progress:
+        bars: dict[int, int] = {}
+
+        def on_done(n: int, done: int, total: int) -> None:
+            if n not in bars:
+                bars[n] = progress.add_task("run", total=total, n=n)
+            progress.update(bars[n], completed=done, total=total)
+
+        batches = run_batch(sm, sessions=sessions, places=places, loops=loops, seed=seed, progress=on_done)
+    hops = sorted({k for b in batches for k in b.cells})
+    table = Table(title=f"{sessions} more sessions per N, each a held-out {places}-place document read through the "
+                        f"tool; right answers [95% interval] (questions)")
+    table.add_column("question")
+    for b in batches:
+        table.add_column(f"N={b.loops}", justify="right")
+    if len(batches) >= 2:
+        table.add_column(f"sleep (N={batches[0].loops} vs N={batches[-1].loops})")
+    for k in hops:
+        cells = []
+        for b in batches:
+            lo, hi = b.interval(k)
+            right, asked = b.cells[k]
+            cells.append(f"{right / asked:.2f} [{lo:.2f}, {hi:.2f}] ({asked})")
+        if len(batches) >= 2:
+            cells.append(verdict(batches[0], batches[-1], k))
+        table.add_row(f"{k}-hop", *cells)
+    console.print(table)
+    read = sum(b.documents_finished for b in batches)
+    console.print(f"documents read to their end: {read}/{sessions * len(batches)}; "
+                  f"{time.perf_counter() - t0:.1f} s for {sessions * len(batches)} sessions")
+

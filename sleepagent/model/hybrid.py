@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError, StateMismatch, WindowFull
 from .algorithm1 import LMOutput, check_ids, check_loops, training_forward
@@ -526,22 +527,39 @@ class SleepJob:
         pass run block by block equals :meth:`run_pass` bit for bit."""
         if self.done:
             return True
-        m, st = self.model, self.state
-        a, b = m.config.span
+        if self._reuse():
+            return True
+        h, fast, i, _ = self._next_block()
+        h, fast, _ = self.model._run(h, fast, i, i + 1)
+        return self._block_done(h, fast)
+
+    def _reuse(self) -> bool:
+        """Pass 1 from what wake computed, when it may be reused (no compute); True if it was."""
         if self.passes_done == 0 and self.reuse_wake:
+            st = self.state
             self._h = st.window_h[:, : st.window_len]
             self._fast = st.working
             self.passes_done = 1
             return True
+        return False
+
+    def _next_block(self) -> tuple[torch.Tensor, FastState, int, int]:
+        """The pass in progress: (h, fast, the block to run next, the pass's stop block)."""
         if self._cursor is None:
+            m, st = self.model, self.state
+            a, b = m.config.span
             if self.passes_done == 0:
                 h, fast, lo = m.embed(st.window_ids[:, self._keep_cols]), st.fast, 0
             else:
                 assert self._h is not None
                 h, fast, lo = self._h, self._fast, a
             self._cursor = (h, fast, lo, b)
-        h, fast, i, stop = self._cursor
-        h, fast, _ = m._run(h, fast, i, i + 1)
+        return self._cursor
+
+    def _block_done(self, h: torch.Tensor, fast: FastState) -> bool:
+        """Record the block just run; True when it completed a pass."""
+        assert self._cursor is not None
+        _, _, i, stop = self._cursor
         if i + 1 < stop:
             self._cursor = (h, fast, i + 1, stop)
             return False
@@ -549,6 +567,44 @@ class SleepJob:
         self._h, self._fast = h, fast
         self.passes_done += 1
         return True
+
+    @staticmethod
+    @torch.no_grad()
+    def run_steps(jobs: list[SleepJob]) -> list[bool]:
+        """:meth:`run_step` for several sessions' sleeps at once: jobs at the same block run it
+        in one batched pass over their windows (right-padded; padding enters no state: GDN
+        layers skip it, and a sleep's attention is causal within the window, so no real token
+        sees it). Equal to stepping each job alone, up to float rounding (test); how the engine
+        consolidates many sessions' windows in the time of a few."""
+        out: list[bool | None] = [None] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for r, job in enumerate(jobs):
+            if job.done:
+                out[r] = True
+            elif job._reuse():
+                out[r] = True
+            else:
+                groups.setdefault(job._next_block()[2], []).append(r)
+        for i, rows in groups.items():
+            if len(rows) == 1:
+                job = jobs[rows[0]]
+                h, fast, _, _ = job._next_block()
+                h, fast, _ = job.model._run(h, fast, i, i + 1)
+                out[rows[0]] = job._block_done(h, fast)
+                continue
+            cursors = [jobs[r]._next_block() for r in rows]
+            lengths = [c[0].shape[1] for c in cursors]
+            T = max(lengths)
+            h = torch.cat([F.pad(c[0], (0, 0, 0, T - n)) for c, n in zip(cursors, lengths, strict=True)])
+            valid = torch.arange(T, device=h.device)[None, :] < torch.tensor(lengths, device=h.device)[:, None]
+            fast = FastState(S=tuple(torch.cat(t) for t in zip(*(c[1].S for c in cursors), strict=True)),
+                             conv=tuple(torch.cat(t) for t in zip(*(c[1].conv for c in cursors), strict=True)))
+            h, fast, _ = jobs[rows[0]].model._run(h, fast, i, i + 1, valid=valid)
+            for k, (r, n) in enumerate(zip(rows, lengths, strict=True)):
+                row = slice(k, k + 1)
+                out[r] = jobs[r]._block_done(h[row, :n], FastState(S=tuple(s[row] for s in fast.S),
+                                                                 conv=tuple(c[row] for c in fast.conv)))
+        return [bool(x) for x in out]
 
     @torch.no_grad()
     def run_pass(self) -> None:

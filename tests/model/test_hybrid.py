@@ -8,6 +8,7 @@ import torch
 
 from sleepagent.errors import FingerprintMismatch, ShapeError, SnapshotCorrupted, StateMismatch, WindowFull
 from sleepagent.model import FastState, HybridState, SleepHybridLM
+from sleepagent.model.hybrid import SleepJob
 
 from ..conftest import tiny_model
 
@@ -378,3 +379,31 @@ def test_a_bf16_snapshot_halves_the_bytes_and_restores_close():
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=2**-8, atol=1e-6)
     assert not back.fast.equal(state.fast)  # lossy, as stated
+
+
+@pytest.mark.parametrize("mode", ["hard", "hard-looped-span"])
+def test_sleeps_of_several_sessions_batched_equal_each_alone(mode):
+    """SleepJob.run_steps over windows of different lengths (some reusing wake, some with
+    never-consolidate tokens) commits what each job stepped alone commits."""
+    model = tiny_model(**MODES[mode])
+    setups = [(5, None), (16, None), (11, 3), (1, None), (9, 0)]  # (tokens, a masked position)
+    batched, alone = [], []
+    for i, (n, masked) in enumerate(setups):
+        for group in (batched, alone):
+            st = model.new_state()
+            mask = torch.ones(1, n, dtype=torch.bool)
+            if masked is not None:
+                mask[0, masked] = False
+            model.prefill(ids_for(model, 1, n, seed=20 + i), st, consolidate=mask)
+            group.append(model.begin_sleep(st, 3))
+    while not all(j.done for j in batched):
+        model_steps = SleepJob.run_steps(batched)
+        assert len(model_steps) == len(batched)
+    for job in alone:
+        job.run_pass()
+        job.run_pass()
+        job.run_pass()
+    for a, b in zip(batched, alone, strict=True):
+        ca, cb = a.commit(), b.commit()
+        for x, y in zip((*ca.fast.S, *ca.fast.conv), (*cb.fast.S, *cb.fast.conv), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
