@@ -11,11 +11,17 @@ task's (:mod:`sleepagent.train.docqa`), on its own random streams: only the docu
 shared (facts "The road from X leads to Y." forming one cycle, shuffled, joined by spaces;
 questions "Where does 1 road from X lead?" / "Where do 2 roads from X lead?").
 
+The paging tool is the user's to write: :class:`PagingStyle` gives it another name, docstring
+or signature (``read_page(page: int)``, the model counting its own pages), page headers in
+another form or none, and another end-of-document marker; :data:`STYLES` holds the ones the
+project checks (none of them the exact forms the training task draws).
+
 Every accuracy comes with its number of questions and a 95% Wilson interval.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import string
@@ -30,9 +36,10 @@ from ..engine import Engine
 from ..errors import SleepAgentError
 from ..model import SleepModel
 from ..policy import SleepPolicy
-from ..tools import DocumentReader, tool
+from ..tools import paginate, tool
 
-__all__ = ["EvalSession", "EvalQuestion", "held_out_sessions", "facts_needed", "run_agent_eval", "wilson", "summarize"]
+__all__ = ["EvalSession", "EvalQuestion", "PagingStyle", "STYLES", "held_out_sessions", "facts_needed",
+           "run_agent_eval", "wilson", "summarize"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -124,6 +131,69 @@ def _questions(rng: random.Random, cycles: list[list[str]], doc: int, after: int
     return out
 
 
+@dataclass(frozen=True)
+class PagingStyle:
+    """How a user's paging tool looks: its name and docstring, an optional 1-based page-number
+    argument (``page_arg``; without one the tool keeps its own place), the header above each page
+    (a format with ``{i}`` and ``{n}``, or "" for none) and the line that ends the last page."""
+
+    name: str = "next_page"
+    docstring: str = "Read the next unread page of the document."
+    page_arg: str | None = None
+    header: str = "[page {i}/{n}]"
+    end_marker: str = "[end of document]"
+
+
+STYLES: dict[str, PagingStyle] = {
+    "default": PagingStyle(),
+    "read_page": PagingStyle("read_page", "Return one page of the document.", page_arg="page",
+                             header="--- page {i} of {n} ---"),
+    "plain": PagingStyle("get_more", "Returns more of the file.", header=""),
+    "dashes": PagingStyle("next_page", "Read the next unread page of the document.", header="",
+                          end_marker="--- end of document ---"),
+    "numbered": PagingStyle("fetch_page", "Fetch a page by its number.", page_arg="n", header="Page {i} of {n}",
+                            end_marker="(end of document)"),
+}
+
+
+class _Pages:
+    """One document served page by page in a :class:`PagingStyle`; remembers what was read."""
+
+    def __init__(self, text: str, page_chars: int, style: PagingStyle) -> None:
+        self.pages, self.style = paginate(text, page_chars), style
+        self.delivered: set[int] = set()
+        self.next = 1
+
+    def read(self, number: int | None) -> str:
+        n = len(self.pages)
+        number = self.next if number is None else number
+        if not 1 <= number <= n:
+            return f"{self.style.end_marker} The document has {n} page(s)."
+        self.delivered.add(number)
+        self.next = number + 1
+        head = self.style.header.format(i=number, n=n)
+        body = f"{head}\n{self.pages[number - 1]}" if head else self.pages[number - 1]
+        return body + (f"\n{self.style.end_marker}" if number == n else "")
+
+    @property
+    def finished(self) -> bool:
+        return len(self.delivered) == len(self.pages)
+
+
+def _paging_tool(style: PagingStyle, current: dict[str, Any]):
+    """The user's paging tool, with ``style``'s name, docstring and signature."""
+    if style.page_arg is None:
+        async def pager() -> str:
+            return current["pages"].read(None)
+    else:
+        async def pager(**kwargs: int) -> str:
+            return current["pages"].read(int(kwargs[style.page_arg]))
+        pager.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(style.page_arg, inspect.Parameter.KEYWORD_ONLY, annotation=int)])
+        pager.__annotations__ = {style.page_arg: int, "return": str}
+    return tool(name=style.name, description=style.docstring)(pager)
+
+
 @dataclass
 class SessionResult:
     answers: list[dict[str, Any]] = field(default_factory=list)
@@ -134,23 +204,18 @@ class SessionResult:
     error: str | None = None
 
 
-async def _one(engine: Engine, session: EvalSession, loops: int, page_chars: int, min_fill: float) -> SessionResult:
-    readers = [DocumentReader.from_text(doc, page_chars=page_chars) for doc in session.documents]
-    current = {"i": 0}
-
-    @tool
-    async def next_page() -> str:
-        """Read the next unread page of the document."""
-        return await readers[current["i"]].read(None)
-
-    pages = max(r.page_count for r in readers)
-    agent = Agent(engine.model, engine=engine, tools=[next_page], max_steps=pages + 3, max_tokens=64,
-                  sleep=SleepPolicy(loops=loops, when="pause", min_fill=min_fill))
+async def _one(engine: Engine, session: EvalSession, loops: int, page_chars: int, min_fill: float,
+               style: PagingStyle) -> SessionResult:
+    readers = [_Pages(doc, page_chars, style) for doc in session.documents]
+    current: dict[str, Any] = {"pages": readers[0]}
+    pages = max(len(r.pages) for r in readers)
+    agent = Agent(engine.model, engine=engine, tools=[_paging_tool(style, current)], max_steps=pages + 3,
+                  max_tokens=64, sleep=SleepPolicy(loops=loops, when="pause", min_fill=min_fill))
     out = SessionResult()
     async with agent.session() as s:
         es = s.engine_session
         for d, questions in enumerate(session.questions):
-            current["i"] = d
+            current["pages"] = readers[d]
             try:
                 await s.run("Read the document." if d == 0 else "Read the next document.")
             except SleepAgentError as e:  # e.g. it kept calling past the end: its answers still count
@@ -181,9 +246,11 @@ def run_agent_eval(
     min_fill: float = 0.5,
     concurrency: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    style: PagingStyle = PagingStyle(),
 ) -> list[SessionResult]:
     """Run every session through the Agent API on one engine, ``concurrency`` at a time (their
-    decode steps batch together); returns one :class:`SessionResult` per session, in order."""
+    reads, decode steps and sleeps batch together), reading through a paging tool in ``style``;
+    returns one :class:`SessionResult` per session, in order."""
     results: list[SessionResult | None] = [None] * len(sessions)
 
     async def main() -> None:
@@ -194,7 +261,7 @@ def run_agent_eval(
         async def worker(i: int) -> None:
             nonlocal done
             async with limiter:
-                results[i] = await _one(engine, sessions[i], loops, page_chars, min_fill)
+                results[i] = await _one(engine, sessions[i], loops, page_chars, min_fill, style)
             done += 1
             if progress is not None:
                 progress(done, len(sessions))
