@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..train.trainer import TrainConfig
+from ..train import TrainConfig
 from ._common import check_device, console, fail, first_error, new_file, new_or_existing_dir, positive_ints
 from .model_options import ModelOptions
 
