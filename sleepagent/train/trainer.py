@@ -43,7 +43,8 @@ from .run import (
 )
 from .tasks import collate, make_task
 
-__all__ = ["TrainConfig", "train", "evaluate", "load_checkpoint", "plot_accuracy", "lr_factor", "build_model"]
+__all__ = ["TrainConfig", "train", "evaluate", "load_checkpoint", "plot_accuracy", "lr_factor", "build_model",
+           "sample_batch", "loss_of_batch"]
 
 
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
@@ -191,13 +192,13 @@ def _fit(cfg: TrainConfig, run: Run, out: Path, *, progress: bool, stop_at: int 
         end = step  # its budget was spent by earlier invocations
     while step < end:
         rng = random.Random(f"{cfg.seed}-{step}")  # one stream per step: a resumed run sees the same batches
-        batch = _sample_batch(task, rng, cfg.batch_size)
+        batch = sample_batch(task, rng, cfg.batch_size)
         factor = lr_factor(cfg, step)
         for opt, lrs in zip(opts, base_lrs, strict=True):
             opt.zero_grad(set_to_none=True)
             for group, lr in zip(opt.param_groups, lrs, strict=True):
                 group["lr"] = lr * factor
-        loss_t, n_tokens = _loss(model, task, batch, cfg)
+        loss_t, n_tokens = loss_of_batch(model, task, batch, cfg)
         loss_t.backward()
         if step < cfg.warmup_gdn_steps:  # warm-up: only the GDN layers learn
             for p in params:
@@ -267,7 +268,7 @@ def _groups(task, examples: list, min_fill: float) -> list[tuple[list[int] | Non
     return list(groups.values())
 
 
-def _sample_batch(task, rng: random.Random, size: int) -> list:
+def sample_batch(task, rng: random.Random, size: int) -> list:
     # Tasks may draw a whole batch at once (docqa: one document size per batch, so the batch
     # shares its window boundaries and runs as one forward pass).
     if hasattr(task, "sample_batch"):
@@ -275,7 +276,7 @@ def _sample_batch(task, rng: random.Random, size: int) -> list:
     return [task.sample(rng) for _ in range(size)]
 
 
-def _loss(model: SleepHybridLM, task, batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
+def loss_of_batch(model: SleepHybridLM, task, batch, cfg: TrainConfig) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the batch's answer tokens (and the number of tokens read)."""
     kw = dict(loops=cfg.loops, checkpoint=cfg.checkpoint, detach_every=cfg.detach_every)
     total, count, tokens = None, 0, 0
