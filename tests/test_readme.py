@@ -140,7 +140,7 @@ def test_training_and_evaluation_commands_parse(monkeypatch):
     """The long commands are checked, not run: each `train` line builds its TrainConfig and task,
     each `eval`/`study` line names an existing checkpoint option set and preset."""
     import sleepagent.train as train_pkg
-    from sleepagent.train.study import STUDIES
+    from sleepagent.train.studies import STUDIES
     from sleepagent.train.tasks import make_task
 
     seen = []

@@ -77,7 +77,7 @@ train.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
 
 
 def study(
-    name: Annotated[str, typer.Argument(help="a preset from sleepagent.train.study.STUDIES, or capacity")],
+    name: Annotated[str, typer.Argument(help="a preset from sleepagent.train.studies.STUDIES, or capacity")],
     out: Annotated[str, typer.Option(help="run directories (resumed if they exist)")] = "runs/study",
     docs: Annotated[str, typer.Option(help="where the table, JSON and plots go")] = "docs/studies",
     jobs: Annotated[int, typer.Option(min=1, help="runs trained in parallel processes")] = 1,
@@ -93,7 +93,8 @@ def study(
     import shlex
     import sys
 
-    from ..train.study import STUDIES, run_study
+    from ..train.studies import STUDIES
+    from ..train.study import run_study
 
     if name not in STUDIES and name != "capacity":
         raise fail(f"unknown study {name!r}; choose one of {', '.join(sorted([*STUDIES, 'capacity']))}")

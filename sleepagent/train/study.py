@@ -19,7 +19,7 @@ through its second phase, which is how "N = 4 keeps improving where N = 1 stalls
 
 The claim a study checks, per difficulty: the mean accuracy of the largest N beats the mean of
 N = 1 by more than the spread (max - min) between seeds of either. ``sleepagent study NAME``
-runs a preset from :data:`STUDIES` (:mod:`sleepagent.train.studies`, one module per task
+runs a preset from ``STUDIES`` (:mod:`sleepagent.train.studies`, one module per task
 family); the presets are sized for a 2-core CPU (each run well under an hour there) unless named
 ``-gpu``; the same command runs unchanged on CUDA with ``--device cuda``. A preset's notes (why
 it is shaped as it is, what it found) are markdown under ``docs/studies/notes/``, read when the
@@ -36,17 +36,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .finetune import run_task
 from .trainer import TrainConfig, accuracy, answer_hits, load_checkpoint, train
 
-if TYPE_CHECKING:
-    from .studies import STUDIES
-
-__all__ = ["NOTES_DIR", "STUDIES", "Study", "read_notes", "render_page", "run_study", "summarize"]
+__all__ = ["NOTES_DIR", "Study", "read_notes", "render_page", "run_study", "summarize"]
 
 # the notes of the shipped presets: in the repository, beside the pages they are written into
 NOTES_DIR = Path(__file__).resolve().parents[2] / "docs" / "studies" / "notes"
@@ -121,13 +118,6 @@ def read_notes(name: str) -> str:
         return ""
 
 
-def __getattr__(name: str) -> Any:
-    # STUDIES lives with the presets, which import Study from here: loaded on first use
-    if name == "STUDIES":
-        from .studies import STUDIES
-
-        return STUDIES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _train_one(args: tuple[dict, str, int | None, bool]) -> str:

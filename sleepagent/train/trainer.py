@@ -230,7 +230,7 @@ def _fit(cfg: TrainConfig, run: Run, out: Path, *, progress: bool, stop_at: int 
         out_of_time = (cfg.time_limit is not None and time.perf_counter() - t0 >= cfg.time_limit) or (
             cfg.time_budget is not None and cpu_s >= cfg.time_budget)
         if step % cfg.save_every == 0 or step == end or out_of_time:
-            if history[-1]["step"] != step:
+            if not history or history[-1]["step"] != step:
                 history.append(mark)  # the saved step's seconds: a resume continues from them
             run.save(step, history, evals)
         if out_of_time:  # a wall-clock budget (a lent GPU): the same command resumes from here

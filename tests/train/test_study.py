@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from sleepagent.train.study import STUDIES, Study, run_study, summarize
+from sleepagent.train.studies import STUDIES
+from sleepagent.train.study import Study, run_study, summarize
 
 TINY = Study(
     name="tiny",
