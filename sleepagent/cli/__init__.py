@@ -14,7 +14,7 @@ from . import bench, snapshots
 from ._common import OneLineErrors
 from .demo import demo
 from .serve import serve
-from .train import eval_cmd, study, train
+from .train import eval_cmd, ship, study, train
 
 __all__ = ["app", "main"]
 
@@ -25,6 +25,7 @@ app.command()(train)
 app.command()(serve)
 app.command()(study)
 app.command("eval")(eval_cmd)
+app.command()(ship)
 app.add_typer(bench.app, name="bench")
 app.add_typer(snapshots.app, name="snapshots")
 

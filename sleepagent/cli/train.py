@@ -20,7 +20,7 @@ from ..train import TrainConfig
 from ._common import check_device, console, fail, first_error, new_file, new_or_existing_dir, positive_ints
 from .model_options import ModelOptions
 
-__all__ = ["eval_cmd", "study", "train"]
+__all__ = ["ship", "eval_cmd", "study", "train"]
 
 # help for the fields TrainConfig leaves undescribed (its own description wins once it has one)
 _HELP = {
@@ -262,3 +262,38 @@ def _eval_agent(path: Path, loops: tuple[int, ...], n: int, seed: int, places: i
         console.print(f"documents read to the end: {summary['documents_finished']}/{summary['documents']}; "
                       f"sleeps before the first question: at least {summary['sleeps_before_first_question_min']}; "
                       f"most tokens in the window: {summary['max_window_tokens']}")
+
+
+def ship(
+    preset: Annotated[str, typer.Option(help="cpu (batch 8, two single-thread runs) or cuda (batch 64, fla)")] = "cpu",
+    time_limit: Annotated[float | None, typer.Option(min=1, help="seconds the model trains in this invocation "
+                                                     "(then the twin catches up; rerun resumes)")] = None,
+    round_s: Annotated[float, typer.Option("--round", min=10, help="seconds per side-by-side round")] = 1200.0,
+    out: Annotated[str, typer.Option(help="run directories (resumed if they exist)")] = "runs/ship",
+    main_from: Annotated[str | None, typer.Option("--from", help="a run to continue as the model "
+                                                  "(the capacity study's arm)")] = None,
+    publish: Annotated[bool, typer.Option(help="score both through the Agent API and copy them into "
+                                          "sleepagent/checkpoints")] = False,
+    sessions: Annotated[int, typer.Option(min=1, help="--publish: held-out sessions per setting")] = 200,
+    report: Annotated[str | None, typer.Option(help="write the run's report (steps, scores) to this JSON file")] = None,
+) -> None:
+    """The shipped demo model and its N = 1 twin (sleepagent/train/ship.py): train, resumably, on
+    a CPU or a GPU; with --publish, score and ship them."""
+    import json
+
+    from ..train.ship import PRESETS, run_ship
+
+    if preset not in PRESETS:
+        raise fail(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    check_device(PRESETS[preset]["device"])
+    new_or_existing_dir(out)
+    if report is not None:
+        new_file(report, "--report")
+    result = run_ship(out, preset=preset, time_limit=time_limit, round_s=round_s, publish=publish,
+                      sessions=sessions, main_from=main_from)
+    text = json.dumps(result, indent=1)
+    if report is not None:
+        Path(report).write_text(text + "\n")
+    console.print(f"model at step {result['main_step']}, twin at step {result['twin_step']}"
+                  + (", published" if publish else ""))
+

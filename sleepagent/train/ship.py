@@ -55,34 +55,44 @@ def _train(args: tuple[dict, str, int, int | None]) -> dict[str, Any]:
 
 
 def run_ship(out: str | Path = "runs/ship", *, preset: str = "cpu", time_limit: float | None = None,
-             threads: int = 1, jobs: int = 2, publish: bool = False, sessions: int = 200,
-             main_from: str | None = None) -> dict[str, Any]:
-    """Train ``main`` for ``time_limit`` seconds (this invocation), then ``twin`` to the same step;
+             round_s: float = 1200.0, threads: int = 1, jobs: int = 2, publish: bool = False,
+             sessions: int = 200, main_from: str | None = None) -> dict[str, Any]:
+    """Train ``main`` for ``time_limit`` seconds (this invocation) and ``twin`` to the same step;
     with ``publish``, score both and ship them. ``main_from``: a run directory to continue as
-    ``main`` (the capacity study's arm; copied in on the first invocation)."""
+    ``main`` (the capacity study's arm; copied in on the first invocation).
+
+    With two jobs the runs go side by side in rounds of ``round_s`` seconds: main trains for the
+    round while the twin (N = 1 is cheaper) catches up to where main stood when it began; after
+    the last round the twin reaches main's final step."""
     out = Path(out) / preset
-    cfgs = ship_configs(preset, time_limit=time_limit)
+    cfgs = ship_configs(preset)
     main_dir, twin_dir = out / "main", out / "twin"
     if main_from is not None and not (main_dir / "train.json").exists():
         shutil.copytree(main_from, main_dir)
-        meta = json.loads((main_dir / "train.json").read_text())  # the arm's config, resumable as main's
-        meta["config"] = {**meta["config"], **{k: v for k, v in cfgs["main"].model_dump(mode="json").items()
-                                               if k in ("time_budget", "time_limit", "save_every", "steps")}}
+        meta = json.loads((main_dir / "train.json").read_text())  # the arm's run, continued as main
+        meta["config"] = {**meta["config"], "time_budget": None}
         (main_dir / "train.json").write_text(json.dumps(meta, indent=1) + "\n")
     t0 = time.perf_counter()
-    main_step = _step(main_dir)
-    # main takes the invocation's time; the twin (N = 1 is cheaper) then catches up to its step
-    work = [(cfgs["main"].model_dump(mode="json"), str(main_dir), threads, None)]
-    if jobs > 1:
-        work.append((cfgs["twin"].model_copy(update={"time_limit": None}).model_dump(mode="json"), str(twin_dir),
-                     threads, max(main_step, 1)))
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        list(pool.map(_train, work))
-    twin_cfg = cfgs["twin"].model_copy(update={"time_limit": None})
-    _train((twin_cfg.model_dump(mode="json"), str(twin_dir), threads * jobs, _step(main_dir)))
-    report = {"preset": preset, "main_step": _step(main_dir), "twin_step": _step(twin_dir),
-              "wall_s": round(time.perf_counter() - t0, 1)}
+    twin_cfg = cfgs["twin"].model_dump(mode="json")
+    while True:
+        left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
+        if left is not None and left <= 1:
+            break
+        spell = left if left is not None and left < round_s else round_s
+        main_cfg = cfgs["main"].model_copy(update={"time_limit": spell}).model_dump(mode="json")
+        work = [(main_cfg, str(main_dir), threads, None)]
+        if jobs > 1 and _step(main_dir) > _step(twin_dir):
+            work.append((twin_cfg, str(twin_dir), threads, _step(main_dir)))
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_train, work))
+        if time_limit is None:
+            break
+    if _step(main_dir) > _step(twin_dir):
+        _train((twin_cfg, str(twin_dir), threads * jobs, _step(main_dir)))
+    report: dict[str, Any] = {"preset": preset, "main_step": _step(main_dir), "twin_step": _step(twin_dir),
+                              "wall_s": round(time.perf_counter() - t0, 1)}
     if publish:
+        report["scores"] = score_ship(main_dir, twin_dir, sessions=sessions)
         report["published"] = publish_checkpoints(main_dir, twin_dir)
     return report
 
@@ -129,13 +139,14 @@ def _step(run: Path) -> int:
     return json.loads(path.read_text())["step"] if path.exists() else 0
 
 
-def publish_checkpoints(main_dir: Path, twin_dir: Path) -> dict[str, str]:
-    """Copy both runs into ``sleepagent/checkpoints`` (weights, config, tokenizer, prompt and
-    training record; no optimizer state) as ``docqa-small`` and ``docqa-small-n1``."""
+def publish_checkpoints(main_dir: Path, twin_dir: Path, into: Path = CHECKPOINTS) -> dict[str, str]:
+    """Copy both runs into ``into`` (default ``sleepagent/checkpoints``: weights, config,
+    tokenizer, prompt and training record; no optimizer state) as ``docqa-small`` and
+    ``docqa-small-n1``."""
     shipped = {}
     for name, run in (("docqa-small", main_dir), ("docqa-small-n1", twin_dir)):
         load_checkpoint(run)  # it loads, or this raises before anything is replaced
-        dest = CHECKPOINTS / name
+        dest = into / name
         tmp = dest.with_name(dest.name + ".new")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
