@@ -6,7 +6,7 @@
 Without ``--side-by-side`` the runs are stages of one model, drawn one after another; with it they
 are twins trained from the same start (each line labelled with the N it was trained with). The
 periodic test set is small (``--eval-n`` documents per hop count, of every size the task draws) and
-scored teacher-forced (one forward pass); the README's figures come from ``sleepagent eval --agent``.
+scored teacher-forced (one forward pass); the figures the docs quote come from ``sleepagent eval --agent``.
 """
 
 from __future__ import annotations
