@@ -11,6 +11,17 @@ core's session table and persist through its one persistence path, and every tur
 its one token loop. What is the Agent's own is the tool loop: executing calls, their limits and
 the run's events.
 
+Every turn is written under a grammar (:func:`~sleepagent.runtime.turn_constraint`): a call names a
+registered tool and its arguments are valid against that tool's JSON schema. With
+``output_type=SomeModel`` a turn is either tool calls or the final answer, one JSON value valid
+against the type's schema, returned validated (``RunResult.output`` is then the instance), in the
+manner of pydantic-ai's ``output_type``.
+
+Tools come from functions, :class:`Tool` objects and tool sources such as MCP servers
+(:mod:`sleepagent.tools.mcp`): a source the agent finds stopped is started on first use, before a
+session reads its system turn (its tools exist only once it runs), and stopped by
+:meth:`Agent.close`; a source already running (``async with server:``) is the caller's to stop.
+
 Failures the model causes (malformed calls, unknown tools, bad arguments, tool exceptions,
 timeouts) become tool-error messages and the run goes on. Cancellation (an anyio cancel scope,
 or ``run.cancel()`` on a stream) always propagates promptly; finished turns and committed sleeps
@@ -22,16 +33,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import anyio.to_thread
+import pydantic
 import torch
 from anyio.lowlevel import current_token
 
 from .engine import Engine, EngineSession, SleepStats
-from .errors import ConfigError, InputTooLarge, SleepAgentError, UsageLimitExceeded
+from .errors import ConfigError, InputTooLarge, ModelBehaviorError, SleepAgentError, UsageLimitExceeded
 from .messages import (
     Event,
     FinalEvent,
@@ -52,12 +67,13 @@ from .runtime import (
     ResumeInfo,
     open_store,
     SampledModel,
-    ToolCallConstraint,
     TurnInfo,
     TurnModel,
+    TurnText,
     generate_turn,
     render_system_turn,
     render_tool_prompt,
+    turn_constraint,
 )
 from .tools import (
     MalformedToolCall,
@@ -67,11 +83,46 @@ from .tools import (
     ToolResult,
     split_text_and_calls,
 )
+from .tracing import agent_span, bind_sleeps, chat_span, mark_failed, set_usage, tool_span
 
 __all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "ResumeInfo"]
 
+logger = logging.getLogger(__name__)
 
 
+def _is_tool_source(item: Any) -> bool:
+    """A tool source (an MCP server, :class:`sleepagent.tools.mcp.MCPServer`): something that is
+    started and stopped and lists tools while it runs. Checked on the type, since reading the
+    ``tools`` of a source that never ran raises."""
+    kind = type(item)
+    return all(callable(getattr(kind, name, None)) for name in ("start_sync", "stop_sync")) and all(
+        hasattr(kind, name) for name in ("running", "tools"))
+
+
+class _Output:
+    """A run's structured answer: ``output_type``'s JSON schema (what the grammar enforces) and
+    its validation (what the run returns). A mapping is a JSON schema itself: the answer is the
+    parsed JSON, valid against it by construction (like pydantic-ai's ``StructuredDict``)."""
+
+    def __init__(self, output_type: Any) -> None:
+        if isinstance(output_type, Mapping):
+            self.schema, self.type = dict(output_type), "JSON value"
+            self.adapter = pydantic.TypeAdapter(Any)  # parses; the grammar already checked the schema
+            return
+        try:
+            self.adapter = pydantic.TypeAdapter(output_type)
+            self.schema = self.adapter.json_schema()
+        except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError, TypeError) as e:
+            raise ConfigError(f"output_type {output_type!r} has no JSON schema: {e}", field="output_type") from None
+        self.type = output_type
+
+    def validate(self, text: str) -> Any:
+        return self.adapter.validate_json(text)
+
+
+def _output_of(output_type: Any) -> _Output | None:
+    """None for a text answer (``str``, the default), else the structured answer's spec."""
+    return None if output_type is None or output_type is str else _Output(output_type)
 
 
 class Agent:
@@ -81,7 +132,17 @@ class Agent:
         model: a :class:`SleepModel`, a checkpoint name or path, or any
             :class:`~sleepagent.runtime.TurnModel` (e.g. the scripted test doubles of
             :mod:`sleepagent.testing`).
-        tools: :class:`Tool` objects or plain functions (sync or async).
+        tools: :class:`Tool` objects, plain functions (sync or async) and tool sources such as
+            MCP servers (:mod:`sleepagent.tools.mcp`; see the module docstring for their
+            lifetime).
+        output_type: the type of the final answer (default ``str``, free text). Any other type
+            pydantic can validate (a ``BaseModel``, a dataclass, ``list[int]``, ...): the answer
+            is generated as JSON under its schema and ``RunResult.output`` is the validated value.
+            A dict is a JSON schema: the answer is generated under it and returned parsed.
+        output_retries: how many times a final answer that fails validation (a validator beyond
+            what the schema says) is sent back to the model before the run raises
+            :class:`~sleepagent.errors.ModelBehaviorError`.
+        name: the agent's name in traces (``gen_ai.agent.name``).
         sleep: when the model consolidates (default ``SleepPolicy()``: 4 passes, in pauses).
         memory: what sessions may keep (never-consolidate patterns, retention, ...).
         store: a snapshot store for persistent sessions (see ``sleepagent.storage``).
@@ -104,7 +165,10 @@ class Agent:
         self,
         model: Any,
         *,
-        tools: Iterable[Tool | Callable[..., Any]] = (),
+        tools: Iterable[Tool | Callable[..., Any] | Any] = (),
+        output_type: Any = str,
+        output_retries: int = 1,
+        name: str | None = None,
         sleep: SleepPolicy | None = None,
         memory: MemoryPolicy | None = None,
         store: Any = None,
@@ -120,7 +184,8 @@ class Agent:
         max_tool_output_chars: int = 20_000,
     ) -> None:
         _check_types(model=model, sleep=sleep, memory=memory, usage_limits=usage_limits, engine=engine,
-                     system_prompt=system_prompt)
+                     system_prompt=system_prompt, name=name)
+        self.name = name or "agent"
         turn_model = model if isinstance(model, TurnModel) else None
         weights = turn_model.weights if turn_model is not None else model
         if engine is not None:
@@ -147,7 +212,16 @@ class Agent:
                                          or not tool_timeout > 0):
             raise ConfigError(f"tool_timeout must be a positive number of seconds or None, got {tool_timeout!r}",
                               field="tool_timeout")
-        self.tools = ToolRegistry(tools)
+        if isinstance(output_retries, bool) or not isinstance(output_retries, int) or output_retries < 0:
+            raise ConfigError(f"output_retries must be an integer >= 0, got {output_retries!r}", field="output_retries")
+        items = list(tools)
+        self._sources = [t for t in items if _is_tool_source(t)]
+        self._plain_tools = [t for t in items if not _is_tool_source(t)]
+        self._started: list[Any] = []  # the sources this agent started, and so stops
+        self._sources_lock = threading.Lock()  # first use may come from several sessions and loops
+        self.tools = self._registry()
+        self.output = _output_of(output_type)
+        self.output_retries = output_retries
         self.sleep = sleep or SleepPolicy()
         self.memory = memory or MemoryPolicy()
         self.store = open_store(store)
@@ -164,6 +238,54 @@ class Agent:
         self.runtime = ChatRuntime(self.engine, store=self.store, memory=self.memory, sleep=self.sleep,
                                    max_sessions=None, system_prompt=system_prompt)
         self.system_prompt = self.runtime.system_prompt
+        if self.output is not None:
+            self._constraint([], self.output)  # the answer fits max_tokens, or fail now
+
+    # --- tools ---------------------------------------------------------------------------------
+
+    def _registry(self) -> ToolRegistry:
+        """Plain tools, then the tools of every running source."""
+        return ToolRegistry([*self._plain_tools, *(t for s in self._sources if s.running for t in s.tools)])
+
+    def _ensure_sources_sync(self) -> None:
+        with self._sources_lock:
+            stopped = [s for s in self._sources if not s.running]
+            for source in stopped:
+                source.start_sync()  # raises (MCPConnectionError, ConfigError) for the caller
+                if not any(source is o for o in self._started):
+                    self._started.append(source)
+            if stopped:
+                self.tools = self._registry()
+
+    async def start_tools(self) -> None:
+        """Start every tool source that is not running (this agent then owns it, and
+        :meth:`close` stops it); runs on first use anyway, before a session's system turn."""
+        if any(not s.running for s in self._sources):
+            await anyio.to_thread.run_sync(self._ensure_sources_sync)
+
+    def _stop_sources(self) -> None:
+        with self._sources_lock:
+            started, self._started = self._started, []
+        for source in started:
+            try:
+                source.stop_sync()
+            except Exception:  # noqa: BLE001 - closing goes on: the other sources, the engine
+                logger.exception("stopping tool source %r failed", source)
+
+    async def __aenter__(self) -> Agent:
+        await self.start_tools()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stops the tool sources this agent started (the engine stays: see :meth:`close`)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._stop_sources)
+
+    def _constraint(self, calls: Iterable[Tool], output: _Output | None = None):
+        """The constraint every turn is written under: a call of one of ``calls`` with valid
+        arguments, and with ``output``, a JSON answer valid against its schema instead of text."""
+        return turn_constraint(self.model.tokenizer, calls, "auto", max_tokens=self.max_tokens,
+                               output=output.schema if output is not None else None)
 
     def session(self, id: str | None = None, *, tenant: str = "default") -> AgentSession:
         """A multi-turn conversation; use as ``async with agent.session() as s: await s.run(...)``.
@@ -200,7 +322,9 @@ class Agent:
         return AgentRun(self, task, session, kw)
 
     def close(self) -> None:
-        """Stop the engine's worker thread (only if this agent created it)."""
+        """Stop the tool sources this agent started (never one it found running) and the
+        engine's worker thread (only if this agent created it)."""
+        self._stop_sources()
         if self._owns_engine:
             self.engine.close()
 
@@ -273,23 +397,28 @@ class AgentSession:
         *,
         usage_limits: UsageLimits | None = None,
         tool_timeout: float | None = None,
+        output_type: Any = ...,
     ) -> RunResult:
-        """One user message to a final answer."""
+        """One user message to a final answer (``output_type``: this run's, instead of the agent's)."""
         if self.closed:
             raise SleepAgentError(f"session {self.id} is closed")
         _check_message(message)
         if usage_limits is not None and not isinstance(usage_limits, UsageLimits):
             raise ConfigError(f"usage_limits must be a UsageLimits, got {type(usage_limits).__name__}", field="usage_limits")
+        output = self.agent.output
+        if output_type is not ...:
+            output = _output_of(output_type)
+            if output is not None:
+                self.agent._constraint([], output)  # the answer fits max_tokens, or fail now
         async with self._lock:
             self.agent.runtime.persistence.touch(self.id, self.tenant)  # renew a session lease: still alive
-            return await self._run(message, usage_limits or self.agent.usage_limits, tool_timeout)
+            return await self._run(message, usage_limits or self.agent.usage_limits, tool_timeout, output)
 
     # --- the loop -------------------------------------------------------------------------------
 
-    async def _run(self, message: str | Message, limits: UsageLimits, tool_timeout: float | None) -> RunResult:
-        agent, engine, es = self.agent, self.agent.engine, self.engine_session
-        tok = agent.model.tokenizer
-        allows = agent.memory.allows_consolidation
+    async def _run(self, message: str | Message, limits: UsageLimits, tool_timeout: float | None,
+                   output: _Output | None) -> RunResult:
+        agent, es = self.agent, self.engine_session
         msg = message if isinstance(message, Message) else Message("user", message)
         if msg.role != "user":
             raise ConfigError(f"a run starts with a user message, got role {msg.role!r}")
@@ -299,6 +428,21 @@ class AgentSession:
                 f"{agent.max_input_chars:,} (Agent(max_input_chars=...))",
                 tokens=len(msg.content), limit=agent.max_input_chars,
             )
+        await agent.start_tools()  # before the system turn: a source's tools exist once it runs
+        with agent_span(agent.name, model=agent.model.name, session_id=self.id,
+                        output_type="json" if output is not None else "text") as span:
+            bind_sleeps(es, span)  # the session's sleeps belong to this run
+            result = await self._loop(msg, limits, tool_timeout, output)
+            set_usage(span, input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens,
+                      **{"sleepagent.usage.requests": result.usage.requests})
+        self._post(FinalEvent("final", result=result))
+        return result
+
+    async def _loop(self, msg: Message, limits: UsageLimits, tool_timeout: float | None,
+                    output: _Output | None) -> RunResult:
+        agent, engine, es = self.agent, self.agent.engine, self.engine_session
+        tok = agent.model.tokenizer
+        allows = agent.memory.allows_consolidation
         msg.consolidate = msg.consolidate and allows(msg.content)
         usage = Usage()
         run_messages: list[Message] = [msg]
@@ -312,7 +456,9 @@ class AgentSession:
                 self.chat.meta.system_read = True
             self._read(tok.render_turn("user", msg.content), msg.consolidate, usage)
             self._read(tok.generation_prompt(), True, usage)
-            output = ""
+            answer: Any = ""
+            retries = agent.output_retries
+            read = 0  # input tokens already counted in an earlier request
             for step in range(agent.max_steps + 1):
                 if step == agent.max_steps:
                     raise UsageLimitExceeded(
@@ -320,17 +466,39 @@ class AgentSession:
                         messages=list(run_messages),
                     )
                 limits.check_before_request(usage, run_messages)
-                logits = await engine.flush(es)
+                with chat_span(agent.model.name, session_id=self.id, max_tokens=agent.max_tokens,
+                               temperature=agent.temperature, seed=agent.seed,
+                               output_type="json" if output is not None else "text") as span:
+                    logits = await engine.flush(es)
+                    limits.check_tokens(usage, run_messages)
+                    usage.requests += 1
+                    turn_input, read, written = usage.input_tokens - read, usage.input_tokens, usage.output_tokens
+                    turn = await self._generate(logits, usage, step, run_messages, output)
+                    prose, calls = split_text_and_calls(turn.text)
+                    set_usage(span, input_tokens=turn_input, output_tokens=usage.output_tokens - written,
+                              finish="tool_calls" if calls else turn.finish)
                 limits.check_tokens(usage, run_messages)
-                usage.requests += 1
-                text = await self._generate(logits, usage, step, run_messages)
-                limits.check_tokens(usage, run_messages)
-                prose, calls = split_text_and_calls(text)
-                reply = Message("assistant", text, tool_calls=list(calls))
+                reply = Message("assistant", turn.text, tool_calls=list(calls))
                 run_messages.append(reply)
                 if not calls:
-                    output = prose.strip()
-                    break
+                    if output is None:
+                        answer = prose.strip()
+                        break
+                    try:
+                        answer = output.validate(prose.strip())
+                        break
+                    except pydantic.ValidationError as e:
+                        if retries == 0:
+                            raise ModelBehaviorError(f"the final answer is not a valid {_type_name(output.type)}: "
+                                                     f"{_first_errors(e)}", body=turn.text) from None
+                        retries -= 1
+                        note = (f"Your answer is not a valid {_type_name(output.type)}: {_first_errors(e)}. "
+                                "Answer again.")
+                        retry = Message("user", note, consolidate=allows(note))
+                        run_messages.append(retry)
+                        self._read(tok.render_turn("user", note), retry.consolidate, usage)
+                        self._read(tok.generation_prompt(), True, usage)
+                        continue
                 limits.check_tool_calls(usage, len(calls), run_messages)
                 usage.tool_calls += len(calls)
                 for call in calls:
@@ -359,11 +527,9 @@ class AgentSession:
             raise
         self.history.extend(run_messages)
         self.usage = self.usage + usage
-        result = RunResult(
-            output=output, messages=run_messages, usage=usage, sleep=es.stats.since(stats_before), session_id=self.id
+        return RunResult(
+            output=answer, messages=run_messages, usage=usage, sleep=es.stats.since(stats_before), session_id=self.id
         )
-        self._post(FinalEvent("final", result=result))
-        return result
 
     def _read(self, ids: list[int], consolidate: bool, usage: Usage) -> None:
         """Queue tokens for the model; they are read by the next flush (cancel-safe). The run's
@@ -373,11 +539,11 @@ class AgentSession:
         self.agent.engine.append(self.engine_session, ids, consolidate)
         usage.input_tokens += len(ids)
 
-    async def _generate(self, logits: torch.Tensor, usage: Usage, step: int, run_messages: list[Message]) -> str:
-        """One assistant turn, written by the runtime's token loop."""
+    async def _generate(self, logits: torch.Tensor, usage: Usage, step: int, run_messages: list[Message],
+                        output: _Output | None) -> TurnText:
+        """One assistant turn, written by the runtime's token loop under the agent's grammar."""
         agent, tok = self.agent, self.agent.model.tokenizer
-        # a call names a registered tool (the model chooses, among the names that exist)
-        constraint = ToolCallConstraint.for_tokenizer(tok, list(agent.tools))
+        constraint = agent._constraint(agent.tools.values(), output)
         info = TurnInfo(self.id, step, agent.tools.specs(), self.stats)
         picker = await agent.turn_model.picker(
             self.history + run_messages, info, tokenizer=tok, max_tokens=agent.max_tokens,
@@ -389,18 +555,23 @@ class AgentSession:
             self._post(TokenEvent("token", text=piece))
 
         try:
-            turn = await generate_turn(agent.engine, self.engine_session, logits, picker=picker,
+            return await generate_turn(agent.engine, self.engine_session, logits, picker=picker,
                                        max_tokens=agent.max_tokens, gate=agent.runtime.gate, on_token=on_token)
         finally:
             usage.input_tokens += len(tok.close_turn())  # queued by the loop, even when cancelled
-        return turn.text
 
     async def _execute(self, calls: Sequence[ToolCall | MalformedToolCall], timeout: float | None) -> list[ToolResult]:
         """Run the turn's tool calls concurrently; results keep the calls' order."""
         results: list[ToolResult | None] = [None] * len(calls)
+        sourced = {t.name for s in self.agent._sources if s.running for t in s.tools}
 
         async def one(i: int, call: ToolCall | MalformedToolCall) -> None:
-            results[i] = await self.agent.tools.execute(call, timeout=timeout)
+            name = call.name or ""
+            with tool_span(name, call_id=call.id, tool_type="extension" if name in sourced else "function") as span:
+                result = await self.agent.tools.execute(call, timeout=timeout)
+                if result.is_error:
+                    mark_failed(span, result.error_kind or "error", result.content[:200])
+            results[i] = result
 
         async with anyio.create_task_group() as tg:
             for i, call in enumerate(calls):
@@ -516,7 +687,7 @@ def _check_types(**values: Any) -> None:
         raise ConfigError(f"model must be a SleepModel, a checkpoint name or path, or a TurnModel (such as "
                           f"sleepagent.testing.FunctionModel); got {type(model).__name__}", field="model")
     expected = {"sleep": SleepPolicy, "memory": MemoryPolicy, "usage_limits": UsageLimits, "engine": Engine,
-                "system_prompt": str}
+                "system_prompt": str, "name": str}
     for name, kind in expected.items():
         value = values[name]
         if value is not None and not isinstance(value, kind):
@@ -550,6 +721,19 @@ def _bounded(result: ToolResult, limit: int) -> ToolResult:
     if text is result.content or text == result.content:
         return result
     return dataclasses.replace(result, content=text)
+
+
+def _type_name(kind: Any) -> str:
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", None) or repr(kind)
+
+
+def _first_errors(error: pydantic.ValidationError, n: int = 3) -> str:
+    """A validation error in a few words for the model: where and what, the first ``n`` problems."""
+    parts = []
+    for e in error.errors()[:n]:
+        where = ".".join(str(x) for x in e["loc"])
+        parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+    return "; ".join(parts)
 
 
 def _call_text(call: ToolCall | MalformedToolCall) -> str:

@@ -41,6 +41,7 @@ from anyio.lowlevel import EventLoopToken, current_token
 from .errors import ConfigError, SleepAgentError
 from .model import HybridState, SleepJob, SleepModel
 from .policy import SleepPolicy
+from .tracing import engine_event as trace_engine_event
 
 __all__ = ["Engine", "EngineSession", "SleepStats", "EngineClosed", "kept_tokens"]
 
@@ -138,6 +139,7 @@ class EngineSession:
     _sleep_requested: bool = False
     _interrupted: bool = False
     _wake_since: float | None = None
+    _sleep_mark: tuple[float, float, float] = (0.0, 0.0, 0.0)  # sleep seconds (total, hidden, exposed) at its start
     closed: bool = False
 
     @property
@@ -382,6 +384,7 @@ class Engine:
                 pass
 
     def _emit(self, session: EngineSession, kind: str, **data: Any) -> None:
+        trace_engine_event(session, kind, data)  # sleep spans (sleepagent.tracing); never raises
         if session.on_event is not None:
             try:
                 session.on_event(kind, data)
@@ -701,6 +704,8 @@ class Engine:
         """Start a sleep job; ``reason`` "forced" makes all of its time exposed."""
         session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
         session._job_reason = reason
+        st = session.stats
+        session._sleep_mark = (st.sleep_s_total, st.sleep_s_hidden, st.sleep_s_exposed)
         self._emit(session, "sleep_started", reason=event_reason or reason, loops=session.policy.loops)
         return session._job
 
@@ -836,11 +841,21 @@ class Engine:
                 self._emit(session, "persist_failed", error=str(e))
         session._job = None
         session._wake_since = None
-        self._emit(session, "sleep_finished", passes=job.passes_done, committed=True, reason=session._job_reason)
+        self._emit(session, "sleep_finished", passes=job.passes_done, committed=True, reason=session._job_reason,
+                   tokens=job.n_consolidated, **self._sleep_seconds(session))
 
     def _abort(self, session: EngineSession) -> None:
         job = session._job
         session._job = None
         session._wake_since = None
         session.stats.aborted_sleeps += 1
-        self._emit(session, "sleep_finished", passes=job.passes_done if job else 0, committed=False, reason="abort")
+        self._emit(session, "sleep_finished", passes=job.passes_done if job else 0, committed=False, reason="abort",
+                   tokens=0, **self._sleep_seconds(session))
+
+    @staticmethod
+    def _sleep_seconds(session: EngineSession) -> dict[str, float]:
+        """This sleep's seconds, total and split (``sleep_s``, ``hidden_s``, ``exposed_s``), for
+        its sleep_finished event."""
+        st, (total, hidden, exposed) = session.stats, session._sleep_mark
+        return {"sleep_s": st.sleep_s_total - total, "hidden_s": st.sleep_s_hidden - hidden,
+                "exposed_s": st.sleep_s_exposed - exposed}

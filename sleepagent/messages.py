@@ -118,9 +118,10 @@ class UsageLimits(BaseModel):
 
 @dataclass
 class RunResult:
-    """The outcome of one run: the final text, this run's messages, usage and sleep stats."""
+    """The outcome of one run: the final answer (the text, or with ``output_type`` the validated
+    value), this run's messages, usage and sleep stats."""
 
-    output: str
+    output: Any
     messages: list[Message]
     usage: Usage
     sleep: SleepStats

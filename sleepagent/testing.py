@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .model import SleepHybridConfig, SleepModel
-from .runtime.constraints import ToolCallConstraint
-from .runtime.generate import Script, TokenPicker
+from .runtime.generate import Constraint, Script, TokenPicker
 from .runtime.models import TurnInfo, TurnModel
 from .tools import render_tool_call
 
@@ -67,7 +66,7 @@ class FunctionModel(TurnModel):
 
     async def picker(self, history: list[Message], info: TurnInfo, *, tokenizer: Any, max_tokens: int,
                      temperature: float, generator: torch.Generator,
-                     constraint: ToolCallConstraint | None) -> TokenPicker:
+                     constraint: Constraint | None) -> TokenPicker:
         text = await self.respond(history, info)
         return Script(tokenizer.encode(text)[:max_tokens], tokenizer.end_id)
 

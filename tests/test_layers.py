@@ -16,7 +16,7 @@ ROOT = Path(sleepagent.__file__).resolve().parent
 REPO = ROOT.parent
 # where each part of the package sits; a module may import its own layer and the ones below
 LAYERS = {
-    "errors": 0, "tokenizer": 0, "policy": 0,
+    "errors": 0, "tokenizer": 0, "policy": 0, "tracing": 0,
     "model": 1,
     "tools": 2, "storage": 2, "messages": 2, "engine": 2,
     "runtime": 3,

@@ -9,7 +9,7 @@ place and holds for every door::
                         \\                |               /
     runtime:   chat.py (a history in, one reply out)  models.py (TurnModel)
                sessions.py (the one session table)     generate.py (the one token loop)
-               persistence.py (the one persistence path) render.py, constraints.py
+               persistence.py (the one persistence path) render.py, constraints.py + grammar.py
                                         |
     engine.py (one model on one device) -> model/ (the hybrid network)
 
@@ -19,8 +19,8 @@ place and holds for every door::
 from __future__ import annotations
 
 from .chat import ChatRuntime, PreparedTurn, Reply
-from .constraints import ToolCallConstraint, normalize_tool_choice, visible_text
-from .generate import GenerationParams, Sampler, Script, TokenPicker, TurnText, generate_turn
+from .constraints import normalize_tool_choice, turn_constraint, visible_text
+from .generate import Constraint, GenerationParams, Sampler, Script, TokenPicker, TurnText, generate_turn
 from .models import SampledModel, TurnInfo, TurnModel
 from .persistence import Persistence, ResumeInfo, SessionMeta, SessionStore, open_store, restore, snapshot
 from .render import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_system_turn, render_tool_prompt, render_turns
@@ -30,6 +30,7 @@ __all__ = [
     "ChatRuntime",
     "ChatSession",
     "ChatTurn",
+    "Constraint",
     "DEFAULT_SYSTEM_PROMPT",
     "GenerationParams",
     "Persistence",
@@ -43,7 +44,6 @@ __all__ = [
     "SessionStore",
     "SessionTable",
     "TokenPicker",
-    "ToolCallConstraint",
     "TurnInfo",
     "TurnModel",
     "TurnText",
@@ -55,5 +55,6 @@ __all__ = [
     "render_turns",
     "restore",
     "snapshot",
+    "turn_constraint",
     "visible_text",
 ]

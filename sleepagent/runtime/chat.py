@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 from ..engine import Engine
-from ..errors import InputTooLarge, RequestError, SessionConflict
+from ..errors import ConfigError, InputTooLarge, RequestError, SessionConflict
 from ..policy import MemoryPolicy, SleepPolicy
 from ..tools import MalformedToolCall, ToolCall, split_text_and_calls
-from .constraints import ToolCallConstraint
-from .generate import GenerationParams, Sampler, TurnText, generate_turn
+from ..tracing import bind_sleeps, chat_span, set_usage
+from .constraints import turn_constraint
+from .generate import Constraint, GenerationParams, Sampler, TurnText, generate_turn
 from .persistence import Persistence, ResumeInfo, SessionStore
 from .render import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
 from .sessions import ChatSession, SessionTable
@@ -45,8 +46,11 @@ class PreparedTurn:
     segments: list[tuple[list[int], bool]]
     new_tokens: int
     params: GenerationParams
-    constraint: ToolCallConstraint | None
+    constraint: Constraint | None
     read_before: int
+    # the caller's trace (:func:`sleepagent.tracing.extract_context` of a server's request): the
+    # turn's span continues it, as the request's SERVER span; None: the current context, CLIENT
+    trace_context: Any = None
 
 
 @dataclass
@@ -113,7 +117,6 @@ class ChatRuntime:
                       create: bool = False) -> PreparedTurn:
         """Find the history's session and render what it still has to read; raises (typed, from
         :mod:`sleepagent.errors`) whatever makes the request unservable."""
-        names = [t["function"]["name"] for t in tools]
         s, new, status = await self.sessions.find(tenant, turns, session_id, create=create)
         try:
             if not new:
@@ -125,11 +128,25 @@ class ChatRuntime:
             if self.max_prompt_tokens is not None and n_new > self.max_prompt_tokens:
                 raise InputTooLarge(f"the request's new messages are {n_new} tokens; this server reads at most "
                                     f"{self.max_prompt_tokens} per request", tokens=n_new, limit=self.max_prompt_tokens)
-            constraint = ToolCallConstraint.for_tokenizer(tok, names, params.tool_choice)
+            constraint = self.constraint(tools, params)
             return PreparedTurn(s, new, status, segments, n_new, params, constraint, s.messages_read)
         except BaseException:
             s.reserved_until = 0.0  # the request failed before it ran: the session is free again
             raise
+
+    def constraint(self, tools: list[dict[str, Any]], params: GenerationParams) -> Constraint | None:
+        """The reply's constraint: calls name a tool and their arguments are valid (always for a
+        tool marked ``strict``, where the schema allows for the others), and a requested JSON
+        answer (``params.output_schema``) is valid; a schema that cannot be enforced, or a budget
+        that cannot hold the answer, is a :class:`RequestError` naming the request's part."""
+        strict = [t["function"]["name"] for t in tools if t.get("function", {}).get("strict")]
+        try:
+            return turn_constraint(self.model.tokenizer, tools, params.tool_choice, max_tokens=params.max_tokens,
+                                   output=params.output_schema, strict=strict)
+        except ConfigError as e:
+            param = {"output": "response_format", "tools": "tools", "max_tokens": "max_tokens",
+                     "tool_choice": "tool_choice"}.get(e.field or "")
+            raise RequestError(str(e), param=param) from None
 
     async def run(self, job: PreparedTurn, *, on_text: Callable[[str], None] | None = None,
                   on_token: Callable[[str], None] | None = None) -> Reply:
@@ -155,6 +172,17 @@ class ChatRuntime:
         return await self.run(job, on_text=on_text, on_token=on_token)
 
     async def _reply(self, job: PreparedTurn, on_text, on_token) -> Reply:
+        p = job.params
+        with chat_span(self.model.name, session_id=job.session.id, max_tokens=p.max_tokens, temperature=p.temperature,
+                       seed=p.seed, output_type="json" if p.output_schema is not None else "text",
+                       parent=job.trace_context, server=job.trace_context is not None) as span:
+            bind_sleeps(job.session.engine_session, span)  # the sleep after this reply belongs to it
+            reply = await self._write(job, on_text, on_token)
+            set_usage(span, input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens,
+                      finish=reply.finish, **{"gen_ai.usage.cache_read.input_tokens": reply.cached_tokens})
+        return reply
+
+    async def _write(self, job: PreparedTurn, on_text, on_token) -> Reply:
         s, engine = job.session, self.engine
         es = s.engine_session
         cached = es.state.tokens_seen + sum(len(ids) for ids, _ in es.unread())

@@ -1,26 +1,93 @@
-"""Constrained decoding of tool calls: a call names a tool that exists; and what of a turn a client sees.
+"""A turn's constraint, built in one place for every door; and what of a turn a client sees.
 
-A byte-level model spells a tool's name one byte at a time, often long after the system prompt
-that listed the tools left its attention window; one wrong byte makes the call unusable. As
-structured-output engines (vLLM's guided decoding, llama.cpp grammars) do for JSON, the runtime
-masks the logits while a call's head is being written: after ``<tool_call>`` only bytes that keep
-the text a prefix of ``{"name": "<a registered tool>", "arguments": `` are allowed. The model
-still chooses among them (greedy or sampled), and everything after the head is free.
+A byte-level model spells a tool's name and its arguments one byte at a time, often long after
+the system prompt that listed the tools left its attention window; one wrong byte makes a call
+unusable. As structured-output engines (vLLM's guided decoding, llama.cpp grammars) do, the
+runtime masks the logits (:mod:`.grammar`): a call names a registered tool and its arguments are
+valid against that tool's JSON schema; a structured answer (``Agent(output_type=...)``, the
+server's ``response_format``) is one JSON value valid against its schema. The model still chooses
+among the allowed tokens (greedy or sampled).
 
 ``tool_choice`` (the OpenAI / LangChain setting): "auto" (the model decides), "none" (it may not
-call: ``<tool_call>`` is masked), "required" (the turn starts with a call), or a tool's name (the
-turn starts with a call of that tool). With no tools, nothing may be called.
+call: ``<tool_call>`` is masked), "required" (the turn is calls), or a tool's name (the turn is one
+call of that tool). With no tools, nothing may be called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError
+from .grammar import LIMITS_LADDER, GrammarConstraint, supports_tokenizer, tool_call_constraint, tool_schemas
 
-__all__ = ["ToolCallConstraint", "normalize_tool_choice", "visible_text"]
+__all__ = ["FREE_ARGUMENTS", "normalize_tool_choice", "turn_constraint", "visible_text"]
+
+logger = logging.getLogger(__name__)
+
+FREE_ARGUMENTS: dict[str, Any] = {"type": "object"}
+"""The arguments schema a non-strict tool falls back to when its own cannot be enforced (a remote
+``$ref``, a keyword the grammar engine lacks): any JSON object, bounded like every value."""
+
+
+def turn_constraint(tokenizer: Any, tools: Iterable[Any], tool_choice: str = "auto", *, max_tokens: int,
+                    output: Mapping[str, Any] | type | None = None,
+                    strict: Collection[str] | bool = False) -> GrammarConstraint | None:
+    """The constraint one assistant turn is written under, from every door: calls of ``tools``
+    (:class:`~sleepagent.tools.Tool` objects, OpenAI function specs or name -> parameters schema)
+    under ``tool_choice`` (normalised, :func:`normalize_tool_choice`), with names and arguments
+    valid; and, when ``output`` (a JSON schema or a pydantic model class) is given, an answer that
+    is one JSON value valid against it instead of free text. ``max_tokens``: the turn's budget,
+    its end token included.
+
+    ``strict``: the tools (names, or True for all) whose schema must be enforced as given; a
+    schema of one that cannot be is a :class:`ConfigError` (``field="tools"``). Any other tool
+    whose schema cannot be enforced falls back to :data:`FREE_ARGUMENTS` (logged), as
+    OpenAI's non-strict function calling is best effort. An output schema that cannot be
+    enforced, or a budget that cannot hold the answer, is a :class:`ConfigError`
+    (``field="output"`` or ``"max_tokens"``). A turn that must call ("required", a tool's name)
+    on a budget too small for any call gets the tightest caps and is cut where the budget ends.
+
+    None when the tokenizer has no grammar vocabulary and nothing structured is asked (calls are
+    then free text, checked when they are executed).
+    """
+    schemas = tool_schemas(tools)
+    if not supports_tokenizer(tokenizer):
+        if output is not None:
+            raise ConfigError(f"structured output needs a grammar vocabulary; a {type(tokenizer).__name__} has none",
+                              field="output")
+        return None
+    strict_names = set(schemas) if strict is True else set(strict or ())
+    try:
+        return tool_call_constraint(tokenizer, schemas, tool_choice, max_tokens=max_tokens, output=output)
+    except ConfigError as first:
+        if first.field == "max_tokens" and tool_choice not in ("auto", "none"):
+            # the turn must call, but no call fits the budget: the tightest caps, the call cut
+            # where the budget ends (finish "length"), as it would be without a grammar
+            logger.warning("max_tokens=%d cannot hold a call: it will be cut", max_tokens)
+            return tool_call_constraint(tokenizer, schemas, tool_choice, max_tokens=1 << 20,
+                                        limits=LIMITS_LADDER[-1])
+        if first.field in ("max_tokens", "tool_choice"):
+            raise
+    # find what failed: the output schema, a strict tool (both errors), or loose tools (fall back)
+    if output is not None:
+        try:
+            tool_call_constraint(tokenizer, {}, "none", max_tokens=max_tokens, output=output)
+        except ConfigError as e:
+            field = e.field if e.field == "max_tokens" else "output"
+            raise ConfigError(f"the output schema cannot be enforced: {e}", field=field) from None
+    fixed = dict(schemas)
+    for name, schema in schemas.items():
+        try:
+            tool_call_constraint(tokenizer, {name: schema}, name, max_tokens=max(max_tokens, 1 << 16))
+        except ConfigError as e:
+            if name in strict_names:
+                raise ConfigError(f"tool {name!r}: its parameters schema cannot be enforced ({e})",
+                                  field="tools") from None
+            logger.warning("tool %r: its parameters schema cannot be enforced (%s); its arguments are free", name, e)
+            fixed[name] = FREE_ARGUMENTS
+    return tool_call_constraint(tokenizer, fixed, tool_choice, max_tokens=max_tokens, output=output)
 
 
 def normalize_tool_choice(choice: object, tool_names: Sequence[str]) -> str:
@@ -48,72 +115,43 @@ def normalize_tool_choice(choice: object, tool_names: Sequence[str]) -> str:
                       field="tool_choice")
 
 
-class ToolCallConstraint:
-    """Masks logits so that every call names one of ``tool_names`` (see module docstring).
-
-    ``tokenizer`` must have ``<tool_call>`` as a single special token (the byte tokenizer); for
-    other tokenizers use :meth:`for_tokenizer`, which returns None (no constraint).
-    """
-
-    def __init__(self, tokenizer, tool_names: Sequence[str], tool_choice: str = "auto") -> None:
-        self.open_id: int = tokenizer.special_ids["<tool_call>"]
-        self.names = list(tool_names)
-        self.choice = tool_choice
-        chosen = self.names if tool_choice in ("auto", "required", "none") else [tool_choice]
-        self.heads = [
-            tuple(tokenizer.encode(f'{{"name": "{name}", "arguments": ', specials=False)) for name in chosen
-        ]
-
-    @classmethod
-    def for_tokenizer(cls, tokenizer, tool_names: Sequence[str], tool_choice: str = "auto") -> ToolCallConstraint | None:
-        if "<tool_call>" not in getattr(tokenizer, "special_ids", {}):
-            return None  # a model's own tokenizer (transformers): calls are free text
-        return cls(tokenizer, tool_names, tool_choice)
-
-    def allowed(self, emitted: Sequence[int]) -> list[int] | None:
-        """The token ids allowed next, after ``emitted`` (this turn's tokens so far); None = any
-        except what :meth:`banned` lists."""
-        if not emitted and self.choice != "auto" and self.choice != "none" and self.heads:
-            return [self.open_id]  # required / a named tool: the turn opens with a call
-        if self.open_id not in emitted:
-            return None
-        last = len(emitted) - 1 - list(reversed(emitted)).index(self.open_id)
-        cur = tuple(emitted[last + 1 :])
-        nxt = {h[len(cur)] for h in self.heads if len(h) > len(cur) and h[: len(cur)] == cur}
-        return sorted(nxt) or None
-
-    def banned(self) -> list[int]:
-        """Token ids never allowed: ``<tool_call>`` when no tool may be called."""
-        return [self.open_id] if self.choice == "none" or not self.heads else []
-
-    def apply(self, logits: torch.Tensor, emitted: Sequence[int]) -> torch.Tensor:
-        """``logits`` [vocab] with every disallowed token at -inf (a new tensor)."""
-        allowed = self.allowed(emitted)
-        banned = self.banned()
-        if allowed is None and not banned:
-            return logits
-        out = logits.clone()
-        if allowed is not None:
-            keep = out[allowed].clone()
-            out.fill_(float("-inf"))
-            out[allowed] = keep
-        if banned:
-            out[banned] = float("-inf")
-        return out
+_OPEN, _CLOSE, _HEAD = "<tool_call>", "</tool_call>", '{"name"'
 
 
 def visible_text(text: str) -> str:
-    """What a client sees as the reply's content: the text without its ``<tool_call>`` blocks (and
-    without a block still being written). It only grows as tokens arrive, so streamed deltas of
-    it add up to the non-streamed content exactly."""
+    """What a client sees as the reply's content: the text without its tool calls, and never a
+    piece of their markup.
+
+    Hidden: every ``<tool_call>...</tool_call>`` block (and one still being written); a call
+    written without its opening tag (``{"name"`` up to a ``</tool_call>``, as a model that may not
+    open a call, ``tool_choice="none"``, sometimes writes one), and a stray ``</tool_call>``; and,
+    at the end of the text, what could still become one of these (a prefix of a tag, of
+    ``{"name"``). It only grows as tokens arrive, so streamed deltas of it add up to the
+    non-streamed content exactly."""
     out, pos = [], 0
-    while True:
-        start = text.find("<tool_call>", pos)
-        if start == -1:
-            out.append(text[pos:])
-            return "".join(out)
-        out.append(text[pos:start])
-        end = text.find("</tool_call>", start)
-        if end == -1:
-            return "".join(out)
-        pos = end + len("</tool_call>")
+    while pos < len(text):
+        # the next place a hidden part may start: a tag, a call head, or a stray close
+        starts = [(i, m) for m in (_OPEN, _HEAD, _CLOSE) if (i := text.find(m, pos)) != -1]
+        if not starts:
+            out.append(_without_partial_marker(text[pos:]))
+            break
+        i, marker = min(starts)
+        out.append(text[pos:i])
+        if marker == _CLOSE:  # a close with nothing open: drop the tag
+            pos = i + len(_CLOSE)
+            continue
+        end = text.find(_CLOSE, i)
+        if end == -1:  # a call (or what may become one) still being written: hide the rest
+            break
+        pos = end + len(_CLOSE)
+    return "".join(out)
+
+
+def _without_partial_marker(tail: str) -> str:
+    """``tail`` less a last piece that is a proper prefix of a tag or a call head (it may still
+    become one)."""
+    for n in range(min(len(tail), max(len(_OPEN), len(_CLOSE), len(_HEAD)) - 1), 0, -1):
+        end = tail[-n:]
+        if any(m.startswith(end) for m in (_OPEN, _CLOSE, _HEAD)):
+            return tail[:-n]
+    return tail

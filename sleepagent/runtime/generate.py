@@ -1,8 +1,8 @@
 """The one token loop: every assistant turn, from every front door, is written here.
 
 A turn starts from the logits after the generation prompt. Each step a :class:`TokenPicker`
-chooses the next token (the :class:`Sampler`: greedy or sampled, under the tool-call constraint;
-a scripted test model: its script), the token goes through a real decode step on the session's
+chooses the next token (the :class:`Sampler`: greedy or sampled, under the turn's constraint,
+:func:`~sleepagent.runtime.constraints.turn_constraint`; a scripted test model: its script), the token goes through a real decode step on the session's
 state, and the loop ends at the end-of-turn token, a stop string or the token budget. Then the
 turn is closed: its ``<|end|>`` is queued, read with the next flush (the model waits for the
 tool or the user with its closing token pending, as it was trained).
@@ -21,21 +21,25 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from .constraints import ToolCallConstraint, visible_text
+from .constraints import visible_text
 
-__all__ = ["GenerationParams", "TokenPicker", "Sampler", "Script", "TurnText", "generate_turn"]
+__all__ = ["Constraint", "GenerationParams", "TokenPicker", "Sampler", "Script", "TurnText", "generate_turn"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationParams:
-    """How one turn is written: the token budget, sampling, stop strings and tool choice (the
-    OpenAI request's parameters, the Agent's settings and LangChain's, in one shape)."""
+    """How one turn is written: the token budget, sampling, stop strings, tool choice and the
+    answer's JSON schema (the OpenAI request's parameters, the Agent's settings and LangChain's,
+    in one shape). ``output_schema``: the answer is one JSON value valid against it (OpenAI's
+    ``response_format``; ``{"type": "object"}`` for ``json_object``), tool calls still allowed
+    under ``tool_choice``; None: free text."""
 
     max_tokens: int = 256
     temperature: float = 0.0
     seed: int = 0
     stop: tuple[str, ...] = ()
     tool_choice: str = "auto"  # normalised: "auto" | "none" | "required" | a tool's name
+    output_schema: dict[str, Any] | None = None
 
 
 class TokenPicker(Protocol):
@@ -45,12 +49,20 @@ class TokenPicker(Protocol):
     def __call__(self, logits: torch.Tensor, emitted: Sequence[int]) -> int: ...
 
 
+class Constraint(Protocol):
+    """A logits mask over a turn: ``apply(logits, emitted)`` returns ``logits`` [vocab] with every
+    token not allowed after ``emitted`` (the turn's tokens so far) at -inf (the
+    :class:`~sleepagent.runtime.grammar.GrammarConstraint` of :mod:`.grammar`)."""
+
+    def apply(self, logits: torch.Tensor, emitted: Sequence[int]) -> torch.Tensor: ...
+
+
 class Sampler:
     """Greedy (``temperature == 0``) or temperature sampling from one RNG stream, under an
-    optional :class:`ToolCallConstraint`."""
+    optional :class:`Constraint`."""
 
     def __init__(self, temperature: float = 0.0, generator: torch.Generator | None = None,
-                 constraint: ToolCallConstraint | None = None) -> None:
+                 constraint: Constraint | None = None) -> None:
         self.temperature = float(temperature)
         self.generator = generator or torch.Generator().manual_seed(0)
         self.constraint = constraint

@@ -68,7 +68,9 @@ __all__ = [
     "bound_schema",
     "json_constraint",
     "max_json_bytes",
+    "supports_tokenizer",
     "tool_call_constraint",
+    "tool_schemas",
 ]
 
 logger = logging.getLogger(__name__)
@@ -487,6 +489,16 @@ def _llguidance():
     return llguidance
 
 
+def supports_tokenizer(tokenizer: Any) -> bool:
+    """Whether constraints can be built for ``tokenizer`` (the byte tokenizer, or a transformers
+    tokenizer behind ``HFChatTokenizer``); the engine's view of it is built (and cached) here."""
+    try:
+        _vocab(tokenizer)
+    except ConfigError:
+        return False
+    return True
+
+
 def _vocab(tokenizer: Any) -> _Vocab:
     """The engine's tokenizer for ``tokenizer`` (ByteTokenizer or HFChatTokenizer), built once per
     tokenizer object (a transformers vocabulary takes ~0.1-1 s)."""
@@ -609,6 +621,7 @@ class GrammarConstraint:
         self.schemas = schemas
         self.end_ids = vocab.end_ids
         self._gate = gate
+        self.output_schema: Any = schemas if kind == "json" else None  # the bounded answer's schema, if any
         self._matcher = _matcher(vocab, grammar)
         self._words = np.zeros((vocab.size + 31) // 32, dtype=np.uint32)
         self._ends = np.array(self.end_ids, dtype=np.int64)
@@ -756,20 +769,20 @@ def _fit(max_tokens: int, limits: Limits | None, size_of) -> tuple[Limits, Any, 
 
 
 def json_constraint(tokenizer: Any, schema: Mapping[str, Any] | type, *, max_tokens: int,
-                    limits: Limits | None = None,
-                    separators: tuple[str, str] = DEFAULT_SEPARATORS) -> GrammarConstraint:
+                    limits: Limits | None = None, separators: tuple[str, str] = DEFAULT_SEPARATORS,
+                    avoid: str | None = None) -> GrammarConstraint:
     """The turn is one JSON value valid against ``schema`` (a JSON schema, or a pydantic model
     class), written with ``separators`` and no other whitespace, ended within ``max_tokens``
     iterations of the decoding loop (end token included). ``limits``: fixed caps instead of the
-    largest of :data:`LIMITS_LADDER` that fits. Raises :class:`ConfigError` when the schema
-    cannot be bounded, the engine rejects it, or no caps fit ``max_tokens``."""
-    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
-        schema = schema.model_json_schema()
+    largest of :data:`LIMITS_LADDER` that fits. ``avoid``: a word no string of the value may
+    contain (see :func:`bound_schema`). Raises :class:`ConfigError` when the schema cannot be
+    bounded, the engine rejects it, or no caps fit ``max_tokens``."""
+    schema = _schema_of(schema)
     vocab = _vocab(tokenizer)
     llg = _llguidance()
 
     def size_of(lim: Limits):
-        bounded = bound_schema(schema, lim)
+        bounded = bound_schema(schema, lim, avoid=avoid)
         if bounded is False:
             raise ConfigError("the schema accepts no value (a recursion that never ends?)", field="schema")
         return bounded, max_json_bytes(bounded, separators)
@@ -780,7 +793,14 @@ def json_constraint(tokenizer: Any, schema: Mapping[str, Any] | type, *, max_tok
                              kind="json")
 
 
-def _tool_schemas(tools: Any) -> dict[str, Any]:
+def _schema_of(schema: Mapping[str, Any] | type) -> Mapping[str, Any]:
+    """A JSON schema, from itself or a pydantic model class."""
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        return schema.model_json_schema()
+    return schema
+
+
+def tool_schemas(tools: Any) -> dict[str, Any]:
     """name -> parameters schema, from a mapping, Tool objects or OpenAI function specs."""
     if isinstance(tools, Mapping):
         return {str(k): v for k, v in tools.items()}
@@ -800,7 +820,8 @@ def _lark_str(text: str) -> str:
 
 def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any], tool_choice: str = "auto", *,
                          max_tokens: int, parallel: bool = True, limits: Limits | None = None,
-                         separators: tuple[str, str] = DEFAULT_SEPARATORS) -> GrammarConstraint:
+                         separators: tuple[str, str] = DEFAULT_SEPARATORS,
+                         output: Mapping[str, Any] | type | None = None) -> GrammarConstraint:
     """The turn under ``tool_choice`` (normalised: "auto" | "none" | "required" | a tool's name;
     see :func:`~sleepagent.runtime.constraints.normalize_tool_choice`):
 
@@ -809,6 +830,12 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     - "required": one or more calls and nothing else (one if not ``parallel``);
     - a tool's name: exactly one call of that tool.
 
+    ``output`` (a JSON schema or a pydantic model class): the turn's answer is structured, so the
+    free text above becomes one JSON value valid against it, and nothing else: under "auto" the
+    turn is that value *or* calls (an agent's final answer, or its tool calls); under "none" (or
+    with no tools) it is the value. The value always fits the budget (a :class:`ConfigError`
+    otherwise); no string in it can spell ``tool_call>``.
+
     A call is ``<tool_call>{"name": "<tool>", "arguments": <bounded JSON valid against that tool's
     parameters>}</tool_call>``, optionally with a newline inside each tag (as Qwen-style templates
     write it); calls are separated by at most one newline. ``tools``: name -> parameters schema,
@@ -816,7 +843,7 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     requirement (the loop's budget cuts it, as without a constraint); a started call always
     finishes within ``max_tokens``.
     """
-    schemas = _tool_schemas(tools)
+    schemas = tool_schemas(tools)
     if tool_choice not in ("auto", "none", "required") and tool_choice not in schemas:
         raise ConfigError(f"tool_choice {tool_choice!r} is not one of the tools ({', '.join(schemas) or 'none'})",
                           field="tool_choice")
@@ -844,9 +871,24 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
             worst = max(worst, len(head(name).encode()) + max_json_bytes(b, separators) + 1 + tag_cost)
         return bounded, worst
 
+    out_schema = _schema_of(output) if output is not None else None
+
+    def out_size(lim: Limits):
+        b = bound_schema(out_schema, lim, avoid="tool_call>")
+        if b is False:
+            raise ConfigError("the output schema accepts no value (a recursion that never ends?)", field="output")
+        return b, max_json_bytes(b, separators)
+
+    def both_size(lim: Limits):
+        (tools_b, call_need), (out_b, out_need) = size_of(lim), out_size(lim)
+        return (tools_b, out_b, call_need), max(call_need, out_need)
+
+    out_bounded: Any = None
     if tool_choice == "none" or not chosen:
         lim, bounded, need = (limits or LIMITS_LADDER[-1]), {}, 0
-    else:
+        if out_schema is not None:
+            lim, out_bounded, need = _fit(max_tokens, limits, out_size)
+    elif out_schema is None or tool_choice != "auto":
         try:
             lim, bounded, need = _fit(max_tokens, limits, size_of)
         except ConfigError:
@@ -855,6 +897,14 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
             lim, bounded, need = LIMITS_LADDER[-1], *size_of(LIMITS_LADDER[-1])
             logger.warning("max_tokens=%d cannot hold a call (up to %d tokens): this turn can only be text",
                            max_tokens, need)
+    else:  # "auto" with a structured answer: the caps must fit the value and a call
+        try:
+            lim, (bounded, out_bounded, need), _ = _fit(max_tokens, limits, both_size)
+        except ConfigError:
+            lim, out_bounded, _ = _fit(max_tokens, limits, out_size)  # the value alone, or the error
+            bounded, need = {}, 0
+            logger.warning("max_tokens=%d cannot hold a call beside the answer: this turn can only be the answer",
+                           max_tokens)
     opts = json.dumps(_json_options(separators))
     rules = []
     for i, name in enumerate(bounded):
@@ -869,7 +919,12 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     # to the call, so that a gap before the next call is never owed once the budget is short
     call = f'call: {open_sym} "\\n"? body "\\n"? {close_sym} "\\n"?'
     more = "call*" if parallel else ""
-    if tool_choice == "none" or not bounded:
+    if out_bounded is not None:
+        body = {**out_bounded, "x-guidance": json.loads(opts)} if isinstance(out_bounded, dict) else out_bounded
+        rules.append(f"answer: %json {json.dumps(body)}")
+    if out_bounded is not None and (tool_choice in ("auto", "none") or not bounded):
+        start = f"start: answer | call {more}" if bounded and tool_choice == "auto" else "start: answer"
+    elif tool_choice == "none" or not bounded:
         start = "start: TEXT?"
     elif tool_choice == "auto":
         if open_id is not None:
@@ -886,9 +941,12 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     gate = None
     if bounded:
         gate = _CallGate(need=need, open_id=open_id, close_id=close_id, open_text=open_tag.encode(), close_text=close_tag.encode())
+    if out_bounded is not None:
+        need = max(need, max_json_bytes(out_bounded, separators))
     c = GrammarConstraint(vocab, grammar, max_tokens=max_tokens, needed=need, limits=lim, schemas=bounded,
                           kind="tools", gate=gate)
     c.grammar = grammar_text
+    c.output_schema = out_bounded
     return c
 
 

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..model import SleepModel
-from .constraints import ToolCallConstraint
-from .generate import Sampler, TokenPicker
+from .generate import Constraint, Sampler, TokenPicker
 
 if TYPE_CHECKING:
     from ..engine import SleepStats
@@ -54,7 +53,7 @@ class TurnModel(ABC):
     @abstractmethod
     async def picker(self, history: list[Message], info: TurnInfo, *, tokenizer: Any, max_tokens: int,
                      temperature: float, generator: torch.Generator,
-                     constraint: ToolCallConstraint | None) -> TokenPicker:
+                     constraint: Constraint | None) -> TokenPicker:
         """How the next turn's tokens are chosen (``history``: the conversation so far)."""
 
 
@@ -70,5 +69,5 @@ class SampledModel(TurnModel):
 
     async def picker(self, history: list[Message], info: TurnInfo, *, tokenizer: Any, max_tokens: int,
                      temperature: float, generator: torch.Generator,
-                     constraint: ToolCallConstraint | None) -> TokenPicker:
+                     constraint: Constraint | None) -> TokenPicker:
         return Sampler(temperature, generator, constraint)

@@ -1,4 +1,5 @@
-"""Constrained tool-call decoding: a call names a registered tool; tool_choice is enforced."""
+"""Constrained tool-call decoding through the runtime's one builder (turn_constraint): a call names
+a registered tool, its arguments follow the tool's schema, tool_choice is enforced."""
 
 from __future__ import annotations
 
@@ -7,37 +8,41 @@ import torch
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool as lc_tool
 
-from sleepagent.runtime import ToolCallConstraint, normalize_tool_choice
 from sleepagent.errors import ConfigError
+from sleepagent.runtime import normalize_tool_choice, turn_constraint
 from sleepagent.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 OPEN = TOK.special_ids["<tool_call>"]
+NO_ARGS = {"type": "object", "properties": {}}
 
 
 def _bytes(text: str) -> list[int]:
     return TOK.encode(text, specials=False)
 
 
+def _allowed(c, emitted: list[int]) -> set[int]:
+    return set(torch.nonzero(c.allowed(emitted)).flatten().tolist())
+
+
 def test_after_tool_call_only_a_registered_name_can_be_spelled():
-    c = ToolCallConstraint(TOK, ["next", "next_page"])
-    assert c.allowed([]) is None and c.banned() == []  # "auto": the model decides whether to call
-    assert c.allowed([OPEN]) == _bytes("{")
+    c = turn_constraint(TOK, {"next": NO_ARGS, "next_page": NO_ARGS}, max_tokens=200)
+    assert OPEN in _allowed(c, []) and ord("H") in _allowed(c, [])  # "auto": the model decides whether to call
+    assert _allowed(c, [OPEN]) == set(_bytes("{\n"))  # an optional newline after the tag
     head = _bytes('{"name": "next')
-    assert c.allowed([OPEN, *head]) == sorted(_bytes('"_'))  # either name may continue
+    assert _allowed(c, [OPEN, *head]) == set(_bytes('"_'))  # either name may continue
     full = _bytes('{"name": "next_page", "arguments": ')
-    assert c.allowed([OPEN, *full]) is None  # the arguments are free
-    assert c.allowed([65, 66, OPEN, *full, *_bytes("{}}</tool_call>")]) is None
+    assert _allowed(c, [OPEN, *full]) == set(_bytes("{"))  # the arguments follow the schema too
 
 
 def test_tool_choice_none_required_and_a_named_tool():
-    assert ToolCallConstraint(TOK, ["a", "b"], "none").banned() == [OPEN]
-    assert ToolCallConstraint(TOK, [], "auto").banned() == [OPEN]  # nothing to call
-    required = ToolCallConstraint(TOK, ["a", "b"], "required")
-    assert required.allowed([]) == [OPEN]
-    named = ToolCallConstraint(TOK, ["a", "bb"], "bb")
-    assert named.allowed([]) == [OPEN]
-    assert named.allowed([OPEN, *_bytes('{"name": "')]) == _bytes("b")
+    assert OPEN not in _allowed(turn_constraint(TOK, {"a": NO_ARGS, "b": NO_ARGS}, "none", max_tokens=50), [])
+    assert OPEN not in _allowed(turn_constraint(TOK, {}, "auto", max_tokens=50), [])  # nothing to call
+    required = turn_constraint(TOK, {"a": NO_ARGS, "b": NO_ARGS}, "required", max_tokens=50)
+    assert _allowed(required, []) == {OPEN}
+    named = turn_constraint(TOK, {"a": NO_ARGS, "bb": NO_ARGS}, "bb", max_tokens=50)
+    assert _allowed(named, []) == {OPEN}
+    assert _allowed(named, [OPEN, *_bytes('{"name": "')]) == set(_bytes("b"))
     assert normalize_tool_choice({"type": "function", "function": {"name": "a"}}, ["a"]) == "a"
     assert normalize_tool_choice("any", ["a"]) == normalize_tool_choice(True, ["a"]) == "required"
     with pytest.raises(ConfigError, match="not one of the tools"):
@@ -45,13 +50,26 @@ def test_tool_choice_none_required_and_a_named_tool():
 
 
 def test_apply_masks_the_logits_the_model_would_have_preferred():
-    c = ToolCallConstraint(TOK, ["calc"])
+    c = turn_constraint(TOK, {"calc": NO_ARGS}, max_tokens=100)
     logits = torch.zeros(TOK.vocab_size)
     logits[ord("x")] = 10.0  # the model wants to write x
     prefix = [OPEN, *_bytes('{"name": "')]
     out = c.apply(logits, prefix)
     assert int(out.argmax()) == ord("c") and torch.isinf(out[ord("x")])
-    assert torch.equal(c.apply(logits, []), logits)  # outside a call: untouched
+    assert int(c.apply(logits, []).argmax()) == ord("x")  # outside a call: text is free
+
+
+def test_a_loose_schema_the_engine_cannot_take_falls_back_and_a_strict_one_is_refused():
+    tools = {"remote": {"$ref": "https://example.com/schema.json"}, "ok": NO_ARGS}
+    c = turn_constraint(TOK, tools, "remote", max_tokens=100)  # any JSON object as its arguments
+    assert _allowed(c, [OPEN, *_bytes('{"name": "remote", "arguments": ')]) == set(_bytes("{"))
+    with pytest.raises(ConfigError, match="remote") as e:
+        turn_constraint(TOK, tools, max_tokens=100, strict=["remote"])
+    assert e.value.field == "tools"
+    with pytest.raises(ConfigError) as e:
+        turn_constraint(TOK, {}, max_tokens=5, output={"type": "object", "properties": {"a": {"type": "string"}},
+                                                      "required": ["a"]})
+    assert e.value.field == "max_tokens"
 
 
 @lc_tool
