@@ -45,6 +45,7 @@ from ..errors import (
 from ..model import SleepModel
 from ..policy import MemoryPolicy, SleepPolicy
 from ..runtime import ChatRuntime, ChatTurn, GenerationParams, PreparedTurn, Reply, normalize_tool_choice, open_store
+from ..tracing import extract_context
 from .protocol import ApiError, ChatMessage, ChatRequest, chat_response, chunk, new_id, text_of, usage
 
 __all__ = ["ServeConfig", "create_app", "load_api_keys", "api_error", "turn_of"]
@@ -131,6 +132,11 @@ def turn_of(m: ChatMessage) -> ChatTurn:
     return ChatTurn(role, text_of(m.content), tuple(calls), call_ids=tuple(ids), call_id=m.tool_call_id)
 
 
+def _output_schema(req: ChatRequest) -> dict[str, Any] | None:
+    """The JSON schema ``response_format`` asks the answer to follow (None: free text)."""
+    return req.response_format.output_schema() if req.response_format is not None else None
+
+
 def api_error(e: SleepAgentError) -> ApiError:
     """The runtime's typed errors as OpenAI errors: one table, for the single server and every
     Ray Serve replica alike."""
@@ -209,7 +215,7 @@ class _Server:
                            code="max_tokens_too_large", param="max_tokens")
         params = GenerationParams(max_tokens=limit, temperature=req.temperature or 0.0,
                                   seed=req.seed if req.seed is not None else 0, stop=tuple(req.stop),
-                                  tool_choice=choice)
+                                  tool_choice=choice, output_schema=_output_schema(req))
         try:
             return await self.runtime.prepare(tenant, turns, tools=specs, params=params,
                                               session_id=header_session or req.session_id, create=create)
@@ -314,6 +320,7 @@ def create_app(cfg: ServeConfig):
             raise ApiError(429, f"{cfg.max_in_flight} requests are in flight; retry later", type="rate_limit_error",
                            code="too_many_requests")
         job = await server.prepare(req, tenant, request.headers.get("x-session-id"))
+        job.trace_context = extract_context(request.headers)  # the caller's trace (W3C traceparent)
         rid = new_id()
         headers = {"x-session-id": job.session.id, "x-session-status": job.status}
         if req.stream:

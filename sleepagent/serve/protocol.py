@@ -12,9 +12,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ChatMessage", "ChatRequest", "ApiError", "text_of", "chat_response", "chunk", "usage"]
+__all__ = ["ChatMessage", "ChatRequest", "ApiError", "ResponseFormat", "text_of", "chat_response", "chunk", "usage"]
 
 
 class ApiError(Exception):
@@ -56,6 +56,42 @@ class FunctionSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None  # True: the arguments follow ``parameters`` exactly (enforced by the grammar)
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the answer is one JSON value valid against ``schema``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str = Field(default="response", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | bool = Field(default=True, alias="schema")  # absent: any JSON value
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: "text" (free), "json_object" (a JSON object) or
+    "json_schema" (a JSON value valid against ``json_schema.schema``); the answer is generated
+    under that grammar, tool calls still allowed under ``tool_choice``."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        return self
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer is generated under (None: free text)."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema" and self.json_schema is not None:
+            schema = self.json_schema.schema_
+            return schema if isinstance(schema, dict) else {}
+        return None
 
 
 class ToolSpec(BaseModel):
@@ -82,6 +118,7 @@ class ChatRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
     n: int = Field(default=1, ge=1, le=1)
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
 
