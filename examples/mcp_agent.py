@@ -47,26 +47,27 @@ async def main(path: str | None = None, questions: list[str] | None = None, *, m
             page_chars = docqa_task(sm).page_chars  # pages as long as the model read in training
             server = MCPServerStdio(sys.executable, [str(SERVER), path, "--page-chars", str(page_chars),
                                                      "--latency", str(latency)], include=["next_page"])
-        # the server's lifetime is this block: it starts (a subprocess for stdio), lists its tools,
-        # and is shut down on the way out
-        async with server:
-            print(f"MCP server {server.server_info.name!r}: tools {[t.name for t in server.tools]}")
-            agent = Agent(sm, tools=server.tools, system_prompt=DOCQA_SYSTEM, max_steps=100, max_tokens=64,
-                          sleep=SleepPolicy(loops=loops, min_fill=task_min_fill(sm)))
-            try:
-                async with agent.session() as s:
-                    async with s.run_stream(READ_REQUEST) as run:
-                        async for event in run:
-                            if event.kind == "tool_result":
-                                print(f"  {event.result.content.splitlines()[0]}", flush=True)
-                            elif event.kind == "final":
-                                read = event.result
-                    answers = []
-                    for q in questions or []:
-                        answers.append((await s.run(q)).output)
-                        print(f"Q: {q}\nA: {answers[-1]}")
-            finally:
-                agent.close()
+        # the agent owns the server: it starts it (a subprocess for stdio) and lists its tools before
+        # the session's first turn, and shuts it down in close(); a server entered with
+        # `async with server:` instead would be left to its block
+        agent = Agent(sm, tools=[server], system_prompt=DOCQA_SYSTEM, max_steps=100, max_tokens=64,
+                      sleep=SleepPolicy(loops=loops, min_fill=task_min_fill(sm)))
+        try:
+            await agent.start_tools()
+            print(f"MCP server {server.server_info.name!r}: tools {list(agent.tools)}")
+            async with agent.session() as s:
+                async with s.run_stream(READ_REQUEST) as run:
+                    async for event in run:
+                        if event.kind == "tool_result":
+                            print(f"  {event.result.content.splitlines()[0]}", flush=True)
+                        elif event.kind == "final":
+                            read = event.result
+                answers = []
+                for q in questions or []:
+                    answers.append((await s.run(q)).output)
+                    print(f"Q: {q}\nA: {answers[-1]}")
+        finally:
+            agent.close()
     stats = read.sleep
     report = {"output": read.output, "pages_read": sum(m.role == "tool" for m in read.messages),
               "sleeps": stats.sleeps, "sleep_s_total": round(stats.sleep_s_total, 3),
