@@ -2,7 +2,7 @@
 
 Wall-clock numbers depend on the machine; the ratios are what the targets are stated in. One
 module per benchmark (``kernels``, ``wake``, ``agent``, ``engine``, ``store``, ``memory``,
-``bounded``, ``fairness``, ``serve``), each named like its ``sleepagent bench`` subcommand;
+``bounded``, ``fairness``, ``serve``, ``constrained``), each named like its ``sleepagent bench`` subcommand;
 :mod:`.report` runs them all and writes the markdown report (``docs/benchmarks.md``).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .agent import bench_agent
 from .bounded import bench_bounded
+from .constrained import bench_constrained
 from .engine import bench_engine
 from .fairness import bench_fairness
 from .kernels import bench_kernels
@@ -20,6 +21,6 @@ from .timing import timeit
 from .wake import bench_wake
 
 __all__ = [
-    "bench_agent", "bench_bounded", "bench_engine", "bench_fairness", "bench_kernels", "bench_memory",
+    "bench_agent", "bench_bounded", "bench_constrained", "bench_engine", "bench_fairness", "bench_kernels", "bench_memory",
     "bench_serve", "bench_store", "bench_wake", "timeit",
 ]

@@ -256,6 +256,32 @@ def bench_serve_cmd(
                       f"p99 {row['ttft_p99_ms']:.1f} ms{fail}")
 
 
+@app.command("constrained")
+def bench_constrained_cmd(
+    model: Annotated[str, typer.Option(help="a shipped checkpoint's name or a checkpoint directory")] = "docqa-small",
+    tokens: Annotated[int, typer.Option(min=1, help="tokens written per round")] = 256,
+    max_tokens: Annotated[int, typer.Option(min=8, help="each value's token budget")] = 96,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads during the run")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Per-token cost of the JSON-schema mask: constrained vs plain greedy decoding, same segments."""
+    from ..bench import bench_constrained
+
+    r = bench_constrained(model, tokens=tokens, max_tokens=max_tokens, repeats=repeats, threads=threads)
+    if as_json:
+        print(json.dumps(r))
+        return
+    table = Table(title=f"schema mask on {r['model']} ({r['engine']}; {r['tokens']} tokens x {r['repeats']}, "
+                        f"{r['threads']} thread(s))")
+    for col in ("plain ms/token", "constrained ms/token", "ratio", "mask ms/token (median / mean / p99)", "build ms"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{r['plain_ms_per_token']:.3f}", f"{r['constrained_ms_per_token']:.3f}", f"{r['ratio']:.3f}",
+                  f"{r['mask_ms_per_token']:.3f} / {r['mask_ms_per_token_mean']:.3f} / {r['mask_ms_per_token_p99']:.3f}",
+                  f"{r['build_ms']:.2f}")
+    console.print(table)
+
+
 @app.command("memory")
 def bench_memory_cmd(
     tokens: Annotated[str, typer.Option(help="session lengths, comma-separated")] = "1000,10000,100000",

@@ -23,3 +23,17 @@ def test_bench_agent_schedules():
 def test_bench_engine_batches():
     result = bench_engine(sessions=4, tokens=8, config=SMALL)
     assert result["serial_tok_s"] > 0 and result["batched_tok_s"] > 0
+
+
+def test_bench_constrained_is_a_subcommand():
+    import json
+
+    from typer.testing import CliRunner
+
+    from sleepagent.cli import app
+
+    out = CliRunner().invoke(app, ["bench", "constrained", "--tokens", "16", "--repeats", "1", "--json"])
+    assert out.exit_code == 0, out.output
+    r = json.loads(out.stdout)
+    assert r["model"] == "docqa-small" and r["tokens"] == 16
+    assert r["plain_ms_per_token"] > 0 and r["constrained_ms_per_token"] > 0 and r["mask_ms_per_token"] >= 0
