@@ -309,3 +309,32 @@ def bench_memory_cmd(
             f"{r['state_ratio']:.1f}x",
         )
     console.print(table)
+
+
+@app.command("soak")
+def bench_soak_cmd(
+    conversations: Annotated[int, typer.Option(min=2, help="short conversations in all")] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, help="at a time")] = 4,
+    abandon: Annotated[float, typer.Option(min=0.0, max=0.5, help="share abandoned after the tool call")] = 0.2,
+    every: Annotated[int, typer.Option(min=1, help="record RSS and sessions every this many conversations")] = 250,
+    max_sessions: Annotated[int, typer.Option(min=1, help="the server's live-session cap")] = 256,
+    idle_release: Annotated[float, typer.Option(min=0.1, help="the server's idle release, seconds")] = 30.0,
+    store: Annotated[bool, typer.Option(help="release to a SQLite store (else drop)")] = True,
+    out: Annotated[str | None, typer.Option(help="write the figures into this markdown file's soak section")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Thousands of short conversations against a real `sleepagent serve` (its own process): its
+    RSS, live sessions and p99 latency against conversations; bounded = a plateau, nothing lost."""
+    from ..bench.soak import bench_soak, report, write_section
+
+    r = bench_soak(conversations=conversations, concurrency=concurrency, abandon=abandon, every=every,
+                   max_sessions=max_sessions, idle_release_s=idle_release, store=store,
+                   progress=None if as_json else lambda m: console.print(f"[dim]{m}[/]"))
+    if as_json:
+        print(json.dumps(r))
+    else:
+        console.print(report(r))
+    if out:
+        write_section(out, report(r))
+    if not r["bounded"]:
+        raise typer.Exit(1)

@@ -33,7 +33,7 @@ from .persistence import Persistence, ResumeInfo, SessionStore
 from .render import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
 from .sessions import ChatSession, SessionTable
 
-__all__ = ["ChatRuntime", "PreparedTurn", "Reply"]
+__all__ = ["ChatRuntime", "PreparedTurn", "Reply", "check_history"]
 
 
 @dataclass
@@ -42,7 +42,7 @@ class PreparedTurn:
 
     session: ChatSession
     new: list[ChatTurn]
-    status: str  # "new" | "reused" | "resumed"
+    status: str  # "new" | "reused" | "resumed" | "forked"
     segments: list[tuple[list[int], bool]]
     new_tokens: int
     params: GenerationParams
@@ -84,23 +84,45 @@ class Reply:
         return "tool_calls" if self.calls else self.turn.finish
 
 
+def check_history(turns: list[ChatTurn]) -> None:
+    """Refuse a history no conversation can have (:class:`RequestError`, ``param="messages"``):
+    a tool message answers a call of the assistant message before it (the nearest message that is
+    not itself a tool result), by its id when both sides carry ids (OpenAI's rule; a door whose
+    messages carry no ids is matched by position)."""
+    calls: tuple[tuple[str, Any], ...] = ()
+    ids: set[str] = set()
+    for i, t in enumerate(turns):
+        if t.role == "assistant":
+            calls, ids = t.calls, {c for c in t.call_ids if c}
+        elif t.role == "tool":
+            if not calls:
+                raise RequestError(f"messages[{i}]: a tool message must answer a tool call of the assistant message "
+                                   f"before it, and there is none", param="messages")
+            if t.call_id and ids and t.call_id not in ids:
+                raise RequestError(f"messages[{i}]: tool_call_id {t.call_id!r} answers no tool call of the assistant "
+                                   f"message before it", param="messages")
+        else:
+            calls, ids = (), set()
+
+
 class ChatRuntime:
     """One engine's conversations: sessions, persistence, rendering and the token loop.
 
     ``max_prompt_tokens``: the most new tokens one request may read (None: no cap).
-    ``checkpoint_turns``: snapshot after every reply (several engines share the store, so that
-    another can take a session over mid-way)."""
+    ``checkpoint_turns``: snapshot after every reply (so that another engine sharing the store can
+    take a session over mid-way, and a retried or edited request forks from the reply before it).
+    ``key``: the transcript digests' key (see :class:`~sleepagent.runtime.sessions.SessionTable`)."""
 
     def __init__(self, engine: Engine, *, store: SessionStore | None = None, memory: MemoryPolicy | None = None,
                  sleep: SleepPolicy | None = None, idle_release_s: float = 300.0, max_sessions: int | None = 1024,
                  system_prompt: str | None = None, max_prompt_tokens: int | None = None,
-                 checkpoint_turns: bool = False, claimant: str | None = None) -> None:
+                 checkpoint_turns: bool = False, claimant: str | None = None, key: bytes | None = None) -> None:
         self.engine = engine
         self.model = engine.model
         self.memory = memory or MemoryPolicy(retention="persistent" if store is not None else "ephemeral")
         self.persistence = Persistence(engine, store, self.memory)
         self.sessions = SessionTable(engine, self.persistence, sleep=sleep, idle_release_s=idle_release_s,
-                                     max_sessions=max_sessions, claimant=claimant)
+                                     max_sessions=max_sessions, claimant=claimant, key=key)
         self.system_prompt = system_prompt or self.model.prompt.system_prompt or DEFAULT_SYSTEM_PROMPT
         self.max_prompt_tokens = max_prompt_tokens
         self.checkpoint_turns = checkpoint_turns
@@ -117,6 +139,10 @@ class ChatRuntime:
                       create: bool = False) -> PreparedTurn:
         """Find the history's session and render what it still has to read; raises (typed, from
         :mod:`sleepagent.errors`) whatever makes the request unservable."""
+        check_history(turns)
+        if params.tool_choice != "none" and params.tool_choice != "auto" and not tools:
+            raise RequestError(f"tool_choice {params.tool_choice!r} needs tools, and the request has none",
+                               param="tool_choice")
         s, new, status = await self.sessions.find(tenant, turns, session_id, create=create)
         try:
             if not new:
@@ -207,12 +233,13 @@ class ChatRuntime:
         calls = [c for c in parsed if isinstance(c, ToolCall)]
         malformed = [c for c in parsed if isinstance(c, MalformedToolCall)]
         self.sessions.record(s, [ChatTurn("assistant", turn.content, tuple((c.name, c.arguments) for c in calls))])
-        if self.checkpoint_turns:  # before the sleep starts: another engine may take over
+        if self.checkpoint_turns:  # before the sleep starts: another engine may take over, or a retry fork
             await self.persistence.checkpoint(es, s.tenant, s.meta)
+            self.sessions.snapshotted(s)
         engine.pause(es)  # the client runs its tools, or the user reads: sleep now
         return Reply(turn=turn, calls=calls, malformed=malformed, prompt_tokens=cached + job.new_tokens,
                      cached_tokens=cached, session=s, status=job.status,
-                     resume=s.resume if job.status == "resumed" else None)
+                     resume=s.resume if job.status in ("resumed", "forked") else None)
 
     # --- sessions ------------------------------------------------------------------------------
 

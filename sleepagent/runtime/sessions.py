@@ -14,7 +14,15 @@ had read, a count, never text).
 
 A session idle for ``idle_release_s`` is snapshotted to the store (if there is one) and released,
 and so is the least recently used one when ``max_sessions`` are live; the next request resumes
-it. :meth:`SessionTable.find` says which happened: ``new``, ``reused`` or ``resumed``.
+it. A retried request, or one whose last messages were edited, matches a session only up to
+before those messages: when the session was snapshotted at that point (every reply is, when the
+server has a store), a new session forks from that snapshot; otherwise the history is read
+afresh. A session is never continued from a state whose transcript differs from the history.
+:meth:`SessionTable.find` says which happened: ``new``, ``reused``, ``resumed`` or ``forked``.
+
+Everything the table remembers is bounded: live sessions by ``max_sessions``, and the digests of
+released sessions and the fork points (a session id and a count per snapshotted reply) by LRU
+caps, so a server that runs for days holds a fixed amount.
 """
 
 from __future__ import annotations
@@ -25,24 +33,98 @@ import json
 import os
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from ..engine import Engine, EngineSession
-from ..errors import FingerprintMismatch, RequestError, SessionNotFound, SessionsFull, SnapshotNotFound
+from ..errors import (
+    FingerprintMismatch,
+    RequestError,
+    SessionNotFound,
+    SessionsFull,
+    SleepAgentError,
+    SnapshotError,
+    SnapshotNotFound,
+)
 from ..policy import SleepPolicy
-from .persistence import Persistence, ResumeInfo, SessionMeta
+from .persistence import Persistence, ResumeInfo, SessionMeta, restore
 from .render import ChatTurn
 
-__all__ = ["ChatSession", "SessionTable"]
+__all__ = ["ChatSession", "SessionTable", "transcript_digests"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def _canonical(t: ChatTurn) -> bytes:
     """What identifies a message for continuation: role, text, calls (ids and formatting do not
     count: clients re-serialise arguments and may drop or regenerate ids)."""
     return json.dumps([t.role, t.text, [[n, a] for n, a in t.calls]], sort_keys=True, ensure_ascii=False).encode()
+
+
+def transcript_digests(key: bytes, turns: Sequence[ChatTurn], start: str = "") -> list[str]:
+    """The rolling keyed digest (HMAC-SHA256) after each message of ``turns``, continuing from
+    ``start``: what the table indexes a transcript by, and what a router in front of several
+    tables routes on (it then holds the same key, in memory only)."""
+    out, prev = [], start
+    for t in turns:
+        prev = hmac.new(key, prev.encode() + hashlib.sha256(_canonical(t)).digest(), "sha256").hexdigest()
+        out.append(prev)
+    return out
+
+
+class _Recent(OrderedDict, Generic[K, V]):
+    """A dict that keeps its ``cap`` most recently put keys (the oldest go first)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def put(self, key: K, value: V) -> list[tuple[K, V]]:
+        """Put ``key``; returns what fell out."""
+        self[key] = value
+        self.move_to_end(key)
+        out = []
+        while len(self) > self.cap:
+            out.append(self.popitem(last=False))
+        return out
+
+
+@dataclass(frozen=True)
+class _ForkPoint:
+    """A session snapshotted after a reply: its id, how many messages it had read, and since when
+    (store clock) its current state exists (a named session started over keeps older snapshots
+    of another transcript under the same id; they are not this point's)."""
+
+    session_id: str
+    count: int
+    since: float
+
+
+@dataclass(frozen=True)
+class _Restored:
+    """One chosen snapshot in the shape :func:`~sleepagent.runtime.persistence.restore` reads."""
+
+    info: Any
+    payload: bytes
+    skipped: list[tuple[int, str]]
+    accepted: Any
+
+
+class _OneSnapshot:
+    """A store view whose restore point is one given snapshot (a fork's), so that a fork goes
+    through the one restore path."""
+
+    def __init__(self, restored: _Restored) -> None:
+        self.restored = restored
+
+    def restore_point(self, session_id: str, *, tenant: str, fingerprint: str | None = None,
+                      accept: Any = None) -> _Restored:
+        return self.restored
 
 
 @dataclass(eq=False)
@@ -63,6 +145,7 @@ class ChatSession:
     epoch: int = 0  # this process's claim on the session in the store (several engines)
     resume: ResumeInfo | None = None  # its last resume from the store (what came back, what was lost)
     dirty: bool = False  # a request was cancelled mid-read: the next one starts the session over
+    since: float = 0.0  # store clock when its current state began (snapshots older than this are another's)
 
     @property
     def messages_read(self) -> int:
@@ -77,20 +160,28 @@ class SessionTable:
 
     ``max_sessions=None``: no cap (the Agent's sessions are held by their caller, who closes
     them). ``claimant``: this engine's name in the store's ownership claims when several engines
-    share the store (Ray Serve replicas)."""
+    share the store (Ray Serve replicas). ``key``: the digests' key (32 bytes, memory only; a
+    router and its replicas share one), a random one by default. ``max_remembered``: how many
+    released sessions (their digests) and fork points are kept for recognition, each (default:
+    ``max_sessions``, or 1024)."""
 
     def __init__(self, engine: Engine, persistence: Persistence, *, sleep: SleepPolicy | None = None,
-                 idle_release_s: float = 300.0, max_sessions: int | None = 1024, claimant: str | None = None) -> None:
+                 idle_release_s: float = 300.0, max_sessions: int | None = 1024, claimant: str | None = None,
+                 key: bytes | None = None, max_remembered: int | None = None) -> None:
         self.engine, self.persistence = engine, persistence
         self.sleep = sleep or SleepPolicy()
         self.idle_release_s = idle_release_s
         self.max_sessions = max_sessions
         self.claimant = claimant
-        self._key = os.urandom(32)  # digests are meaningful to this process only
+        self._key = key if key is not None else os.urandom(32)  # digests mean something only with it
         self.live: dict[tuple[str, str], ChatSession] = {}
         # (tenant, digest of a whole transcript) -> ids of the sessions with that transcript
         self._index: dict[tuple[str, str], list[str]] = {}
-        self._released: dict[tuple[str, str], list[str]] = {}  # digests of released sessions (memory only)
+        cap = max_remembered or max_sessions or 1024
+        # digests of released sessions (memory only), the most recently released first to stay
+        self._released: _Recent[tuple[str, str], list[str]] = _Recent(cap)
+        # (tenant, digest of a transcript up to a reply) -> where a snapshot of that point is
+        self._points: _Recent[tuple[str, str], _ForkPoint] = _Recent(4 * cap)
         self.released_total = 0
         self.sleep_totals: dict[str, float] = {"sleeps": 0, "sleep_s_hidden": 0.0, "sleep_s_exposed": 0.0}
 
@@ -101,9 +192,13 @@ class SessionTable:
         if self.persistence.active:
             session_id = self.persistence.open(session_id, tenant)
         sid = session_id or uuid.uuid4().hex[:16]
-        s = ChatSession(sid, tenant, self.engine.session(sid, policy=self.sleep))
+        s = ChatSession(sid, tenant, self.engine.session(sid, policy=self.sleep), since=self._now())
         self._attach(s)
         return s
+
+    def _now(self) -> float:
+        """The store's clock (snapshot times are in it)."""
+        return getattr(self.persistence.store, "clock", time.time)()
 
     def open(self, tenant: str, session_id: str | None = None) -> ChatSession:
         """A named session: resumed from its newest intact snapshot when the store has one, else
@@ -150,12 +245,8 @@ class SessionTable:
 
     # --- digests -------------------------------------------------------------------------------
 
-    def _chain(self, turns: list[ChatTurn], start: str = "") -> list[str]:
-        out, prev = [], start
-        for t in turns:
-            prev = hmac.new(self._key, prev.encode() + hashlib.sha256(_canonical(t)).digest(), "sha256").hexdigest()
-            out.append(prev)
-        return out
+    def _chain(self, turns: Sequence[ChatTurn], start: str = "") -> list[str]:
+        return transcript_digests(self._key, turns, start)
 
     def record(self, s: ChatSession, turns: list[ChatTurn]) -> None:
         """``turns`` were read (or written) by ``s``: extend its transcript and re-index it."""
@@ -165,14 +256,22 @@ class SessionTable:
             self._index.setdefault((s.tenant, s.digests[-1]), []).append(s.id)
         s.meta.messages_read = s.messages_read  # a count: what a resume by name may skip
 
-    def _unindex(self, s: ChatSession, digests: list[str] | None = None) -> None:
-        digests = s.digests if digests is None else digests
-        if digests:
-            ids = self._index.get((s.tenant, digests[-1]), [])
-            if s.id in ids:
-                ids.remove(s.id)
-            if not ids:
-                self._index.pop((s.tenant, digests[-1]), None)
+    def snapshotted(self, s: ChatSession) -> None:
+        """``s`` was just snapshotted after a reply: a retried or edited next request may fork
+        from that point (from the newest exact snapshot of it)."""
+        if s.digests and self.persistence.active:
+            self._points.put((s.tenant, s.digests[-1]), _ForkPoint(s.id, s.messages_read, s.since))
+
+    def _unindex(self, s: ChatSession) -> None:
+        if s.digests:
+            self._unindex_id(s.tenant, s.id, s.digests[-1])
+
+    def _unindex_id(self, tenant: str, sid: str, digest: str) -> None:
+        ids = self._index.get((tenant, digest), [])
+        if sid in ids:
+            ids.remove(sid)
+        if not ids:
+            self._index.pop((tenant, digest), None)
 
     # --- finding a request's session ----------------------------------------------------------
 
@@ -182,17 +281,17 @@ class SessionTable:
         ("new", "reused" or "resumed"). ``create``: a named session that does not exist yet is
         made (a router or a LangChain config named it) instead of SessionNotFound."""
         chain = self._chain(turns)
-        await self._make_room()
         if session_id is not None:
             return await self._find_named(tenant, turns, chain, session_id, create)
         now = time.monotonic()
-        for i in range(len(chain) - 1, 0, -1):
+        for i in range(len(chain) - 1, 0, -1):  # i: messages a match holds; turns[i:] are read
             for sid in list(self._index.get((tenant, chain[i - 1]), [])):
                 s = self.live.get((tenant, sid))
                 if s is not None and s.available(now):
                     s.reserved_until = now + 30.0
                     return s, turns[i:], "reused"
                 if s is None and (tenant, sid) in self._released and self.persistence.active:
+                    await self._make_room()
                     try:
                         s = self.resume(tenant, sid)
                     except SessionNotFound:
@@ -200,9 +299,49 @@ class SessionTable:
                     s.digests = self._released.pop((tenant, sid))
                     s.reserved_until = now + 30.0
                     return s, turns[i:], "resumed"
+            point = self._points.get((tenant, chain[i - 1]))
+            if point is not None:
+                await self._make_room()
+                s = self._fork(tenant, point)
+                if s is not None:
+                    s.digests = chain[:i]
+                    s.reserved_until = now + 30.0
+                    return s, turns[i:], "forked"
+        await self._make_room()
         s = self.new(tenant)
         s.reserved_until = now + 30.0
         return s, turns, "new"
+
+    def _fork(self, tenant: str, point: _ForkPoint) -> ChatSession | None:
+        """A new session from the newest exact snapshot of ``point`` (one that lost nothing: the
+        window kept with ``persist_window``, or empty after a sleep, and nothing unread), or None
+        when there is none left (pruned, expired, corrupted)."""
+        store = self.persistence.store
+        if store is None or not all(hasattr(store, m) for m in ("list_snapshots", "load")):
+            return None
+        model = self.engine.model
+        try:
+            snaps = store.list_snapshots(point.session_id, tenant=tenant)
+        except SnapshotError:
+            return None
+        exact = [x for x in snaps if x.created_at >= point.since and x.fingerprint == model.fingerprint
+                 and (x.meta.get("session") or {}).get("messages_read") == point.count
+                 and not any((x.meta.get("lost") or {}).values())]
+        skipped: list[tuple[int, str]] = []
+        for snap in reversed(exact):  # the newest first: after the pause's sleep, as the conversation went on
+            try:
+                info, payload = store.load(snap.id, tenant=tenant, fingerprint=model.fingerprint)
+                state = model.state_from_bytes(payload)
+            except (SleepAgentError, ValueError, RuntimeError) as e:
+                skipped.append((snap.id, type(e).__name__))
+                continue
+            s = self.new(tenant)
+            restored = restore(model, _OneSnapshot(_Restored(info, payload, skipped, state)), s.engine_session,
+                               tenant=tenant)
+            assert restored is not None
+            s.resume, s.meta = restored
+            return s
+        return None
 
     async def _find_named(self, tenant: str, turns: list[ChatTurn], chain: list[str], session_id: str,
                           create: bool) -> tuple[ChatSession, list[ChatTurn], str]:
@@ -212,9 +351,13 @@ class SessionTable:
             self._drop(s)
             s = None
         if s is None:
+            await self._make_room()
             try:
                 s = self.resume(tenant, session_id)
                 status = "resumed" if s.meta.messages_read else "new"
+                released = self._released.pop((tenant, session_id), None)
+                if released is not None and len(released) == s.meta.messages_read:
+                    s.digests = released  # this process read it: the exact transcript, not just a count
             except SessionNotFound:
                 if not create:
                     raise
@@ -233,8 +376,9 @@ class SessionTable:
         return s, turns[n:], status
 
     async def _make_room(self) -> None:
-        """At most ``max_sessions`` live: release the least recently used (to the store, where
-        any engine can resume it); SessionsFull when every live session is in use."""
+        """Room for one more session (asked only when one is about to be made): at most
+        ``max_sessions`` live, the least recently used released (to the store, where any engine
+        can resume it); SessionsFull when every live session is in use."""
         while self.max_sessions is not None and len(self.live) >= self.max_sessions:
             now = time.monotonic()
             idle = [s for s in self.live.values() if s.available(now)]
@@ -260,6 +404,7 @@ class SessionTable:
         self.engine.close_session(s.engine_session)
         fresh = self.engine.session(s.id, policy=self.sleep)
         s.engine_session, s.digests, s.dirty, s.meta = fresh, [], False, SessionMeta()
+        s.since = self._now()
         self.persistence.hook(fresh, s.tenant, lambda: s.meta)
 
     # --- leaving memory ---------------------------------------------------------------------------
@@ -278,9 +423,10 @@ class SessionTable:
         process can still recognise the conversation."""
         async with s.gate:
             await self.persistence.settle(s.engine_session, s.tenant, s.meta, end=False)
-            keep = self.persistence.active  # recognisable again: resumed from the store
+            keep = self.persistence.active and bool(s.digests)  # recognisable again: resumed from the store
             if keep:
-                self._released[(s.tenant, s.id)] = list(s.digests)
+                for (tenant, sid), digests in self._released.put((s.tenant, s.id), list(s.digests)):
+                    self._unindex_id(tenant, sid, digests[-1])  # forgotten: no longer recognised
             self._forget(s, keep_index=keep)
 
     async def close(self, s: ChatSession) -> None:
@@ -299,6 +445,9 @@ class SessionTable:
             self._unindex(s)
         self._count(s.engine_session)
         self.engine.close_session(s.engine_session)
+        # the commit hook's closure refers back to the session: without it the state is freed at
+        # once, not at the next full garbage collection
+        s.engine_session.on_commit = None
         if self.live.get((s.tenant, s.id)) is s:
             del self.live[(s.tenant, s.id)]
             self.released_total += 1
@@ -324,4 +473,5 @@ class SessionTable:
             await self.release(s)
 
     def stats(self) -> dict[str, Any]:
-        return {"live": len(self.live), "released": self.released_total}
+        return {"live": len(self.live), "released": self.released_total, "remembered": len(self._released),
+                "fork_points": len(self._points)}

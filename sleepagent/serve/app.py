@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pydantic_core
 from fastapi import FastAPI, Request  # the serve extra; FastAPI resolves these names at import
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,7 +49,8 @@ from ..runtime import ChatRuntime, ChatTurn, GenerationParams, PreparedTurn, Rep
 from ..tracing import extract_context
 from .protocol import ApiError, ChatMessage, ChatRequest, chat_response, chunk, new_id, text_of, usage
 
-__all__ = ["ServeConfig", "create_app", "load_api_keys", "api_error", "turn_of"]
+__all__ = ["ServeConfig", "create_app", "load_api_keys", "api_error", "turn_of", "parse_request", "read_chat",
+           "install_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +118,15 @@ def authenticate(cfg: ServeConfig, authorization: str | None) -> str:
 def turn_of(m: ChatMessage) -> ChatTurn:
     """A client's message as the runtime renders it (developer messages are system messages)."""
     role = "system" if m.role == "developer" else m.role
+    if role == "tool" and not m.tool_call_id:
+        raise ApiError(400, "a tool message needs the tool_call_id of the call it answers", param="messages")
     calls, ids = [], []
     for c in m.tool_calls or []:
         args = c.function.arguments
         if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError:
+            try:  # parsed as strictly as the body itself (a lone surrogate is no text)
+                args = pydantic_core.from_json(args) if args.strip() else {}
+            except ValueError:
                 raise ApiError(400, f"tool call {c.function.name!r} has arguments that are not JSON",
                                param="messages") from None
         if not isinstance(args, dict):
@@ -130,6 +134,69 @@ def turn_of(m: ChatMessage) -> ChatTurn:
         calls.append((c.function.name, args))
         ids.append(c.id)
     return ChatTurn(role, text_of(m.content), tuple(calls), call_ids=tuple(ids), call_id=m.tool_call_id)
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    """A request body as a :class:`ChatRequest`, or the 400 that says what is wrong with it."""
+    try:
+        return ChatRequest.model_validate_json(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ApiError(400, f"{where}: {err['msg']}" if where else err["msg"], param=where or None) from None
+
+
+async def read_chat(request: Request, cfg: ServeConfig) -> tuple[str, ChatRequest, bytes]:
+    """Authenticate and read a chat request, bounded by ``cfg.max_request_bytes``: (tenant, the
+    request, its body). Every door reads requests here, so one bad request gets one answer everywhere."""
+    tenant = authenticate(cfg, request.headers.get("authorization"))
+    try:
+        size = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise ApiError(400, "the Content-Length header is not a number") from None
+    if size > cfg.max_request_bytes:
+        raise ApiError(413, f"the request is {size} bytes; this server accepts at most {cfg.max_request_bytes}",
+                       code="request_too_large")
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > cfg.max_request_bytes:
+            raise ApiError(413, f"the request is over {cfg.max_request_bytes} bytes", code="request_too_large")
+    req = parse_request(body)
+    if req.tool_choice is not None and not req.tools:  # as OpenAI answers
+        raise ApiError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
+    return tenant, req, body
+
+
+def install_errors(app: FastAPI, on_error: Any = None) -> None:
+    """Every error leaves in OpenAI's shape: ours (:class:`ApiError`, the runtime's typed errors
+    by :func:`api_error`), the framework's (an unknown path, a wrong method) and the unexpected
+    (500, logged). ``on_error(status)`` counts them. The single server and the Ray router both
+    install these, so an error reads the same on either."""
+    from starlette.exceptions import HTTPException
+
+    def answer(e: ApiError) -> JSONResponse:
+        if on_error is not None:
+            on_error(e.status)
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, e: ApiError):
+        return answer(e)
+
+    @app.exception_handler(SleepAgentError)
+    async def _runtime(request: Request, e: SleepAgentError):
+        return answer(api_error(e))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return answer(ApiError(e.status_code, str(e.detail), code=codes.get(e.status_code)))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, e: Exception):
+        logger.exception("request failed")
+        return answer(ApiError(500, f"internal error: {type(e).__name__}", type="server_error"))
 
 
 def _output_schema(req: ChatRequest) -> dict[str, Any] | None:
@@ -171,7 +238,7 @@ class _Server:
         for tenant in cfg.api_keys.values():
             check_name(tenant, "tenant")
 
-    def __init__(self, cfg: ServeConfig, *, claimant: str | None = None, checkpoint_turns: bool = False) -> None:
+    def __init__(self, cfg: ServeConfig, *, claimant: str | None = None, key: bytes | None = None) -> None:
         self.check(cfg)
         self.cfg = cfg
         sm = cfg.model if isinstance(cfg.model, SleepModel) else SleepModel.from_pretrained(cfg.model)
@@ -184,8 +251,10 @@ class _Server:
                               persist_window=cfg.persist_window)
         self.runtime = ChatRuntime(self.engine, store=self.store, memory=memory, sleep=sleep,
                                    idle_release_s=cfg.idle_release_s, max_sessions=cfg.max_sessions,
-                                   max_prompt_tokens=cfg.max_prompt_tokens, checkpoint_turns=checkpoint_turns,
-                                   claimant=claimant)
+                                   max_prompt_tokens=cfg.max_prompt_tokens,
+                                   # every reply snapshotted: a retry or an edit forks from it, another
+                                   # replica takes the session over from it
+                                   checkpoint_turns=self.store is not None, claimant=claimant, key=key)
         self.sessions = self.runtime.sessions
         self.in_flight = 0
         self.counters = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "errors": 0}
@@ -238,9 +307,11 @@ class _Server:
         """A reply as the pieces of an OpenAI response (plain or streamed)."""
         session: dict[str, Any] = {"id": reply.session.id, "status": reply.status,
                                    "prompt_tokens_cached": reply.cached_tokens}
-        if reply.resume is not None:  # what the snapshot could not hold
+        if reply.resume is not None:  # the snapshot it came back from, and what that could not hold
             session["lost_tokens"] = dict(reply.resume.lost)
             session["snapshot"] = reply.resume.snapshot_id
+            # newer snapshots that failed their checks (their reasons stay in the store's audit)
+            session["skipped_snapshots"] = [sid for sid, _ in reply.resume.skipped]
         content = reply.content
         return {"content": content if content or not reply.calls else None, "calls": reply.calls,
                 "finish": reply.finish, "usage": usage(reply.prompt_tokens, reply.completion_tokens,
@@ -267,22 +338,10 @@ def create_app(cfg: ServeConfig):
     app = FastAPI(title="sleepagent", lifespan=lifespan)
     app.state.server = server
 
-    def error(e: ApiError) -> JSONResponse:
+    def counted(status: int) -> None:
         server.counters["errors"] += 1
-        return JSONResponse(e.body(), status_code=e.status)
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError):
-        return error(e)
-
-    @app.exception_handler(SleepAgentError)
-    async def runtime_error(request: Request, e: SleepAgentError):
-        return error(api_error(e))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception):
-        logger.exception("request failed")
-        return error(ApiError(500, f"internal error: {type(e).__name__}", type="server_error"))
+    install_errors(app, counted)
 
     @app.get("/health")
     async def health():
@@ -300,22 +359,7 @@ def create_app(cfg: ServeConfig):
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        tenant = server.tenant(request.headers.get("authorization"))
-        size = int(request.headers.get("content-length") or 0)
-        if size > cfg.max_request_bytes:
-            raise ApiError(413, f"the request is {size} bytes; this server accepts at most {cfg.max_request_bytes}",
-                           code="request_too_large")
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > cfg.max_request_bytes:
-                raise ApiError(413, f"the request is over {cfg.max_request_bytes} bytes", code="request_too_large")
-        try:
-            req = ChatRequest.model_validate_json(body)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
-            raise ApiError(400, f"{where}: {err['msg']}" if where else err["msg"], param=where or None) from None
+        tenant, req, _ = await read_chat(request, cfg)
         if server.in_flight >= cfg.max_in_flight:
             raise ApiError(429, f"{cfg.max_in_flight} requests are in flight; retry later", type="rate_limit_error",
                            code="too_many_requests")
@@ -442,6 +486,11 @@ def _metrics(server: _Server):
                 yield CounterMetricFamily(name, doc, value=value)
             engine = server.engine
             yield GaugeMetricFamily("sleepagent_sessions", "Live sessions.", value=len(server.sessions.live))
+            table = server.sessions.stats()
+            yield GaugeMetricFamily("sleepagent_sessions_remembered", "Released sessions still recognised (bounded).",
+                                    value=table["remembered"])
+            yield GaugeMetricFamily("sleepagent_fork_points", "Snapshotted replies a retry may fork from (bounded).",
+                                    value=table["fork_points"])
             yield GaugeMetricFamily("sleepagent_queue_depth", "Wake requests queued on the engine.",
                                     value=len(engine._wake))
             yield GaugeMetricFamily("sleepagent_sleeping_sessions", "Sessions with a sleep in progress.",

@@ -114,9 +114,9 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit integer, as OpenAI's
     stop: list[str] = Field(default_factory=list)
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)  # "yes" is no boolean (OpenAI refuses it too)
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     n: int = Field(default=1, ge=1, le=1)

@@ -106,3 +106,42 @@ def test_pydantic_ai_agent_runs_a_tool_and_answers(url):
 
     result = agent.run_sync("Read the document.")
     assert pages == [1] and result.output == "Done."
+
+
+def test_usage_as_clients_read_it_counts_the_cached_part_inside_the_prompt(url):
+    """OpenAI's counting: ``prompt_tokens`` is every token of the request's history and
+    ``prompt_tokens_details.cached_tokens`` the part the session already held, so what a client
+    computes as uncached input (prompt - cached) is never negative; pydantic-ai reads the same
+    fields as ``input_tokens`` and ``cache_read_tokens``."""
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import ModelResponse
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    model = OpenAIChatModel("docqa-small", provider=OpenAIProvider(base_url=url, api_key="key-bob"))
+    agent = Agent(model)
+
+    @agent.tool_plain
+    def next_page() -> str:
+        """Read the next page of the document."""
+        return PAGE
+
+    result = agent.run_sync("Please read the document.")
+    usages = [m.usage for m in result.all_messages() if isinstance(m, ModelResponse)]
+    assert len(usages) == 2
+    for u in usages:
+        assert u.input_tokens >= u.cache_read_tokens >= 0 and u.output_tokens > 0
+    assert usages[0].cache_read_tokens == 0 and usages[1].cache_read_tokens > 0  # the second reused the session
+    total = result.usage
+    assert total.input_tokens - total.cache_read_tokens > 0
+    client = OpenAI(base_url=url, api_key="key-bob")
+    messages = [{"role": "user", "content": "Read the whole document."}]
+    first = client.chat.completions.create(model="docqa-small", messages=messages, tools=TOOLS)
+    call = first.choices[0].message.tool_calls[0]
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": PAGE}]
+    second = client.chat.completions.create(model="docqa-small", messages=messages, tools=TOOLS)
+    for r in (first, second):
+        assert r.usage.prompt_tokens - r.usage.prompt_tokens_details.cached_tokens >= 0
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert second.usage.prompt_tokens_details.cached_tokens == first.usage.total_tokens

@@ -27,6 +27,11 @@ def post(url: str, body: dict, key: str | None = "key-alice", **headers) -> http
     return httpx.post(f"{url}/chat/completions", json=body, headers=headers, timeout=120)
 
 
+def call_id(r: httpx.Response) -> str:
+    """The id of the (first) tool call a response made: what the tool message answers."""
+    return r.json()["choices"][0]["message"]["tool_calls"][0]["id"]
+
+
 def metric(text: str, name: str) -> float:
     """A sample's value from Prometheus text."""
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
@@ -56,7 +61,7 @@ def test_keys_map_to_tenants_and_a_foreign_session_is_the_same_404(url):
     assert foreign.json()["error"]["message"].replace(sid, "X") == missing.json()["error"]["message"].replace("no-such-id", "X")
     # bob resending alice's exact history is not recognised as alice's conversation
     history = [{"role": "user", "content": "Read the document."}, r.json()["choices"][0]["message"],
-               {"role": "tool", "tool_call_id": "x", "content": PAGE}]
+               {"role": "tool", "tool_call_id": call_id(r), "content": PAGE}]
     as_bob = post(url, ask(history, tools=TOOLS), key="key-bob")
     assert as_bob.json()["session"]["status"] == "new" and as_bob.headers["x-session-id"] != sid
     as_alice = post(url, ask(history, tools=TOOLS))
@@ -116,7 +121,7 @@ def test_idle_sessions_are_released_to_the_store_and_resumed(tmp_path):
         first = post(url, ask([{"role": "user", "content": "Read the document."}], tools=TOOLS), key=None)
         sid = first.headers["x-session-id"]
         history = [{"role": "user", "content": "Read the document."}, first.json()["choices"][0]["message"],
-                   {"role": "tool", "tool_call_id": "c", "content": PAGE}]
+                   {"role": "tool", "tool_call_id": call_id(first), "content": PAGE}]
         deadline = time.monotonic() + 20
         while metric(httpx.get(f"{url.removesuffix('/v1')}/metrics").text, "sleepagent_sessions_released_total") < 1:
             assert time.monotonic() < deadline
@@ -162,7 +167,7 @@ async def test_fifty_conversations_eight_at_a_time_lose_nothing_and_stay_in_thei
                 msgs = [{"role": "user", "content": "Read the document."}]
                 r1 = await client.post(f"{url}/chat/completions", json=ask(msgs, tools=TOOLS), headers=h)
                 page = PAGE.replace("K", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i % 26])
-                msgs += [r1.json()["choices"][0]["message"], {"role": "tool", "tool_call_id": "c", "content": page}]
+                msgs += [r1.json()["choices"][0]["message"], {"role": "tool", "tool_call_id": call_id(r1), "content": page}]
                 r2 = await client.post(f"{url}/chat/completions", json=ask(msgs, tools=TOOLS), headers=h)
                 results.append((key, r1.status_code, r2.status_code, r1.headers["x-session-id"],
                                 r2.headers.get("x-session-id"), r2.json()["choices"][0]["message"]["content"]))
@@ -197,12 +202,13 @@ def test_beyond_max_sessions_the_least_recently_used_is_released_and_resumed(tmp
     cfg = ServeConfig(no_auth=True, store=f"sqlite:///{tmp_path / 's.db'}", max_sessions=2)
     with serve_in_background(cfg) as url:
         ids, histories = [], []
-        for letter in "ABC":  # three conversations, room for two
-            msgs = [{"role": "user", "content": f"Read the document {letter}."}]
+        # three conversations (each calls the tool: a tool message answers a call), room for two
+        for opening in ("Read the document.", "Please read the document.", "Read the whole document."):
+            msgs = [{"role": "user", "content": opening}]
             r = post(url, ask(msgs, tools=TOOLS), key=None)
             ids.append(r.headers["x-session-id"])
             histories.append(msgs + [r.json()["choices"][0]["message"],
-                                     {"role": "tool", "tool_call_id": "c", "content": PAGE}])
+                                     {"role": "tool", "tool_call_id": call_id(r), "content": PAGE}])
         metrics = httpx.get(f"{url.removesuffix('/v1')}/metrics").text
         assert metric(metrics, "sleepagent_sessions") == 2 and metric(metrics, "sleepagent_sessions_released_total") == 1
         first = post(url, ask(histories[0], tools=TOOLS), key=None)  # A was the least recently used
