@@ -282,4 +282,5 @@ def test_study_capacity_runs_the_capacity_study(tmp_path, monkeypatch):
     r = runner.invoke(app, ["study", "capacity", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
                             "--jobs", "2"])
     assert r.exit_code == 0, r.output
-    assert calls == [(tmp_path / "runs" / "capacity", str(tmp_path / "docs"), {"jobs": 2, "threads": 1})]
+    assert calls == [(tmp_path / "runs" / "capacity", str(tmp_path / "docs"),
+                      {"jobs": 2, "threads": 1, "budget_min": 30.0, "sessions": 100})]

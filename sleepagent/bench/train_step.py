@@ -23,7 +23,7 @@ from ..train.run import build_optimizers
 from ..train.tasks import make_task
 from ..train.trainer import TrainConfig, build_model, loss_of_batch, sample_batch
 
-__all__ = ["bench_train_step", "matmul_peak"]
+__all__ = ["CONFIGS", "bench_train", "bench_train_step", "matmul_peak"]
 
 DOCQA = dict(task="docqa", task_kwargs=dict(n_places=[2, 16], hops=[1, 2], questions=8, window=256, name_len=1,
                                              page_chars=112, documents=[1, 2], varied=True),
@@ -77,3 +77,25 @@ def bench_train_step(*, steps: int = 4, threads: int = 1, autocast: bool = False
     return {"threads": threads, "autocast": autocast, "steps": steps, "s_per_step": seconds / steps,
             "tokens_per_s": tokens / seconds, "flops_per_token": flops_per_token, "achieved_flops": achieved,
             "peak_flops": peak, "fraction_of_peak": achieved / peak, "loops": cfg.loops}
+
+
+# (label, threads, bfloat16 autocast): the recipe as it trains (one thread a run, two runs side by
+# side on two cores) first, the baseline every ratio is against
+CONFIGS: tuple[tuple[str, int, bool], ...] = (
+    ("float32, 1 thread (the recipe)", 1, False),
+    ("float32, 2 threads", 2, False),
+    ("bfloat16 autocast, 1 thread", 1, True),
+)
+
+
+def bench_train(*, steps: int = 3) -> dict[str, Any]:
+    """Every configuration of :data:`CONFIGS` in this process, each as a ratio of tokens/s to the
+    first; the machine's float32 matmul peak per thread count beside it."""
+    rows = []
+    for label, threads, autocast in CONFIGS:
+        r = bench_train_step(steps=steps, threads=threads, autocast=autocast)
+        rows.append({"config": label, **r})
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["speedup"] = r["tokens_per_s"] / base
+    return {"steps": steps, "rows": rows}

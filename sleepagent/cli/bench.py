@@ -338,3 +338,27 @@ def bench_soak_cmd(
         write_section(out, report(r))
     if not r["bounded"]:
         raise typer.Exit(1)
+
+
+@app.command("train")
+def bench_train_cmd(
+    steps: Annotated[int, typer.Option(min=1, help="timed steps per configuration (after one warm-up)")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """A docqa training step (Algorithm 1, N = 4, batch 8, Muon) against the machine's own float32
+    matmul peak: tokens/s, FLOPs/token, achieved/peak, per thread count and precision."""
+    from ..bench import bench_train
+
+    r = bench_train(steps=steps)
+    if as_json:
+        print(json.dumps(r))
+        return
+    table = Table(title=f"training step, docqa recipe ({r['steps']} steps each; ratios against the first row)")
+    for col in ("configuration", "s/step", "tokens/s", "MFLOP/token", "achieved GFLOP/s", "matmul peak GFLOP/s",
+                "of peak", "speed-up"):
+        table.add_column(col, justify="right")
+    for row in r["rows"]:
+        table.add_row(row["config"], f"{row['s_per_step']:.2f}", f"{row['tokens_per_s']:.0f}",
+                      f"{row['flops_per_token'] / 1e6:.1f}", f"{row['achieved_flops'] / 1e9:.1f}",
+                      f"{row['peak_flops'] / 1e9:.1f}", f"{row['fraction_of_peak']:.0%}", f"{row['speedup']:.2f}x")
+    console.print(table)

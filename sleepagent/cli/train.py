@@ -87,6 +87,8 @@ def study(
         float | None, typer.Option(help="seconds each run may train per invocation (then it saves; rerun resumes)")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    budget_min: Annotated[float, typer.Option(min=0.1, help="capacity: CPU-minutes each arm trains")] = 30.0,
+    sessions: Annotated[int, typer.Option(min=1, help="capacity: held-out sessions each arm is scored on")] = 100,
 ) -> None:
     """Train one task with each N of the preset (N = 1 and 4; sweeps: 1 to 4), two seeds each, score
     all runs, write DOCS/NAME.{md,json} and its plots (docs/studies/ by default)."""
@@ -104,7 +106,8 @@ def study(
     if name == "capacity":  # its own runner: arms of one model on equal CPU budgets, scored as an agent
         from ..train.capacity import run_capacity
 
-        run_capacity(Path(out) / name, docs, jobs=jobs, threads=threads or 1)
+        run_capacity(Path(out) / name, docs, jobs=jobs, threads=threads or 1, budget_min=budget_min,
+                     sessions=sessions)
         console.print(f"wrote {docs}/capacity.json")
         return
     command = "sleepagent " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None

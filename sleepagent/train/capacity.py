@@ -181,7 +181,7 @@ def render(json_path: str | Path) -> Path:
         "4 1-hop and 4 2-hop questions each, at N = 4 and with the same weights at N = 1.",
         "",
         f"Machine: {report['machine']}. Command: `sleepagent study capacity` (resumable; "
-        f"`--budget-min {minutes:.0f}`). Wall time {report['wall_s'] / 3600:.1f} h on a machine shared with other work "
+        f"`--budget-min {minutes:.0f} --sessions {report['sessions']}`). Wall time {report['wall_s'] / 3600:.1f} h on a machine shared with other work "
         "(the budget is CPU time, which other load does not skew).",
         "",
         "| arm | change | fast-weight floats | parameters | steps in the budget | 2-hop, N = 4 | 2-hop, same weights N = 1 "

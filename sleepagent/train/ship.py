@@ -28,7 +28,7 @@ import torch
 from .capacity import ARMS, BASE, SHIPPED
 from .trainer import TrainConfig, load_checkpoint, train
 
-__all__ = ["PRESETS", "ship_configs", "run_ship", "ARM"]
+__all__ = ["PRESETS", "ship_configs", "run_ship", "ARM", "score_ship", "scores_markdown", "write_scores", "TARGETS"]
 
 ARM = "kv64"  # the capacity study's choice (docs/studies/capacity.md)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -104,23 +104,28 @@ SETTINGS = {  # name: (places per document, documents per session)
 }
 
 
-def score_ship(main: str | Path, twin: str | Path, *, sessions: int = 200, style_sessions: int = 100,
+def score_ship(main: str | Path, twin: str | Path | None, *, sessions: int = 200, style_sessions: int = 100,
                concurrency: int = 64, seed: int = 0) -> dict[str, Any]:
     """The models through the Agent API on held-out sessions (:mod:`sleepagent.train.docqa_eval`):
     every setting of :data:`SETTINGS` for the model at N = 4, the same weights at N = 1 and the
     twin, and the 16-place setting through every paging style of
     :data:`~sleepagent.train.docqa_eval.STYLES` at N = 4. Free-running; counts, not rates, are
-    stored (a page computes rates and Wilson intervals from them)."""
+    stored (a page computes rates and Wilson intervals from them). ``twin=None``: no twin rows (a
+    model scored before its twin exists)."""
     from ..model import SleepModel
     from .docqa_eval import STYLES, held_out_sessions, run_agent_eval, summarize
 
-    models = {"main": SleepModel.from_pretrained(str(main)), "twin": SleepModel.from_pretrained(str(twin))}
+    models = {"main": SleepModel.from_pretrained(str(main))}
+    if twin is not None:
+        models["twin"] = SleepModel.from_pretrained(str(twin))
     page_chars = int(models["main"].train_config.get("task_kwargs", {}).get("page_chars", 112))
     out: dict[str, Any] = {"sessions": sessions, "style_sessions": style_sessions, "settings": {}, "styles": {}}
     for name, (places, docs) in SETTINGS.items():
         held = held_out_sessions(sessions, places, docs, seed=seed)
         runs = {}
         for label, model, n in (("main N=4", "main", 4), ("main N=1", "main", 1), ("twin N=1", "twin", 1)):
+            if model not in models:
+                continue
             t0 = time.perf_counter()
             results = run_agent_eval(models[model], held, n, page_chars=page_chars, concurrency=concurrency)
             runs[label] = {**summarize(results), "wall_s": round(time.perf_counter() - t0, 1)}
@@ -160,3 +165,63 @@ def publish_checkpoints(main_dir: Path, twin_dir: Path, into: Path = CHECKPOINTS
         tmp.rename(dest)
         shipped[name] = str(dest)
     return shipped
+
+
+# issue 28's acceptance, per (setting, document, documents read, hops): the row's target at N = 4
+TARGETS: dict[tuple[str, int, int, int], float] = {
+    ("16 places", 1, 1, 1): 0.97, ("16 places", 1, 1, 2): 0.85,
+    ("two 13-place documents", 1, 1, 1): 0.90, ("two 13-place documents", 1, 2, 1): 0.90,
+    ("two 13-place documents", 2, 2, 1): 0.90, ("two 13-place documents", 1, 1, 2): 0.70,
+    ("6 places", 1, 1, 2): 0.90,
+}
+
+
+def _rate(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "–"
+    lo, hi = row["ci95"]
+    return f"{row['right'] / row['n']:.2f} [{lo:.2f}, {hi:.2f}] ({row['n']})"
+
+
+def scores_markdown(scores: dict[str, Any]) -> str:
+    """The shipped model's score tables (markdown) from :func:`score_ship`'s JSON: every setting
+    per document, documents read and hop count, at N = 4, the same weights at N = 1 and the twin
+    when there is one, beside the target; then the paging styles."""
+    labels = [k for k in ("main N=4", "main N=1", "twin N=1")
+              if any(k in runs for runs in scores["settings"].values())]
+    heads = {"main N=4": "N = 4", "main N=1": "same weights, N = 1", "twin N=1": "twin trained at N = 1"}
+    lines = ["| setting | document (read) | hops | " + " | ".join(heads[k] for k in labels) + " | target, N = 4 |",
+             "|---|---|---|" + "---|" * len(labels) + "---|"]
+    for name, runs in scores["settings"].items():
+        keys = sorted({(r["doc"], r["read"], r["hops"]) for r in runs[labels[0]]["rows"]})
+        for doc, read, hops in keys:
+            cells = [_rate(next((r for r in runs[k]["rows"] if (r["doc"], r["read"], r["hops"]) == (doc, read, hops)),
+                                None)) for k in labels]
+            target = TARGETS.get((name, doc, read, hops))
+            lines.append(f"| {name} | {doc} ({read}) | {hops} | " + " | ".join(cells)
+                         + f" | {'≥ %.2f' % target if target else ''} |")
+    lines += ["", "Accuracy [95% Wilson interval] (questions), free-running through the Agent API.", "",
+              "| paging tool (16 places, N = 4) | 1-hop | 2-hop | documents read to the end |", "|---|---|---|---|"]
+    for name, s in scores["styles"].items():
+        st = s["style"]
+        sig = f"`{st['name']}({st['page_arg'] + ': int' if st['page_arg'] else ''})`"
+        header = f"header `{st['header']}`" if st["header"] else "no header"
+        row = {r["hops"]: r for r in s["rows"]}
+        lines.append(f"| {name}: {sig}, {header}, end `{st['end_marker']}` | {_rate(row.get(1))} | {_rate(row.get(2))} "
+                     f"| {s['documents_finished']}/{s['documents']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_scores(scores: dict[str, Any], guide: str | Path = "docs/guides/docqa.md") -> Path:
+    """Write ``scores`` beside the guide (``docqa_scores.json``) and its tables into the guide's
+    generated section (between ``<!-- scores:start -->`` and ``<!-- scores:end -->``)."""
+    guide = Path(guide)
+    path = guide.with_name("docqa_scores.json")
+    path.write_text(json.dumps(scores, indent=1) + "\n")
+    text = guide.read_text()
+    start, end = "<!-- scores:start -->\n", "<!-- scores:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{guide} has no generated scores section ({start.strip()} ... {end})")
+    head, rest = text.split(start, 1)
+    guide.write_text(head + start + scores_markdown(scores) + end + rest.split(end, 1)[1])
+    return path
