@@ -93,6 +93,7 @@ def test_bench_memory_json():
     assert rows[0]["full"]["ran"] and not rows[1]["full"]["ran"]
 
 
+@pytest.mark.slow
 def test_bench_with_no_subcommand_writes_the_markdown_report(tmp_path):
     out = tmp_path / "docs" / "benchmarks.md"
     result = runner.invoke(app, ["bench", "--quick", "--out", str(out)])
@@ -103,6 +104,7 @@ def test_bench_with_no_subcommand_writes_the_markdown_report(tmp_path):
     assert "cores" in text and (tmp_path / "docs" / "memory.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_eval_first_scores_first_questions_alone(tmp_path):
     from sleepagent.train import evaluate, load_checkpoint, make_task
 

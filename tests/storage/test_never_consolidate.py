@@ -88,6 +88,7 @@ async def converse(store_url: str, position: str, text: str, *, persist_window: 
 LENGTHS = [(1, 0), (37, 1), (37, 2), (500, 3)]  # tokens (the window is 128), seed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("persist_window", [False, True], ids=["ids-dropped", "persist_window"])
 @pytest.mark.parametrize("position", ["user", "tool", "system", "assistant"])
 async def test_nothing_stored_depends_on_an_excluded_turn(store_url, position, persist_window, request):
