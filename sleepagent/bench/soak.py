@@ -74,7 +74,7 @@ def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: floa
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_up(url, proc)
-            state = {"done": 0, "lost": 0, "requests": 0, "latencies": [], "records": [], "all_latencies": []}
+            state = {"done": 0, "lost": 0, "requests": 0, "latencies": [], "records": [], "all_latencies": [], "errors": {}}
             state["records"].append(_record(url, proc.pid, state))
             t0 = time.perf_counter()
 
@@ -102,7 +102,7 @@ def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: floa
             "max_sessions": max_sessions, "idle_release_s": idle_release_s, "store": store, "model": model,
             "requests": state["requests"], "lost": state["lost"], "seconds": elapsed,
             "requests_per_s": state["requests"] / elapsed, "p99_ms": percentile_ms(state["all_latencies"], 0.99),
-            "records": records, "rss_growth_second_half": growth,
+            "records": records, "rss_growth_second_half": growth, "errors": state["errors"],
             "bounded": abs(growth) <= 0.10 and state["lost"] == 0}
 
 
@@ -140,14 +140,17 @@ async def _ask(client, url: str, model: str, messages: list, state: dict) -> dic
     try:
         r = await client.post(f"{url}/v1/chat/completions", json={"model": model, "messages": messages,
                                                                   "tools": _TOOLS, "max_tokens": 32})
-    except Exception:
+    except Exception as e:
         state["lost"] += 1
+        state["errors"][type(e).__name__] = state["errors"].get(type(e).__name__, 0) + 1
         return None
     dt = time.perf_counter() - t0
     state["latencies"].append(dt)
     state["all_latencies"].append(dt)
     if r.status_code != 200:
         state["lost"] += 1
+        key = f"{r.status_code} {r.json().get('error', {}).get('message', '')[:80]}"
+        state["errors"][key] = state["errors"].get(key, 0) + 1
         return None
     return r.json()["choices"][0]["message"]
 

@@ -181,7 +181,7 @@ class ChatRuntime:
         async with s.gate:
             s.busy = True
             try:
-                if s.messages_read != job.read_before or s.dirty:
+                if s.messages_read != job.read_before or s.dirty or s.leaving:
                     raise SessionConflict(f"session {s.id!r} changed while this request waited; resend it")
                 return await self._reply(job, on_text, on_token)
             finally:

@@ -145,6 +145,7 @@ class ChatSession:
     epoch: int = 0  # this process's claim on the session in the store (several engines)
     resume: ResumeInfo | None = None  # its last resume from the store (what came back, what was lost)
     dirty: bool = False  # a request was cancelled mid-read: the next one starts the session over
+    leaving: bool = False  # being released: no request may take it (it is closed when the release ends)
     since: float = 0.0  # store clock when its current state began (snapshots older than this are another's)
 
     @property
@@ -152,7 +153,7 @@ class ChatSession:
         return len(self.digests)
 
     def available(self, now: float) -> bool:
-        return not self.busy and not self.dirty and self.reserved_until <= now
+        return not self.busy and not self.dirty and not self.leaving and self.reserved_until <= now
 
 
 class SessionTable:
@@ -347,6 +348,10 @@ class SessionTable:
                           create: bool) -> tuple[ChatSession, list[ChatTurn], str]:
         s = self.live.get((tenant, session_id))
         status = "reused"
+        if s is not None and s.leaving:  # its release is under way: wait it out, then resume it
+            async with s.gate:
+                pass
+            s = self.live.get((tenant, session_id))
         if s is not None and not self._still_ours(s):  # another engine took it over
             self._drop(s)
             s = None
@@ -382,6 +387,11 @@ class SessionTable:
         while self.max_sessions is not None and len(self.live) >= self.max_sessions:
             now = time.monotonic()
             idle = [s for s in self.live.values() if s.available(now)]
+            leaving = [s for s in self.live.values() if s.leaving]
+            if not idle and leaving:  # a release under way makes the room: wait for it
+                async with leaving[0].gate:
+                    pass
+                continue
             if not idle:
                 raise SessionsFull(f"{self.max_sessions} live sessions, all in use; retry later")
             await self.release(min(idle, key=lambda s: s.last_used))
@@ -413,14 +423,20 @@ class SessionTable:
         """Snapshot and release every session idle for ``idle_release_s`` (none in use)."""
         now = time.monotonic() if now is None else now
         idle = [s for s in self.live.values() if s.available(now) and now - s.last_used >= self.idle_release_s]
+        released = 0
         for s in idle:
-            await self.release(s)
-        return len(idle)
+            if s.available(time.monotonic()):  # a request may have taken it while an earlier one was released
+                await self.release(s)
+                released += 1
+        return released
 
     async def release(self, s: ChatSession) -> None:
         """Write the session's state to the store (consolidating its window first, unless the
         policy keeps the window) and drop it from memory; its digests stay (in memory) so this
-        process can still recognise the conversation."""
+        process can still recognise the conversation. Only an available session may be released:
+        from here on no request takes it (a continuation arriving meanwhile reads its history anew,
+        or, naming it, waits for the release and resumes it)."""
+        s.leaving = True
         async with s.gate:
             await self.persistence.settle(s.engine_session, s.tenant, s.meta, end=False)
             keep = self.persistence.active and bool(s.digests)  # recognisable again: resumed from the store
