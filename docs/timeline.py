@@ -14,9 +14,9 @@ import random
 import time
 
 import anyio
+from sleepagent.tools import DocumentReader
 
 from sleepagent import Agent, SleepModel, SleepPolicy
-from sleepagent.tools import DocumentReader
 from sleepagent.demo import docqa_task
 from sleepagent.train.docqa import DOCQA_SYSTEM, READ_REQUEST, reader_tools
 
@@ -31,21 +31,20 @@ async def record(latency: float = 0.3) -> dict[str, list]:
     marks: dict[str, list] = {"token": [], "sleep": [], "tool": []}
     t0 = time.perf_counter()
     open_sleep = open_tool = None
-    async with agent.session() as s:
-        async with s.run_stream(READ_REQUEST) as run:
-            async for ev in run:
-                t = time.perf_counter() - t0
-                if ev.kind == "token":
-                    marks["token"].append(t)
-                elif ev.kind == "sleep_started":
-                    open_sleep = t
-                elif ev.kind == "sleep_finished" and open_sleep is not None:
-                    marks["sleep"].append((open_sleep, t, ev.data.get("reason")))
-                    open_sleep = None
-                elif ev.kind == "tool_call":
-                    open_tool = t
-                elif ev.kind == "tool_result" and open_tool is not None:
-                    marks["tool"].append((open_tool, t))
+    async with agent.session() as s, s.run_stream(READ_REQUEST) as run:
+        async for ev in run:
+            t = time.perf_counter() - t0
+            if ev.kind == "token":
+                marks["token"].append(t)
+            elif ev.kind == "sleep_started":
+                open_sleep = t
+            elif ev.kind == "sleep_finished" and open_sleep is not None:
+                marks["sleep"].append((open_sleep, t, ev.data.get("reason")))
+                open_sleep = None
+            elif ev.kind == "tool_call":
+                open_tool = t
+            elif ev.kind == "tool_result" and open_tool is not None:
+                marks["tool"].append((open_tool, t))
     agent.close()
     return marks
 

@@ -21,10 +21,10 @@ import time
 
 import anyio
 import torch
+from sleepagent.tools import tool
 
 from sleepagent import Agent, SleepModel, SleepPolicy
 from sleepagent.testing import FunctionModel, tool_call
-from sleepagent.tools import tool
 
 
 @tool

@@ -25,11 +25,11 @@ import time
 import anyio
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from sleepagent.tools import DocumentReader
 
 from sleepagent import SleepModel
 from sleepagent.demo import docqa_task
 from sleepagent.langchain import ChatSleepModel
-from sleepagent.tools import DocumentReader
 from sleepagent.train.docqa import READ_REQUEST
 from sleepagent.train.docqa_eval import held_out_sessions
 

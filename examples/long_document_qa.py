@@ -20,10 +20,10 @@ import argparse
 from pathlib import Path
 
 import anyio
+from sleepagent.tools import DocumentReader
 
 from sleepagent import Agent, SleepModel, SleepPolicy
 from sleepagent.demo import docqa_task, task_min_fill
-from sleepagent.tools import DocumentReader
 from sleepagent.train.docqa import DOCQA_SYSTEM, READ_REQUEST, reader_tools
 
 

@@ -22,10 +22,10 @@ import tempfile
 from pathlib import Path
 
 import anyio
+from sleepagent.tools.mcp import MCPServerHTTP, MCPServerStdio
 
 from sleepagent import Agent, SleepModel, SleepPolicy
 from sleepagent.demo import docqa_task, task_min_fill
-from sleepagent.tools.mcp import MCPServerHTTP, MCPServerStdio
 from sleepagent.train.docqa import DOCQA_SYSTEM, READ_REQUEST
 from sleepagent.train.docqa_eval import held_out_sessions
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 
 import anyio
+from sleepagent.storage import SnapshotStore
+from sleepagent.tools import DocumentReader
 
 from sleepagent import Agent, MemoryPolicy, SleepModel, SleepPolicy
 from sleepagent.demo import docqa_task, task_min_fill
-from sleepagent.storage import SnapshotStore
-from sleepagent.tools import DocumentReader
 from sleepagent.train.docqa import READ_REQUEST
 from sleepagent.train.docqa_eval import held_out_sessions
 

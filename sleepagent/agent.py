@@ -65,12 +65,12 @@ from .runtime import (
     ChatRuntime,
     ChatSession,
     ResumeInfo,
-    open_store,
     SampledModel,
     TurnInfo,
     TurnModel,
     TurnText,
     generate_turn,
+    open_store,
     render_system_turn,
     render_tool_prompt,
     turn_constraint,
@@ -85,7 +85,7 @@ from .tools import (
 )
 from .tracing import agent_span, bind_sleeps, chat_span, mark_failed, set_usage, tool_span
 
-__all__ = ["Agent", "AgentSession", "AgentRun", "TurnInfo", "ResumeInfo"]
+__all__ = ["Agent", "AgentRun", "AgentSession", "ResumeInfo", "TurnInfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class Agent:
         for source in started:
             try:
                 source.stop_sync()
-            except Exception:  # noqa: BLE001 - closing goes on: the other sources, the engine
+            except Exception:  # closing goes on: the other sources, the engine
                 logger.exception("stopping tool source %r failed", source)
 
     async def __aenter__(self) -> Agent:

@@ -39,8 +39,16 @@ from .tools import DocumentReader, tool
 from .train.docqa import NEXT_REQUEST, READ_REQUEST, DocQA
 from .train.docqa_eval import EvalSession, facts_needed, held_out_sessions, run_agent_eval, wilson
 
-__all__ = ["DemoRun", "DemoBatch", "run_demo", "run_batch", "demo_session", "docqa_task", "task_min_fill",
-           "DEMO_MODEL"]
+__all__ = [
+    "DEMO_MODEL",
+    "DemoBatch",
+    "DemoRun",
+    "demo_session",
+    "docqa_task",
+    "run_batch",
+    "run_demo",
+    "task_min_fill",
+]
 
 DEMO_MODEL = "docqa-small"
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import weakref
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -43,7 +43,7 @@ from .model import HybridState, SleepJob, SleepModel
 from .policy import SleepPolicy
 from .tracing import engine_event as trace_engine_event
 
-__all__ = ["Engine", "EngineSession", "SleepStats", "EngineClosed", "kept_tokens"]
+__all__ = ["Engine", "EngineClosed", "EngineSession", "SleepStats", "kept_tokens"]
 
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()

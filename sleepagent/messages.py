@@ -14,16 +14,16 @@ if TYPE_CHECKING:
     from .engine import SleepStats
 
 __all__ = [
-    "Message",
-    "Usage",
-    "UsageLimits",
-    "RunResult",
     "Event",
+    "FinalEvent",
+    "Message",
+    "RunResult",
+    "SleepEvent",
     "TokenEvent",
     "ToolCallEvent",
     "ToolResultEvent",
-    "SleepEvent",
-    "FinalEvent",
+    "Usage",
+    "UsageLimits",
 ]
 
 

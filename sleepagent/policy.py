@@ -16,7 +16,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from .errors import ConfigError
 
-__all__ = ["SleepPolicy", "MemoryPolicy", "MAX_LOOPS"]
+__all__ = ["MAX_LOOPS", "MemoryPolicy", "SleepPolicy"]
 
 # Sleep passes per consolidation. The paper goes to N = 6; each pass costs a forward over the
 # window, so a runaway value would keep a session asleep (and its engine busy) for hours.
@@ -158,7 +158,7 @@ class MemoryPolicy(_Policy):
             return True
         try:
             return not bool(self.classify(text))
-        except Exception as e:  # noqa: BLE001 - a failing classifier must not let a turn through
+        except Exception as e:  # a failing classifier must not let a turn through
             # the type only: the message of an exception raised on the text may quote the text
             logger.warning("MemoryPolicy.classify raised %s on a turn of %d characters; the turn is kept out "
                            "of memory", type(e).__name__, len(text))

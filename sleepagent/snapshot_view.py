@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 
 from .errors import SnapshotCorrupted
 
-__all__ = ["fast_weights", "layer_stats", "diff_stats", "effective_rank", "plot_snapshot"]
+__all__ = ["diff_stats", "effective_rank", "fast_weights", "layer_stats", "plot_snapshot"]
 
 
 def fast_weights(payload: bytes) -> list[torch.Tensor]:

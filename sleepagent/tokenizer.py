@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ByteTokenizer", "PromptConventions", "Role", "SPECIAL_TOKENS"]
+__all__ = ["SPECIAL_TOKENS", "ByteTokenizer", "PromptConventions", "Role"]
 
 Role = Literal["system", "user", "assistant", "tool"]
 

@@ -232,5 +232,5 @@ def engine_event(session: Any, kind: str, data: Mapping[str, Any]) -> None:
                 "sleepagent.sleep.exposed_s": data.get("exposed_s"), "sleepagent.sleep.seconds": data.get("sleep_s"),
             }))
         span.end()
-    except Exception:  # noqa: BLE001 - tracing must never take the engine's worker down
+    except Exception:  # tracing must never take the engine's worker down
         pass

@@ -2,4 +2,4 @@
 
 from .store import EraseReceipt, EventRecord, SessionInfo, SnapshotInfo, SnapshotStore
 
-__all__ = ["SnapshotStore", "SessionInfo", "SnapshotInfo", "EventRecord", "EraseReceipt"]
+__all__ = ["EraseReceipt", "EventRecord", "SessionInfo", "SnapshotInfo", "SnapshotStore"]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["postgres_bindir", "temporary_postgres", "create_database"]
+__all__ = ["create_database", "postgres_bindir", "temporary_postgres"]
 
 
 def postgres_bindir() -> Path | None:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "SchemaRow", "SessionRow", "SnapshotRow", "EventRow", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "Base", "EventRow", "SchemaRow", "SessionRow", "SnapshotRow"]
 
 SCHEMA_VERSION = 2
 

@@ -79,7 +79,6 @@ from sqlalchemy.exc import (
     DatabaseError,
     IntegrityError,
     NoSuchModuleError,
-    OperationalError,
     SQLAlchemyError,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -98,8 +97,16 @@ from sleepagent.policy import MemoryPolicy
 
 from .schema import SCHEMA_VERSION, Base, EventRow, SchemaRow, SessionRow, SnapshotRow
 
-__all__ = ["SnapshotStore", "SessionInfo", "SnapshotInfo", "EventRecord", "EraseReceipt", "Restored",
-           "check_name", "STORE_TRAIL"]
+__all__ = [
+    "STORE_TRAIL",
+    "EraseReceipt",
+    "EventRecord",
+    "Restored",
+    "SessionInfo",
+    "SnapshotInfo",
+    "SnapshotStore",
+    "check_name",
+]
 
 logger = logging.getLogger(__name__)
 

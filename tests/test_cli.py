@@ -125,10 +125,9 @@ def test_eval_first_scores_first_questions_alone(tmp_path):
 
 
 def test_eval_scores_sequences_in_the_original_depo_layout(tmp_path):
-    from tests.train.test_tasks import _original_layout
-
     from sleepagent.train import evaluate, load_checkpoint, make_task
     from sleepagent.train.trainer import test_set
+    from tests.train.test_tasks import _original_layout
 
     out = tmp_path / "depo"
     task_args = '{"n_max": 6, "k_max": 4, "m": 8, "max_len": 1, "window": 16, "edge_windows": 1, "queries": 3}'

@@ -6,11 +6,11 @@ sessions); the bounds here are set well inside the intervals those figures give.
 from __future__ import annotations
 
 import anyio
+from sleepagent.tools import DocumentReader
 
 from sleepagent import Agent, SleepPolicy, tool
 from sleepagent.demo import DEMO_MODEL
 from sleepagent.model import SleepModel
-from sleepagent.tools import DocumentReader
 from sleepagent.train.docqa_eval import held_out_sessions, run_agent_eval, summarize
 
 SM = SleepModel.from_pretrained(DEMO_MODEL)

@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 
 from sleepagent.errors import ConfigError
 
-__all__ = ["build_args_model", "docstring_summary", "docstring_params"]
+__all__ = ["build_args_model", "docstring_params", "docstring_summary"]
 
 # Google/NumPy-ish section headers after which "name: text" lines describe parameters.
 _PARAM_SECTIONS = {"args", "arguments", "parameters", "params"}

@@ -31,7 +31,7 @@ from sleepagent.errors import ConfigError, ToolError
 from ._signature import build_args_model, docstring_summary
 from .calls import CALL_CLOSE, CALL_OPEN, ErrorKind, MalformedToolCall, ToolCall, ToolResult
 
-__all__ = ["Tool", "tool", "ToolRegistry", "to_text"]
+__all__ = ["Tool", "ToolRegistry", "to_text", "tool"]
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class ToolRegistry(Mapping[str, Tool]):
         except ToolError as exc:
             logger.debug("tool %r failed: %s", entry.name, _describe_exception(exc))
             return fail("tool_exception", f"tool {entry.name!r} failed: {exc}", entry.name)
-        except Exception as exc:  # noqa: BLE001 - a tool bug must reach the model, not end the run
+        except Exception as exc:  # a tool bug must reach the model, not end the run
             # never exc_info: a traceback prints the exception's message, which may quote the
             # tool's input or output (a secret); the model still gets the message as a tool error
             logger.warning("tool %r raised %s", entry.name, _describe_exception(exc))
@@ -351,7 +351,7 @@ def _describe_exception(exc: BaseException) -> str:
     caused = f", from {' <- '.join(chain)}" if chain else ""
     try:
         size = f"message of {len(str(exc))} characters"
-    except Exception:  # noqa: BLE001 - a broken __str__ must not break the error path
+    except Exception:  # a broken __str__ must not break the error path
         size = "message unreadable"
     return f"{type(exc).__name__} ({size}){where}{caused}"
 

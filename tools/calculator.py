@@ -21,7 +21,7 @@ from sleepagent.errors import ToolError
 
 from .base import tool
 
-__all__ = ["calculator", "evaluate", "MAX_EXPRESSION_CHARS", "MAX_EXPONENT", "MAX_INT_BITS"]
+__all__ = ["MAX_EXPONENT", "MAX_EXPRESSION_CHARS", "MAX_INT_BITS", "calculator", "evaluate"]
 
 MAX_EXPRESSION_CHARS = 500
 """Longer expressions are rejected (also bounds the nesting depth the evaluator recurses into)."""
@@ -198,7 +198,7 @@ def _source(node: ast.AST) -> str:
         return _OPERATOR_SYMBOLS.get(type(node), type(node).__name__)
     try:
         text = ast.unparse(node)
-    except Exception:  # noqa: BLE001 - only used for a message
+    except Exception:  # only used for a message
         text = type(node).__name__
     return text if len(text) <= 40 else text[:37] + "..."
 

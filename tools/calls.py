@@ -31,19 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
-    "CALL_OPEN",
     "CALL_CLOSE",
-    "RESPONSE_OPEN",
+    "CALL_OPEN",
     "RESPONSE_CLOSE",
+    "RESPONSE_OPEN",
     "ErrorKind",
-    "ToolCall",
     "MalformedToolCall",
+    "ToolCall",
     "ToolResult",
     "new_call_id",
     "parse_tool_calls",
-    "split_text_and_calls",
     "render_tool_call",
     "render_tool_response",
+    "split_text_and_calls",
 ]
 
 CALL_OPEN = "<tool_call>"

@@ -6,7 +6,7 @@ the agent waiting for a known time without doing any work.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
@@ -14,7 +14,7 @@ from pydantic import Field
 
 from .base import tool
 
-__all__ = ["clock", "wait", "MAX_WAIT_SECONDS"]
+__all__ = ["MAX_WAIT_SECONDS", "clock", "wait"]
 
 MAX_WAIT_SECONDS = 60.0
 """Upper bound for ``wait``: a model asking for an hour is almost certainly confused."""
@@ -23,7 +23,7 @@ MAX_WAIT_SECONDS = 60.0
 @tool
 def clock() -> str:
     """Return the current UTC date and time in ISO-8601 format."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @tool

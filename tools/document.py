@@ -20,7 +20,7 @@ from sleepagent.errors import ConfigError
 
 from .base import Tool, tool
 
-__all__ = ["DocumentReader", "paginate", "END_MARKER"]
+__all__ = ["END_MARKER", "DocumentReader", "paginate"]
 
 END_MARKER = "[end of document]"
 

@@ -271,7 +271,7 @@ class _Connection:
             logger.warning("an MCP connection did not close within %g s; abandoning its thread", _STOP_TIMEOUT)
             self.owner.cancel()
             return  # its daemon thread ends with the process; joining it could hang
-        except BaseException as exc:  # noqa: BLE001 - a connection that failed earlier ends here too
+        except BaseException as exc:  # a connection that failed earlier ends here too
             logger.debug("MCP connection ended with %r", exc)
         self.portal_cm.close()
 

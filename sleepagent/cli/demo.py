@@ -29,7 +29,7 @@ def demo(
     Then many more sessions, batched by the engine, give accuracy per hop count with 95% intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ..demo import run_batch, run_demo
+    from ..demo import run_demo
     from ..errors import SleepAgentError
     from ..model import SleepModel
 

@@ -20,7 +20,7 @@ from ..train import TrainConfig
 from ._common import check_device, console, fail, first_error, new_file, new_or_existing_dir, positive_ints
 from .model_options import ModelOptions
 
-__all__ = ["ship", "eval_cmd", "study", "train"]
+__all__ = ["eval_cmd", "ship", "study", "train"]
 
 # help for the fields TrainConfig leaves undescribed (its own description wins once it has one)
 _HELP = {

@@ -8,13 +8,13 @@ from .pretrained import SleepModel
 from .state import FastState, HybridState
 
 __all__ = [
+    "FastState",
+    "HybridState",
+    "LMOutput",
     "SleepHybridConfig",
     "SleepHybridLM",
     "SleepJob",
-    "LMOutput",
-    "training_forward",
-    "FastState",
-    "HybridState",
-    "gated_delta_rule",
     "SleepModel",
+    "gated_delta_rule",
+    "training_forward",
 ]

@@ -40,11 +40,11 @@ __all__ = [
     "LMOutput",
     "Sleeper",
     "Window",
-    "split_windows",
-    "training_forward",
-    "commit",
     "check_ids",
     "check_loops",
+    "commit",
+    "split_windows",
+    "training_forward",
 ]
 
 _INTEGER_DTYPES = (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8)

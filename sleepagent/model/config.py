@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 
-__all__ = ["SleepHybridConfig", "LayerType", "LEGACY_LOOPS_KEY"]
+__all__ = ["LEGACY_LOOPS_KEY", "LayerType", "SleepHybridConfig"]
 
 LayerType = Literal["gdn", "attn"]
 # the name N had in config JSON before it was ``loops``: read, and kept in the fingerprinted form

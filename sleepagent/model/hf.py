@@ -60,10 +60,10 @@ from .state import FastState, read_header
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
+    "HFChatTokenizer",
+    "HFHybridLM",
     "HFSleepConfig",
     "HFState",
-    "HFHybridLM",
-    "HFChatTokenizer",
     "is_transformers_checkpoint",
     "load_hf_lm",
 ]

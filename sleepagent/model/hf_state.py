@@ -17,7 +17,7 @@ from safetensors.torch import save as st_save
 
 from .state import FastState, canonical_bytes
 
-__all__ = ["HFState", "HF_STATE_FORMAT", "read_fast"]
+__all__ = ["HF_STATE_FORMAT", "HFState", "read_fast"]
 
 HF_STATE_FORMAT = "sleepagent.HFState"
 

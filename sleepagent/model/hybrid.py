@@ -33,7 +33,7 @@ from .config import SleepHybridConfig
 from .layers import MLP, GatedDeltaNet, RMSNorm, WindowAttention
 from .state import FastState, HybridState
 
-__all__ = ["SleepHybridLM", "LMOutput", "SleepJob", "weights_digest"]
+__all__ = ["LMOutput", "SleepHybridLM", "SleepJob", "weights_digest"]
 
 
 def weights_digest(module: nn.Module, *configs: str) -> str:
@@ -579,9 +579,7 @@ class SleepJob:
         out: list[bool | None] = [None] * len(jobs)
         groups: dict[int, list[int]] = {}
         for r, job in enumerate(jobs):
-            if job.done:
-                out[r] = True
-            elif job._reuse():
+            if job.done or job._reuse():
                 out[r] = True
             else:
                 groups.setdefault(job._next_block()[2], []).append(r)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .config import SleepHybridConfig
 from .ops import gated_delta_rule
 
-__all__ = ["RMSNorm", "MLP", "WindowAttention", "GatedDeltaNet", "rope_tables", "apply_rope"]
+__all__ = ["MLP", "GatedDeltaNet", "RMSNorm", "WindowAttention", "apply_rope", "rope_tables"]
 
 
 class RMSNorm(nn.Module):

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from ..errors import ConfigError, ShapeError
 
 __all__ = [
-    "gated_delta_rule",
     "chunk_gated_delta_rule",
-    "naive_recurrent_gated_delta_rule",
-    "l2norm",
     "fla_available",
+    "gated_delta_rule",
+    "l2norm",
+    "naive_recurrent_gated_delta_rule",
 ]
 
 Backend = Literal["auto", "torch_chunk", "torch_recurrent", "fla"]

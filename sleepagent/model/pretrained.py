@@ -23,7 +23,7 @@ from .hf import HFHybridLM, load_hf_lm
 from .hf_tokenizer import HFChatTokenizer
 from .hybrid import SleepHybridLM
 
-__all__ = ["SleepModel", "CHECKPOINTS_DIR", "shipped_checkpoints"]
+__all__ = ["CHECKPOINTS_DIR", "SleepModel", "shipped_checkpoints"]
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 

@@ -23,7 +23,7 @@ from ..errors import FingerprintMismatch, SnapshotCorrupted, StateMismatch
 if TYPE_CHECKING:
     from .config import SleepHybridConfig
 
-__all__ = ["FastState", "HybridState", "STATE_FORMAT_VERSION"]
+__all__ = ["STATE_FORMAT_VERSION", "FastState", "HybridState"]
 
 STATE_FORMAT_VERSION = "1"
 

@@ -27,11 +27,11 @@ from .render import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_system_turn, render_
 from .sessions import ChatSession, SessionTable
 
 __all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
     "ChatRuntime",
     "ChatSession",
     "ChatTurn",
     "Constraint",
-    "DEFAULT_SYSTEM_PROMPT",
     "GenerationParams",
     "Persistence",
     "PreparedTurn",

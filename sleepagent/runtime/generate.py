@@ -23,7 +23,7 @@ import torch
 
 from .constraints import visible_text
 
-__all__ = ["Constraint", "GenerationParams", "TokenPicker", "Sampler", "Script", "TurnText", "generate_turn"]
+__all__ = ["Constraint", "GenerationParams", "Sampler", "Script", "TokenPicker", "TurnText", "generate_turn"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..engine import SleepStats
     from ..messages import Message
 
-__all__ = ["TurnModel", "SampledModel", "TurnInfo"]
+__all__ = ["SampledModel", "TurnInfo", "TurnModel"]
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..errors import ConfigError, FingerprintMismatch, SleepAgentError, Snapshot
 from ..model import SleepModel
 from ..policy import MemoryPolicy
 
-__all__ = ["SessionStore", "SessionMeta", "ResumeInfo", "Persistence", "snapshot", "restore", "open_store"]
+__all__ = ["Persistence", "ResumeInfo", "SessionMeta", "SessionStore", "open_store", "restore", "snapshot"]
 
 
 def open_store(store: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..tools import ToolRegistry, ToolResult, render_tool_call, render_tool_response
 
-__all__ = ["ChatTurn", "DEFAULT_SYSTEM_PROMPT", "render_tool_prompt", "render_system_turn", "render_turns"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "ChatTurn", "render_system_turn", "render_tool_prompt", "render_turns"]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 

@@ -21,7 +21,6 @@ import hmac
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,16 @@ from ..runtime import ChatRuntime, ChatTurn, GenerationParams, PreparedTurn, Rep
 from ..tracing import extract_context
 from .protocol import ApiError, ChatMessage, ChatRequest, chat_response, chunk, new_id, text_of, usage
 
-__all__ = ["ServeConfig", "create_app", "load_api_keys", "api_error", "turn_of", "parse_request", "read_chat",
-           "install_errors"]
+__all__ = [
+    "ServeConfig",
+    "api_error",
+    "create_app",
+    "install_errors",
+    "load_api_keys",
+    "parse_request",
+    "read_chat",
+    "turn_of",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ChatMessage", "ChatRequest", "ApiError", "ResponseFormat", "text_of", "chat_response", "chunk", "usage"]
+__all__ = ["ApiError", "ChatMessage", "ChatRequest", "ResponseFormat", "chat_response", "chunk", "text_of", "usage"]
 
 
 class ApiError(Exception):

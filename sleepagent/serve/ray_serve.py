@@ -46,7 +46,6 @@ returns the application for ``serve run`` or a Ray Serve config file.
 
 # (no `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime)
 
-import json
 import os
 from typing import Any
 
@@ -56,10 +55,20 @@ from ray import serve
 
 from ..errors import ConfigError, SleepAgentError
 from ..runtime.sessions import transcript_digests
-from .app import ServeConfig, _Server, _stream, api_error, authenticate, install_errors, parse_request, read_chat, turn_of
+from .app import (
+    ServeConfig,
+    _Server,
+    _stream,
+    api_error,
+    authenticate,
+    install_errors,
+    parse_request,
+    read_chat,
+    turn_of,
+)
 from .protocol import ApiError, ChatRequest, chat_response, new_id
 
-__all__ = ["build_app", "app_builder", "EngineReplica", "Router", "conversation_route"]
+__all__ = ["EngineReplica", "Router", "app_builder", "build_app", "conversation_route"]
 
 SESSION_HEADER = "x-session-id"
 

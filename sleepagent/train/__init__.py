@@ -4,6 +4,15 @@ from .tasks import TASKS, Depo, Example, GsmInf, Rule110, make_task
 from .trainer import TrainConfig, evaluate, load_checkpoint, plot_accuracy, train
 
 __all__ = [
-    "TASKS", "Depo", "Example", "GsmInf", "Rule110", "make_task",
-    "TrainConfig", "evaluate", "load_checkpoint", "plot_accuracy", "train",
+    "TASKS",
+    "Depo",
+    "Example",
+    "GsmInf",
+    "Rule110",
+    "TrainConfig",
+    "evaluate",
+    "load_checkpoint",
+    "make_task",
+    "plot_accuracy",
+    "train",
 ]

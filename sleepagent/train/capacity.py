@@ -28,7 +28,7 @@ import torch
 
 from .trainer import TrainConfig, train
 
-__all__ = ["Arm", "ARMS", "BASE", "run_capacity", "arm_config"]
+__all__ = ["ARMS", "BASE", "Arm", "arm_config", "run_capacity"]
 
 SHIPPED = str(Path(__file__).resolve().parent.parent / "checkpoints" / "docqa-small")
 

@@ -46,8 +46,20 @@ from ..tools.document import END_MARKER, paginate
 from .example import Example
 
 __all__ = [
-    "DocQA", "DOCQA_SYSTEM", "Transcript", "Turn", "QA", "Conventions", "question", "reader_tools",
-    "pause_windows", "page_text", "page_spec", "READ_REQUEST", "NEXT_REQUEST", "DONE",
+    "DOCQA_SYSTEM",
+    "DONE",
+    "NEXT_REQUEST",
+    "QA",
+    "READ_REQUEST",
+    "Conventions",
+    "DocQA",
+    "Transcript",
+    "Turn",
+    "page_spec",
+    "page_text",
+    "pause_windows",
+    "question",
+    "reader_tools",
 ]
 
 DOCQA_SYSTEM = "You read documents with the tools, then answer questions about them."
@@ -187,7 +199,7 @@ def page_spec(name: str, description: str, page_arg: str | None = None) -> dict[
     return {"type": "function", "function": {"name": name, "description": description, "parameters": params}}
 
 
-def tool_spec(name: str, description: str) -> dict[str, Any]:  # noqa: D401 - kept for callers
+def tool_spec(name: str, description: str) -> dict[str, Any]:  # kept for callers
     """The OpenAI-format spec of a no-argument paging tool (what ``@tool`` gives for ``def
     name() -> str`` with that docstring)."""
     return {"type": "function",

@@ -38,8 +38,17 @@ from ..model import SleepModel
 from ..policy import SleepPolicy
 from ..tools import paginate, tool
 
-__all__ = ["EvalSession", "EvalQuestion", "PagingStyle", "STYLES", "held_out_sessions", "facts_needed",
-           "run_agent_eval", "wilson", "summarize"]
+__all__ = [
+    "STYLES",
+    "EvalQuestion",
+    "EvalSession",
+    "PagingStyle",
+    "facts_needed",
+    "held_out_sessions",
+    "run_agent_eval",
+    "summarize",
+    "wilson",
+]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

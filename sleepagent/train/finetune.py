@@ -44,7 +44,7 @@ from .run import (
 )
 from .tasks import make_task
 
-__all__ = ["prepare_base", "load_base", "load_run"]
+__all__ = ["load_base", "load_run", "prepare_base"]
 
 
 def load_base(cfg: TrainConfig, path: str | Path):

@@ -22,8 +22,14 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError
 
 __all__ = [
-    "TrainConfig", "RESUMABLE", "Run", "lr_factor", "build_optimizers", "save_optimizers", "load_optimizers",
+    "RESUMABLE",
+    "Run",
+    "TrainConfig",
+    "build_optimizers",
+    "load_optimizers",
+    "lr_factor",
     "resume_meta",
+    "save_optimizers",
 ]
 
 

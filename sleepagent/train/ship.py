@@ -28,7 +28,7 @@ import torch
 from .capacity import ARMS, BASE, SHIPPED
 from .trainer import TrainConfig, load_checkpoint, train
 
-__all__ = ["PRESETS", "ship_configs", "run_ship", "ARM", "score_ship", "scores_markdown", "write_scores", "TARGETS"]
+__all__ = ["ARM", "PRESETS", "TARGETS", "run_ship", "score_ship", "scores_markdown", "ship_configs", "write_scores"]
 
 ARM = "same"  # the capacity study established no grown shape (docs/studies/capacity.md): train the shipped one longer
 PRESETS: dict[str, dict[str, Any]] = {

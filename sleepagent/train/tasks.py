@@ -44,7 +44,7 @@ from ..errors import DataError
 from .docqa import DocQA
 from .example import Example, collate
 
-__all__ = ["Example", "Rule110", "Depo", "GsmInf", "TASKS", "make_task", "collate", "read_data"]
+__all__ = ["TASKS", "Depo", "Example", "GsmInf", "Rule110", "collate", "make_task", "read_data"]
 
 
 def rule110_step(row: list[int]) -> list[int]:

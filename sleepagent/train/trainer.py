@@ -43,8 +43,17 @@ from .run import (
 )
 from .tasks import collate, make_task
 
-__all__ = ["TrainConfig", "train", "evaluate", "load_checkpoint", "plot_accuracy", "lr_factor", "build_model",
-           "sample_batch", "loss_of_batch"]
+__all__ = [
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "load_checkpoint",
+    "loss_of_batch",
+    "lr_factor",
+    "plot_accuracy",
+    "sample_batch",
+    "train",
+]
 
 
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:

@@ -25,7 +25,7 @@ from sleepagent.model.algorithm1 import Window, commit, split_windows
 from ..conftest import tiny_model
 
 pytest.importorskip("transformers")
-from sleepagent.model.hf_tiny import save_tiny_hybrid  # noqa: E402
+from sleepagent.model.hf_tiny import save_tiny_hybrid
 
 # what both kinds of model express: 4 layers (3 GDN, then attention), window 8, N = 2 by default
 HF_LAYERS = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]

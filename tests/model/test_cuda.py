@@ -8,12 +8,13 @@ the magnitude of the float64 reference, not float32 round-off.
 
 from __future__ import annotations
 
-import pytest
 import random
+
+import pytest
 import torch
 
-from sleepagent.model import SleepHybridLM
 from sleepagent.errors import ConfigError
+from sleepagent.model import SleepHybridLM
 from sleepagent.model.ops import fla_available, fla_backward_ok, gated_delta_rule
 
 from ..conftest import tiny_config
@@ -63,7 +64,7 @@ def test_fla_forward_and_backward_match_float64_reference(T, with_state):
     wo, wS = torch.randn_like(ro), torch.randn_like(rS)
     ((ro * wo).sum() + (rS * wS).sum()).backward()
     ((o * wo.float().cuda()).sum() + (S * wS.float().cuda()).sum()).backward()
-    for name, got, want in zip("q k v g beta S0".split(), cuda, ref, strict=True):
+    for name, got, want in zip(["q", "k", "v", "g", "beta", "S0"], cuda, ref, strict=True):
         if want is None:
             continue
         assert got.grad is not None, name

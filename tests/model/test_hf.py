@@ -13,6 +13,8 @@ import torch
 from torch.testing import assert_close
 
 transformers = pytest.importorskip("transformers")
+from sleepagent.storage import SnapshotStore  # noqa: E402
+from sleepagent.tools import tool  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from sleepagent import Agent, MemoryPolicy, SleepPolicy  # noqa: E402
@@ -21,9 +23,7 @@ from sleepagent.errors import CheckpointError  # noqa: E402
 from sleepagent.model import SleepModel  # noqa: E402
 from sleepagent.model.hf import HFHybridLM  # noqa: E402
 from sleepagent.model.hf_tiny import save_tiny_hybrid  # noqa: E402
-from sleepagent.storage import SnapshotStore  # noqa: E402
 from sleepagent.testing import FunctionModel, tool_call  # noqa: E402
-from sleepagent.tools import tool  # noqa: E402
 
 TYPES = ["qwen3_5", "qwen3_next", "olmo_hybrid"]
 

@@ -12,9 +12,9 @@ import torch
 
 pytest.importorskip("transformers")
 
-from sleepagent.model import SleepModel  # noqa: E402
-from sleepagent.model.hf_tiny import save_tiny_hybrid  # noqa: E402
-from sleepagent.model.ops import gated_delta_rule  # noqa: E402
+from sleepagent.model import SleepModel
+from sleepagent.model.hf_tiny import save_tiny_hybrid
+from sleepagent.model.ops import gated_delta_rule
 
 TYPES = ["qwen3_5", "qwen3_next", "olmo_hybrid"]
 
@@ -122,8 +122,8 @@ def test_the_training_forward_equals_the_inference_path_and_a_step_lowers_the_lo
 
 
 def test_train_base_writes_a_checkpoint_transformers_and_sleepagent_load(checkpoints, tmp_path):
-    from typer.testing import CliRunner
     from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
 
     from sleepagent.cli import app
 

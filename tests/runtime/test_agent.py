@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from sleepagent.tools import DocumentReader, calculator
 
 from sleepagent import Agent, Message, SleepPolicy, UsageLimits, tool
 from sleepagent.errors import UsageLimitExceeded
 from sleepagent.messages import SleepEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from sleepagent.policy import MemoryPolicy
 from sleepagent.testing import FunctionModel, TestModel, tiny_model, tool_call
-from sleepagent.tools import DocumentReader, calculator
 
 
 @tool

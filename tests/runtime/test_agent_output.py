@@ -13,12 +13,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from pydantic import BaseModel, Field, field_validator
+from sleepagent.tools import DocumentReader
 
 from sleepagent import Agent, SleepModel
 from sleepagent.errors import ConfigError, ModelBehaviorError
-from sleepagent.testing import TestModel, tool_call
 from sleepagent.runtime.grammar import LIMITS_LADDER, bound_schema, max_json_bytes
-from sleepagent.tools import DocumentReader
+from sleepagent.testing import TestModel, tool_call
 
 from .test_grammar import schemas
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import anyio
+from sleepagent.storage import SnapshotStore
 
 from sleepagent import Engine, SleepPolicy
 from sleepagent.runtime import ChatRuntime, ChatTurn, GenerationParams
-from sleepagent.storage import SnapshotStore
 from sleepagent.testing import tiny_model
 
 PARAMS = GenerationParams(max_tokens=4)

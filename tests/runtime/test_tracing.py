@@ -11,13 +11,17 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="the dev extra: pip install 'sleepagent[dev]'")
 
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sleepagent import Agent, SleepPolicy, tool  # noqa: E402
-from sleepagent import tracing  # noqa: E402
-from sleepagent.testing import TestModel, tiny_model, tool_call  # noqa: E402
+from sleepagent import (
+    Agent,
+    SleepPolicy,
+    tool,
+    tracing,
+)
+from sleepagent.testing import TestModel, tiny_model, tool_call
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'sleepagent[serve]'")
 
-from openai import AsyncOpenAI, OpenAI  # noqa: E402
+from openai import AsyncOpenAI, OpenAI
 
-from sleepagent.serve import ServeConfig, serve_in_background  # noqa: E402
+from sleepagent.serve import ServeConfig, serve_in_background
 
 PAGE = "The road from K leads to M. The road from M leads to K.\n[end of document]"
 TOOLS = [{"type": "function", "function": {"name": "next_page", "description": "Read the next page of the document.",

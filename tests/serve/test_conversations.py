@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'sleepagent[serve]'")
 
-from sleepagent.runtime.constraints import visible_text  # noqa: E402
-from sleepagent.serve import ServeConfig, serve_in_background  # noqa: E402
+from sleepagent.runtime.constraints import visible_text
+from sleepagent.serve import ServeConfig, serve_in_background
 
 TOOLS = [{"type": "function", "function": {"name": "next_page", "description": "Read the next page of the document.",
                                            "parameters": {"type": "object", "properties": {}}}}]

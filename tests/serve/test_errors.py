@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'sleepagent[serve]'")
 
-from sleepagent.serve import ServeConfig, serve_in_background  # noqa: E402
+from sleepagent.serve import ServeConfig, serve_in_background
 
-from .error_cases import CASES, KEYS, LIMITS, check, send  # noqa: E402
+from .error_cases import CASES, KEYS, LIMITS, check, send
 
 
 @pytest.fixture(scope="module")

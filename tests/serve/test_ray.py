@@ -38,10 +38,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster(postgres_server):
     from ray import serve
+    from sleepagent.storage.pgtemp import create_database
 
     from sleepagent.serve.app import ServeConfig
     from sleepagent.serve.ray_serve import build_app
-    from sleepagent.storage.pgtemp import create_database
 
     store = create_database(postgres_server)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -150,6 +150,7 @@ def _document() -> tuple[list[str], list[str]]:
     """A held-out 9-place document as the shipped model reads it (three pages of about 112
     characters, "[page i/n]" headers, the end marker on the last), and six questions about it."""
     from sleepagent.tools import paginate
+
     from sleepagent.train.docqa_eval import held_out_sessions
 
     session = held_out_sessions(1, 9, 1, seed=0)[0]

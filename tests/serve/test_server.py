@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'sleepagent[serve]'")
 
-from sleepagent.serve import ServeConfig, serve_in_background  # noqa: E402
-from sleepagent.serve.app import load_api_keys  # noqa: E402
+from sleepagent.serve import ServeConfig, serve_in_background
+from sleepagent.serve.app import load_api_keys
 
 KEYS = {"key-alice": "alice", "key-bob": "bob"}
 TOOLS = [{"type": "function", "function": {"name": "next_page", "description": "Read the next page of the document.",
@@ -192,9 +192,8 @@ def test_api_keys_file_and_env(tmp_path):
     f.write_text("just-a-key\n")
     with pytest.raises(ConfigError, match="line 1"):
         load_api_keys(str(f), env="")
-    with pytest.raises(ConfigError, match="no API keys"):
-        with serve_in_background(ServeConfig()):
-            pass
+    with pytest.raises(ConfigError, match="no API keys"), serve_in_background(ServeConfig()):
+        pass
     assert json.dumps(load_api_keys(None, env=""))  == "{}"
 
 

@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'sleepagent[serve]'")
 
-from openai import OpenAI, pydantic_function_tool  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+from openai import OpenAI, pydantic_function_tool
+from pydantic import BaseModel, Field
 
-from sleepagent import tracing  # noqa: E402
-from sleepagent.serve import ServeConfig, serve_in_background  # noqa: E402
+from sleepagent import tracing
+from sleepagent.serve import ServeConfig, serve_in_background
 
 KEY = "key-alice"
 MODEL = "docqa-small"

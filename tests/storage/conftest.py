@@ -8,7 +8,6 @@ with that reason; CI has one.
 from __future__ import annotations
 
 import pytest
-
 from sleepagent.storage import SnapshotStore
 from sleepagent.storage.pgtemp import create_database
 

@@ -13,12 +13,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load as st_load
+from sleepagent.storage import SnapshotStore
+from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sqlalchemy import select
 
 from sleepagent import Agent, MemoryPolicy, SleepPolicy
 from sleepagent.errors import ConfigError
-from sleepagent.storage import SnapshotStore
-from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sleepagent.testing import FunctionModel, tiny_model
 
 SM = tiny_model(seed=1, window=256, tie_embeddings=False)

@@ -4,12 +4,12 @@ DatabaseError, OverflowError, DataError, AttributeError, UnicodeEncodeError or T
 from __future__ import annotations
 
 import pytest
+from sleepagent.storage import SnapshotStore
 from typer.testing import CliRunner
 
 from sleepagent import Agent, MemoryPolicy, SleepPolicy
 from sleepagent.cli import app
 from sleepagent.errors import ConfigError, SleepAgentError, SnapshotNotFound, StoreError
-from sleepagent.storage import SnapshotStore
 from sleepagent.testing import TestModel, tiny_model
 
 runner = CliRunner(env={"COLUMNS": "200"})

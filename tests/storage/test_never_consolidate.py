@@ -12,11 +12,11 @@ import random
 import string
 
 import pytest
+from sleepagent.storage import SnapshotStore
+from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sqlalchemy import select
 
 from sleepagent import Agent, MemoryPolicy, SleepPolicy, tool
-from sleepagent.storage import SnapshotStore
-from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sleepagent.testing import FunctionModel, tiny_model, tool_call
 
 from .test_privacy import assert_nowhere

@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from sleepagent.storage import SnapshotStore
+from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sqlalchemy import select, text
 
 from sleepagent import Agent, MemoryPolicy, Message, SleepPolicy
 from sleepagent.errors import SnapshotCorrupted, SnapshotNotFound
-from sleepagent.storage import SnapshotStore
-from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
 from sleepagent.testing import FunctionModel, tiny_model
 
 SM = tiny_model(seed=1, window=256, tie_embeddings=False)

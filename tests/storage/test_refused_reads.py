@@ -14,14 +14,14 @@ import re
 import pytest
 import torch
 from safetensors.torch import save as st_save
+from sleepagent.storage import SnapshotStore
+from sleepagent.storage.store import STORE_TRAIL
+from sleepagent.storage.timing import bench_foreign_vs_missing
 from sqlalchemy import event
 
 from sleepagent.errors import SnapshotNotFound
 from sleepagent.model.state import STATE_FORMAT_VERSION
 from sleepagent.policy import MemoryPolicy
-from sleepagent.storage import SnapshotStore
-from sleepagent.storage.store import STORE_TRAIL
-from sleepagent.storage.timing import bench_foreign_vs_missing
 
 FP = "f" * 64
 PERSISTENT = MemoryPolicy(retention="persistent")

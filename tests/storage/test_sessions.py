@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import func, select
-
-from sleepagent import Agent, Message, MemoryPolicy, SleepPolicy
-from sleepagent.errors import FingerprintMismatch
-from sleepagent.model import HybridState
 from sleepagent.storage import SnapshotStore
 from sleepagent.storage.schema import EventRow, SessionRow, SnapshotRow
+from sqlalchemy import func, select
+
+from sleepagent import Agent, MemoryPolicy, Message, SleepPolicy
+from sleepagent.errors import FingerprintMismatch
+from sleepagent.model import HybridState
 from sleepagent.testing import tiny_model
 
 MODEL_ARGS = dict(seed=1, window=256, tie_embeddings=False)  # untied: greedy outputs differ by prompt

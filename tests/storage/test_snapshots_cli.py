@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sleepagent.storage import SnapshotStore
 from typer.testing import CliRunner
 
 from sleepagent.cli import app
 from sleepagent.policy import MemoryPolicy
-from sleepagent.storage import SnapshotStore
 from sleepagent.testing import tiny_model
 
 runner = CliRunner(env={"COLUMNS": "200"})

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from sleepagent.storage import SnapshotStore
 from sqlalchemy import text
 
 from sleepagent.errors import (
@@ -18,7 +19,6 @@ from sleepagent.errors import (
 )
 from sleepagent.model import HybridState
 from sleepagent.policy import MemoryPolicy
-from sleepagent.storage import SnapshotStore
 from sleepagent.testing import tiny_model
 
 SM = tiny_model(window=64)

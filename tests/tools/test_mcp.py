@@ -15,9 +15,10 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from sleepagent.errors import ConfigError, ToolError
 from sleepagent.tools import Tool, ToolCall, ToolRegistry
 from sleepagent.tools.mcp import MCPConnectionError, MCPServerHTTP, MCPServerStdio, MCPTool
+
+from sleepagent.errors import ConfigError, ToolError
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
 

@@ -12,11 +12,12 @@ import pytest
 
 pytest.importorskip("mcp")
 
+from sleepagent.tools import DocumentReader
+from sleepagent.tools.mcp import MCPServerHTTP, MCPServerStdio
+
 from sleepagent import Agent, SleepModel, SleepPolicy, tool
 from sleepagent.demo import DEMO_MODEL, task_min_fill
 from sleepagent.testing import TestModel, tool_call
-from sleepagent.tools import DocumentReader
-from sleepagent.tools.mcp import MCPServerHTTP, MCPServerStdio
 from sleepagent.train.docqa_eval import held_out_sessions
 
 from .test_mcp import SERVER, start_http_process, stdio_server

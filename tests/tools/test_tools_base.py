@@ -9,9 +9,9 @@ import anyio
 import pydantic
 import pytest
 from pydantic import Field
+from sleepagent.tools import Tool, to_text, tool
 
 from sleepagent.errors import ConfigError
-from sleepagent.tools import Tool, to_text, tool
 
 
 @tool

@@ -7,9 +7,9 @@ import re
 import time
 
 import pytest
+from sleepagent.tools import ToolCall, ToolRegistry, calculator, evaluate
 
 from sleepagent.errors import ToolError
-from sleepagent.tools import ToolCall, ToolRegistry, calculator, evaluate
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sleepagent.tools import ToolCall, ToolRegistry, clock, wait
 
@@ -12,7 +12,7 @@ async def test_clock_returns_current_utc_iso8601() -> None:
     text = await clock.call({})
     stamp = datetime.fromisoformat(text)
     assert stamp.utcoffset() == timedelta(0)
-    assert abs(datetime.now(timezone.utc) - stamp) < timedelta(seconds=5)
+    assert abs(datetime.now(UTC) - stamp) < timedelta(seconds=5)
 
 
 async def test_wait_sleeps_for_the_requested_time() -> None:

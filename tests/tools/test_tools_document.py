@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from sleepagent.tools import END_MARKER, DocumentReader, ToolCall, ToolRegistry, paginate
 
 from sleepagent.errors import ConfigError
-from sleepagent.tools import END_MARKER, DocumentReader, ToolCall, ToolRegistry, paginate
 
 _HEADER = re.compile(r"^\[page (\d+)/(\d+)\]\n", re.DOTALL)
 

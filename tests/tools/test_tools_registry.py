@@ -6,9 +6,9 @@ import time
 
 import anyio
 import pytest
+from sleepagent.tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, parse_tool_calls, tool
 
 from sleepagent.errors import ConfigError, ToolError
-from sleepagent.tools import MalformedToolCall, Tool, ToolCall, ToolRegistry, parse_tool_calls, tool
 
 
 @tool

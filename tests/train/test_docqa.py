@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import torch
+from sleepagent.tools import DocumentReader
 
 from sleepagent import Agent, SleepPolicy
 from sleepagent.testing import FunctionModel, tiny_model
-from sleepagent.tools import DocumentReader
 from sleepagent.train.docqa import DOCQA_SYSTEM, DocQA, reader_tools
 
 
