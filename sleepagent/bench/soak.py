@@ -69,11 +69,13 @@ def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: floa
             cfg["store"] = f"sqlite:///{Path(tmp) / 'soak.db'}"
         port = _free_port()
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        # the server's log goes to a file: a pipe nobody reads fills up and stalls the server
+        log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115 (closed after the server stops, below)
         proc = subprocess.Popen([sys.executable, "-c", _SERVER, json.dumps(cfg), str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=log, text=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_up(url, proc)
+            _wait_up(url, proc, Path(tmp) / "server.log")
             state = {"done": 0, "lost": 0, "requests": 0, "latencies": [], "records": [], "all_latencies": [], "errors": {}}
             state["records"].append(_record(url, proc.pid, state))
             t0 = time.perf_counter()
@@ -94,6 +96,7 @@ def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: floa
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            log.close()
     records = state["records"]
     half = min(records, key=lambda r: abs(r["conversations"] - conversations / 2))
     last = records[-1]
@@ -139,7 +142,7 @@ async def _ask(client, url: str, model: str, messages: list, state: dict) -> dic
     state["requests"] += 1
     try:
         r = await client.post(f"{url}/v1/chat/completions", json={"model": model, "messages": messages,
-                                                                  "tools": _TOOLS, "max_tokens": 32})
+                                                                  "tools": _TOOLS, "max_tokens": 64})
     except Exception as e:
         state["lost"] += 1
         state["errors"][type(e).__name__] = state["errors"].get(type(e).__name__, 0) + 1
@@ -178,13 +181,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_up(url: str, proc: subprocess.Popen) -> None:
+def _wait_up(url: str, proc: subprocess.Popen, log: Path) -> None:
     import httpx
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 return

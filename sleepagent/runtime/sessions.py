@@ -292,12 +292,18 @@ class SessionTable:
                     s.reserved_until = now + 30.0
                     return s, turns[i:], "reused"
                 if s is None and (tenant, sid) in self._released and self.persistence.active:
-                    await self._make_room()
+                    # taken before the first await: making room releases others, and what the
+                    # table remembers is capped, so the entry may be gone after it
+                    digests = self._released.pop((tenant, sid))
                     try:
+                        await self._make_room()
                         s = self.resume(tenant, sid)
                     except SessionNotFound:
                         continue
-                    s.digests = self._released.pop((tenant, sid))
+                    except BaseException:
+                        self._remember(tenant, sid, digests)  # still recognisable next time
+                        raise
+                    s.digests = digests
                     s.reserved_until = now + 30.0
                     return s, turns[i:], "resumed"
             point = self._points.get((tenant, chain[i - 1]))
@@ -430,6 +436,11 @@ class SessionTable:
                 released += 1
         return released
 
+    def _remember(self, tenant: str, sid: str, digests: list[str]) -> None:
+        """Keep a released session's digests (capped: the oldest are forgotten, and unindexed)."""
+        for (t, old), old_digests in self._released.put((tenant, sid), digests):
+            self._unindex_id(t, old, old_digests[-1])  # forgotten: no longer recognised
+
     async def release(self, s: ChatSession) -> None:
         """Write the session's state to the store (consolidating its window first, unless the
         policy keeps the window) and drop it from memory; its digests stay (in memory) so this
@@ -441,8 +452,7 @@ class SessionTable:
             await self.persistence.settle(s.engine_session, s.tenant, s.meta, end=False)
             keep = self.persistence.active and bool(s.digests)  # recognisable again: resumed from the store
             if keep:
-                for (tenant, sid), digests in self._released.put((s.tenant, s.id), list(s.digests)):
-                    self._unindex_id(tenant, sid, digests[-1])  # forgotten: no longer recognised
+                self._remember(s.tenant, s.id, list(s.digests))
             self._forget(s, keep_index=keep)
 
     async def close(self, s: ChatSession) -> None:

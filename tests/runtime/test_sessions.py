@@ -43,3 +43,26 @@ async def test_a_continuation_during_its_sessions_release_is_served(tmp_path):
     finally:
         engine.close()
         store.close()
+
+
+async def test_a_released_session_is_resumed_when_making_room_forgets_it(tmp_path):
+    """Regression (bench soak: 500 KeyError): resuming a released session first makes room, which
+    releases another session; with what the table remembers at its cap, that release forgot the
+    session being resumed. It is resumed from the store all the same, and remembered again."""
+    engine = Engine(tiny_model(seed=1, window=64))
+    store = SnapshotStore(f"sqlite:///{tmp_path / 's.db'}")
+    rt = ChatRuntime(engine, store=store, max_sessions=1, key=b"k" * 32,
+                     sleep=SleepPolicy(loops=2, min_fill=0.0))
+    rt.sessions._released.cap = 1  # remember one released session
+    try:
+        a = [ChatTurn("user", "one " * 10)]
+        ra = await rt.reply("t", a, tools=[], params=PARAMS)
+        await rt.reply("t", [ChatTurn("user", "two " * 10)], tools=[], params=PARAMS)  # releases a's session
+        again = await rt.reply("t", [*a, ChatTurn("assistant", ra.content), ChatTurn("user", "more")],
+                               tools=[], params=PARAMS)
+        assert again.status == "resumed" and again.session.id == ra.session.id
+        # the other conversation is the one remembered now (released to make room)
+        assert ("t", again.session.id) not in rt.sessions._released and len(rt.sessions._released) == 1
+    finally:
+        engine.close()
+        store.close()
