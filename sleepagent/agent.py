@@ -31,6 +31,7 @@ session remains usable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -589,10 +590,8 @@ class AgentSession:
         emit, token = self._emit, self._token
         if emit is None or token is None:
             return
-        try:
+        with contextlib.suppress(Exception):
             token.backend_class.run_sync_soon(emit, (SleepEvent(kind, data=dict(data)),), token.native_token)
-        except Exception:
-            pass
 
 
 class AgentRun:
@@ -638,10 +637,9 @@ class AgentRun:
             self._send.close()
 
     def _send_event(self, event: Event) -> None:
-        try:
+        # the consumer is gone (or far behind); events are advisory
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
             self._send.send_nowait(event)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
-            pass  # the consumer is gone (or far behind); events are advisory
 
     def cancel(self) -> None:
         """Cancel the run now (finished turns and committed sleeps are kept)."""

@@ -23,6 +23,7 @@ sets through the caller's event-loop token, without blocking the worker.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
@@ -378,18 +379,14 @@ class Engine:
         else:
             req.future.set_result(result)
         if req.token is not None and req.event is not None:
-            try:
+            with contextlib.suppress(Exception):  # the caller's event loop is gone; nobody is waiting
                 req.token.backend_class.run_sync_soon(req.event.set, (), req.token.native_token)
-            except Exception:  # the caller's event loop is gone; nobody is waiting
-                pass
 
     def _emit(self, session: EngineSession, kind: str, **data: Any) -> None:
         trace_engine_event(session, kind, data)  # sleep spans (sleepagent.tracing); never raises
         if session.on_event is not None:
-            try:
+            with contextlib.suppress(Exception):
                 session.on_event(kind, data)
-            except Exception:
-                pass
 
     # --- worker ---------------------------------------------------------------------------------
 
@@ -398,11 +395,10 @@ class Engine:
         while True:
             with self._cv:
                 while not self._closed and not self._wake and not self._sleepers:
-                    if not self._cv.wait(timeout=self.idle_exit_s):
-                        if not self._wake and not self._sleepers:
-                            # idle: let the thread go; the next request starts a new one
-                            self._thread = None
-                            return
+                    if not self._cv.wait(timeout=self.idle_exit_s) and not self._wake and not self._sleepers:
+                        # idle: let the thread go; the next request starts a new one
+                        self._thread = None
+                        return
                 if self._closed:
                     return
                 if not self._wake and self.wake_grace_s:

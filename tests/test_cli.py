@@ -239,7 +239,7 @@ def test_options_come_from_the_model_with_their_types_defaults_and_help():
     class Unsupported(BaseModel):
         when: set[int] = set()
 
-    with pytest.raises(TypeError, match="Unsupported.when"):
+    with pytest.raises(TypeError, match=r"Unsupported.when"):
         ModelOptions(Unsupported)
 
 

@@ -46,7 +46,7 @@ def test_the_batch_table_counts_every_question_and_says_what_the_intervals_say()
 def test_held_out_sessions_follow_the_documented_format():
     sessions = held_out_sessions(5, [12, 9], 2, seed=3)
     for s in sessions:
-        first, second = s.documents
+        _first, _second = s.documents
         names = [set(w for w in doc.replace(".", "").split() if len(w) == 1) for doc in s.documents]
         assert len(names[0]) == 12 and len(names[1]) == 9 and not names[0] & names[1]
         assert [q.doc for q in s.questions[0]] == [0] * 8

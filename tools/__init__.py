@@ -23,7 +23,7 @@ from .calls import (
 from .clock import clock, wait
 from .document import END_MARKER, DocumentReader, paginate
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (grouped by module, like the docstring and the imports above)
     # base
     "Tool",
     "ToolRegistry",

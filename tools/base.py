@@ -160,7 +160,7 @@ def _is_async_callable(function: Callable[..., Any]) -> bool:
     while isinstance(function, functools.partial):
         function = function.func
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        getattr(function, "__call__", None)
+        getattr(function, "__call__", None)  # noqa: B004 (not a callability check: is its __call__ a coroutine?)
     )
 
 

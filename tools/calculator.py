@@ -165,10 +165,7 @@ def _call(node: ast.Call) -> Number:
     function, least, most = _FUNCTIONS[name]
     count = len(node.args)
     if count < least or (most is not None and count > most):
-        if most is None:
-            expected = f"{least} or more"
-        else:
-            expected = f"{least}" if least == most else f"{least}-{most}"
+        expected = f"{least} or more" if most is None else f"{least}" if least == most else f"{least}-{most}"
         raise ToolError(f"{name}() takes {expected} argument(s), got {count}")
     return function(*(_eval(arg) for arg in node.args))
 
@@ -177,9 +174,13 @@ def _power(base: Number, exponent: Number) -> Number:
     """``base ** exponent`` after checking the result cannot be absurdly large."""
     if abs(exponent) > MAX_EXPONENT:
         raise ToolError(f"exponents are limited to ±{MAX_EXPONENT}, got {exponent}")
-    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0:
-        if base.bit_length() * exponent > MAX_INT_BITS + exponent:  # |base|**exp < 2**(bits*exp)
-            raise ToolError(f"the result would exceed {MAX_INT_BITS} bits")
+    if (
+        isinstance(base, int)
+        and isinstance(exponent, int)
+        and exponent > 0
+        and base.bit_length() * exponent > MAX_INT_BITS + exponent  # |base|**exp < 2**(bits*exp)
+    ):
+        raise ToolError(f"the result would exceed {MAX_INT_BITS} bits")
     result = base**exponent
     if isinstance(result, complex):
         raise ToolError("the result is a complex number (negative base with fractional exponent)")

@@ -89,10 +89,7 @@ class DocumentReader:
         latency: float = 0.0,
         name: str = "read_document",
     ) -> None:
-        if isinstance(source, os.PathLike) or _names_existing_file(source):
-            text = _read_file(Path(source))
-        else:
-            text = source
+        text = _read_file(Path(source)) if isinstance(source, os.PathLike) or _names_existing_file(source) else source
         self._init(text, page_chars=page_chars, latency=latency, name=name)
 
     @classmethod

@@ -285,7 +285,8 @@ def run_engine(engine, schemas: list[dict], decode, max_tokens: int, seed: int, 
             valid += 1
         except Exception as e:  # json or jsonschema: any failure is an invalid output
             failures.append({"schema": i, "error": f"invalid: {str(e)[:120]}", "text": text[:200]})
-    ms = lambda xs, q: round(1000 * float(np.quantile(xs, q)), 4) if xs else None
+    def ms(xs, q):
+        return round(1000 * float(np.quantile(xs, q)), 4) if xs else None
     return {
         "setup_ms": round(engine.setup_s * 1000, 2),
         "compile_ms": {"median": ms(compile_s, 0.5), "p90": ms(compile_s, 0.9), "max": ms(compile_s, 1.0),

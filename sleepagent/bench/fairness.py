@@ -43,7 +43,7 @@ def bench_fairness(*, sleepers: int = 8, turns: int = 20, tokens: int = 24, paus
             ttft: list[float] = []
             itl: list[float] = []
             during = 0
-            for turn in range(turns):
+            for _ in range(turns):
                 during += any(s.sleeping for s in others)
                 if active.state.window_len + len(message) + tokens > W:
                     await engine.consolidate(active)

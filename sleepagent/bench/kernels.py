@@ -40,7 +40,7 @@ def bench_kernels(
         S0 = rand(batch, heads, head_dim, head_dim, scale=0.1)
         inputs = (q, k, v, g, beta)
 
-        def run(backend: str, backward: bool):
+        def run(backend: str, backward: bool, inputs: tuple[torch.Tensor, ...] = inputs, S0: torch.Tensor = S0):
             def fn():
                 with torch.set_grad_enabled(backward):
                     o, S = gated_delta_rule(

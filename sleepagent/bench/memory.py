@@ -27,9 +27,10 @@ def _reset_peak_rss() -> None:
 def _peak_rss_mb() -> float:
     """Peak resident set size of this process in MB (VmHWM; ru_maxrss where /proc is missing)."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     import resource

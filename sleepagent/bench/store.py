@@ -80,10 +80,12 @@ def bench_store(
                 sid = f"bench-{name}"
                 store.open_session(sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2))
                 blob = state.to_bytes(fp)
-                write = timeit(lambda: store.save(sid, state.to_bytes(fp), tenant="bench", loops=2),
+                write = timeit(lambda store=store, sid=sid, state=state, fp=fp:
+                               store.save(sid, state.to_bytes(fp), tenant="bench", loops=2),
                                repeats=repeats, device=torch.device("cpu"))
                 restore = timeit(
-                    lambda: HybridState.from_bytes(store.latest(sid, tenant="bench")[1], cfg=cfg, fingerprint=fp),
+                    lambda store=store, sid=sid, cfg=cfg, fp=fp:
+                    HybridState.from_bytes(store.latest(sid, tenant="bench")[1], cfg=cfg, fingerprint=fp),
                     repeats=repeats, device=torch.device("cpu"),
                 )
                 row[name] = {"bytes": len(blob), "write_ms": 1000 * write, "restore_ms": 1000 * restore}
@@ -92,11 +94,13 @@ def bench_store(
             sid = "bench-bf16"
             store.open_session(sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2))
             blob = state.to_bytes(fp, torch.bfloat16)
-            write = timeit(lambda: store.save(sid, state.to_bytes(fp, torch.bfloat16), tenant="bench", loops=2),
+            write = timeit(lambda store=store, sid=sid, state=state, fp=fp:
+                           store.save(sid, state.to_bytes(fp, torch.bfloat16), tenant="bench", loops=2),
                            repeats=repeats, device=torch.device("cpu"))
             restored: list[HybridState] = []
-            restore = timeit(lambda: restored.append(HybridState.from_bytes(store.latest(sid, tenant="bench")[1], cfg=cfg,
-                                                                          fingerprint=fp)),
+            restore = timeit(lambda restored=restored, store=store, sid=sid, cfg=cfg, fp=fp:
+                             restored.append(HybridState.from_bytes(store.latest(sid, tenant="bench")[1], cfg=cfg,
+                                                                    fingerprint=fp)),
                              repeats=repeats, device=torch.device("cpu"))
             err = max(float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) for a, b in
                       zip(restored[-1].fast.S, state.fast.S, strict=True))
@@ -109,7 +113,7 @@ def bench_store(
             for i, s in enumerate(pool):
                 s.open_session(f"w{i}", tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=3))
 
-            def work(i: int) -> None:
+            def work(i: int, pool: list[SnapshotStore] = pool, blob: bytes = blob) -> None:
                 for _ in range(writes_per_writer):
                     pool[i].save(f"w{i}", blob, tenant="bench", loops=2)
 

@@ -80,7 +80,7 @@ def demo(
     rows += [(f"  {k}-hop", lambda r, k=k: frac(r.accuracy_by("hops").get(k))) for k in hops]
     rows += [
         ("  facts evicted: fast weights only", lambda r: frac(r.accuracy_by("evicted").get(True))),
-        ("pages read", lambda r: " + ".join(f"{a}/{b}" for a, b in zip(r.pages_read, r.pages))),
+        ("pages read", lambda r: " + ".join(f"{a}/{b}" for a, b in zip(r.pages_read, r.pages, strict=False))),
         ("tokens read", lambda r: f"{r.tokens_read:,}"),
         ("most tokens in the KV window", lambda r: f"{r.max_window_tokens} (window {r.window})"),
         ("sleeps (before the first question)", lambda r: f"{r.sleeps} ({r.sleeps_before_questions})"),

@@ -198,7 +198,7 @@ class SleepHybridLM(nn.Module):
             raise WindowFull(window=W, used=L, requested=T)
         ids = ids.to(state.device)
         mask = self._mask_tensor(consolidate, B, T, state.device)
-        a, b = self.config.span
+        _a, b = self.config.span
         n = self.config.n_layers
         h = self.embed(ids)
         h, working, kv1 = self._run(h, state.working, 0, b, state)
@@ -308,7 +308,7 @@ class SleepHybridLM(nn.Module):
         if len(pieces) != n or n == 0:
             raise ShapeError(f"prefill_many: {len(pieces)} pieces for {n} states")
         lengths = [len(ids) for ids, _ in pieces]
-        for (ids, flags), st, T in zip(pieces, states, lengths, strict=True):
+        for (_ids, flags), st, T in zip(pieces, states, lengths, strict=True):
             self._check_state(st)
             if st.batch_size != 1:
                 raise StateMismatch("prefill_many takes single-sequence states (batch size 1)")

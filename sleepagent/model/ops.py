@@ -259,7 +259,7 @@ def gated_delta_rule(
         o: [B, T, HV, V] in v's dtype; final_state: [B, HV, K, V] float32 (float64 for float64
         inputs) if output_final_state else None.
     """
-    B, T, H, HV, K, V = _check_inputs(q, k, v, g, beta, initial_state)
+    _B, _T, _H, HV, K, _V = _check_inputs(q, k, v, g, beta, initial_state)
     if scale is None:
         scale = K**-0.5
     needs_grad = _needs_grad(q, k, v, g, beta, initial_state)

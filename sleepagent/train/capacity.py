@@ -223,8 +223,8 @@ def render(json_path: str | Path) -> Path:
             "has to learn to use its new fast weights, and it takes fewer, slower steps in the same CPU time; "
             "whether capacity pays needs a budget long enough for that (the trend below).")
     elif base is not None:
-        b_r, b_n, b_lo, b_hi = _cell(base["scores"]["4"], 2)
-        r, n, lo, hi = _cell(arms[best]["scores"]["4"], 2)
+        b_r, b_n, _b_lo, b_hi = _cell(base["scores"]["4"], 2)
+        r, n, lo, _hi = _cell(arms[best]["scores"]["4"], 2)
         apart = lo > b_hi
         lines.append(
             f"**Which knob buys most:** `{best}` ({arms[best]['change']}): 2-hop {r / n:.3f} at N = 4 against "

@@ -163,10 +163,7 @@ class Conventions:
     @classmethod
     def draw(cls, rng: random.Random) -> Conventions:
         page_arg = rng.choice(_PAGE_ARGS) if rng.random() < 0.3 else None
-        if rng.random() < 0.35:
-            name = rng.choice(_SOLO)
-        else:
-            name = f"{rng.choice(_VERBS)}_{rng.choice(_NOUNS)}"
+        name = rng.choice(_SOLO) if rng.random() < 0.35 else f"{rng.choice(_VERBS)}_{rng.choice(_NOUNS)}"
         if page_arg is not None:
             docstring = rng.choice(_ARG_DESCRIPTIONS).format(arg=page_arg)
         else:
@@ -178,10 +175,7 @@ class Conventions:
             header = ""
         else:
             header = rng.choice(_HEADER_FRAMES).format(_case(rng, rng.choice(_HEADER_FORMS)))
-        if rng.random() < 0.4:
-            end = END_MARKER
-        else:
-            end = rng.choice(_END_FRAMES).format(_case(rng, rng.choice(_END_WORDS)))
+        end = END_MARKER if rng.random() < 0.4 else rng.choice(_END_FRAMES).format(_case(rng, rng.choice(_END_WORDS)))
         return cls(
             tool_name=name, docstring=docstring, header=header,
             read_request=rng.choice(_READ_REQUESTS), next_request=rng.choice(_NEXT_REQUESTS),

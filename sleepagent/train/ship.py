@@ -199,7 +199,7 @@ def scores_markdown(scores: dict[str, Any]) -> str:
                                 None)) for k in labels]
             target = TARGETS.get((name, doc, read, hops))
             lines.append(f"| {name} | {doc} ({read}) | {hops} | " + " | ".join(cells)
-                         + f" | {'≥ %.2f' % target if target else ''} |")
+                         + f" | {f'≥ {target:.2f}' if target else ''} |")
     lines += ["", "Accuracy [95% Wilson interval] (questions), free-running through the Agent API.", "",
               "| paging tool (16 places, N = 4) | 1-hop | 2-hop | documents read to the end |", "|---|---|---|---|"]
     for name, s in scores["styles"].items():

@@ -121,10 +121,7 @@ def train(
     local transformers hybrid is fine-tuned to sleep (:mod:`sleepagent.train.finetune`).
     """
     out = Path(out)
-    if cfg.base:
-        run = prepare_base(cfg, out, resume)
-    else:
-        run = _prepare_native(cfg, out, resume)
+    run = prepare_base(cfg, out, resume) if cfg.base else _prepare_native(cfg, out, resume)
     return _fit(cfg, run, out, progress=progress, stop_at=stop_at)
 
 
@@ -431,9 +428,9 @@ def data_hits(model: SleepHybridLM, task, loops: list[int], *, examples: list | 
         scored: dict[int, list[bool]] = {}
         scored_first: dict[int, list[bool]] = {}
         for ex, hits_ in zip(examples, example_hits(model, task, examples, n_loops, min_fill=min_fill,
-                                                    teacher_forced=teacher_forced)):
+                                                    teacher_forced=teacher_forced), strict=False):
             ks = ex.meta.get("hops", [ex.difficulty] * len(hits_))
-            for k, hit in zip(ks, hits_):
+            for k, hit in zip(ks, hits_, strict=False):
                 scored.setdefault(k, []).append(hit)
             scored_first.setdefault(ks[0], []).append(hits_[0])
         every[n_loops] = {k: (sum(h), len(h)) for k, h in sorted(scored.items())}

@@ -185,7 +185,7 @@ def test_train_base_reads_gsm_inf_through_the_models_tokenizer_and_eval_data_sco
                                       "2", "--steps", "2", "--batch-size", "2", "--task-args", task_args,
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
-    model, meta = load_checkpoint(out)
+    model, _meta = load_checkpoint(out)
     assert model.config.window == 48 and model.config.loops == 2
     tokenized = TokenizedTask(GsmInf(ops=(1, 2), filler=2, window=48, digits=2), model.tokenizer)
     ex = tokenized.sample(random.Random(3), 2)

@@ -37,7 +37,7 @@ def test_corrupt_weights_are_a_clear_error(tmp_path):
     sm = SleepModel.from_config(CFG)
     sm.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors"):
         SleepModel.from_pretrained(tmp_path)
 
 

@@ -129,7 +129,7 @@ async def test_per_run_tool_timeout():
     agent = Agent(TestModel([tool_call("slow_double", x=1), "ok"]), tools=[slow_double],
                   sleep=SleepPolicy(loops=1, when="full"))
     result = await agent.run("go", tool_timeout=0.01)
-    err = [m for m in result.messages if m.role == "tool"][0]
+    err = next(m for m in result.messages if m.role == "tool")
     assert err.is_error and "timed out" in err.content
 
 
@@ -228,7 +228,7 @@ async def test_never_consolidate_messages_leave_no_trace_in_fast_weights():
         async with agent.session() as s:
             await s.run(msg)
             es = s.engine_session
-            states.append(await agent.engine.call(es, lambda st: agent.model.model.consolidate(st)))
+            states.append(await agent.engine.call(es, lambda st, agent=agent: agent.model.model.consolidate(st)))
     assert not states[0].fast.equal(states[1].fast)
     assert states[1].fast.equal(states[2].fast)
 

@@ -40,10 +40,7 @@ def walk(c, tok, seed: int, *, call_bias: float = 0.3, end_bias: float = 0.05) -
         if ends and (rng.random() < end_bias or len(emitted) + 2 >= c.max_tokens):
             return emitted
         partial = next((k for k in range(len(tag) - 1, 0, -1) if emitted[-k:] == tag[:k]), 0)
-        if allowed[tag[partial]] and (partial or rng.random() < call_bias):
-            nxt = tag[partial]
-        else:
-            nxt = rng.choice(options)
+        nxt = tag[partial] if allowed[tag[partial]] and (partial or rng.random() < call_bias) else rng.choice(options)
         if nxt in c.end_ids:
             return emitted
         emitted.append(nxt)

@@ -69,7 +69,7 @@ def every_log_record(caplog):
     root = logging.getLogger()
     root.addHandler(handler)
     saved = []
-    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+    for _name, lg in list(logging.Logger.manager.loggerDict.items()):
         if isinstance(lg, logging.Logger):
             saved.append((lg, lg.level, lg.disabled))
             lg.setLevel(logging.DEBUG)

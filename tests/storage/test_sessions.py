@@ -177,7 +177,7 @@ async def test_never_consolidate_span_leaves_no_trace(store):
     engine.append(es, b)
     await engine.flush(es)
     await engine.consolidate(es)
-    info, blob = store.latest("n", tenant="t")
+    _info, blob = store.latest("n", tenant="t")
     stored = HybridState.from_bytes(blob, cfg=SM.config, fingerprint=SM.fingerprint)
     lm = SM.model
     ref = lm.new_state()

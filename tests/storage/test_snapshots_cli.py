@@ -65,7 +65,7 @@ def test_errors_are_one_clear_line(tmp_path):
 def test_another_tenant_cannot_tell_a_foreign_id_from_a_missing_one(tmp_path):
     """Finding 5: the answer for another tenant's snapshot is the missing one's, and the
     attempt lands in the owner's audit trail."""
-    url, (a, b) = make_store(tmp_path)
+    url, (_a, b) = make_store(tmp_path)
     missing = runner.invoke(app, ["snapshots", "show", "999", "--store", url, "--tenant", "bob"])
     foreign = runner.invoke(app, ["snapshots", "show", str(b), "--store", url, "--tenant", "bob"])
     assert missing.exit_code == foreign.exit_code == 2
@@ -101,9 +101,9 @@ def test_a_read_only_store_can_be_read(tmp_path, monkeypatch):
         assert info.id == a and len(blob) == info.size
         with pytest.raises(StoreError, match="read-only"):
             store.erase("conv", tenant="acme")
-        with store.engine.connect() as conn:  # not only our check: the connection cannot write
-            with pytest.raises(Exception, match="readonly"):
-                conn.exec_driver_sql("DELETE FROM sleep_events")
+        # not only our check: the connection cannot write
+        with store.engine.connect() as conn, pytest.raises(Exception, match="readonly"):
+            conn.exec_driver_sql("DELETE FROM sleep_events")
     # the CLI detects a file it may not write (tests run as root, which file modes do not stop:
     # the permission check answers as it would for any other user)
     real_access = os.access

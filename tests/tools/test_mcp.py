@@ -197,7 +197,7 @@ async def test_a_server_that_cannot_be_reached_fails_start_with_a_typed_error():
     assert isinstance(info.value, ToolError)
     with pytest.raises(MCPConnectionError, match="cannot start"):
         await MCPServerHTTP("http://127.0.0.1:9/mcp", connect_timeout=5).start()  # the discard port: refused
-    with pytest.raises(MCPConnectionError, match="did not answer within 0.5 s"):
+    with pytest.raises(MCPConnectionError, match=r"did not answer within 0.5 s"):
         await MCPServerStdio(sys.executable, ["-c", "import time; time.sleep(30)"], connect_timeout=0.5).start()
 
 

@@ -157,7 +157,7 @@ def test_reset_starts_over() -> None:
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
-    with pytest.raises(ConfigError, match="nope.txt"):
+    with pytest.raises(ConfigError, match=r"nope.txt"):
         DocumentReader(missing)
 
 

@@ -176,7 +176,7 @@ def test_batches_share_one_layout_with_varied_conventions_and_several_documents(
         for ex in batch:
             hops = ex.meta["hops"]
             for d in range(ex.meta["n_docs"]):  # hop counts balanced per document
-                ks = [k for k, doc in zip(hops, ex.meta["docs"]) if doc == d]
+                ks = [k for k, doc in zip(hops, ex.meta["docs"], strict=False) if doc == d]
                 assert abs(ks.count(1) - ks.count(2)) <= 1
         text = task.tokenizer.decode(batch[0].ids)
         names.add(text.split('"name": "')[1].split('"')[0])

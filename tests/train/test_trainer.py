@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -81,7 +82,7 @@ def test_training_changes_weights_and_gdn_warmup_freezes_the_rest(tmp_path):
 
 def test_evaluate_reports_per_loops_and_difficulty(tmp_path):
     train(cfg(steps=2), tmp_path / "e", progress=False)
-    model, meta = load_checkpoint(tmp_path / "e")
+    model, _meta = load_checkpoint(tmp_path / "e")
     task = make_task(DEPO["task"], **DEPO["task_kwargs"])
     result = evaluate(model, task, [1, 2], n=8)
     assert set(result) == {1, 2} and set(result[1]) == {1, 2}
@@ -120,7 +121,7 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     c = cfg(steps=100, warmup_steps=10, schedule="cosine")
     factors = [lr_factor(c, s) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # non-increasing after warm-up
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))  # non-increasing after warm-up
     assert factors[-1] == pytest.approx(0.1, abs=0.01)
     assert all(lr_factor(cfg(steps=100), s) == 1.0 for s in range(100))  # constant, no warm-up
 
