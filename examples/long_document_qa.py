@@ -34,8 +34,14 @@ async def main(path: str, questions: list[str], *, model: str = "docqa-small", l
     # pages as long, and sleeps at the same window fill, as the model saw in training
     page_chars = page_chars or docqa_task(sm).page_chars
     reader = DocumentReader.from_text(text, page_chars=page_chars, latency=latency)
-    agent = Agent(sm, tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM,
-                  sleep=SleepPolicy(loops=loops, min_fill=task_min_fill(sm)), max_steps=reader.page_count + 3, max_tokens=64)
+    agent = Agent(
+        sm,
+        tools=reader_tools(reader),
+        system_prompt=DOCQA_SYSTEM,
+        sleep=SleepPolicy(loops=loops, min_fill=task_min_fill(sm)),
+        max_steps=reader.page_count + 3,
+        max_tokens=64,
+    )
     answers, most_in_window = [], 0
     try:
         async with agent.session() as session:

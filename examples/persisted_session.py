@@ -26,8 +26,16 @@ from sleepagent.train.docqa import READ_REQUEST
 from sleepagent.train.docqa_eval import held_out_sessions
 
 
-async def main(store_url: str = "sqlite:///sessions.db", model: str = "docqa-small", session_id: str = "example-session",
-               *, places: int = 6, questions: int = 4, latency: float = 0.2, seed: int = 3) -> dict:
+async def main(
+    store_url: str = "sqlite:///sessions.db",
+    model: str = "docqa-small",
+    session_id: str = "example-session",
+    *,
+    places: int = 6,
+    questions: int = 4,
+    latency: float = 0.2,
+    seed: int = 3,
+) -> dict:
     sm = SleepModel.from_pretrained(model)
     doc = held_out_sessions(1, places, 1, seed=seed)[0]
     reader = DocumentReader.from_text(doc.documents[0], page_chars=docqa_task(sm).page_chars, latency=latency)

@@ -405,7 +405,9 @@ class AgentSession:
             raise SleepAgentError(f"session {self.id} is closed")
         _check_message(message)
         if usage_limits is not None and not isinstance(usage_limits, UsageLimits):
-            raise ConfigError(f"usage_limits must be a UsageLimits, got {type(usage_limits).__name__}", field="usage_limits")
+            raise ConfigError(
+                f"usage_limits must be a UsageLimits, got {type(usage_limits).__name__}", field="usage_limits"
+            )
         output = self.agent.output
         if output_type is not ...:
             output = _output_of(output_type)
@@ -706,7 +708,9 @@ def _check_message(message: Any) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ConfigError(f"the message is not valid Unicode text ({e.reason} at position {e.start})", field="task") from None
+        raise ConfigError(
+            f"the message is not valid Unicode text ({e.reason} at position {e.start})", field="task"
+        ) from None
 
 
 def _bounded(result: ToolResult, limit: int) -> ToolResult:

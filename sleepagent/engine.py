@@ -548,7 +548,9 @@ class Engine:
         try:
             t0 = time.perf_counter()
             if len(reads) > 1 and hasattr(lm, "prefill_many"):
-                logits = lm.prefill_many([(ids, flags) for _, ids, flags, _ in reads], [r.session.state for r, *_ in reads])
+                logits = lm.prefill_many(
+                    [(ids, flags) for _, ids, flags, _ in reads], [r.session.state for r, *_ in reads]
+                )
             else:
                 logits = torch.stack([
                     lm.prefill(torch.tensor([ids]), r.session.state, consolidate=torch.tensor([flags]))[0, -1]

@@ -73,7 +73,8 @@ class ChatSleepModel(BaseChatModel):
     """LangChain chat model for sleepagent models.
 
     ``model`` is a shipped checkpoint name or a local directory (default: ``$SLEEPAGENT_MODEL``,
-    else ``docqa-small``), or use :meth:`from_model` with a loaded :class:`SleepModel`. ``temperature`` 0 (default) decodes greedily. The standard
+    else ``docqa-small``), or use :meth:`from_model` with a loaded :class:`SleepModel`. ``temperature``
+    0 (default) decodes greedily. The standard
     parameters ``timeout``, ``stop``, ``max_retries`` and ``api_key`` are accepted; ``api_key``
     and ``max_retries`` have no meaning for a local model.
     """
@@ -161,7 +162,9 @@ class ChatSleepModel(BaseChatModel):
         _CALL_CONFIG.set(ensure_config(config))  # generators: set in this (copied) context
         yield from super().stream(input, config, **kwargs)
 
-    async def astream(self, input: LanguageModelInput, config: Any = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+    async def astream(
+        self, input: LanguageModelInput, config: Any = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
         _CALL_CONFIG.set(ensure_config(config))
         async for chunk in super().astream(input, config, **kwargs):
             yield chunk

@@ -63,8 +63,14 @@ def diff_stats(a: bytes, b: bytes) -> list[dict[str, float]]:
     for i, (x, y) in enumerate(zip(A, B, strict=True)):
         d = float((x - y).norm())
         nx = float(x.norm())
-        cos = float(torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0)) if nx and float(y.norm()) else 0.0
-        out.append({"layer": i, "diff_norm": d, "relative": d / nx if nx else float("inf") if d else 0.0, "cosine": cos})
+        cos = (
+            float(torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0))
+            if nx and float(y.norm())
+            else 0.0
+        )
+        out.append(
+            {"layer": i, "diff_norm": d, "relative": d / nx if nx else float("inf") if d else 0.0, "cosine": cos}
+        )
     return out
 
 

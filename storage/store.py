@@ -122,7 +122,9 @@ def check_name(value: object, what: str) -> str:
     refuses NUL, and a name is shown in tables and logs)."""
     if isinstance(value, str) and _NAME.match(value):
         return value
-    shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else f"{value[:40]!r}… ({len(value)} characters)"
+    shown = (
+        repr(value) if not isinstance(value, str) or len(value) <= 40 else f"{value[:40]!r}… ({len(value)} characters)"
+    )
     raise ConfigError(f"{what} must be a string of 1 to 128 characters without control characters, got {shown}",
                       field=what)
 
@@ -242,7 +244,8 @@ class SnapshotStore:
 
     ``create=False`` opens only an existing store (the CLI: a mistyped path is an error, not a new
     empty database). ``read_only=True`` (or a SQLite file this process cannot write) opens it for
-    reading: reads work (their audit rows are skipped, with a warning), writes raise StoreError. ``clock`` (seconds, like :func:`time.time`) is injectable so TTL and lease
+    reading: reads work (their audit rows are skipped, with a warning), writes raise StoreError.
+    ``clock`` (seconds, like :func:`time.time`) is injectable so TTL and lease
     behaviour can be tested without sleeping.
     """
 
@@ -254,7 +257,9 @@ class SnapshotStore:
         try:
             parsed = make_url(url)
         except ArgumentError:
-            raise ConfigError(f"not a database URL: {url!r} (try sqlite:///path.db or postgresql+psycopg://...)", field="url") from None
+            raise ConfigError(
+                f"not a database URL: {url!r} (try sqlite:///path.db or postgresql+psycopg://...)", field="url"
+            ) from None
         self.url = parsed
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.path: Path | None = None
@@ -287,7 +292,9 @@ class SnapshotStore:
                 self.engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
             self._prepare(create, where)
         except (NoSuchModuleError, ModuleNotFoundError) as e:
-            raise ConfigError(f"no database driver for {parsed.drivername!r}: {e} (pip install 'sleepagent[postgres]')", field="url") from None
+            raise ConfigError(
+                f"no database driver for {parsed.drivername!r}: {e} (pip install 'sleepagent[postgres]')", field="url"
+            ) from None
         except DatabaseError as e:
             raise StoreError(f"cannot open the store at {where}: {_reason(e)}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -481,7 +488,9 @@ class SnapshotStore:
                 q = q.where(_live(now))
             return [_snapshot_info(r) for r in db.scalars(q.order_by(SnapshotRow.created_at, SnapshotRow.id))]
 
-    def latest(self, session_id: str, *, tenant: str, fingerprint: str | None = None) -> tuple[SnapshotInfo, bytes] | None:
+    def latest(
+        self, session_id: str, *, tenant: str, fingerprint: str | None = None
+    ) -> tuple[SnapshotInfo, bytes] | None:
         """The newest unexpired snapshot of the session and its verified payload, or None; read
         in one transaction (a concurrent prune cannot remove it between finding and reading)."""
         now = self.clock()
@@ -533,7 +542,9 @@ class SnapshotStore:
             logger.warning("session %r: snapshot %d failed its checks; resuming from an older one", session_id, sid)
         if found is None:
             if skipped:
-                raise SnapshotCorrupted(f"session {session_id!r}: none of its {len(skipped)} snapshot(s) passed its checks")
+                raise SnapshotCorrupted(
+                    f"session {session_id!r}: none of its {len(skipped)} snapshot(s) passed its checks"
+                )
             return None
         self._audit("restore", tenant, session_id, snapshot=found[0].id, skipped=[s for s, _ in skipped])
         return Restored(found[0], found[1], skipped, found[2])
@@ -545,7 +556,9 @@ class SnapshotStore:
         check_name(tenant, "tenant")
         if isinstance(snapshot_id, bool) or not isinstance(snapshot_id, int):
             raise ConfigError(f"snapshot id must be an integer, got {type(snapshot_id).__name__}", field="snapshot_id")
-        missing = SnapshotNotFound(f"no snapshot {snapshot_id}" if snapshot_id.bit_length() < 80 else "no such snapshot")
+        missing = SnapshotNotFound(
+            f"no snapshot {snapshot_id}" if snapshot_id.bit_length() < 80 else "no such snapshot"
+        )
         if not 1 <= snapshot_id <= _MAX_ID:
             raise missing
         refused = False
@@ -641,9 +654,18 @@ class SnapshotStore:
         if expired:
             db.execute(delete(SnapshotRow).where(SnapshotRow.id.in_([e[0] for e in expired])))
             for tenant, sid in {(e[1], e[2]) for e in expired}:
-                db.add(self._event("purge", tenant, sid, snapshots=[e[0] for e in expired if (e[1], e[2]) == (tenant, sid)],
-                                   reason="ttl"))
-        lapsed = db.scalars(select(SessionRow).where(SessionRow.lease_until.is_not(None), SessionRow.lease_until <= now)).all()
+                db.add(
+                    self._event(
+                        "purge",
+                        tenant,
+                        sid,
+                        snapshots=[e[0] for e in expired if (e[1], e[2]) == (tenant, sid)],
+                        reason="ttl",
+                    )
+                )
+        lapsed = db.scalars(
+            select(SessionRow).where(SessionRow.lease_until.is_not(None), SessionRow.lease_until <= now)
+        ).all()
         gone = len(expired)
         for srow in lapsed:
             rows, _ = self._delete_session(db, srow)

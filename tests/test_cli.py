@@ -63,7 +63,9 @@ def test_train_then_eval(tmp_path):
             "--batch-size", "2", "--d-model", "16", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["eval", str(out), "--loops", "1,2", "--n", "4", "--json", "--plot", str(tmp_path / "p.png")])
+    result = runner.invoke(
+        app, ["eval", str(out), "--loops", "1,2", "--n", "4", "--json", "--plot", str(tmp_path / "p.png")]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output.strip().splitlines()[-1])
     assert set(data["accuracy"]) == {"1", "2"} and set(data["accuracy"]["1"]) == {"2"}

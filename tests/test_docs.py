@@ -81,7 +81,9 @@ def block(page: str, lang: str, heading_words: str, contains: str = "") -> str:
     contains ``contains``."""
     found = [b.code for b in blocks_of(ROOT / page) if b.lang == lang and heading_words in b.heading
              and contains in b.code]
-    assert len(found) == 1, f"{page}: expected one {lang} block under {heading_words!r} with {contains!r}, found {len(found)}"
+    assert (
+        len(found) == 1
+    ), f"{page}: expected one {lang} block under {heading_words!r} with {contains!r}, found {len(found)}"
     return found[0]
 
 
@@ -135,7 +137,13 @@ BLOCKS: list[tuple[str, str, str, str, str]] = [
     ("docs/guides/agents.md", "python", "LangChain in ten lines", "", "same: README"),
     ("docs/guides/serving.md", "bash", "Start it", "--no-auth", "same: README"),
     ("docs/guides/serving.md", "python", "Start it", "", "same: README"),
-    ("docs/guides/serving.md", "bash", "Ray Serve", "--ray", "parsed: a Ray cluster and PostgreSQL (tests/serve/test_ray.py runs the deployment)"),
+    (
+        "docs/guides/serving.md",
+        "bash",
+        "Ray Serve",
+        "--ray",
+        "parsed: a Ray cluster and PostgreSQL (tests/serve/test_ray.py runs the deployment)",
+    ),
     ("docs/guides/scaling.md", "bash", "Scaling out", "--ray", "parsed: a Ray cluster and PostgreSQL"),
     ("docs/guides/memory.md", "python", "Memory that persists", "", "run: twice"),
     ("docs/guides/memory.md", "bash", "Memory that persists", "snapshots", "run"),
@@ -159,8 +167,11 @@ def _matches(b: Block, entry: tuple[str, str, str, str, str]) -> bool:
 
 def test_every_block_is_listed():
     unlisted = [b for b in code_blocks() if sum(_matches(b, e) for e in BLOCKS) != 1]
-    assert not unlisted, ("a code block is not listed (or matches several entries) in tests/test_docs.py BLOCKS: "
-                          + "; ".join(f"{b.page} under {b.heading!r}: {b.code.splitlines()[0][:60]!r}" for b in unlisted))
+    assert (
+        not unlisted
+    ), "a code block is not listed (or matches several entries) in tests/test_docs.py BLOCKS: " + "; ".join(
+        f"{b.page} under {b.heading!r}: {b.code.splitlines()[0][:60]!r}" for b in unlisted
+    )
     missing = [e for e in BLOCKS if not any(_matches(b, e) for b in code_blocks())]
     assert not missing, f"listed but gone: {missing}"
 
@@ -230,7 +241,9 @@ def test_the_fine_tuning_block_runs_as_written(tmp_path):
 def command_lines(code: str) -> list[str]:
     """The block's commands: continuation lines joined, comments dropped."""
     text = code.replace("\\\n", " ")
-    return [line.split(" #")[0].strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.split(" #")[0].strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def options_exist(args: list[str]) -> None:
@@ -249,7 +262,9 @@ def test_training_and_evaluation_commands_parse(scratch, monkeypatch):
     from sleepagent.train.tasks import make_task
 
     seen = []
-    monkeypatch.setattr(train_pkg, "train", lambda cfg, out, stop_at=None: seen.append(cfg) or {"step": 0, "loss": None})
+    monkeypatch.setattr(
+        train_pkg, "train", lambda cfg, out, stop_at=None: seen.append(cfg) or {"step": 0, "loss": None}
+    )
     lines = command_lines(block("docs/guides/training.md", "bash", "Commands", "sleepagent train"))
     for line in lines:
         args = shlex.split(line)

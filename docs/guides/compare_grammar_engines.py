@@ -12,8 +12,9 @@ For each engine, on two vocabularies:
   Markdown and on JSON instances of the schemas, ``--bpe-vocab`` tokens (multi-byte tokens that
   straddle JSON punctuation, like a real model's);
 
-it compiles the same JSON schemas (as written, or with ``--bounded`` as sleepagent bounds them; seeded random schemas with nested objects, arrays, enums, bounded
-integers and numbers, strings with length bounds, booleans, required/optional keys, anyOf, $ref), then
+it compiles the same JSON schemas (as written, or with ``--bounded`` as sleepagent bounds them;
+seeded random schemas with nested objects, arrays, enums, bounded integers and numbers, strings
+with length bounds, booleans, required/optional keys, anyOf, $ref), then
 samples one output per schema by a seeded random walk over the allowed tokens (uniform over allowed
 tokens; the end token whenever it is allowed), timing every mask computation and every token
 advance, and validates each finished output with ``jsonschema``. The report: versions, tokenizer
@@ -70,8 +71,15 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict:
         return {"anyOf": [random_schema(rng, 2), random_schema(rng, 2)]}
     if kind == "array":
         lo = rng.randint(0, 2)
-        return {"type": "array", "items": random_schema(rng, depth + 1), "minItems": lo, "maxItems": lo + rng.randint(0, 3)}
-    keys = rng.sample(["id", "name", "kind", "value", "items", "meta", "tags", "x", "longer_key", "ok"], rng.randint(1, 5))
+        return {
+            "type": "array",
+            "items": random_schema(rng, depth + 1),
+            "minItems": lo,
+            "maxItems": lo + rng.randint(0, 3),
+        }
+    keys = rng.sample(
+        ["id", "name", "kind", "value", "items", "meta", "tags", "x", "longer_key", "ok"], rng.randint(1, 5)
+    )
     props = {k: random_schema(rng, depth + 1) for k in keys}
     return {"type": "object", "properties": props, "required": [k for k in keys if rng.random() < 0.6],
             "additionalProperties": False}
@@ -289,12 +297,23 @@ def run_engine(engine, schemas: list[dict], decode, max_tokens: int, seed: int, 
         return round(1000 * float(np.quantile(xs, q)), 4) if xs else None
     return {
         "setup_ms": round(engine.setup_s * 1000, 2),
-        "compile_ms": {"median": ms(compile_s, 0.5), "p90": ms(compile_s, 0.9), "max": ms(compile_s, 1.0),
-                       "total": round(1000 * sum(compile_s), 1)},
-        "mask_ms_per_token": {"median": ms(mask_s, 0.5), "p99": ms(mask_s, 0.99), "mean": round(1000 * statistics.fmean(mask_s), 4) if mask_s else None},
+        "compile_ms": {
+            "median": ms(compile_s, 0.5),
+            "p90": ms(compile_s, 0.9),
+            "max": ms(compile_s, 1.0),
+            "total": round(1000 * sum(compile_s), 1),
+        },
+        "mask_ms_per_token": {
+            "median": ms(mask_s, 0.5),
+            "p99": ms(mask_s, 0.99),
+            "mean": round(1000 * statistics.fmean(mask_s), 4) if mask_s else None,
+        },
         "advance_ms_per_token": {"median": ms(adv_s, 0.5), "p99": ms(adv_s, 0.99)},
         "tokens": len(mask_s),
-        "schemas": len(schemas), "compile_errors": errors, "finished": finished, "valid": valid,
+        "schemas": len(schemas),
+        "compile_errors": errors,
+        "finished": finished,
+        "valid": valid,
         "failures": failures[:10],
     }
 
@@ -320,10 +339,13 @@ def main() -> None:
     hf_tok = train_bpe(args.bpe_vocab, schemas, args.seed)
     bpe_s = time.perf_counter() - t
     report = {
-        "command": f"python docs/guides/compare_grammar_engines.py --schemas {args.schemas} --bpe-vocab {args.bpe_vocab} "
-                   f"--max-tokens {args.max_tokens} --seed {args.seed}" + (" --bounded" if args.bounded else ""),
+        "command": f"python docs/guides/compare_grammar_engines.py --schemas {args.schemas} "
+        f"--bpe-vocab {args.bpe_vocab} "
+        f"--max-tokens {args.max_tokens} --seed {args.seed}" + (" --bounded" if args.bounded else ""),
         "versions": {p: version(p) for p in ("xgrammar", "llguidance", "torch", "tokenizers", "jsonschema")},
-        "python": platform.python_version(), "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
         "bpe": {"vocab": len(hf_tok), "train_s": round(bpe_s, 2)},
         "results": {},
     }
@@ -334,9 +356,12 @@ def main() -> None:
             engine = cls(vocab, hf_tok)
             r = run_engine(engine, schemas, decoders[vocab], args.max_tokens, args.seed, originals)
             report["results"][f"{engine.name}/{vocab}"] = r
-            print(f"{engine.name:10s} {vocab:4s} vocab={engine.vocab_size:5d} setup={r['setup_ms']}ms "
-                  f"compile={r['compile_ms']} mask={r['mask_ms_per_token']} adv={r['advance_ms_per_token']} "
-                  f"valid={r['valid']}/{r['schemas']} finished={r['finished']} errors={r['compile_errors']}", flush=True)
+            print(
+                f"{engine.name:10s} {vocab:4s} vocab={engine.vocab_size:5d} setup={r['setup_ms']}ms "
+                f"compile={r['compile_ms']} mask={r['mask_ms_per_token']} adv={r['advance_ms_per_token']} "
+                f"valid={r['valid']}/{r['schemas']} finished={r['finished']} errors={r['compile_errors']}",
+                flush=True,
+            )
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 

@@ -1,7 +1,8 @@
-"""Draw the docqa runs' periodic test scores (the ``evals`` in their ``train.json``).
+r"""Draw the docqa runs' periodic test scores (the ``evals`` in their ``train.json``).
 
     python docs/guides/docqa_curve.py runs/docqa-read runs/docqa-small [--out docs/guides/docqa_curve.png]
-    python docs/guides/docqa_curve.py runs/docqa-long runs/docqa-long-n1 --side-by-side --out docs/guides/docqa_long_curve.png
+    python docs/guides/docqa_curve.py runs/docqa-long runs/docqa-long-n1 --side-by-side \
+        --out docs/guides/docqa_long_curve.png
 
 Without ``--side-by-side`` the runs are stages of one model, drawn one after another; with it they
 are twins trained from the same start (each line labelled with the N it was trained with). The
@@ -16,7 +17,9 @@ import json
 from pathlib import Path
 
 
-def curves(runs: list[Path], side_by_side: bool) -> tuple[dict[tuple[str, int, int], list[tuple[int, float]]], list[int]]:
+def curves(
+    runs: list[Path], side_by_side: bool
+) -> tuple[dict[tuple[str, int, int], list[tuple[int, float]]], list[int]]:
     """{(run label, N at inference, hops): [(step, accuracy)]}, and where each stage starts."""
     out: dict[tuple[str, int, int], list[tuple[int, float]]] = {}
     offset, starts = 0, []

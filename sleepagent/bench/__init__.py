@@ -2,7 +2,8 @@
 
 Wall-clock numbers depend on the machine; the ratios are what the targets are stated in. One
 module per benchmark (``kernels``, ``wake``, ``agent``, ``engine``, ``store``, ``memory``,
-``bounded``, ``fairness``, ``serve``, ``constrained``, ``soak``, ``train_step``), each named like its ``sleepagent bench`` subcommand;
+``bounded``, ``fairness``, ``serve``, ``constrained``, ``soak``, ``train_step``), each named like its
+``sleepagent bench`` subcommand;
 :mod:`.report` runs them all and writes the markdown report (``docs/benchmarks.md``).
 """
 
@@ -22,6 +23,17 @@ from .train_step import bench_train, bench_train_step
 from .wake import bench_wake
 
 __all__ = [
-    "bench_agent", "bench_bounded", "bench_constrained", "bench_engine", "bench_fairness", "bench_kernels", "bench_memory",
-    "bench_serve", "bench_store", "bench_train", "bench_train_step", "bench_wake", "timeit",
+    "bench_agent",
+    "bench_bounded",
+    "bench_constrained",
+    "bench_engine",
+    "bench_fairness",
+    "bench_kernels",
+    "bench_memory",
+    "bench_serve",
+    "bench_store",
+    "bench_train",
+    "bench_train_step",
+    "bench_wake",
+    "timeit",
 ]

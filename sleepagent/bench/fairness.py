@@ -13,7 +13,8 @@ __all__ = ["bench_fairness"]
 def bench_fairness(*, sleepers: int = 8, turns: int = 20, tokens: int = 24, pause_s: float = 0.03, loops: int = 4,
                    model: str = "docqa-small", device: str = "cpu") -> dict:
     """An active session's latency while ``sleepers`` other sessions on the same engine sleep
-    (N = ``loops``, each over a full window), against the same run with those sessions idle. The active session works in turns, as a conversation does: a
+    (N = ``loops``, each over a full window), against the same run with those sessions idle. The
+    active session works in turns, as a conversation does: a
     short message read, ``tokens`` tokens written, then a pause of ``pause_s`` (the client's round
     trip) in which the sleepers run. Reported: time to first token (read + first step) and the
     inter-token step latency, p50/p99, and the sleep passes the others got done meanwhile.

@@ -76,7 +76,8 @@ def bench_memory(tokens: tuple[int, ...] = (1000, 10_000, 100_000), *, run_full_
         row = {"tokens": T}
         for kind in ("sleep", "full"):
             run = kind == "sleep" or T <= run_full_up_to
-            code = f"import json; from sleepagent.bench.memory import memory_case; print(json.dumps(memory_case({kind!r}, {T}, {run})))"
+            code = ("import json; from sleepagent.bench.memory import memory_case; "
+                    f"print(json.dumps(memory_case({kind!r}, {T}, {run})))")
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             row[kind] = _json.loads(out.stdout.strip().splitlines()[-1])
         row["state_ratio"] = row["full"]["state_bytes"] / row["sleep"]["state_bytes"]

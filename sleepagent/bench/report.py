@@ -92,10 +92,27 @@ def to_markdown(r: dict[str, Any], command: str = "sleepagent bench") -> str:
     k = r["kernels"]
     lines += [f"## Kernels: gated delta rule, {k['backend']} vs the token-by-token reference ({k['device']})", ""]
     lines += _table(
-        ["T", "chunked fwd ms", "recurrent fwd ms", "fwd speed-up", "chunked fwd+bwd ms", "recurrent fwd+bwd ms", "fwd+bwd speed-up"],
-        [[c["T"], f"{1e3 * c['chunk_fwd_s']:.1f}", f"{1e3 * c['recurrent_fwd_s']:.1f}", f"{c['fwd_ratio']:.1f}x",
-          f"{1e3 * c['chunk_fwdbwd_s']:.1f}", f"{1e3 * c['recurrent_fwdbwd_s']:.1f}", f"{c['fwdbwd_ratio']:.1f}x"]
-         for c in k["cases"]],
+        [
+            "T",
+            "chunked fwd ms",
+            "recurrent fwd ms",
+            "fwd speed-up",
+            "chunked fwd+bwd ms",
+            "recurrent fwd+bwd ms",
+            "fwd+bwd speed-up",
+        ],
+        [
+            [
+                c["T"],
+                f"{1e3 * c['chunk_fwd_s']:.1f}",
+                f"{1e3 * c['recurrent_fwd_s']:.1f}",
+                f"{c['fwd_ratio']:.1f}x",
+                f"{1e3 * c['chunk_fwdbwd_s']:.1f}",
+                f"{1e3 * c['recurrent_fwdbwd_s']:.1f}",
+                f"{c['fwdbwd_ratio']:.1f}x",
+            ]
+            for c in k["cases"]
+        ],
     )
     w = r["wake"]
     base = w["ms_per_token"].get("1")
@@ -115,7 +132,10 @@ def to_markdown(r: dict[str, Any], command: str = "sleepagent bench") -> str:
           f"{100 * s['hidden_fraction']:.0f}", s["forced_sleeps"], f"{s['wake_ms_per_token']:.2f}"]
          for name, s in a["schedules"].items()],
     )
-    lines += [f"User-visible time, sleeping in pauses / sleeping only when full: **{a['pause_over_full_total']:.2f}**", ""]
+    lines += [
+        f"User-visible time, sleeping in pauses / sleeping only when full: **{a['pause_over_full_total']:.2f}**",
+        "",
+    ]
     e = r["engine"]
     lines += ["## Engine: concurrent sessions", "",
               f"Batched wake steps vs one session at a time: {e['serial_tok_s']:.0f} → {e['batched_tok_s']:.0f} "
@@ -144,20 +164,38 @@ def to_markdown(r: dict[str, Any], command: str = "sleepagent bench") -> str:
               "peak RSS while reading the tokens (no-eviction beyond the longest run length is allocated,",
               "not run: its prefill is quadratic).", ""]
     lines += _table(
-        ["tokens", "sleep state MB", "sleep peak RSS MB", "no-eviction state MB", "no-eviction peak RSS MB", "state ratio"],
-        [[f"{row['tokens']:,}", f"{row['sleep']['state_bytes'] / 1e6:.2f}", f"{row['sleep']['peak_rss_mb']:.0f}",
-          f"{row['full']['state_bytes'] / 1e6:.2f}",
-          f"{row['full']['peak_rss_mb']:.0f}" + ("" if row["full"]["ran"] else " (allocated only)"),
-          f"{row['state_ratio']:.1f}x"] for row in mem["rows"]],
+        [
+            "tokens",
+            "sleep state MB",
+            "sleep peak RSS MB",
+            "no-eviction state MB",
+            "no-eviction peak RSS MB",
+            "state ratio",
+        ],
+        [
+            [
+                f"{row['tokens']:,}",
+                f"{row['sleep']['state_bytes'] / 1e6:.2f}",
+                f"{row['sleep']['peak_rss_mb']:.0f}",
+                f"{row['full']['state_bytes'] / 1e6:.2f}",
+                f"{row['full']['peak_rss_mb']:.0f}" + ("" if row["full"]["ran"] else " (allocated only)"),
+                f"{row['state_ratio']:.1f}x",
+            ]
+            for row in mem["rows"]
+        ],
     )
     if mem.get("plot"):
         lines += [f"![session memory]({Path(mem['plot']).name})", ""]
     b = r["bounded"]
-    lines += [f"## Bounded work ({b['model']}, prefill chunk {b['prefill_chunk']} tokens)", "",
-              f"A 1 MB task with `UsageLimits(input_tokens_limit=10_000)` is refused, unread, after "
-              f"**{1e3 * b['refused_1mb_s']:.0f} ms**. An active session's decode step while another session on the "
-              f"same engine reads a {b['read_tokens'] / 1e6:g} MB tool output (its reads and forced sleeps run a chunk "
-              f"or a block at a time, between the other session's steps), against the same steps with nobody reading:", ""]
+    lines += [
+        f"## Bounded work ({b['model']}, prefill chunk {b['prefill_chunk']} tokens)",
+        "",
+        f"A 1 MB task with `UsageLimits(input_tokens_limit=10_000)` is refused, unread, after "
+        f"**{1e3 * b['refused_1mb_s']:.0f} ms**. An active session's decode step while another session on the "
+        f"same engine reads a {b['read_tokens'] / 1e6:g} MB tool output (its reads and forced sleeps run a chunk "
+        f"or a block at a time, between the other session's steps), against the same steps with nobody reading:",
+        "",
+    ]
     lines += _table(["case", "p50 ms", "p99 ms"],
                     [["nobody reading", f"{b['idle_p50_ms']:.2f}", f"{b['idle_p99_ms']:.2f}"],
                      ["another session reading", f"{b['reading_p50_ms']:.2f}", f"{b['reading_p99_ms']:.2f}"]])
@@ -169,11 +207,27 @@ def to_markdown(r: dict[str, Any], command: str = "sleepagent bench") -> str:
               f"in which the others sleep); the same run with the others idle is the baseline. The others ran "
               f"{f['sleep_passes_meanwhile']} sleep passes meanwhile ({f['turns_while_others_slept']} of {f['turns']} "
               f"turns measured while they slept).", ""]
-    lines += _table(["ms", "others idle p50", "p99", "others sleeping p50", "p99", "p99 ratio"],
-                    [["wake step", f"{f['idle_step_p50_ms']:.2f}", f"{f['idle_step_p99_ms']:.2f}",
-                      f"{f['sleeping_step_p50_ms']:.2f}", f"{f['sleeping_step_p99_ms']:.2f}", f"**{f['step_p99_ratio']:.2f}x**"],
-                     ["time to first token", f"{f['idle_ttft_p50_ms']:.2f}", f"{f['idle_ttft_p99_ms']:.2f}",
-                      f"{f['sleeping_ttft_p50_ms']:.2f}", f"{f['sleeping_ttft_p99_ms']:.2f}", f"{f['ttft_p99_ratio']:.2f}x"]])
+    lines += _table(
+        ["ms", "others idle p50", "p99", "others sleeping p50", "p99", "p99 ratio"],
+        [
+            [
+                "wake step",
+                f"{f['idle_step_p50_ms']:.2f}",
+                f"{f['idle_step_p99_ms']:.2f}",
+                f"{f['sleeping_step_p50_ms']:.2f}",
+                f"{f['sleeping_step_p99_ms']:.2f}",
+                f"**{f['step_p99_ratio']:.2f}x**",
+            ],
+            [
+                "time to first token",
+                f"{f['idle_ttft_p50_ms']:.2f}",
+                f"{f['idle_ttft_p99_ms']:.2f}",
+                f"{f['sleeping_ttft_p50_ms']:.2f}",
+                f"{f['sleeping_ttft_p99_ms']:.2f}",
+                f"{f['ttft_p99_ratio']:.2f}x",
+            ],
+        ],
+    )
     v = r["serve"]
     lines += [f"## Serving: {v['conversations']} conversations over HTTP (`sleepagent serve`, streaming)", "",
               f"Each reads a document through a tool call (the tool takes {v['tool_s']} s), then asks {v['rounds']} "
@@ -190,7 +244,11 @@ def write_report(path: str | Path, *, quick: bool = False, device: str = "cpu", 
     path.parent.mkdir(parents=True, exist_ok=True)
     plot = str(path.with_name("memory.png"))
     result = run_all(quick=quick, device=device, plot=plot, progress=progress)
-    command = "sleepagent bench" + (" --quick" if quick else "") + (f" --out {path}" if str(path) != "docs/benchmarks.md" else "")
+    command = (
+        "sleepagent bench"
+        + (" --quick" if quick else "")
+        + (f" --out {path}" if str(path) != "docs/benchmarks.md" else "")
+    )
     path.write_text(to_markdown(result, command) + "\n")
     path.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     return path

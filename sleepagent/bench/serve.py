@@ -39,7 +39,9 @@ def bench_serve(*, conversations: int = 8, concurrency: int | None = None, round
     out.update({"sleeps": metric("sleepagent_sleeps_total"), "sleep_hidden_s": hidden, "sleep_exposed_s": exposed,
                 "hidden_share": hidden / (hidden + exposed) if hidden + exposed else 1.0})
     if replicas:
-        out["ray"] = {str(k): _bench_ray(k, model, conversations, concurrency, rounds, tool_s, think_s) for k in replicas}
+        out["ray"] = {
+            str(k): _bench_ray(k, model, conversations, concurrency, rounds, tool_s, think_s) for k in replicas
+        }
     return out
 
 
@@ -48,7 +50,9 @@ _TOOLS = [{"type": "function", "function": {"name": "next_page", "description": 
                                             "parameters": {"type": "object", "properties": {}}}}]
 
 
-async def _stream_turn(client, url: str, model: str, messages: list, session: str | None, record=None) -> tuple[dict, str]:
+async def _stream_turn(
+    client, url: str, model: str, messages: list, session: str | None, record=None
+) -> tuple[dict, str]:
     """One streamed request; returns (the assistant message, the session id). ``record(kind, s)``
     gets "ttft" and "itl" times and "tokens" counts."""
     import json as _json
@@ -137,11 +141,23 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
 
     wall = anyio.run(main)
 
-    return {"model": model, "conversations": conversations, "concurrency": concurrency or conversations,
-            "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "wall_s": wall, "requests": counts["requests"],
-            "lost": counts["lost"], "requests_per_s": counts["requests"] / wall, "tokens_per_s": counts["tokens"] / wall,
-            "ttft_p50_ms": percentile_ms(times["ttft"], 0.5), "ttft_p99_ms": percentile_ms(times["ttft"], 0.99),
-            "itl_p50_ms": percentile_ms(times["itl"], 0.5), "itl_p99_ms": percentile_ms(times["itl"], 0.99)}
+    return {
+        "model": model,
+        "conversations": conversations,
+        "concurrency": concurrency or conversations,
+        "rounds": rounds,
+        "tool_s": tool_s,
+        "think_s": think_s,
+        "wall_s": wall,
+        "requests": counts["requests"],
+        "lost": counts["lost"],
+        "requests_per_s": counts["requests"] / wall,
+        "tokens_per_s": counts["tokens"] / wall,
+        "ttft_p50_ms": percentile_ms(times["ttft"], 0.5),
+        "ttft_p99_ms": percentile_ms(times["ttft"], 0.99),
+        "itl_p50_ms": percentile_ms(times["itl"], 0.5),
+        "itl_p99_ms": percentile_ms(times["itl"], 0.99),
+    }
 
 
 def _bench_ray(replicas: int, model: str, conversations: int, concurrency: int | None, rounds: int, tool_s: float,

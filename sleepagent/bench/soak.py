@@ -76,7 +76,8 @@ def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: floa
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_up(url, proc, Path(tmp) / "server.log")
-            state = {"done": 0, "lost": 0, "requests": 0, "latencies": [], "records": [], "all_latencies": [], "errors": {}}
+            state = {"done": 0, "lost": 0, "requests": 0, "latencies": [], "records": [], "all_latencies": [],
+                     "errors": {}}
             state["records"].append(_record(url, proc.pid, state))
             t0 = time.perf_counter()
 
@@ -164,7 +165,8 @@ def _record(url: str, pid: int, state: dict) -> dict[str, Any]:
     text = httpx.get(f"{url}/metrics", timeout=30).text
 
     def metric(name: str) -> float:
-        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), float("nan"))
+        values = (float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+        return next(values, float("nan"))
 
     lat, state["latencies"] = state["latencies"], []
     return {"conversations": state["done"], "rss_mb": rss_mb(pid), "live": metric("sleepagent_sessions"),

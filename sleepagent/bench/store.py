@@ -78,7 +78,9 @@ def bench_store(
             row: dict[str, dict] = {}
             for name, (cfg, state, fp) in states.items():
                 sid = f"bench-{name}"
-                store.open_session(sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2))
+                store.open_session(
+                    sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2)
+                )
                 blob = state.to_bytes(fp)
                 write = timeit(lambda store=store, sid=sid, state=state, fp=fp:
                                store.save(sid, state.to_bytes(fp), tenant="bench", loops=2),
@@ -92,7 +94,9 @@ def bench_store(
             # the bf16 option: half the bytes, and the error it costs (measured on the restored S)
             cfg, state, fp = states["2b-class"]
             sid = "bench-bf16"
-            store.open_session(sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2))
+            store.open_session(
+                sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2)
+            )
             blob = state.to_bytes(fp, torch.bfloat16)
             write = timeit(lambda store=store, sid=sid, state=state, fp=fp:
                            store.save(sid, state.to_bytes(fp, torch.bfloat16), tenant="bench", loops=2),
@@ -111,7 +115,12 @@ def bench_store(
             blob = state.to_bytes(fp)
             pool = [SnapshotStore(db_url) for _ in range(writers)]
             for i, s in enumerate(pool):
-                s.open_session(f"w{i}", tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=3))
+                s.open_session(
+                    f"w{i}",
+                    tenant="bench",
+                    fingerprint=fp,
+                    policy=MemoryPolicy(retention="persistent", max_snapshots=3),
+                )
 
             def work(i: int, pool: list[SnapshotStore] = pool, blob: bytes = blob) -> None:
                 for _ in range(writes_per_writer):

@@ -175,7 +175,10 @@ def bench_store_cmd(
                   + ", ".join(f"{b} {e:.2e}" for b, e in errs.items()))
     for backend, row in result["backends"].items():
         c = row["concurrent"]
-        console.print(f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s ({c['mb_per_s']:.1f} MB/s)")
+        console.print(
+            f"{backend}: {c['writers']} concurrent writers, {c['snapshots_per_s']:.0f} snapshots/s "
+            f"({c['mb_per_s']:.1f} MB/s)"
+        )
 
 
 @app.command("bounded")
@@ -193,9 +196,11 @@ def bench_bounded_cmd(
         print(json.dumps(r))
         return
     console.print(f"1 MB task, input_tokens_limit=10_000: refused after {r['refused_1mb_s'] * 1e3:.0f} ms, unread")
-    console.print(f"decode step of an active session: idle p50 {r['idle_p50_ms']:.2f} / p99 {r['idle_p99_ms']:.2f} ms; "
-                  f"while another reads {read_mb:g} MB: p50 {r['reading_p50_ms']:.2f} / p99 {r['reading_p99_ms']:.2f} ms "
-                  f"(p99 {r['p99_ratio']:.2f}x); tokens read after the cancel: {r['read_after_cancel']}")
+    console.print(
+        f"decode step of an active session: idle p50 {r['idle_p50_ms']:.2f} / p99 {r['idle_p99_ms']:.2f} ms; "
+        f"while another reads {read_mb:g} MB: p50 {r['reading_p50_ms']:.2f} / p99 {r['reading_p99_ms']:.2f} ms "
+        f"(p99 {r['p99_ratio']:.2f}x); tokens read after the cancel: {r['read_after_cancel']}"
+    )
 
 
 @app.command("fairness")
@@ -276,9 +281,13 @@ def bench_constrained_cmd(
                         f"{r['threads']} thread(s))")
     for col in ("plain ms/token", "constrained ms/token", "ratio", "mask ms/token (median / mean / p99)", "build ms"):
         table.add_column(col, justify="right")
-    table.add_row(f"{r['plain_ms_per_token']:.3f}", f"{r['constrained_ms_per_token']:.3f}", f"{r['ratio']:.3f}",
-                  f"{r['mask_ms_per_token']:.3f} / {r['mask_ms_per_token_mean']:.3f} / {r['mask_ms_per_token_p99']:.3f}",
-                  f"{r['build_ms']:.2f}")
+    table.add_row(
+        f"{r['plain_ms_per_token']:.3f}",
+        f"{r['constrained_ms_per_token']:.3f}",
+        f"{r['ratio']:.3f}",
+        f"{r['mask_ms_per_token']:.3f} / {r['mask_ms_per_token_mean']:.3f} / {r['mask_ms_per_token_p99']:.3f}",
+        f"{r['build_ms']:.2f}",
+    )
     console.print(table)
 
 
@@ -299,13 +308,23 @@ def bench_memory_cmd(
         print(json.dumps(result))
         return
     table = Table(title="session memory (d=128, 4 layers; state = what a session holds between calls)")
-    for col in ("tokens", "sleep state MB", "sleep peak RSS MB", "no-eviction state MB", "no-eviction peak RSS MB", "state ratio"):
+    for col in (
+        "tokens",
+        "sleep state MB",
+        "sleep peak RSS MB",
+        "no-eviction state MB",
+        "no-eviction peak RSS MB",
+        "state ratio",
+    ):
         table.add_column(col, justify="right")
     for r in result["rows"]:
         full = r["full"]
         table.add_row(
-            str(r["tokens"]), f"{r['sleep']['state_bytes'] / 1e6:.2f}", f"{r['sleep']['peak_rss_mb']:.0f}",
-            f"{full['state_bytes'] / 1e6:.2f}", f"{full['peak_rss_mb']:.0f}" + ("" if full["ran"] else " (allocated only)"),
+            str(r["tokens"]),
+            f"{r['sleep']['state_bytes'] / 1e6:.2f}",
+            f"{r['sleep']['peak_rss_mb']:.0f}",
+            f"{full['state_bytes'] / 1e6:.2f}",
+            f"{full['peak_rss_mb']:.0f}" + ("" if full["ran"] else " (allocated only)"),
             f"{r['state_ratio']:.1f}x",
         )
     console.print(table)

@@ -59,8 +59,14 @@ def demo(
     for r in runs:
         qa.add_column(f"N={r.loops}")
     for i, a in enumerate(first.answers):
-        cells = [f"[green]{r.answers[i]['answer']}[/]" if r.answers[i]["right"] else f"[red]{r.answers[i]['answer'] or '∅'}[/]"
-                 for r in runs]
+        cells = [
+            (
+                f"[green]{r.answers[i]['answer']}[/]"
+                if r.answers[i]["right"]
+                else f"[red]{r.answers[i]['answer'] or '∅'}[/]"
+            )
+            for r in runs
+        ]
         where = "evicted" if a["evicted"] else "in window"
         qa.add_row(a["question"], str(a["doc"]), where, a["truth"], *cells)
     console.print(qa)
@@ -136,4 +142,3 @@ def _batch_table(sm, sessions: int, places: int, loops: tuple[int, ...], seed: i
     read = sum(b.documents_finished for b in batches)
     console.print(f"documents read to their end: {read}/{sessions * len(batches)}; "
                   f"{time.perf_counter() - t0:.1f} s for {sessions * len(batches)} sessions")
-

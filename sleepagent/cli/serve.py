@@ -22,10 +22,14 @@ def serve(
     idle_release: Annotated[float, typer.Option(min=0.1, help="seconds before an idle session is released")] = 300.0,
     persist_window: Annotated[bool, typer.Option(help="snapshots keep the window (exact resume)")] = False,
     max_in_flight: Annotated[int, typer.Option(min=1, help="requests served at once; more get 429")] = 64,
-    max_prompt_tokens: Annotated[int, typer.Option(min=16, help="new tokens a request may bring; more get 413")] = 32_768,
+    max_prompt_tokens: Annotated[
+        int, typer.Option(min=16, help="new tokens a request may bring; more get 413")
+    ] = 32_768,
     ray_mode: Annotated[bool, typer.Option("--ray", help="engine replicas on Ray Serve (needs --store)")] = False,
     replicas: Annotated[int, typer.Option(min=1, help="--ray: engine replicas")] = 2,
-    ray_address: Annotated[str | None, typer.Option(help="--ray: a running Ray cluster (default: start one here)")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="--ray: a running Ray cluster (default: start one here)")
+    ] = None,
 ) -> None:
     """Serve a model over the OpenAI API: POST /v1/chat/completions, GET /v1/models, /health, /metrics.
     With --ray, K engine replicas on Ray Serve share sessions through the store."""
@@ -55,7 +59,9 @@ def serve(
         raise fail(f"invalid server settings: {first_error(e)}") from None
     except ImportError as e:
         extra = "ray" if ray_mode else "serve"
-        raise fail(f"{'--ray' if ray_mode else 'the server'} needs its extra: pip install 'sleepagent[{extra}]' ({e})") from None
+        raise fail(
+            f"{'--ray' if ray_mode else 'the server'} needs its extra: pip install 'sleepagent[{extra}]' ({e})"
+        ) from None
     console.print(f"[bold]sleepagent serve[/]: {model} on http://{host}:{port}/v1 "
                   f"({'no auth' if no_auth else f'{len(cfg.api_keys)} API key(s)'}, store: {store or 'none'}"
                   + (f", {replicas} Ray Serve replicas" if ray_mode else "") + ")")

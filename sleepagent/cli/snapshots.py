@@ -71,7 +71,9 @@ def snapshots_list(store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOp
 
 
 @app.command("show")
-def snapshots_show(snapshot_id: int, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
+def snapshots_show(
+    snapshot_id: int, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default"
+) -> None:
     """Per-layer fast-weight norms, effective rank, bytes; the policy and expiry."""
     from ..snapshot_view import layer_stats
 
@@ -150,11 +152,15 @@ def snapshots_purge(store: StoreOpt = "sqlite:///sleepagent.db") -> None:
 
 
 @app.command("erase")
-def snapshots_erase(session_id: str, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default") -> None:
+def snapshots_erase(
+    session_id: str, store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOpt = "default"
+) -> None:
     """Erase a session and all its snapshots for real; prints the receipt."""
     st = _open_store(store)
     r = _store_call(lambda: st.erase(session_id, tenant=tenant))
-    console.print(f"erased session {r.session_id!r}: {r.snapshots} snapshot(s), {r.bytes} bytes; verified: {r.verified}")
+    console.print(
+        f"erased session {r.session_id!r}: {r.snapshots} snapshot(s), {r.bytes} bytes; verified: {r.verified}"
+    )
 
 
 @app.command("plot")

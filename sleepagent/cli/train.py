@@ -114,8 +114,12 @@ def study(
     report = run_study(STUDIES[name], out, docs, jobs=jobs, threads=threads, device=device, progress=not quiet,
                        command=command, time_limit=time_limit)
     loops = sorted(set(report["loops"]))
-    for key, phase in (("comparison", ""), ("comparison_extended", " (extended)"),
-                       ("comparison_first", ", first questions"), ("comparison_extended_first", " (extended), first questions")):
+    for key, phase in (
+        ("comparison", ""),
+        ("comparison_extended", " (extended)"),
+        ("comparison_first", ", first questions"),
+        ("comparison_extended_first", " (extended), first questions"),
+    ):
         if not report.get(key):
             continue
         table = Table(title=f"study {name}{phase}: {report['summary']}")
@@ -299,4 +303,3 @@ def ship(
         Path(report).write_text(text + "\n")
     console.print(f"model at step {result['main_step']}, twin at step {result['twin_step']}"
                   + (", published" if publish else ""))
-

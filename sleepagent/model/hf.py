@@ -110,11 +110,14 @@ class HFSleepConfig:
             a, b = self.loop_layers
             if not 0 <= a < b <= self.n_layers:
                 raise ConfigError(
-                    f"loop_layers must be (start, stop) with 0 <= start < stop <= {self.n_layers}, got {self.loop_layers}",
+                    f"loop_layers must be (start, stop) with 0 <= start < stop <= {self.n_layers}, "
+                    f"got {self.loop_layers}",
                     field="loop_layers",
                 )
         if not self.linear_layers:
-            raise ConfigError("the model has no linear-attention (GDN) layers: nothing to sleep into", field="layer_types")
+            raise ConfigError(
+                "the model has no linear-attention (GDN) layers: nothing to sleep into", field="layer_types"
+            )
 
     @property
     def span(self) -> tuple[int, int]:
@@ -275,7 +278,9 @@ class HFHybridLM(torch.nn.Module):
         """Wake: one token; returns logits [1, vocab]."""
         return self.prefill(ids.reshape(1, 1), state, consolidate)[:, -1]
 
-    def step_many(self, ids: torch.Tensor, states: list[HFState], consolidate: list[bool] | None = None) -> torch.Tensor:
+    def step_many(
+        self, ids: torch.Tensor, states: list[HFState], consolidate: list[bool] | None = None
+    ) -> torch.Tensor:
         """One token for each of several states (one after another: no batching for HF caches)."""
         flags = consolidate or [True] * len(states)
         return torch.cat([self.step(ids[i : i + 1], s, flags[i]) for i, s in enumerate(states)])
@@ -292,7 +297,11 @@ class HFHybridLM(torch.nn.Module):
                       linear_layers=state.linear_layers)
         if kept:
             self.prefill(torch.tensor([kept], device=self.device), new, True)
-        new.tokens_seen, new.tokens_consolidated, new.sleeps = state.tokens_seen, state.tokens_consolidated, state.sleeps
+        new.tokens_seen, new.tokens_consolidated, new.sleeps = (
+            state.tokens_seen,
+            state.tokens_consolidated,
+            state.sleeps,
+        )
         new.shed = True
         return new
 

@@ -388,7 +388,11 @@ class SleepHybridLM(nn.Module):
         new = HybridState.empty(self.config, 1, device=state.device, h_dtype=state.window_h.dtype, fast=state.fast)
         if ids.shape[1]:
             self.prefill(ids, new, True)
-        new.tokens_seen, new.tokens_consolidated, new.sleeps = state.tokens_seen, state.tokens_consolidated, state.sleeps
+        new.tokens_seen, new.tokens_consolidated, new.sleeps = (
+            state.tokens_seen,
+            state.tokens_consolidated,
+            state.sleeps,
+        )
         new.shed = True
         return new
 

@@ -2,7 +2,8 @@
 
 A checkpoint directory holds ``config.json`` (the SleepHybridConfig), ``model.safetensors``,
 ``tokenizer.json`` and, when it was trained on a chat task, ``prompt.json`` (its
-:class:`~sleepagent.tokenizer.PromptConventions`). Names of shipped checkpoints resolve to ``sleepagent/checkpoints/<name>``;
+:class:`~sleepagent.tokenizer.PromptConventions`). Names of shipped checkpoints resolve to
+``sleepagent/checkpoints/<name>``;
 nothing is ever downloaded.
 """
 
@@ -121,7 +122,9 @@ class SleepModel:
             lm, tok = load_hf_lm(path, device=device, **hf_options)
             return cls(lm, tok, name=path.name, prompt=read_prompt(path))
         if hf_options:
-            raise ConfigError(f"{sorted(hf_options)} apply to transformers checkpoints only; {path} is a sleepagent checkpoint")
+            raise ConfigError(
+                f"{sorted(hf_options)} apply to transformers checkpoints only; {path} is a sleepagent checkpoint"
+            )
         config = SleepHybridConfig(**raw)
         tok_file = path / "tokenizer.json"
         tok_spec = json.loads(tok_file.read_text()) if tok_file.exists() else {"type": "byte"}

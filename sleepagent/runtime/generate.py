@@ -2,7 +2,8 @@
 
 A turn starts from the logits after the generation prompt. Each step a :class:`TokenPicker`
 chooses the next token (the :class:`Sampler`: greedy or sampled, under the turn's constraint,
-:func:`~sleepagent.runtime.constraints.turn_constraint`; a scripted test model: its script), the token goes through a real decode step on the session's
+:func:`~sleepagent.runtime.constraints.turn_constraint`; a scripted test model: its script), the token
+goes through a real decode step on the session's
 state, and the loop ends at the end-of-turn token, a stop string or the token budget. Then the
 turn is closed: its ``<|end|>`` is queued, read with the next flush (the model waits for the
 tool or the user with its closing token pending, as it was trained).

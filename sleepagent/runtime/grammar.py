@@ -412,7 +412,9 @@ def max_json_bytes(schema: Any, separators: tuple[str, str] = DEFAULT_SEPARATORS
             return 2 + _BYTES_PER_CHAR * int(s["maxLength"])
         if t in ("integer", "number"):
             bounds = [s[k] for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in s]
-            if len(bounds) < 2 and not ({"minimum", "exclusiveMinimum"} & s.keys() and {"maximum", "exclusiveMaximum"} & s.keys()):
+            if len(bounds) < 2 and not (
+                {"minimum", "exclusiveMinimum"} & s.keys() and {"maximum", "exclusiveMaximum"} & s.keys()
+            ):
                 raise ConfigError("unbounded number in a schema that should be bounded", field="schema")
             # a value between the bounds has no more integer digits than the larger bound
             digits = max(len(str(abs(math.trunc(float(b))))) for b in bounds)
@@ -437,7 +439,9 @@ def max_json_bytes(schema: Any, separators: tuple[str, str] = DEFAULT_SEPARATORS
                 key = 2 + _BYTES_PER_CHAR * _pattern_len(pattern)
                 parts += [key + key_sep + size(v)] * int(s.get("maxProperties", 0))
             if s.get("additionalProperties", True) is not False:
-                raise ConfigError("an object with unbounded extra keys in a schema that should be bounded", field="schema")
+                raise ConfigError(
+                    "an object with unbounded extra keys in a schema that should be bounded", field="schema"
+                )
             return 2 + sum(parts) + item_sep * max(0, len(parts) - 1)
         raise ConfigError(f"cannot bound the size of schema {s!r}", field="schema")
 
@@ -854,7 +858,9 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     chosen = list(schemas) if tool_choice in ("auto", "required", "none") else [tool_choice]
     open_tag, close_tag = "<tool_call>", "</tool_call>"
     open_id, close_id = vocab.single.get(open_tag), vocab.single.get(close_tag)
-    tag_cost = (1 if open_id is not None else len(open_tag)) + (1 if close_id is not None else len(close_tag)) + 3  # + 3 optional newlines
+    tag_cost = (
+        (1 if open_id is not None else len(open_tag)) + (1 if close_id is not None else len(close_tag)) + 3
+    )  # + 3 optional newlines
 
     def head(name: str) -> str:
         return '{"name"' + separators[1] + json.dumps(name) + separators[0] + '"arguments"' + separators[1]
@@ -940,7 +946,9 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     grammar = llg.LLMatcher.grammar_from_lark(grammar_text)
     gate = None
     if bounded:
-        gate = _CallGate(need=need, open_id=open_id, close_id=close_id, open_text=open_tag.encode(), close_text=close_tag.encode())
+        gate = _CallGate(
+            need=need, open_id=open_id, close_id=close_id, open_text=open_tag.encode(), close_text=close_tag.encode()
+        )
     if out_bounded is not None:
         need = max(need, max_json_bytes(out_bounded, separators))
     c = GrammarConstraint(vocab, grammar, max_tokens=max_tokens, needed=need, limits=lim, schemas=bounded,

@@ -127,7 +127,9 @@ def score_arms(out: Path, *, arms: tuple[Arm, ...] = ARMS, jobs: int = 2, thread
 
 def _scored(run: Path) -> bool:
     path = run / "scores.json"
-    return path.exists() and json.loads(path.read_text())["step"] == json.loads((run / "train.json").read_text())["step"]
+    return (
+        path.exists() and json.loads(path.read_text())["step"] == json.loads((run / "train.json").read_text())["step"]
+    )
 
 
 def write_report(out: Path, docs: str | Path, *, budget_min: float, arms: tuple[Arm, ...] = ARMS, threads: int = 1,
@@ -198,10 +200,12 @@ def render(json_path: str | Path) -> Path:
         "4 1-hop and 4 2-hop questions each, at N = 4 and with the same weights at N = 1.",
         "",
         f"Machine: {report['machine']}. Command: `sleepagent study capacity` (resumable; "
-        f"`--budget-min {minutes:.0f} --sessions {report['sessions']}`). Wall time {report['wall_s'] / 3600:.1f} h on a machine shared with other work "
+        f"`--budget-min {minutes:.0f} --sessions {report['sessions']}`). "
+        f"Wall time {report['wall_s'] / 3600:.1f} h on a machine shared with other work "
         "(the budget is CPU time, which other load does not skew).",
         "",
-        "| arm | change | fast-weight floats | parameters | steps in the budget | 2-hop, N = 4 | 2-hop, same weights N = 1 "
+        "| arm | change | fast-weight floats | parameters | steps in the budget | 2-hop, N = 4 "
+        "| 2-hop, same weights N = 1 "
         "| 1-hop, N = 4 |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -219,9 +223,11 @@ def render(json_path: str | Path) -> Path:
     if base is not None and best == "same":
         lines.append(
             "**Which knob buys most:** none of the grown shapes, within this budget: more training of the shipped "
-            "shape scored highest on 2-hop at N = 4 (intervals overlapping). A grown arm starts out computing the shipped function but "
+            "shape scored highest on 2-hop at N = 4 (intervals overlapping). "
+            "A grown arm starts out computing the shipped function but "
             "has to learn to use its new fast weights, and it takes fewer, slower steps in the same CPU time; "
-            "whether capacity pays needs a budget long enough for that (the trend below).")
+            "whether capacity pays needs a budget long enough for that (the trend below)."
+        )
     elif base is not None:
         b_r, b_n, _b_lo, b_hi = _cell(base["scores"]["4"], 2)
         r, n, lo, _hi = _cell(arms[best]["scores"]["4"], 2)
@@ -238,7 +244,8 @@ def render(json_path: str | Path) -> Path:
         sps = same["cpu_s"] / same["steps"]
         first, last = t["points"][0], t["points"][-1]
         lines += [
-            "## What the trend says it would take", "",
+            "## What the trend says it would take",
+            "",
             f"The shipped model's own stage-3 curve (its periodic test set, 2-hop at N = 4, teacher-forced: the "
             f"trainer's progress signal, not the agent-path score above) went from {first[1]:.2f} at step {first[0]} "
             f"to {last[1]:.2f} at step {last[0]} (batch {t['batch_size']}). Fitted against log(steps), it gains "
@@ -246,9 +253,12 @@ def render(json_path: str | Path) -> Path:
             f"{t['steps_to_target']:,.0f} steps, {t['steps_to_target'] / t['steps_trained']:.0f} times the steps "
             f"trained, and the agent-path 2-hop score, lower than the teacher-forced one, would need more. "
             f"At the CPU-seconds per step the `same` arm measured here ({sps:.1f}), that is about "
-            f"{t['steps_to_target'] * sps / 3600:.0f} CPU-hours, a day or more of this two-core machine. The GPU recipe "
+            f"{t['steps_to_target'] * sps / 3600:.0f} CPU-hours, a day or more of this two-core machine. "
+            "The GPU recipe "
             "(`scripts/docqa_gpu.sh`: `sleepagent ship --preset cuda`, batch 64, about ten minutes of one H200) is "
-            "where that compute is cheap; it has not run, as no GPU was lent to a session since it was written.", ""]
+            "where that compute is cheap; it has not run, as no GPU was lent to a session since it was written.",
+            "",
+        ]
     lines += [report.get("notes", "")]
     page = json_path.with_suffix(".md")
     page.write_text("\n".join(lines).rstrip() + "\n")

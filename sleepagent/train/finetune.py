@@ -58,7 +58,9 @@ def load_base(cfg: TrainConfig, path: str | Path):
                                     loops=cfg.loops, loop_layers=cfg.loop_layers, dtype=dtype)
     sm.model.config.evict, sm.model.config.keep = cfg.evict, cfg.keep
     if cfg.evict == "sliding" and not 0 < cfg.keep < window:
-        raise ConfigError(f"sliding eviction keeps 0 < keep < window={window} tokens, got keep={cfg.keep}", field="keep")
+        raise ConfigError(
+            f"sliding eviction keeps 0 < keep < window={window} tokens, got keep={cfg.keep}", field="keep"
+        )
     return sm
 
 

@@ -62,7 +62,9 @@ class TrainConfig(BaseModel):
     layer_types: tuple[str, ...] | None = None
     gdn_heads: int | None = Field(default=None, ge=1, description="GDN key heads (default n_heads)")
     gdn_v_heads: int | None = Field(default=None, ge=1, description="GDN value heads (default gdn_heads)")
-    gdn_head_k_dim: int | None = Field(default=None, ge=1, description="GDN key dim per head (default d_model // heads)")
+    gdn_head_k_dim: int | None = Field(
+        default=None, ge=1, description="GDN key dim per head (default d_model // heads)"
+    )
     gdn_head_v_dim: int | None = Field(default=None, ge=1, description="GDN value dim per head (default the key dim)")
     conv_size: int = Field(
         default=4, ge=1, description="GDN short-convolution width (docqa: 12 spans a fact's two names)"
@@ -73,7 +75,9 @@ class TrainConfig(BaseModel):
         default=None, ge=1, description="score a fixed test set every k steps (kept in train.json's 'evals')"
     )
     eval_n: int = Field(default=100, ge=1, description="test examples per difficulty for eval_every")
-    eval_loops: tuple[int, ...] | None = Field(default=None, description="N values scored by eval_every; default (1, loops)")
+    eval_loops: tuple[int, ...] | None = Field(
+        default=None, description="N values scored by eval_every; default (1, loops)"
+    )
     eval_teacher_forced: bool = Field(
         default=False, description="eval_every scores teacher-forced (cheaper; labelled so) instead of free-running"
     )
@@ -82,8 +86,12 @@ class TrainConfig(BaseModel):
     )
     device: str = "cpu"
     base: str | None = Field(default=None, description="fine-tune this local transformers hybrid (a directory)")
-    window: int | None = Field(default=None, ge=2, description="the model's attention window (default: the task's); a native model with a window that holds "
-                    "the whole example never evicts (a plain transformer baseline)")
+    window: int | None = Field(
+        default=None,
+        ge=2,
+        description="the model's attention window (default: the task's); a native model with a window that holds "
+        "the whole example never evicts (a plain transformer baseline)",
+    )
     loop_layers: tuple[int, int] | None = Field(default=None, description="--base: the decoder layers the sleep loops")
     evict: Literal["hard", "sliding"] = "hard"
     keep: int = Field(default=0, ge=0, description="sliding eviction: tokens kept in the window after a sleep")

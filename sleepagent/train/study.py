@@ -280,8 +280,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _comparison_rows(report["comparison"], loops)
     extend = f"`{json.dumps(report.get('extend'))}` (runs `<name>_more`)"
     for key, caption in (
-        ("comparison_extended", f"After the second phase: every run trained further from its final checkpoint with {extend}:"),
-        ("comparison_first", "First phase, the first question of each document only (nothing earlier in the window to build on):"),
+        (
+            "comparison_extended",
+            f"After the second phase: every run trained further from its final checkpoint with {extend}:",
+        ),
+        (
+            "comparison_first",
+            "First phase, the first question of each document only (nothing earlier in the window to build on):",
+        ),
         ("comparison_extended_first", "Second phase, the first question of each document only:"),
     ):
         if report.get(key):
@@ -298,7 +304,9 @@ def markdown(report: dict[str, Any]) -> str:
             steps = f"{base['steps']} + {r['steps']}" if base else str(r["steps"])
             for N, row in sorted(r[key].items(), key=lambda kv: -int(kv[0])):
                 label = name if int(N) == r["loops"] else f"{name} at N=1"
-                lines.append(f"| {label} | {steps} | " + " | ".join(f"{row[d]:.3f}" for d in report["comparison"]) + " |")
+                lines.append(
+                    f"| {label} | {steps} | " + " | ".join(f"{row[d]:.3f}" for d in report["comparison"]) + " |"
+                )
     if report.get("pretrain_run"):
         pre = report["pretrain_run"]
         lines += ["", f"Fine-tuning: every run above starts from one pretrained checkpoint, a random transformers "
@@ -360,7 +368,9 @@ def against_n(report: dict[str, Any]) -> bool:
     return len(set(report["loops"])) >= 3 and not report.get("comparison_extended")
 
 
-def final_series(report: dict[str, Any]) -> tuple[str, list[tuple[str, list[int], list[float], list[tuple[int, float]]]]]:
+def final_series(
+    report: dict[str, Any],
+) -> tuple[str, list[tuple[str, list[int], list[float], list[tuple[int, float]]]]]:
     """What the final plot draws: the x axis, then per line (label, xs, mean accuracies, seed points).
 
     Two N: one line per training N against difficulty. A sweep (:func:`against_n`): one line per

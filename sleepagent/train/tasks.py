@@ -250,7 +250,9 @@ class GsmInf:
 
     name = "gsm_inf"
 
-    def __init__(self, ops: tuple[int, ...] = (1, 2, 4, 8), filler: int = 12, window: int = 256, digits: int = 6) -> None:
+    def __init__(
+        self, ops: tuple[int, ...] = (1, 2, 4, 8), filler: int = 12, window: int = 256, digits: int = 6
+    ) -> None:
         if not 2 <= digits <= 6 or op_max(ops) + 1 + 2 * filler > 9 * 10 ** (digits - 1) - 1:
             raise ValueError(f"gsm_inf: {digits}-digit names cannot name {op_max(ops) + 1 + 2 * filler} variables "
                              "(digits 2..6)")

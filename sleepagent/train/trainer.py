@@ -58,11 +58,21 @@ __all__ = [
 
 def build_model(cfg: TrainConfig, task) -> SleepHybridLM:
     mcfg = SleepHybridConfig(
-        vocab_size=task.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-        gdn_heads=cfg.gdn_heads or cfg.n_heads, gdn_v_heads=cfg.gdn_v_heads, gdn_head_k_dim=cfg.gdn_head_k_dim,
-        gdn_head_v_dim=cfg.gdn_head_v_dim, layer_types=cfg.layer_types, conv_size=cfg.conv_size, window=cfg.window or task.window,
-        evict=cfg.evict, keep=cfg.keep,
-        loops=cfg.loops, tie_embeddings=False,
+        vocab_size=task.vocab_size,
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        gdn_heads=cfg.gdn_heads or cfg.n_heads,
+        gdn_v_heads=cfg.gdn_v_heads,
+        gdn_head_k_dim=cfg.gdn_head_k_dim,
+        gdn_head_v_dim=cfg.gdn_head_v_dim,
+        layer_types=cfg.layer_types,
+        conv_size=cfg.conv_size,
+        window=cfg.window or task.window,
+        evict=cfg.evict,
+        keep=cfg.keep,
+        loops=cfg.loops,
+        tie_embeddings=False,
     )
     torch.manual_seed(cfg.seed)
     return SleepHybridLM(mcfg)
@@ -403,7 +413,9 @@ def accuracy(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = Fa
             for n_loops, row in tally(hits, first_only).items()}
 
 
-def tally(hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False) -> dict[int, dict[int, tuple[int, int]]]:
+def tally(
+    hits: dict[int, dict[int, list[list[bool]]]], first_only: bool = False
+) -> dict[int, dict[int, tuple[int, int]]]:
     """(right, questions) per N and difficulty from :func:`answer_hits`-shaped hits."""
     out: dict[int, dict[int, tuple[int, int]]] = {}
     for n_loops, rows in hits.items():

@@ -78,7 +78,9 @@ def test_session_reads_only_new_messages_and_rebuilds_on_divergence(caplog):
     assert "rebuilding" in caplog.text
     assert third.usage_metadata["input_token_details"]["cache_read"] == 0  # read from the start
     # a fresh ephemeral call with the same history gives the same answer as the session did
-    assert chat(max_tokens=4).invoke([SystemMessage("Be brief."), HumanMessage("first question")]).content == first.content
+    assert (
+        chat(max_tokens=4).invoke([SystemMessage("Be brief."), HumanMessage("first question")]).content == first.content
+    )
 
 
 def test_tool_messages_are_read_and_tool_calls_parsed():

@@ -69,7 +69,9 @@ def test_wake_and_n1_sleep_equal_the_models_own_cached_generation(checkpoints, m
     with torch.no_grad():
         cache = DynamicCache(config=lm.text_config)
         ref = lm.hf(input_ids=ids[:, :17], cache=cache, use_cache=True).logits
-        ref_steps = [lm.hf(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits[:, -1] for t in range(17, 20)]
+        ref_steps = [
+            lm.hf(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits[:, -1] for t in range(17, 20)
+        ]
     state = lm.new_state()
     assert_close(lm.prefill(ids[:, :17], state), ref)
     for t, want in zip(range(17, 20), ref_steps, strict=True):

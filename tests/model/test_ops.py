@@ -72,7 +72,9 @@ def test_forward_matches_float64_reference(backend, B, T, H, HV, K, V, chunk, wi
 @pytest.mark.parametrize("B,T,H,HV,K,V,chunk,with_state", CASES)
 def test_chunk_gradients_match_recurrent(B, T, H, HV, K, V, chunk, with_state):
     """Gradients of a random projection of (o, S_T) w.r.t. every input, including initial_state."""
-    inputs = [x.requires_grad_() if x is not None else None for x in make_inputs(B, T, H, HV, K, V, with_state=with_state)]
+    inputs = [
+        x.requires_grad_() if x is not None else None for x in make_inputs(B, T, H, HV, K, V, with_state=with_state)
+    ]
     leaves = [x for x in inputs if x is not None]
     q, k, v, g, beta, S0 = inputs
     gen = torch.Generator().manual_seed(1)

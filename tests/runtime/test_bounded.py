@@ -56,7 +56,10 @@ async def test_tool_output_is_cut_and_the_model_is_told():
                   max_tool_output_chars=1000)
     result = await agent.run("go")
     tool_msg = next(m for m in result.messages if m.role == "tool")
-    assert tool_msg.content.startswith("z" * 1000) and "[tool output truncated: 1,000 of 50,000 characters shown]" in tool_msg.content
+    assert (
+        tool_msg.content.startswith("z" * 1000)
+        and "[tool output truncated: 1,000 of 50,000 characters shown]" in tool_msg.content
+    )
     assert result.usage.input_tokens < 1500
     agent.close()
 

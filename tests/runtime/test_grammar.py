@@ -159,10 +159,18 @@ def test_shipped_model_writes_valid_json_for_random_schemas(shipped, schema, sam
 
 # ------------------------------------------------------------------------------------------ bounding
 def test_bounded_schema_is_a_subset_with_finite_size():
-    schema = {"type": "object", "properties": {
-        "s": {"type": "string"}, "n": {"type": "number"}, "i": {"type": "integer", "minimum": 3},
-        "a": {"type": "array", "items": {"type": "string"}}, "m": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "any": {}}, "required": ["s"]}
+    schema = {
+        "type": "object",
+        "properties": {
+            "s": {"type": "string"},
+            "n": {"type": "number"},
+            "i": {"type": "integer", "minimum": 3},
+            "a": {"type": "array", "items": {"type": "string"}},
+            "m": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "any": {},
+        },
+        "required": ["s"],
+    }
     lim = Limits(string=5, items=2, properties=2, key=3, int_digits=2, frac_digits=1, depth=1)
     b = bound_schema(schema, lim)
     p = b["properties"]
@@ -226,8 +234,15 @@ def random_walk(c, seed: int) -> list[int]:
 
 @pytest.mark.parametrize("budget", [32, 48, 200])
 def test_any_allowed_path_ends_within_budget(budget):
-    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "array", "items": {"type": "number"}},
-                                               "c": {"type": "boolean"}}, "required": ["a", "b"]}
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "string"},
+            "b": {"type": "array", "items": {"type": "number"}},
+            "c": {"type": "boolean"},
+        },
+        "required": ["a", "b"],
+    }
     c = json_constraint(TOK, schema, max_tokens=budget)
     for seed in range(30):
         ids = random_walk(c, seed)

@@ -28,7 +28,10 @@ def ask(messages: list, **kw: Any) -> dict[str, Any]:
 
 def with_args(arguments: str) -> dict[str, Any]:
     """An assistant tool call whose arguments string is ``arguments``."""
-    return {**CALL, "tool_calls": [{**CALL["tool_calls"][0], "function": {"name": "next_page", "arguments": arguments}}]}
+    return {
+        **CALL,
+        "tool_calls": [{**CALL["tool_calls"][0], "function": {"name": "next_page", "arguments": arguments}}],
+    }
 
 
 @dataclass
@@ -70,25 +73,44 @@ CASES = [
     Case("unknown model, streamed", ask([USER], model="gpt-4", stream=True), 404, "model_not_found"),
     Case("a tool name with spaces", ask([USER], tools=[{"type": "function", "function": {"name": "bad name"}}]), 400),
     Case("tool_choice of no tool", ask([USER], tools=TOOLS, tool_choice="nope"), 400),
-    Case("tool_choice of a missing function", ask([USER], tools=TOOLS, tool_choice={
-        "type": "function", "function": {"name": "missing"}}), 400),
+    Case(
+        "tool_choice of a missing function",
+        ask([USER], tools=TOOLS, tool_choice={"type": "function", "function": {"name": "missing"}}),
+        400,
+    ),
     Case("tool_choice required without tools", ask([USER], tool_choice="required"), 400),
     Case("tool_choice none without tools", ask([USER], tool_choice="none"), 400),
-    Case("a tool message with no call before it", ask([USER, {"role": "tool", "tool_call_id": "call_1",
-                                                              "content": "page"}], tools=TOOLS), 400),
-    Case("a tool message after a user message", ask([USER, CALL, USER, {"role": "tool", "tool_call_id": "call_1",
-                                                                        "content": "page"}], tools=TOOLS), 400),
-    Case("a tool message answering no call", ask([USER, CALL, {"role": "tool", "tool_call_id": "call_9",
-                                                              "content": "page"}], tools=TOOLS), 400),
-    Case("a tool message without tool_call_id", ask([USER, CALL, {"role": "tool", "content": "page"}], tools=TOOLS),
-         400),
-    Case("a tool message, streamed", ask([USER, {"role": "tool", "tool_call_id": "x", "content": "p"}], tools=TOOLS,
-                                         stream=True), 400),
+    Case(
+        "a tool message with no call before it",
+        ask([USER, {"role": "tool", "tool_call_id": "call_1", "content": "page"}], tools=TOOLS),
+        400,
+    ),
+    Case(
+        "a tool message after a user message",
+        ask([USER, CALL, USER, {"role": "tool", "tool_call_id": "call_1", "content": "page"}], tools=TOOLS),
+        400,
+    ),
+    Case(
+        "a tool message answering no call",
+        ask([USER, CALL, {"role": "tool", "tool_call_id": "call_9", "content": "page"}], tools=TOOLS),
+        400,
+    ),
+    Case(
+        "a tool message without tool_call_id", ask([USER, CALL, {"role": "tool", "content": "page"}], tools=TOOLS), 400
+    ),
+    Case(
+        "a tool message, streamed",
+        ask([USER, {"role": "tool", "tool_call_id": "x", "content": "p"}], tools=TOOLS, stream=True),
+        400,
+    ),
     Case("arguments not json", ask([USER, with_args("{oops"), USER], tools=TOOLS), 400),
     Case("arguments a json array", ask([USER, with_args("[1]"), USER], tools=TOOLS), 400),
     Case("arguments with a lone surrogate", ask([USER, with_args('{"q": "\\ud800"}'), USER], tools=TOOLS), 400),
-    Case("a lone surrogate in content", b'{"model": "docqa-small", "messages": [{"role": "user", "content": "\\udc00"}]}',
-         400),
+    Case(
+        "a lone surrogate in content",
+        b'{"model": "docqa-small", "messages": [{"role": "user", "content": "\\udc00"}]}',
+        400,
+    ),
     Case("a prompt over the cap", ask([{"role": "user", "content": "x" * 5000}]), 413, "prompt_too_long"),
     Case("a body over the cap", ask([{"role": "user", "content": "y" * 250_000}]), 413, "request_too_large"),
     Case("an empty session_id", ask([USER], session_id=""), 400),

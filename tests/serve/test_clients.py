@@ -44,7 +44,10 @@ def test_openai_sdk_tool_round_trip_reads_only_new_messages(url):
     # OpenAI's counting: every prompt token of the request, the part the session held included
     assert second.usage.prompt_tokens_details.cached_tokens == first.usage.total_tokens
     assert second.usage.prompt_tokens == first.usage.total_tokens + uncached
-    messages += [{"role": "assistant", "content": "Done."}, {"role": "user", "content": "Where does 1 road from K lead?"}]
+    messages += [
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "Where does 1 road from K lead?"},
+    ]
     third = client.chat.completions.create(model="docqa-small", messages=messages, tools=TOOLS)
     assert third.choices[0].message.content == "M"  # the fact, from the fast weights
 

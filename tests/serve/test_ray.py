@@ -56,7 +56,9 @@ def cluster(postgres_server):
         ray.shutdown()
 
 
-def post(url: str, messages: list, key: str = "key-alice", session: str | None = None, retries: int = 0) -> httpx.Response:
+def post(
+    url: str, messages: list, key: str = "key-alice", session: str | None = None, retries: int = 0
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"}
     if session:
         headers["X-Session-Id"] = session

@@ -58,15 +58,20 @@ def test_keys_map_to_tenants_and_a_foreign_session_is_the_same_404(url):
     foreign = post(url, ask([{"role": "user", "content": "hi"}]), key="key-bob", **{"X-Session-Id": sid})
     missing = post(url, ask([{"role": "user", "content": "hi"}]), key="key-bob", **{"X-Session-Id": "no-such-id"})
     assert foreign.status_code == missing.status_code == 404
-    assert foreign.json()["error"]["message"].replace(sid, "X") == missing.json()["error"]["message"].replace("no-such-id", "X")
+    assert foreign.json()["error"]["message"].replace(sid, "X") == missing.json()["error"]["message"].replace(
+        "no-such-id", "X"
+    )
     # bob resending alice's exact history is not recognised as alice's conversation
     history = [{"role": "user", "content": "Read the document."}, r.json()["choices"][0]["message"],
                {"role": "tool", "tool_call_id": call_id(r), "content": PAGE}]
     as_bob = post(url, ask(history, tools=TOOLS), key="key-bob")
     assert as_bob.json()["session"]["status"] == "new" and as_bob.headers["x-session-id"] != sid
     as_alice = post(url, ask(history, tools=TOOLS))
-    assert as_alice.json()["session"] == {"id": sid, "status": "reused",
-                                          "prompt_tokens_cached": as_alice.json()["usage"]["prompt_tokens_details"]["cached_tokens"]}
+    assert as_alice.json()["session"] == {
+        "id": sid,
+        "status": "reused",
+        "prompt_tokens_cached": as_alice.json()["usage"]["prompt_tokens_details"]["cached_tokens"],
+    }
 
 
 def test_errors_have_openai_shape_and_status(url):
@@ -133,7 +138,10 @@ def test_idle_sessions_are_released_to_the_store_and_resumed(tmp_path):
         assert use["prompt_tokens"] - use["prompt_tokens_details"]["cached_tokens"] < 120  # the new tool result only
     # a new process (same store) resumes the named session: its snapshot counted the messages read
     with serve_in_background(cfg) as url2:
-        history += [again.json()["choices"][0]["message"], {"role": "user", "content": "Where does 1 road from M lead?"}]
+        history += [
+            again.json()["choices"][0]["message"],
+            {"role": "user", "content": "Where does 1 road from M lead?"},
+        ]
         later = post(url2, ask(history, session_id=sid), key=None)
         assert later.json()["session"]["status"] == "resumed"
         assert later.json()["choices"][0]["message"]["content"] == "K"
@@ -167,7 +175,10 @@ async def test_fifty_conversations_eight_at_a_time_lose_nothing_and_stay_in_thei
                 msgs = [{"role": "user", "content": "Read the document."}]
                 r1 = await client.post(f"{url}/chat/completions", json=ask(msgs, tools=TOOLS), headers=h)
                 page = PAGE.replace("K", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i % 26])
-                msgs += [r1.json()["choices"][0]["message"], {"role": "tool", "tool_call_id": call_id(r1), "content": page}]
+                msgs += [
+                    r1.json()["choices"][0]["message"],
+                    {"role": "tool", "tool_call_id": call_id(r1), "content": page},
+                ]
                 r2 = await client.post(f"{url}/chat/completions", json=ask(msgs, tools=TOOLS), headers=h)
                 results.append((key, r1.status_code, r2.status_code, r1.headers["x-session-id"],
                                 r2.headers.get("x-session-id"), r2.json()["choices"][0]["message"]["content"]))
@@ -209,7 +220,9 @@ def test_beyond_max_sessions_the_least_recently_used_is_released_and_resumed(tmp
             histories.append(msgs + [r.json()["choices"][0]["message"],
                                      {"role": "tool", "tool_call_id": call_id(r), "content": PAGE}])
         metrics = httpx.get(f"{url.removesuffix('/v1')}/metrics").text
-        assert metric(metrics, "sleepagent_sessions") == 2 and metric(metrics, "sleepagent_sessions_released_total") == 1
+        assert (
+            metric(metrics, "sleepagent_sessions") == 2 and metric(metrics, "sleepagent_sessions_released_total") == 1
+        )
         first = post(url, ask(histories[0], tools=TOOLS), key=None)  # A was the least recently used
         assert first.json()["session"] == {**first.json()["session"], "id": ids[0], "status": "resumed"}
         assert first.json()["choices"][0]["message"]["content"] == "Done."

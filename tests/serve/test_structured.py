@@ -78,7 +78,10 @@ def test_json_object_and_what_cannot_be_enforced(url):
     assert small.status_code == 400 and small.json()["error"]["param"] == "max_tokens"
     missing = post(url, {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}})
     assert missing.status_code == 400
-    strict_remote = {"type": "function", "function": {"name": "f", "strict": True, "parameters": remote["json_schema"]["schema"]}}
+    strict_remote = {
+        "type": "function",
+        "function": {"name": "f", "strict": True, "parameters": remote["json_schema"]["schema"]},
+    }
     refused = post(url, {"messages": [{"role": "user", "content": "x"}], "tools": [strict_remote]})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools"
 

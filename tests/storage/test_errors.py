@@ -79,8 +79,13 @@ def test_memory_policy_is_strict(kwargs):
 
 
 async def test_a_store_url_is_accepted_and_a_bad_tenant_refused(tmp_path):
-    agent = Agent(TestModel(["ok"]), store=f"sqlite:///{tmp_path / 'x.db'}", memory=MemoryPolicy(retention="persistent"),
-                  system_prompt="S.", sleep=SleepPolicy(loops=1, min_fill=0.0))
+    agent = Agent(
+        TestModel(["ok"]),
+        store=f"sqlite:///{tmp_path / 'x.db'}",
+        memory=MemoryPolicy(retention="persistent"),
+        system_prompt="S.",
+        sleep=SleepPolicy(loops=1, min_fill=0.0),
+    )
     assert isinstance(agent.store, SnapshotStore)
     async with agent.session("a", tenant="t") as s:
         await s.run("hi")

@@ -67,7 +67,10 @@ def test_tenants_are_namespaces_and_a_foreign_id_reads_as_missing(store):
     with pytest.raises(SnapshotNotFound) as missing:
         store.load(snap.id + 1000, tenant="evil")
     assert str(foreign.value).replace(str(snap.id), "N") == str(missing.value).replace(str(snap.id + 1000), "N")
-    for attempt in (lambda: store.save("s", payload(), tenant="evil", loops=1), lambda: store.erase("s", tenant="evil")):
+    for attempt in (
+        lambda: store.save("s", payload(), tenant="evil", loops=1),
+        lambda: store.erase("s", tenant="evil"),
+    ):
         with pytest.raises(SnapshotNotFound):
             attempt()
     own = store.open_session("s", tenant="evil", fingerprint=FP, policy=PERSISTENT)  # evil's own "s"

@@ -19,8 +19,13 @@ async def test_rendered_transcript_equals_what_the_agent_reads():
     reader = DocumentReader.from_text(t.document, page_chars=task.page_chars)
     replies = iter([turn.text for turn in t.turns if turn.role == "assistant"])
     model = FunctionModel(lambda messages, info: next(replies), base=tiny_model(window=4096))
-    agent = Agent(model, tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM, sleep=SleepPolicy(loops=1, when="full"),
-                  max_steps=50)
+    agent = Agent(
+        model,
+        tools=reader_tools(reader),
+        system_prompt=DOCQA_SYSTEM,
+        sleep=SleepPolicy(loops=1, when="full"),
+        max_steps=50,
+    )
     async with agent.session() as session:
         first = await session.run("Read the document.")
         assert first.output == "Done."
@@ -58,8 +63,13 @@ async def test_pause_windows_are_the_engines_sleeps():
     reader = DocumentReader.from_text(t.document, page_chars=task.page_chars)
     replies = iter([turn.text for turn in t.turns if turn.role == "assistant"])
     base = tiny_model(window=W)
-    agent = Agent(FunctionModel(lambda m, i: next(replies), base=base), tools=reader_tools(reader), system_prompt=DOCQA_SYSTEM,
-                  sleep=SleepPolicy(loops=2, when="pause", min_fill=min_fill, on_wake="finish"), max_steps=50)
+    agent = Agent(
+        FunctionModel(lambda m, i: next(replies), base=base),
+        tools=reader_tools(reader),
+        system_prompt=DOCQA_SYSTEM,
+        sleep=SleepPolicy(loops=2, when="pause", min_fill=min_fill, on_wake="finish"),
+        max_steps=50,
+    )
     async with agent.session() as session:
         await session.run("Read the document.")
         for qa in t.questions:

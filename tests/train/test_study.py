@@ -129,7 +129,10 @@ def test_a_fine_tuning_study_pretrains_at_n1_then_fine_tunes_that_checkpoint(tmp
     AutoModelForCausalLM.from_pretrained(root / "N4_s1")  # the base architecture
     assert set(report["runs"]["N4_s1"]["final"]) == {"1", "4"}
     assert set(report["pretrain_run"]["final"]) == {"1", "4"}  # the pretrained model, woken with N = 4 too
-    assert "Fine-tuning: every run above starts from one pretrained checkpoint" in (tmp_path / "docs" / "ft.md").read_text()
+    assert (
+        "Fine-tuning: every run above starts from one pretrained checkpoint"
+        in (tmp_path / "docs" / "ft.md").read_text()
+    )
 
 
 def test_a_sweep_over_n_has_a_column_per_n_and_compares_the_extremes(tmp_path):
@@ -138,8 +141,10 @@ def test_a_sweep_over_n_has_a_column_per_n_and_compares_the_extremes(tmp_path):
     report = run_study(replace(TINY, loops=(1, 2, 3)), tmp_path / "runs", tmp_path / "docs", progress=False)
     assert sorted(report["runs"]) == ["N1_s0", "N1_s1", "N2_s0", "N2_s1", "N3_s0", "N3_s1"]
     row = report["comparison"]["2"]
-    means = {n: (report["runs"][f"N{n}_s0"]["final"][str(n)]["2"] + report["runs"][f"N{n}_s1"]["final"][str(n)]["2"]) / 2
-             for n in (1, 2, 3)}
+    means = {
+        n: (report["runs"][f"N{n}_s0"]["final"][str(n)]["2"] + report["runs"][f"N{n}_s1"]["final"][str(n)]["2"]) / 2
+        for n in (1, 2, 3)
+    }
     assert all(abs(row[f"N{n}_mean"] - means[n]) < 1e-9 for n in (1, 2, 3))
     assert abs(row["margin"] - (means[3] - means[1])) < 1e-9
     md = (tmp_path / "docs" / "tiny.md").read_text()
@@ -162,7 +167,9 @@ def test_a_second_phase_continues_every_run_from_its_checkpoint(tmp_path):
     # the second phase starts from the first one's weights, and trains them further
     first, _ = load_checkpoint(tmp_path / "runs" / "tiny" / "N2_s1")
     second, _ = load_checkpoint(tmp_path / "runs" / "tiny" / "N2_s1_more")
-    changed = [not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)]
+    changed = [
+        not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    ]
     assert any(changed)
     assert set(report["comparison_extended"]) == {"1", "2"}
     # first questions alone: 6 documents, so every score is a multiple of 1/6

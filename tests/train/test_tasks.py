@@ -52,7 +52,10 @@ def test_depo_answers_follow_the_cycle(k):
     succ = {words[i]: words[i + 1] for i in range(0, len(words), 2)}
     assert len(succ) == ex.meta["n"] == task.n_max  # a single cycle over all nodes (test: n = n_max)
     rest = ex.ids[edge_end:]
-    for q in re.finditer(r"h(.*?)a(.*?)(?=h|$)", "".join("h" if t == task.hop_token(k) else "a" if t == task.ans else f"<{t}>" for t in rest)):
+    for q in re.finditer(
+        r"h(.*?)a(.*?)(?=h|$)",
+        "".join("h" if t == task.hop_token(k) else "a" if t == task.ans else f"<{t}>" for t in rest),
+    ):
         start = tuple(int(x) for x in re.findall(r"<(\d+)>", q.group(1)))
         answer = tuple(int(x) for x in re.findall(r"<(\d+)>", q.group(2)))
         node = start
@@ -91,7 +94,9 @@ def test_gsm_inf_answer_is_the_value_of_the_asked_variable(digits):
                 parts = expr.split()
                 if parts[0].startswith("V"):
                     if parts[0] in env:
-                        env[var] = env[parts[0]] + (int(parts[2]) * (1 if parts[1] == "+" else -1) if len(parts) > 1 else 0)
+                        env[var] = env[parts[0]] + (
+                            int(parts[2]) * (1 if parts[1] == "+" else -1) if len(parts) > 1 else 0
+                        )
                 else:
                     env[var] = int(parts[0])
         assert env[q.group(1)] == int(q.group(3))

@@ -235,4 +235,6 @@ def test_sliding_eviction_trains_and_is_recorded(tmp_path):
     hard = SleepHybridLM(model.config.model_copy(update={"evict": "hard", "keep": 0}))
     hard.load_state_dict(model.state_dict())
     ids = torch.randint(1, 10, (1, 30))
-    assert not torch.equal(model(ids, loops=2, return_logits=True).logits, hard(ids, loops=2, return_logits=True).logits)
+    assert not torch.equal(
+        model(ids, loops=2, return_logits=True).logits, hard(ids, loops=2, return_logits=True).logits
+    )
