@@ -10,6 +10,7 @@ Named ``snapshot_view``, not ``inspect``: a module named like a standard-library
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -39,7 +40,7 @@ def effective_rank(matrix: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def layer_stats(payload: bytes) -> list[dict[str, float]]:
+def layer_stats(payload: bytes) -> list[dict[str, Any]]:
     """Per GDN layer: Frobenius norm, mean effective rank over (batch, head), bytes."""
     out = []
     for i, S in enumerate(fast_weights(payload)):

@@ -63,16 +63,16 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from sqlalchemy import create_engine, delete, event, insert, inspect, select
+from sqlalchemy import Table, create_engine, delete, event, insert, inspect, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -317,7 +317,7 @@ class SnapshotStore:
                 raise StoreError(f"{where} is not a sleepagent snapshot store")
             Base.metadata.create_all(self.engine)
             with self.engine.begin() as conn:
-                conn.execute(SchemaRow.__table__.insert().values(version=SCHEMA_VERSION))
+                conn.execute(cast(Table, SchemaRow.__table__).insert().values(version=SCHEMA_VERSION))
                 if not self.is_sqlite:
                     # fast weights are incompressible floats: skip TOAST's compression attempt
                     conn.exec_driver_sql("ALTER TABLE sleep_snapshots ALTER COLUMN payload SET STORAGE EXTERNAL")
@@ -578,6 +578,7 @@ class SnapshotStore:
                 refused = True
             else:
                 row = db.get(SnapshotRow, snapshot_id)
+                assert row is not None  # its owner was read in this transaction
                 if row.expires_at is not None and row.expires_at <= self.clock():
                     raise SnapshotExpired(f"snapshot {snapshot_id} of session {row.session_id!r} expired")
                 payload = self._payload(db, row)
@@ -600,7 +601,7 @@ class SnapshotStore:
         """Payload bytes through the driver's own cursor, in the caller's transaction: SQLAlchemy
         logs every result row at DEBUG (a truncated repr keeps a payload's head and tail, where a
         persisted window's token ids can lie), and this read must leave no trace in a log."""
-        raw = db.connection().connection.driver_connection
+        raw: Any = db.connection().connection.driver_connection  # sqlite3 or psycopg: typed per driver
         mark = "?" if self.is_sqlite else "%s"
         sql = f"SELECT payload FROM sleep_snapshots WHERE {where.format(*[mark] * len(params))} ORDER BY id"
         if self.is_sqlite:
@@ -673,7 +674,7 @@ class SnapshotStore:
             db.add(self._event("purge", srow.tenant, srow.id, snapshots=len(rows), reason="lease"))
         return gone
 
-    def _delete_session(self, db: Session, srow: SessionRow) -> tuple[list[Any], list[list[bytes]]]:
+    def _delete_session(self, db: Session, srow: SessionRow) -> tuple[Sequence[Any], list[list[bytes]]]:
         rows = db.execute(select(SnapshotRow.sha256, SnapshotRow.size).where(*_of(srow.tenant, srow.id))).all()
         samples = [self._sample(db, srow.tenant, srow.id)] if rows and self.is_sqlite else []
         db.execute(delete(SnapshotRow).where(*_of(srow.tenant, srow.id)))

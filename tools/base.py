@@ -344,10 +344,11 @@ def _describe_exception(exc: BaseException) -> str:
             tb = tb.tb_next
         code = tb.tb_frame.f_code
         where = f" at {os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name}"
-    chain = []
-    seen = exc
-    while (seen := seen.__cause__ or seen.__context__) is not None and len(chain) < 5:
+    chain: list[str] = []
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None and len(chain) < 5:
         chain.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
     caused = f", from {' <- '.join(chain)}" if chain else ""
     try:
         size = f"message of {len(str(exc))} characters"

@@ -123,7 +123,7 @@ class MCPTool(Tool):
         self._validator = _schema_validator(self.input_schema, self.name)
 
     @property
-    def json_schema(self) -> dict[str, Any]:  # type: ignore[override]  # the server's, not derived
+    def json_schema(self) -> dict[str, Any]:  # the server's, not derived
         return copy.deepcopy(self.input_schema)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def _line_errors(errors: Sequence[Any]) -> list[Any]:
             out += named
             continue
         if e.validator == "type":
-            kinds = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+            kinds: list[str] = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
             reason = "Input should be " + " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
         elif e.validator == "enum":
             reason = "Input should be one of " + ", ".join(json.dumps(v) for v in e.validator_value)
@@ -555,7 +555,7 @@ class MCPServerStdio(MCPServer):
         if isinstance(args, str):
             raise ConfigError("args takes a list of arguments, not one string", field="args")
         self.params = StdioServerParameters(command=command, args=list(args), env=dict(env) if env else None,
-                                            cwd=cwd)
+                                            cwd=cwd)  # type: ignore[arg-type]  # pydantic takes any PathLike
         self.errlog = errlog
         label = " ".join([os.path.basename(command), *(os.path.basename(a) for a in args[:1])])
         super().__init__(name=name or label, prefix=prefix, include=include, timeout=timeout,
@@ -585,7 +585,7 @@ class MCPServerHTTP(MCPServer):
                          connect_timeout=connect_timeout)
 
     @contextlib.asynccontextmanager
-    async def _transport(self) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def _transport(self) -> AsyncIterator[Any]:
         async with contextlib.AsyncExitStack() as stack:
             http = None
             if self.headers:
@@ -621,9 +621,13 @@ async def _wait(future: concurrent.futures.Future[Any]) -> Any:
         if loop is not None:
             waiter = loop.create_future()
 
+            def release() -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
             def wake(_: concurrent.futures.Future[Any]) -> None:
                 with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
-                    loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+                    loop.call_soon_threadsafe(release)
 
             future.add_done_callback(wake)
             await waiter

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.ops import fla_available, fla_backward_ok, gated_delta_rule
+from ..model.ops import Backend, fla_available, fla_backward_ok, gated_delta_rule
 from .timing import timeit
 
 __all__ = ["bench_kernels"]
@@ -22,7 +22,7 @@ def bench_kernels(
     head_dim: int = 64,
     repeats: int = 3,
     device: str | torch.device = "cpu",
-    fast_backend: str = "auto",
+    fast_backend: Backend = "auto",
 ) -> dict:
     """Chunked (or fla, on CUDA with backend auto) vs recurrent, forward and forward+backward."""
     device = torch.device(device)
@@ -40,7 +40,7 @@ def bench_kernels(
         S0 = rand(batch, heads, head_dim, head_dim, scale=0.1)
         inputs = (q, k, v, g, beta)
 
-        def run(backend: str, backward: bool, inputs: tuple[torch.Tensor, ...] = inputs, S0: torch.Tensor = S0):
+        def run(backend: Backend, backward: bool, inputs: tuple[torch.Tensor, ...] = inputs, S0: torch.Tensor = S0):
             def fn():
                 with torch.set_grad_enabled(backward):
                     o, S = gated_delta_rule(
@@ -51,15 +51,16 @@ def bench_kernels(
 
             return fn
 
-        row = {"T": T}
-        for name, backend in (("chunk", fast_backend), ("recurrent", "torch_recurrent")):
+        row: dict[str, float] = {"T": T}
+        cases_by_backend: tuple[tuple[str, Backend], ...] = (("chunk", fast_backend), ("recurrent", "torch_recurrent"))
+        for name, backend in cases_by_backend:
             row[f"{name}_fwd_s"] = timeit(run(backend, False), repeats=repeats, device=device)
             row[f"{name}_fwdbwd_s"] = timeit(run(backend, True), repeats=repeats, device=device)
         row["fwd_ratio"] = row["recurrent_fwd_s"] / row["chunk_fwd_s"]
         row["fwdbwd_ratio"] = row["recurrent_fwdbwd_s"] / row["chunk_fwdbwd_s"]
         cases.append(row)
-    backend = fast_backend if fast_backend != "auto" else "torch_chunk"
+    used: str = fast_backend if fast_backend != "auto" else "torch_chunk"
     if device.type == "cuda" and fast_backend == "auto" and fla_available():
         # "auto" trains with torch_chunk where fla's backward is known wrong (see fla_backward_ok)
-        backend = "fla" if fla_backward_ok(device) else "fla forward, torch_chunk forward+backward"
-    return {"device": str(device), "backend": backend, "heads": heads, "head_dim": head_dim, "cases": cases}
+        used = "fla" if fla_backward_ok(device) else "fla forward, torch_chunk forward+backward"
+    return {"device": str(device), "backend": used, "heads": heads, "head_dim": head_dim, "cases": cases}

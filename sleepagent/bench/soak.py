@@ -76,8 +76,8 @@ def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: floa
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_up(url, proc, Path(tmp) / "server.log")
-            state = {"done": 0, "lost": 0, "requests": 0, "latencies": [], "records": [], "all_latencies": [],
-                     "errors": {}}
+            state: dict[str, Any] = {"done": 0, "lost": 0, "requests": 0, "latencies": [], "records": [],
+                                     "all_latencies": [], "errors": {}}
             state["records"].append(_record(url, proc.pid, state))
             t0 = time.perf_counter()
 

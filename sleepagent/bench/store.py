@@ -6,12 +6,18 @@ bf16 row measures the error the smaller snapshots cost on the restored fast weig
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..model import SleepHybridConfig, SleepModel
 from .timing import timeit
+
+if TYPE_CHECKING:
+    from ..model import HybridState
+    from ..storage import SnapshotStore
 
 __all__ = ["bench_store", "two_b_class_state"]
 
@@ -36,6 +42,22 @@ def two_b_class_state():
     return cfg, state
 
 
+def _write(store: SnapshotStore, sid: str, state: HybridState, fp: str, dtype: torch.dtype | None = None) -> None:
+    store.save(sid, state.to_bytes(fp, dtype), tenant="bench", loops=2)
+
+
+def _restore(store: SnapshotStore, sid: str, cfg: SleepHybridConfig, fp: str,
+             into: list[HybridState] | None = None) -> HybridState:
+    from ..model import HybridState
+
+    found = store.latest(sid, tenant="bench")
+    assert found is not None  # saved just before
+    state = HybridState.from_bytes(found[1], cfg=cfg, fingerprint=fp)
+    if into is not None:
+        into.append(state)
+    return state
+
+
 def bench_store(
     *, url: str | None = None, postgres: bool = True, repeats: int = 5, writers: int = 8, writes_per_writer: int = 10
 ) -> dict:
@@ -46,7 +68,6 @@ def bench_store(
     import threading
     from contextlib import ExitStack
 
-    from ..model import HybridState
     from ..policy import MemoryPolicy
     from ..storage import SnapshotStore
     from ..storage.pgtemp import create_database, postgres_bindir, temporary_postgres
@@ -82,14 +103,10 @@ def bench_store(
                     sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2)
                 )
                 blob = state.to_bytes(fp)
-                write = timeit(lambda store=store, sid=sid, state=state, fp=fp:
-                               store.save(sid, state.to_bytes(fp), tenant="bench", loops=2),
+                write = timeit(functools.partial(_write, store, sid, state, fp),
                                repeats=repeats, device=torch.device("cpu"))
-                restore = timeit(
-                    lambda store=store, sid=sid, cfg=cfg, fp=fp:
-                    HybridState.from_bytes(store.latest(sid, tenant="bench")[1], cfg=cfg, fingerprint=fp),
-                    repeats=repeats, device=torch.device("cpu"),
-                )
+                restore = timeit(functools.partial(_restore, store, sid, cfg, fp),
+                                 repeats=repeats, device=torch.device("cpu"))
                 row[name] = {"bytes": len(blob), "write_ms": 1000 * write, "restore_ms": 1000 * restore}
             # the bf16 option: half the bytes, and the error it costs (measured on the restored S)
             cfg, state, fp = states["2b-class"]
@@ -98,13 +115,10 @@ def bench_store(
                 sid, tenant="bench", fingerprint=fp, policy=MemoryPolicy(retention="persistent", max_snapshots=2)
             )
             blob = state.to_bytes(fp, torch.bfloat16)
-            write = timeit(lambda store=store, sid=sid, state=state, fp=fp:
-                           store.save(sid, state.to_bytes(fp, torch.bfloat16), tenant="bench", loops=2),
+            write = timeit(functools.partial(_write, store, sid, state, fp, torch.bfloat16),
                            repeats=repeats, device=torch.device("cpu"))
             restored: list[HybridState] = []
-            restore = timeit(lambda restored=restored, store=store, sid=sid, cfg=cfg, fp=fp:
-                             restored.append(HybridState.from_bytes(store.latest(sid, tenant="bench")[1], cfg=cfg,
-                                                                    fingerprint=fp)),
+            restore = timeit(functools.partial(_restore, store, sid, cfg, fp, restored),
                              repeats=repeats, device=torch.device("cpu"))
             err = max(float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) for a, b in
                       zip(restored[-1].fast.S, state.fast.S, strict=True))

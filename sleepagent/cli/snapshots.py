@@ -7,6 +7,7 @@ through a temporary file, so a refused command leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -61,7 +62,7 @@ def snapshots_list(store: StoreOpt = "sqlite:///sleepagent.db", tenant: TenantOp
     for col in ("session", "retention", "snapshot", "created (UTC)", "expires", "tokens", "loops", "bytes"):
         table.add_column(col)
     for sess in _store_call(lambda: st.list_sessions(tenant=tenant)):
-        snaps = _store_call(lambda s=sess: st.list_snapshots(s.id, tenant=tenant))
+        snaps = _store_call(functools.partial(st.list_snapshots, sess.id, tenant=tenant))
         if not snaps:
             table.add_row(sess.id, sess.policy.retention, "-", _when(sess.created_at), "-", "-", "-", "-")
         for snap in snaps:

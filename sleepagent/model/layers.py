@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import SleepHybridConfig
-from .ops import gated_delta_rule
+from .ops import Backend, gated_delta_rule
 
 __all__ = ["MLP", "GatedDeltaNet", "RMSNorm", "WindowAttention", "apply_rope", "rope_tables"]
 
@@ -232,11 +232,12 @@ class GatedDeltaNet(nn.Module):
             beta = beta * valid[:, :, None]
             g = g * valid[:, :, None]
         # Decode steps (T == 1) take the recurrent form: one rank-1 update, no chunk padding.
-        backend = "torch_recurrent" if T == 1 and not x.is_cuda else "auto"
+        backend: Backend = "torch_recurrent" if T == 1 and not x.is_cuda else "auto"
         o, S_new = gated_delta_rule(
             q, k, v, g, beta,
             initial_state=S, output_final_state=True, use_qk_l2norm=True,
             backend=backend, chunk_size=self.chunk_size,
         )
+        assert S_new is not None  # output_final_state=True
         o = self.o_norm(o) * F.silu(gate.view(B, T, self.HV, self.V))
         return self.out(o.reshape(B, T, self.HV * self.V)), S_new, new_tail

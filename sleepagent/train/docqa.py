@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..runtime.render import render_system_turn, render_tool_prompt
-from ..tokenizer import ByteTokenizer
+from ..tokenizer import ByteTokenizer, Role
 from ..tools import DocumentReader, render_tool_call
 from ..tools.calls import ToolResult
 from ..tools.document import END_MARKER, paginate
@@ -212,7 +212,7 @@ def page_text(page: str, number: int, total: int, headers: bool | str = True,
 
 @dataclass
 class Turn:
-    role: str  # system | user | assistant | tool
+    role: Role  # system | user | assistant | tool
     text: str
 
 
@@ -342,7 +342,7 @@ class DocQA:
         if hop_seq is None:
             blocks = self.hop_blocks(rng, sizes, hops)
         elif hop_seq and isinstance(hop_seq[0], int):
-            blocks = [[(0, k) for k in hop_seq]]  # type: ignore[misc]
+            blocks = [[(0, k) for k in hop_seq]]
         else:
             blocks = hop_seq  # type: ignore[assignment]
         spec = page_spec(conv.tool_name, self._description(conv, documents[0]), conv.page_arg)

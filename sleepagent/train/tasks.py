@@ -218,6 +218,7 @@ def read_data(path: str | Path, task: Any) -> list[Example]:
     depo ``{"tokens": [...], "label": [...]}`` in the original generator's layout
     (:meth:`Depo.from_original`), gsm_inf ``{"question_var": ..., "context": ..., "answer": int}``
     (:meth:`GsmInf.from_record`)."""
+    keys: tuple[str, ...]
     if isinstance(task, Depo):
         keys, build = ("tokens", "label"), lambda r: task.from_original([int(t) for t in r[0]], [int(x) for x in r[1]])
     elif hasattr(task, "from_record"):  # gsm_inf, or gsm_inf through a model's tokenizer
