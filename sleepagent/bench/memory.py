@@ -7,6 +7,7 @@ process that did nothing else first.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ def bench_memory(tokens: tuple[int, ...] = (1000, 10_000, 100_000), *, run_full_
 
     rows = []
     for T in tokens:
-        row = {"tokens": T}
+        row: dict[str, Any] = {"tokens": T}
         for kind in ("sleep", "full"):
             run = kind == "sleep" or T <= run_full_up_to
             code = ("import json; from sleepagent.bench.memory import memory_case; "

@@ -19,7 +19,7 @@ from . import agent, bounded, engine, fairness, kernels, memory, serve, store, w
 
 __all__ = ["machine", "run_all", "to_markdown", "write_report"]
 
-QUICK = {
+QUICK: dict[str, dict[str, Any]] = {
     "kernels": dict(lengths=(256, 1024), repeats=1),
     "wake": dict(loops=(1, 4), tokens=64, rounds=1),
     "agent": dict(latency=0.05, pages=4, page_chars=200),

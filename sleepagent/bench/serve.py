@@ -7,6 +7,7 @@ client sees them; with replicas, the same load on Ray Serve and a timed failover
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .timing import percentile_ms
 
@@ -61,8 +62,10 @@ async def _stream_turn(
             "stream_options": {"include_usage": True}}
     headers = {"X-Session-Id": session} if session else {}
     t0 = time.perf_counter()
-    first = last = None
-    content, calls = "", []
+    first: float | None = None
+    last = t0  # set at the first token, before any interval is measured
+    content: str = ""
+    calls: list[dict[str, Any]] = []
     async with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}")
@@ -87,7 +90,7 @@ async def _stream_turn(
                     last = now
                     content += delta.get("content") or ""
                     calls += delta.get("tool_calls") or []
-    message = {"role": "assistant", "content": content or None}
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
     if calls:
         message["tool_calls"] = [{k: c[k] for k in ("id", "type", "function")} for c in calls]
     return message, sid

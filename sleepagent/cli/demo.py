@@ -27,7 +27,7 @@ def demo(
     """Long-document QA: the agent reads long documents page by page through a tool, sleeping
     during each fetch, then answers multi-hop questions, most from its fast weights; N = 4 vs N = 1.
     Then many more sessions, batched by the engine, give accuracy per hop count with 95% intervals."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     from ..demo import run_demo
     from ..errors import SleepAgentError
@@ -43,7 +43,7 @@ def demo(
     console.print(f"[bold]sleepagent demo[/]: {sm!r}")
     with Progress(TextColumn("[bold]N={task.fields[n]}[/] reading"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("pages"), console=console, transient=False) as progress:
-        bars: dict[int, int] = {}
+        bars: dict[int, TaskID] = {}
 
         def on_page(n: int, read: int, total: int) -> None:
             if n not in bars:
@@ -106,14 +106,14 @@ def _batch_table(sm, sessions: int, places: int, loops: tuple[int, ...], seed: i
     """Right answers per hop count over many held-out sessions, per N, with 95% intervals."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     from ..demo import run_batch, verdict
 
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]N={task.fields[n]}[/] sessions"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as progress:
-        bars: dict[int, int] = {}
+        bars: dict[int, TaskID] = {}
 
         def on_done(n: int, done: int, total: int) -> None:
             if n not in bars:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -143,7 +144,7 @@ class SleepHybridLM(nn.Module):
         new_kv: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         L = state.window_len if state is not None else 0
         for i in range(lo, hi):
-            block = self.layers[i]
+            block = cast(Block, self.layers[i])
             x = block.norm1(h)
             if block.kind == "gdn":
                 j = self._gdn_slot[i]
@@ -151,7 +152,7 @@ class SleepHybridLM(nn.Module):
             else:
                 j = self._attn_slot[i]
                 if attend is not None:
-                    y, k, v = attend(j, block.mixer, x)
+                    y, k, v = attend(j, cast(WindowAttention, block.mixer), x)
                 elif state is not None and L:
                     y, k, v = block.mixer(x, state.k_cache[j][:, :, :L], state.v_cache[j][:, :, :L])
                 else:

@@ -276,7 +276,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
     names = list(arms)
     for k, (n, color) in enumerate(((4, "tab:blue"), (1, "tab:gray"))):
-        xs, ys, err = [], [], [[], []]
+        xs: list[float] = []
+        ys: list[float] = []
+        err: list[list[float]] = [[], []]
         for i, name in enumerate(names):
             r, m, lo, hi = _cell(arms[name]["scores"][str(n)], 2)
             xs.append(i + (k - 0.5) * 0.3)

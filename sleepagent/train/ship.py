@@ -80,7 +80,7 @@ def run_ship(out: str | Path = "runs/ship", *, preset: str = "cpu", time_limit: 
             break
         spell = left if left is not None and left < round_s else round_s
         main_cfg = cfgs["main"].model_copy(update={"time_limit": spell}).model_dump(mode="json")
-        work = [(main_cfg, str(main_dir), threads, None)]
+        work: list[tuple[dict[str, Any], str, int, int | None]] = [(main_cfg, str(main_dir), threads, None)]
         if jobs > 1 and _step(main_dir) > _step(twin_dir):
             work.append((twin_cfg, str(twin_dir), threads, _step(main_dir)))
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
