@@ -124,8 +124,14 @@ class ChatRequest(BaseModel):
 
     @field_validator("stop", mode="before")
     @classmethod
-    def _stops(cls, v: str | list[str] | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
+    def _stops(cls, v: object) -> object:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        if not isinstance(v, list):  # a ValueError: pydantic answers it as a 400 naming the field
+            raise ValueError("stop must be a string or a list of strings")
+        stops = v  # its items are checked as the field's type (list[str]) after this
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         return stops

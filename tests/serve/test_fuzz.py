@@ -122,6 +122,8 @@ def server():
     {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
                                           "function": {"name": "next_page", "arguments": "{\"a\": \"\\ud800\"}"}}]},
     {"role": "tool", "tool_call_id": "c", "content": "p"}]}).encode())
+@example(body=json.dumps({"model": "docqa-small", "messages": [{"role": "user", "content": "hi"}],
+                          "stop": 2666}).encode())  # found by this test: a number for stop was a 500
 def test_no_request_gets_a_server_error(server, body):
     r = server.post("/chat/completions", content=body)  # raises on a hang (the client's timeout)
     assert r.status_code < 500, (r.status_code, r.text[:300], body[:300])
