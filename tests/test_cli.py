@@ -86,6 +86,7 @@ def test_train_with_bad_task_args_is_a_clear_error():
     assert result.exit_code == 2 and result.output.strip() == "error: values must be positive integers, got '4,0'"
 
 
+@pytest.mark.slow
 def test_bench_memory_json():
     result = runner.invoke(app, ["bench", "memory", "--tokens", "300,1200", "--run-full-up-to", "300", "--json"])
     assert result.exit_code == 0, result.output

@@ -121,6 +121,7 @@ def test_the_training_forward_equals_the_inference_path_and_a_step_lowers_the_lo
     assert after < before - 1e-3
 
 
+@pytest.mark.slow
 def test_train_base_writes_a_checkpoint_transformers_and_sleepagent_load(checkpoints, tmp_path):
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
@@ -149,6 +150,7 @@ def test_train_base_writes_a_checkpoint_transformers_and_sleepagent_load(checkpo
     assert json.loads((out / "train.json").read_text())["step"] == 2
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters_and_merges_them_into_the_checkpoint(checkpoints, tmp_path):
     pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM

@@ -129,6 +129,7 @@ def _budget(schema: dict) -> int:
     return max(32, -(-need // 16) * 16)
 
 
+@pytest.mark.slow
 async def test_shipped_model_answers_200_random_schemas_through_output_type(sm):
     from sleepagent import Engine, SleepPolicy
 

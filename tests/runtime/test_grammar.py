@@ -141,6 +141,7 @@ def generate(sm, state, logits, constraint, *, temperature: float = 0.0, seed: i
     return emitted, "length"
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(schema=schemas(), sampled=st.booleans())

@@ -147,6 +147,7 @@ def test_idle_sessions_are_released_to_the_store_and_resumed(tmp_path):
         assert later.json()["choices"][0]["message"]["content"] == "K"
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_cancels_its_read(tmp_path):
     cfg = ServeConfig(no_auth=True, max_request_bytes=2_000_000, max_prompt_tokens=1_000_000)
     with serve_in_background(cfg) as url:
@@ -162,6 +163,7 @@ def test_a_client_that_disconnects_cancels_its_read(tmp_path):
         assert post(url, ask([{"role": "user", "content": "hello"}]), key=None).status_code == 200
 
 
+@pytest.mark.slow
 async def test_fifty_conversations_eight_at_a_time_lose_nothing_and_stay_in_their_tenant():
     with serve_in_background(ServeConfig(api_keys=KEYS, max_in_flight=8)) as url:
         limiter = anyio.Semaphore(8)
