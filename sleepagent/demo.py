@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -134,7 +134,9 @@ def run_batch(model: str | SleepModel = DEMO_MODEL, *, sessions: int = 32, place
         t0 = time.perf_counter()
         results = run_agent_eval(sm, held, n, page_chars=page_chars, min_fill=task_min_fill(sm),
                                  concurrency=sessions,
-                                 progress=None if progress is None else lambda d, t, n=n: progress(n, d, t))
+                                 progress=None if progress is None
+                                 # the loop's n bound by default: mypy cannot infer such a lambda
+                                 else cast(Callable[[int, int], None], lambda d, t, n=n: progress(n, d, t)))
         cells: dict[int, list[bool]] = {}
         for r in results:
             for a in r.answers:

@@ -33,14 +33,15 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 import torch
 from anyio.lowlevel import EventLoopToken, current_token
 
 from .errors import ConfigError, SleepAgentError
-from .model import HybridState, SleepJob, SleepModel
+from .model import HybridState, SleepModel
+from .model.network import SleepTask
 from .policy import SleepPolicy
 from .tracing import engine_event as trace_engine_event
 
@@ -135,7 +136,7 @@ class EngineSession:
     # e.g. one that was cancelled after the worker took it, answers with these)
     last_logits: torch.Tensor | None = None
     # sleep bookkeeping, touched by the worker (and under the engine lock by pause/interrupt)
-    _job: SleepJob | None = None
+    _job: SleepTask | None = None
     _job_reason: str = "pause"
     _sleep_requested: bool = False
     _interrupted: bool = False
@@ -217,7 +218,8 @@ class Engine:
         """A new session with a fresh state (or ``state``, e.g. restored from a snapshot)."""
         lm = self.model.model
         if state is not None:
-            lm._check_state(state)
+            # SleepHybridLM's own check (not part of the HybridNetwork interface)
+            cast(Any, lm)._check_state(state)
         return EngineSession(
             id=session_id or uuid.uuid4().hex[:12],
             state=state if state is not None else lm.new_state(1),
@@ -350,7 +352,8 @@ class Engine:
     async def _submit(self, kind, session: EngineSession, payload) -> Any:
         if session.closed:
             raise EngineClosed(f"session {session.id} is closed")
-        req = _Request(kind, session, payload, token=current_token(), event=anyio.Event())
+        event = anyio.Event()
+        req = _Request(kind, session, payload, token=current_token(), event=event)
         with self._cv:
             if self._closed:
                 raise EngineClosed("the engine was closed")
@@ -360,7 +363,7 @@ class Engine:
             self._wake.append(req)
             self._cv.notify()
         try:
-            await req.event.wait()
+            await event.wait()
         except BaseException:
             # Cancelled: a request the worker has not started is dropped; one it is running
             # completes (model steps are atomic) and its result is simply not read.
@@ -449,7 +452,7 @@ class Engine:
         if first.kind not in ("decode", "flush") or not self.batch_wake:
             return [first]
         # several sessions' decode steps, or several sessions' reads, as one batched pass
-        batch, seen, rest = [first], {id(first.session)}, deque()
+        batch, seen, rest = [first], {id(first.session)}, deque[_Request]()
         while self._wake and len(batch) < self.max_batch:
             req = self._wake.popleft()
             if req.kind == first.kind and id(req.session) not in seen:
@@ -682,10 +685,10 @@ class Engine:
         across sessions where the model allows it."""
         if not sessions:
             return
-        jobs = [s._job for s in sessions]
+        jobs = cast(list[SleepTask], [s._job for s in sessions])  # each of them is sleeping
         t0 = time.perf_counter()
         if len(jobs) > 1 and hasattr(type(jobs[0]), "run_steps"):
-            passes = type(jobs[0]).run_steps(jobs)
+            passes = cast(Any, type(jobs[0])).run_steps(jobs)  # SleepJob's batched step
         else:
             passes = [job.run_step() for job in jobs]
         share = (time.perf_counter() - t0) / len(sessions)
@@ -698,14 +701,14 @@ class Engine:
         if session.state.window_len:
             self._sleep_through(session, event_reason="requested")
 
-    def _begin(self, session: EngineSession, reason: str, event_reason: str | None = None) -> SleepJob:
+    def _begin(self, session: EngineSession, reason: str, event_reason: str | None = None) -> SleepTask:
         """Start a sleep job; ``reason`` "forced" makes all of its time exposed."""
-        session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
+        job = session._job = self.model.model.begin_sleep(session.state, session.policy.loops)
         session._job_reason = reason
         st = session.stats
         session._sleep_mark = (st.sleep_s_total, st.sleep_s_hidden, st.sleep_s_exposed)
         self._emit(session, "sleep_started", reason=event_reason or reason, loops=session.policy.loops)
-        return session._job
+        return job
 
     def _sleep_through(self, session: EngineSession, event_reason: str) -> None:
         """All passes now, on the hot path (exposed), then commit."""
@@ -742,11 +745,11 @@ class Engine:
                 self._emit(s, "sleep_failed", error=repr(e))
         if not stepping:
             return
-        jobs = [s._job for s in stepping]
+        jobs = cast(list[SleepTask], [s._job for s in stepping])  # each of them is sleeping
         try:
             t0 = time.perf_counter()
             if len(jobs) > 1 and hasattr(type(jobs[0]), "run_steps"):
-                passes = type(jobs[0]).run_steps(jobs)
+                passes = cast(Any, type(jobs[0])).run_steps(jobs)  # SleepJob's batched step
             else:
                 passes = [job.run_step() for job in jobs]
             t1 = time.perf_counter()

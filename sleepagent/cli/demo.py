@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, cast
 
 import typer
 from rich.table import Table
@@ -82,8 +83,10 @@ def demo(
     rows = [("right answers", lambda r: f"{sum(a['right'] for a in r.answers)}/{len(r.answers)}")]
     docs = sorted({a["doc"] for r in runs for a in r.answers})
     hops = sorted({a["hops"] for r in runs for a in r.answers})
-    rows += [(f"  about document {d}", lambda r, d=d: frac(r.accuracy_by("doc").get(d))) for d in docs]
-    rows += [(f"  {k}-hop", lambda r, k=k: frac(r.accuracy_by("hops").get(k))) for k in hops]
+    # loop variables bound by default: mypy cannot infer such a lambda, hence the casts
+    rows += [(f"  about document {d}", cast(Callable[..., str], lambda r, d=d: frac(r.accuracy_by("doc").get(d))))
+             for d in docs]
+    rows += [(f"  {k}-hop", cast(Callable[..., str], lambda r, k=k: frac(r.accuracy_by("hops").get(k)))) for k in hops]
     rows += [
         ("  facts evicted: fast weights only", lambda r: frac(r.accuracy_by("evicted").get(True))),
         ("pages read", lambda r: " + ".join(f"{a}/{b}" for a, b in zip(r.pages_read, r.pages, strict=False))),

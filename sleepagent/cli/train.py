@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
@@ -253,7 +254,9 @@ def _eval_agent(path: Path, loops: tuple[int, ...], n: int, seed: int, places: i
             bar = progress.add_task(f"N={N}", total=n)
             results = run_agent_eval(sm, sessions, N, page_chars=page_chars, min_fill=task_min_fill(sm),
                                      concurrency=concurrency,
-                                     progress=lambda done, total, bar=bar: progress.update(bar, completed=done))
+                                     # bar bound by default: mypy cannot infer such a lambda
+                                     progress=cast(Callable[[int, int], None],
+                                                   lambda done, total, bar=bar: progress.update(bar, completed=done)))
             report["by_loops"][str(N)] = summarize(results)
     if as_json:
         print(json.dumps(report))

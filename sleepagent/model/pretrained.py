@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from pydantic import ValidationError
@@ -20,9 +21,10 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError, ConfigError
 from ..tokenizer import ByteTokenizer, PromptConventions
 from .config import SleepHybridConfig
-from .hf import HFHybridLM, load_hf_lm
+from .hf import HFSleepConfig, load_hf_lm
 from .hf_tokenizer import HFChatTokenizer
 from .hybrid import SleepHybridLM
+from .network import HybridNetwork
 
 __all__ = ["CHECKPOINTS_DIR", "SleepModel", "shipped_checkpoints"]
 
@@ -45,13 +47,13 @@ class SleepModel:
 
     def __init__(
         self,
-        model: SleepHybridLM | HFHybridLM,
+        model: HybridNetwork,
         tokenizer: ByteTokenizer | HFChatTokenizer | None = None,
         name: str = "model",
         train_config: dict | None = None,
         prompt: PromptConventions | None = None,
     ) -> None:
-        self.model = model
+        self.model: HybridNetwork = model
         self.tokenizer = tokenizer or ByteTokenizer()
         self.name = name
         # the system prompt and tool-list format the checkpoint was trained with (its prompt.json)
@@ -68,7 +70,7 @@ class SleepModel:
         self.fingerprint = model.fingerprint()
 
     @property
-    def config(self) -> SleepHybridConfig:
+    def config(self) -> SleepHybridConfig | HFSleepConfig:
         return self.model.config
 
     @property
@@ -143,7 +145,8 @@ class SleepModel:
         except (OSError, SafetensorError) as e:
             raise CheckpointError(f"cannot read {path / 'model.safetensors'}: {e}") from None
         if config.tie_embeddings:
-            weights.setdefault("lm_head.weight", weights.get("tok_emb.weight"))
+            # None when the file holds neither: load_state_dict then rejects it
+            weights.setdefault("lm_head.weight", cast(torch.Tensor, weights.get("tok_emb.weight")))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise CheckpointError(
@@ -159,11 +162,15 @@ class SleepModel:
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors and tokenizer.json into ``path``."""
+        config = self.config
+        if not isinstance(config, SleepHybridConfig):  # it had no to_json (an AttributeError) before
+            raise CheckpointError("save_pretrained writes sleepagent checkpoints; a transformers hybrid is saved "
+                                  "in its own format (`sleepagent train --base`)")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(json.loads(self.config.to_json()), indent=2) + "\n")
+        (path / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
         weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        if self.config.tie_embeddings:
+        if config.tie_embeddings:
             weights.pop("lm_head.weight", None)
         save_file(weights, str(path / "model.safetensors"), metadata={"fingerprint": self.fingerprint})
         (path / "tokenizer.json").write_text(json.dumps(self.tokenizer.to_dict(), indent=2) + "\n")

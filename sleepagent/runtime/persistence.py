@@ -66,6 +66,14 @@ class SessionStore(Protocol):
     def owner_of(self, session_id: str, *, tenant: str) -> tuple[str | None, int]: ...
 
 
+class RestorePointSource(Protocol):
+    """The part of a :class:`SessionStore` that :func:`restore` reads (a fork passes a view of
+    one snapshot)."""
+
+    def restore_point(self, session_id: str, *, tenant: str, fingerprint: str | None = None,
+                      accept: Callable[[bytes], Any] | None = None) -> Any: ...
+
+
 @dataclass(kw_only=True)
 class SessionMeta:
     """A conversation's bookkeeping, saved with every snapshot (flags and counts only).
@@ -137,7 +145,7 @@ def snapshot(model: SleepModel, es: EngineSession, memory: MemoryPolicy,
                                                      "session": (meta or SessionMeta()).to_json()}
 
 
-def restore(model: SleepModel, store: SessionStore, es: EngineSession, *,
+def restore(model: SleepModel, store: RestorePointSource, es: EngineSession, *,
             tenant: str) -> tuple[ResumeInfo, SessionMeta] | None:
     """Load a session's newest intact snapshot into ``es`` (state, queued structural tokens);
     returns what was restored and lost, and the session's bookkeeping, or None when there is

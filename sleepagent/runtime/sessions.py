@@ -324,7 +324,8 @@ class SessionTable:
         window kept with ``persist_window``, or empty after a sleep, and nothing unread), or None
         when there is none left (pruned, expired, corrupted)."""
         store = self.persistence.store
-        if store is None or not all(hasattr(store, m) for m in ("list_snapshots", "load")):
+        # optional store methods (SnapshotStore has them): a store without them cannot fork
+        if store is None or not (hasattr(store, "list_snapshots") and hasattr(store, "load")):
             return None
         model = self.engine.model
         try:

@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import anyio
 import pydantic_core
@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+OnWake = Literal["finish", "commit", "abort"]  # SleepPolicy.on_wake
 
 
 class ServeConfig(BaseModel):
@@ -252,7 +253,8 @@ class _Server:
         self.model_name = cfg.model_name or sm.name
         self.engine = Engine(sm)
         self.store = open_store(cfg.store)
-        sleep = SleepPolicy(loops=cfg.loops or sm.config.loops, on_wake=cfg.on_wake,
+        # cfg.on_wake's pattern admits only SleepPolicy's values
+        sleep = SleepPolicy(loops=cfg.loops or sm.config.loops, on_wake=cast(OnWake, cfg.on_wake),
                             min_fill=float(sm.train_config.get("min_fill", 0.5)))
         memory = MemoryPolicy(retention="persistent" if self.store is not None else "ephemeral", ttl=cfg.ttl,
                               persist_window=cfg.persist_window)

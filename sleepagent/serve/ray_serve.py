@@ -47,7 +47,7 @@ returns the application for ``serve run`` or a Ray Serve config file.
 # (no `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime)
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -202,10 +202,11 @@ def build_app(cfg: ServeConfig, replicas: int = 2, num_cpus: float = 0.5):
     if not isinstance(cfg.model, str):
         raise ConfigError("Ray Serve replicas load the model themselves: give a checkpoint name or path", field="model")
     key = os.urandom(32)  # the transcript digests' key, shared by the router and the replicas (module docstring)
-    engine = EngineReplica.options(num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus},
+    # @serve.deployment classes gain .options/.bind at runtime; the stubs do not say so
+    engine = cast(Any, EngineReplica).options(num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus},
                                    # the replica bounds its own work; Ray must not route around a busy one
                                    max_ongoing_requests=cfg.max_in_flight).bind(data, key)
-    return Router.bind(engine, data, key)
+    return cast(Any, Router).bind(engine, data, key)
 
 
 def app_builder(args: dict[str, Any]):

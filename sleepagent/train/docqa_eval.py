@@ -25,7 +25,7 @@ import inspect
 import math
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,15 +191,19 @@ class _Pages:
 
 def _paging_tool(style: PagingStyle, current: dict[str, Any]):
     """The user's paging tool, with ``style``'s name, docstring and signature."""
-    if style.page_arg is None:
-        async def pager() -> str:
+    pager: Callable[..., Awaitable[str]]
+    page_arg = style.page_arg
+    if page_arg is None:
+        async def read_all() -> str:
             return current["pages"].read(None)
+        pager = read_all
     else:
-        async def pager(**kwargs: int) -> str:
-            return current["pages"].read(int(kwargs[style.page_arg]))
-        pager.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter(style.page_arg, inspect.Parameter.KEYWORD_ONLY, annotation=int)])
-        pager.__annotations__ = {style.page_arg: int, "return": str}
+        async def read_page(**kwargs: int) -> str:
+            return current["pages"].read(int(kwargs[page_arg]))
+        read_page.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(page_arg, inspect.Parameter.KEYWORD_ONLY, annotation=int)])
+        read_page.__annotations__ = {page_arg: int, "return": str}
+        pager = read_page
     return tool(name=style.name, description=style.docstring)(pager)
 
 
