@@ -44,7 +44,8 @@ import anyio
 import anyio.to_thread
 import pydantic
 import torch
-from anyio.lowlevel import current_token
+from anyio.abc import TaskGroup
+from anyio.lowlevel import EventLoopToken, current_token
 
 from .engine import Engine, EngineSession, SleepStats
 from .errors import ConfigError, InputTooLarge, ModelBehaviorError, SleepAgentError, UsageLimitExceeded
@@ -216,7 +217,7 @@ class Agent:
         if isinstance(output_retries, bool) or not isinstance(output_retries, int) or output_retries < 0:
             raise ConfigError(f"output_retries must be an integer >= 0, got {output_retries!r}", field="output_retries")
         items = list(tools)
-        self._sources = [t for t in items if _is_tool_source(t)]
+        self._sources: list[Any] = [t for t in items if _is_tool_source(t)]
         self._plain_tools = [t for t in items if not _is_tool_source(t)]
         self._started: list[Any] = []  # the sources this agent started, and so stops
         self._sources_lock = threading.Lock()  # first use may come from several sessions and loops
@@ -277,7 +278,7 @@ class Agent:
         await self.start_tools()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         """Stops the tool sources this agent started (the engine stays: see :meth:`close`)."""
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._stop_sources)
@@ -343,7 +344,7 @@ class AgentSession:
         self.usage = Usage()
         self._lock = anyio.Lock()
         self._emit: Callable[[Event], None] | None = None
-        self._token = None
+        self._token: EventLoopToken | None = None
         self._rng = torch.Generator().manual_seed(agent.seed)
         self._limits: UsageLimits | None = None
         self._run_messages: list[Message] = []
@@ -378,7 +379,7 @@ class AgentSession:
     async def __aenter__(self) -> AgentSession:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -436,8 +437,9 @@ class AgentSession:
                         output_type="json" if output is not None else "text") as span:
             bind_sleeps(es, span)  # the session's sleeps belong to this run
             result = await self._loop(msg, limits, tool_timeout, output)
+            extra: dict[str, Any] = {"sleepagent.usage.requests": result.usage.requests}
             set_usage(span, input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens,
-                      **{"sleepagent.usage.requests": result.usage.requests})
+                      **extra)
         self._post(FinalEvent("final", result=result))
         return result
 
@@ -611,7 +613,7 @@ class AgentRun:
         self.error: BaseException | None = None
         self._own_session = session is None
         self._scope: anyio.CancelScope | None = None
-        self._tg = None
+        self._tg: TaskGroup | None = None
 
     async def __aenter__(self) -> AgentRun:
         if self.session is None:
@@ -669,7 +671,7 @@ class AgentRun:
         if self.error is not None:
             raise self.error
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         assert self._tg is not None
         try:
             await self._tg.__aexit__(*exc)

@@ -33,10 +33,11 @@ from langchain_core.messages import (
     HumanMessage,
     SystemMessage,
     ToolMessage,
+    UsageMetadata,
 )
 from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 # The RunnableConfig of the current call: LangChain does not hand it to _generate, and the
 # session id lives in config["configurable"]["session_id"].
-_CALL_CONFIG: ContextVar[dict[str, Any] | None] = ContextVar("sleepagent_call_config", default=None)
+_CALL_CONFIG: ContextVar[RunnableConfig | None] = ContextVar("sleepagent_call_config", default=None)
 
 
 def _text(content: Any) -> str:
@@ -102,7 +103,7 @@ class ChatSleepModel(BaseChatModel):
 
     @classmethod
     def from_model(cls, sleep_model: SleepModel, **kwargs: Any) -> ChatSleepModel:
-        chat = cls(model=kwargs.pop("model", sleep_model.name), **kwargs)
+        chat = cls(model=kwargs.pop("model", sleep_model.name), **kwargs)  # type: ignore[call-arg]
         chat._sleep_model = sleep_model
         return chat
 
@@ -365,7 +366,7 @@ def _ai_message(text: str) -> AIMessage:
     )
 
 
-def _usage(reply: Reply) -> dict[str, Any]:
+def _usage(reply: Reply) -> UsageMetadata:
     """LangChain's usage: input tokens count the whole history, the part the session already held
     (``cache_read``) included, as OpenAI's prompt tokens do."""
     n_in, n_out = reply.prompt_tokens, reply.completion_tokens

@@ -50,9 +50,9 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -271,9 +271,9 @@ class _Bounder:
                 out[key] = s[key]
         if lo is None and hi is None:
             out["minimum"], out["maximum"] = -span, span
-        elif lo is None:
+        elif lo is None and hi is not None:
             out["minimum"] = min(math.floor(hi), 0) - span
-        elif hi is None:
+        elif hi is None and lo is not None:
             out["maximum"] = max(math.ceil(lo), 0) + span
         if "multipleOf" in s:
             out["multipleOf"] = s["multipleOf"]
@@ -455,8 +455,8 @@ def _decimals(m: float) -> int | None:
         mant, exp = text.lower().split("e")
         frac = len(mant.split(".")[1].rstrip("0")) if "." in mant else 0
         return max(0, frac - int(exp))
-    frac = text.partition(".")[2]
-    return len(frac.rstrip("0"))
+    frac_text = text.partition(".")[2]
+    return len(frac_text.rstrip("0"))
 
 
 def _pattern_len(pattern: str) -> int:
@@ -759,7 +759,8 @@ def _json_options(separators: tuple[str, str]) -> dict[str, Any]:
             "key_separator": re.escape(separators[1]), "json_allowed_escapes": _ESCAPES}
 
 
-def _fit(max_tokens: int, limits: Limits | None, size_of) -> tuple[Limits, Any, int]:
+def _fit(max_tokens: int, limits: Limits | None,
+         size_of: Callable[[Limits], tuple[Any, int]]) -> tuple[Limits, Any, int]:
     """The first limits (``limits`` alone if given, else the ladder) whose bounded size fits."""
     ladder = (limits,) if limits is not None else LIMITS_LADDER
     smallest = None
@@ -785,7 +786,7 @@ def json_constraint(tokenizer: Any, schema: Mapping[str, Any] | type, *, max_tok
     vocab = _vocab(tokenizer)
     llg = _llguidance()
 
-    def size_of(lim: Limits):
+    def size_of(lim: Limits) -> tuple[Any, int]:
         bounded = bound_schema(schema, lim, avoid=avoid)
         if bounded is False:
             raise ConfigError("the schema accepts no value (a recursion that never ends?)", field="schema")
@@ -800,8 +801,8 @@ def json_constraint(tokenizer: Any, schema: Mapping[str, Any] | type, *, max_tok
 def _schema_of(schema: Mapping[str, Any] | type) -> Mapping[str, Any]:
     """A JSON schema, from itself or a pydantic model class."""
     if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
-        return schema.model_json_schema()
-    return schema
+        return cast("Mapping[str, Any]", schema.model_json_schema())
+    return cast("Mapping[str, Any]", schema)
 
 
 def tool_schemas(tools: Any) -> dict[str, Any]:
@@ -865,8 +866,9 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
     def head(name: str) -> str:
         return '{"name"' + separators[1] + json.dumps(name) + separators[0] + '"arguments"' + separators[1]
 
-    def size_of(lim: Limits):
-        bounded, worst = {}, 0
+    def size_of(lim: Limits) -> tuple[dict[str, Any], int]:
+        bounded: dict[str, Any] = {}
+        worst = 0
         for name in chosen:
             # no argument string may spell "tool_call>": the call would seem to end (or a new one to
             # open) inside it, for the runtime's parser reads the tags from the decoded text
@@ -879,17 +881,18 @@ def tool_call_constraint(tokenizer: Any, tools: Mapping[str, Any] | Iterable[Any
 
     out_schema = _schema_of(output) if output is not None else None
 
-    def out_size(lim: Limits):
-        b = bound_schema(out_schema, lim, avoid="tool_call>")
+    def out_size(lim: Limits) -> tuple[Any, int]:
+        b = bound_schema(cast("Mapping[str, Any]", out_schema), lim, avoid="tool_call>")
         if b is False:
             raise ConfigError("the output schema accepts no value (a recursion that never ends?)", field="output")
         return b, max_json_bytes(b, separators)
 
-    def both_size(lim: Limits):
+    def both_size(lim: Limits) -> tuple[tuple[dict[str, Any], Any, int], int]:
         (tools_b, call_need), (out_b, out_need) = size_of(lim), out_size(lim)
         return (tools_b, out_b, call_need), max(call_need, out_need)
 
     out_bounded: Any = None
+    bounded: dict[str, Any]
     if tool_choice == "none" or not chosen:
         lim, bounded, need = (limits or LIMITS_LADDER[-1]), {}, 0
         if out_schema is not None:
@@ -1000,7 +1003,8 @@ def bench_constrained(model: Any = "docqa-small", *, schema: Mapping[str, Any] |
                     t0 = time.perf_counter()
                     c = json_constraint(tok, schema, max_tokens=max_tokens)
                     build_s.append(time.perf_counter() - t0)
-                    state, logits, emitted = base.clone(), first.clone(), []
+                    state, logits = base.clone(), first.clone()
+                    emitted: list[int] = []
                     for _ in range(max_tokens):
                         t0 = time.perf_counter()
                         masked = c.apply(logits, emitted)
