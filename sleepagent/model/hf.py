@@ -137,12 +137,16 @@ class HFHybridLM(torch.nn.Module):
 
     def __init__(self, hf_model: torch.nn.Module, config: HFSleepConfig) -> None:
         super().__init__()
-        self.hf = hf_model.eval()
+        # The architectures differ in class but name their parts alike (model.layers, embed_tokens,
+        # norm, lm_head, the GDN modules' sizes), and torch types a part read by name as Tensor |
+        # Module: the wrapped model and its parts are Any here.
+        model: Any = hf_model
+        self.hf: Any = model.eval()
         self.config = config
-        self.text_config = hf_model.config.get_text_config()
-        self.decoder = hf_model.model
-        self.layers = self.decoder.layers
-        self.gdn = {i: _gdn_module(self.layers[i]) for i in config.linear_layers}
+        self.text_config = model.config.get_text_config()
+        self.decoder: Any = model.model
+        self.layers: Any = self.decoder.layers
+        self.gdn: dict[int, Any] = {i: _gdn_module(self.layers[i]) for i in config.linear_layers}
         for i, layer in enumerate(self.layers):
             _skip_outside_span(layer, i)
         if self.device.type != "cuda":
@@ -181,7 +185,9 @@ class HFHybridLM(torch.nn.Module):
 
         cache = DynamicCache(config=self.text_config)
         for j, li in enumerate(self.config.linear_layers):
-            layer = cache.layers[li]
+            # a linear-attention layer (transformers types cache.layers as every kind of layer, and
+            # its state dicts as holding None until lazy_initialization fills them)
+            layer: Any = cache.layers[li]
             conv, S = fast.conv[j], fast.S[j]
             layer.lazy_initialization(conv_states=conv, recurrent_states=S, conv_kernel_size=conv.shape[-1])
             if functional:

@@ -10,6 +10,7 @@ thousand parameters, three GDN layers and one attention layer.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -125,7 +126,9 @@ def _mamba_gates(model: torch.nn.Module) -> None:
 
     for module in model.modules():
         if hasattr(module, "A_log") and hasattr(module, "dt_bias"):
-            n = module.A_log.numel()
-            module.A_log.copy_(torch.empty(n).uniform_(1, 16).log())
+            # the GDN layer's parameters (torch types an attribute read by name as Tensor | Module)
+            A_log, dt_bias = cast(torch.Tensor, module.A_log), cast(torch.Tensor, module.dt_bias)
+            n = A_log.numel()
+            A_log.copy_(torch.empty(n).uniform_(1, 16).log())
             dt = torch.exp(torch.empty(n).uniform_(math.log(1e-3), math.log(0.1))).clamp(min=1e-4)
-            module.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
