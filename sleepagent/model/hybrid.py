@@ -322,8 +322,8 @@ class SleepHybridLM(nn.Module):
         Tmax = max(lengths)
         ids = torch.zeros(n, Tmax, dtype=torch.long, device=device)
         valid = torch.zeros(n, Tmax, dtype=torch.bool, device=device)
-        for r, (row, _) in enumerate(pieces):
-            ids[r, : lengths[r]] = torch.as_tensor(row, dtype=torch.long, device=device)
+        for r, (piece, _) in enumerate(pieces):
+            ids[r, : lengths[r]] = torch.as_tensor(piece, dtype=torch.long, device=device)
             valid[r, : lengths[r]] = True
         self._check_ids(ids)
         past = torch.tensor([st.window_len for st in states], device=device)

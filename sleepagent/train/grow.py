@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
 from ..errors import ConfigError
 from ..model import SleepHybridConfig, SleepHybridLM
+from ..model.hybrid import Block
 from ..model.layers import GatedDeltaNet
 
 __all__ = ["grow", "grown_config"]
@@ -94,19 +96,22 @@ def grow(
     big.lm_head.weight.copy_(model.lm_head.weight)
     big.norm.weight.copy_(model.norm.weight)
     inserted = set(insert_gdn)
-    old = iter(model.layers)
-    for i, block in enumerate(big.layers):
+    # every layer of a SleepHybridLM is a Block, and a "gdn" block's mixer a GatedDeltaNet (an
+    # nn.ModuleList yields its items as Module, and Block.mixer is declared as one)
+    old = iter(cast("list[Block]", list(model.layers)))
+    for i, block in enumerate(cast("list[Block]", list(big.layers))):
         if i in inserted:  # a new block: the identity on the residual stream until it learns
-            block.mixer.out.weight.zero_()
+            mixer = cast(GatedDeltaNet, block.mixer)
+            mixer.out.weight.zero_()
             block.mlp.down.weight.zero_()
-            _slow_gates(block.mixer, None)
+            _slow_gates(mixer, None)
             continue
         src = next(old)
         block.norm1.weight.copy_(src.norm1.weight)
         block.norm2.weight.copy_(src.norm2.weight)
         block.mlp.load_state_dict(src.mlp.state_dict())
         if src.kind == "gdn":
-            _grow_gdn(src.mixer, block.mixer, key_scale)
+            _grow_gdn(cast(GatedDeltaNet, src.mixer), cast(GatedDeltaNet, block.mixer), key_scale)
         else:
             block.mixer.load_state_dict(src.mixer.state_dict())
     return big
