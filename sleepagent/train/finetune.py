@@ -133,12 +133,16 @@ def load_run(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
         meta = json.loads((path / "train.json").read_text()) if (path / "train.json").exists() else {}
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {path / 'train.json'}: {e}") from None
-    sm.model.tokenizer = sm.tokenizer  # the run's task reads text through it (see run_task)
-    return sm.model, meta
+    # the run's task reads text through it (see run_task): an attribute of this HFHybridLM alone
+    lm: Any = sm.model
+    lm.tokenizer = sm.tokenizer
+    return lm, meta
 
 
 def prepare_base(cfg: TrainConfig, out: Path, resume: bool) -> Run:
     """The training run of a base model (see module docstring); resumes from ``out``."""
+    if cfg.base is None:  # the trainer comes here for --base runs only
+        raise ConfigError("prepare_base needs a base model (train --base DIR)", field="base")
     meta = resume_meta(cfg, out) if resume else None
     # a resumed run reloads its own weights (LoRA: the base's, and then its adapter)
     sm = load_base(cfg, out if meta is not None and not cfg.lora else cfg.base)
