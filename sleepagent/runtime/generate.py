@@ -73,7 +73,10 @@ class Sampler:
             logits = self.constraint.apply(logits, emitted)
         if self.temperature == 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        # shift by the maximum before dividing: a tiny temperature (1e-304 is a valid float) then
+        # sends the others to -inf instead of every logit to inf (inf - inf is a NaN)
+        z = logits.double()
+        probs = torch.softmax((z - z.max()) / self.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 

@@ -46,7 +46,7 @@ from ..model import SleepModel
 from ..policy import MemoryPolicy, SleepPolicy
 from ..runtime import ChatRuntime, ChatTurn, GenerationParams, PreparedTurn, Reply, normalize_tool_choice, open_store
 from ..tracing import extract_context
-from .protocol import ApiError, ChatMessage, ChatRequest, chat_response, chunk, new_id, text_of, usage
+from .protocol import ApiError, ChatMessage, ChatRequest, chat_openapi, chat_response, chunk, new_id, text_of, usage
 
 __all__ = [
     "ServeConfig",
@@ -366,7 +366,7 @@ def create_app(cfg: ServeConfig):
     async def metrics_endpoint():
         return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=chat_openapi())  # the body read_chat reads, in /openapi.json
     async def chat(request: Request):
         tenant, req, _ = await read_chat(request, cfg)
         if server.in_flight >= cfg.max_in_flight:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-__all__ = ["ApiError", "ChatMessage", "ChatRequest", "ResponseFormat", "chat_response", "chunk", "text_of", "usage"]
+__all__ = ["ApiError", "ChatMessage", "ChatRequest", "ResponseFormat", "chat_openapi", "chat_response", "chunk",
+           "text_of", "usage"]
 
 
 class ApiError(Exception):
@@ -115,7 +116,10 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit integer, as OpenAI's
-    stop: list[str] = Field(default_factory=list)
+    # what a client may send (``_stops`` makes it a list): the JSON schema says so, not ``list[str]``
+    stop: Annotated[list[str], WithJsonSchema({"anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}],
+        "title": "Stop"})] = Field(default_factory=list)
     stream: bool = Field(default=False, strict=True)  # "yes" is no boolean (OpenAI refuses it too)
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
@@ -135,6 +139,28 @@ class ChatRequest(BaseModel):
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         return stops
+
+
+def chat_openapi() -> dict[str, Any]:
+    """The request body of ``POST /v1/chat/completions`` for the OpenAPI document (FastAPI's
+    ``openapi_extra``): the endpoint reads its raw body itself (bounded, one error shape), so FastAPI
+    cannot see it. :class:`ChatRequest`'s JSON schema with its definitions inlined, since a
+    ``#/$defs/...`` reference would point into the document's root (none of the models refers to itself)."""
+    schema = ChatRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return {**inline(defs[ref.removeprefix("#/$defs/")]),
+                        **{k: inline(v) for k, v in node.items() if k != "$ref"}}
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 def text_of(content: str | list[dict[str, Any]] | None) -> str:

@@ -66,7 +66,7 @@ from .app import (
     read_chat,
     turn_of,
 )
-from .protocol import ApiError, ChatRequest, chat_response, new_id
+from .protocol import ApiError, ChatRequest, chat_openapi, chat_response, new_id
 
 __all__ = ["EngineReplica", "Router", "app_builder", "build_app", "conversation_route"]
 
@@ -173,7 +173,7 @@ class Router:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0,
                                             "owned_by": "sleepagent"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=chat_openapi())  # as on a single server
     async def chat(self, request: Request):
         tenant, req, body = await read_chat(request, self.cfg)  # a bad request ends here, as on a single server
         session_id = request.headers.get(SESSION_HEADER) or req.session_id

@@ -97,3 +97,25 @@ def test_langchain_tool_choice_is_enforced_on_the_shipped_model():
     assert none.tool_calls == [] and "<tool_call>" not in none.content
     with pytest.raises(ConfigError):
         llm.bind_tools([next_page], tool_choice="nope")
+
+
+@pytest.mark.parametrize("temperature", [2.2e-304, 5e-324, 1e-6])
+def test_a_tiny_temperature_samples_the_top_token_not_a_nan(temperature):
+    """Found by the HTTP fuzz test: logits / 2.2e-304 overflowed to inf and softmax gave NaNs (a 500).
+    A temperature near zero is greedy in the limit; the masked (``-inf``) tokens stay impossible."""
+    from sleepagent.runtime.generate import Sampler
+
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(3)) * 10
+    logits[7] = logits.max() + 1e-3
+    logits[8] = float("-inf")
+    sampler = Sampler(temperature, torch.Generator().manual_seed(0))
+    assert [sampler(logits, []) for _ in range(20)] == [7] * 20
+
+
+def test_sampling_at_temperature_one_follows_the_softmax():
+    from sleepagent.runtime.generate import Sampler
+
+    logits = torch.tensor([0.0, 1.0, float("-inf"), 2.0])
+    sampler = Sampler(1.0, torch.Generator().manual_seed(0))
+    counts = torch.bincount(torch.tensor([sampler(logits, []) for _ in range(4000)]), minlength=4).double() / 4000
+    torch.testing.assert_close(counts, torch.softmax(logits.double(), -1), atol=0.03, rtol=0)

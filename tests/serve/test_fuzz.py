@@ -1,11 +1,22 @@
 """Fuzzing the HTTP API: no request, however malformed, gets a 5xx or hangs.
 
-Bodies are drawn by hypothesis around the shape of :class:`~sleepagent.serve.protocol.ChatRequest`
-(the fields its JSON schema lists, each drawn from valid values, wrong types, extremes and text
-with lone surrogates, control characters and markup), plus arbitrary JSON and raw bytes, and sent
-to a real server (the shipped model, a small completion budget). Every answer must be under 500,
-an error must have OpenAI's shape, and each request must finish within its timeout. Bounded to
-about a minute on two cores (``max_examples``); found cases stay below as explicit examples.
+Two fuzzers, one real server (the shipped model, a completion budget of 48 tokens, so a request
+that does generate is quick):
+
+- schemathesis, from the server's own OpenAPI document (``/openapi.json``, i.e.
+  ``create_app(cfg).openapi()``, whose chat operation describes :class:`ChatRequest`'s body):
+  every operation, with valid data (positive) and data that breaks the schema (negative: wrong
+  types, missing required fields, unknown roles, out-of-range numbers, non-JSON bodies), the
+  served model's name swapped in for four chat bodies in five (past the model check),
+  and a right, wrong or missing API key;
+- hypothesis, around the shape of :class:`~sleepagent.serve.protocol.ChatRequest` (the fields its
+  JSON schema lists, each drawn from valid values, wrong types, extremes and text with lone
+  surrogates, control characters and markup), plus arbitrary JSON and raw bytes: what a schema
+  generator does not write.
+
+Every answer must be under 500, an error must have OpenAI's shape, and each request must finish
+within its timeout (the client's, 30 to 60 s). Bounded by ``max_examples`` (150 each): about
+30 s for the file on two loaded cores. Found cases stay below as explicit examples.
 """
 
 from __future__ import annotations
@@ -100,16 +111,101 @@ def request_body(draw) -> bytes:
     return json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
+SERVED = "docqa-small"
+
+
 @pytest.fixture(scope="module")
-def server():
+def base_url():
     from sleepagent.serve import ServeConfig, serve_in_background
 
-    cfg = ServeConfig(model="docqa-small", api_keys=KEYS, max_request_bytes=50_000, max_prompt_tokens=2000,
+    cfg = ServeConfig(model=SERVED, api_keys=KEYS, max_request_bytes=50_000, max_prompt_tokens=2000,
                       max_completion_tokens=48)
-    with serve_in_background(cfg) as url, httpx.Client(base_url=url, timeout=60,
-                                                      headers={"Authorization": "Bearer key-alice",
-                                                               "Content-Type": "application/json"}) as client:
+    with serve_in_background(cfg) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(base_url):
+    with httpx.Client(base_url=base_url, timeout=60, headers={"Authorization": "Bearer key-alice",
+                                                              "Content-Type": "application/json"}) as client:
         yield client
+
+
+def check_answer(status: int, content_type: str, text: str, where: Any) -> None:
+    """No 5xx; an error in OpenAI's shape; a stream that ends; a completion that is one."""
+    assert status < 500, (status, text[:300], where)
+    if status >= 400:
+        body = json.loads(text)
+        assert set(body) == {"error"}, (body, where)
+        error = body["error"]
+        assert set(error) >= {"message", "type", "param", "code"} and error["message"], (error, where)
+    elif content_type.startswith("text/event-stream"):
+        assert text.rstrip().endswith("data: [DONE]"), (text[-200:], where)
+    elif content_type.startswith("application/json"):
+        json.loads(text)
+
+
+# --- schemathesis, from the server's own OpenAPI document -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openapi(base_url):
+    """What the server publishes: ``create_app(cfg).openapi()``."""
+    r = httpx.get(base_url.removesuffix("/v1") + "/openapi.json", timeout=60)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_the_openapi_document_describes_the_chat_body(openapi):
+    """The chat endpoint reads its raw body itself; the document still says what that body is."""
+    from .error_cases import TOOLS, USER, ask
+
+    import jsonschema  # the dev extra
+    body = openapi["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    assert body["required"] is True
+    schema = body["content"]["application/json"]["schema"]
+    assert schema["required"] == ["model", "messages"] and "$ref" not in json.dumps(schema)
+    jsonschema.validate(ask([USER], tools=TOOLS, stop="\n", response_format={"type": "json_object"}), schema)
+    jsonschema.validate(ask([USER], stop=["a", "b"]), schema)
+    for bad in (ask([{"role": "wizard", "content": "hi"}]), ask([]), {"model": SERVED}, ask([USER], n=2)):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+@pytest.fixture(scope="module")
+def openapi_cases(openapi):
+    """Every operation of the document, each with valid (positive) and invalid (negative) data."""
+    import schemathesis  # the dev extra
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_dict(openapi)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {(op.method.upper(), op.path) for op in operations} >= {("POST", "/v1/chat/completions"),
+                                                                  ("GET", "/v1/models")}
+    return st.one_of([op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode])
+
+
+KEY_HEADERS = st.sampled_from([{"Authorization": "Bearer key-alice"}] * 8
+                              + [{"Authorization": "Bearer wrong"}, {"Authorization": ""}])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_request_from_the_openapi_document_gets_a_server_error(base_url, openapi_cases, data):
+    import requests
+
+    case = data.draw(openapi_cases, label="case")
+    if isinstance(case.body, dict) and data.draw(st.integers(0, 4), label="not the served model"):
+        case.body["model"] = SERVED  # past the model check, into the runtime (and sometimes the model)
+    kwargs = case.as_transport_kwargs(base_url=base_url.removesuffix("/v1"), headers=data.draw(KEY_HEADERS))
+    where = {k: kwargs.get(k) for k in ("method", "url", "params", "json", "data")} | {
+        "authorization": kwargs["headers"].get("Authorization")}
+    r = requests.request(**kwargs, timeout=30)  # raises on a hang
+    check_answer(r.status_code, r.headers.get("content-type", ""), r.text, where)
+
+
+# --- hypothesis, around ChatRequest's fields -----------------------------------------------------
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -124,13 +220,10 @@ def server():
     {"role": "tool", "tool_call_id": "c", "content": "p"}]}).encode())
 @example(body=json.dumps({"model": "docqa-small", "messages": [{"role": "user", "content": "hi"}],
                           "stop": 2666}).encode())  # found by this test: a number for stop was a 500
+@example(body=json.dumps({"model": "docqa-small", "messages": [{"role": "user", "content": "hi"}],
+                          "temperature": 2.2e-304}).encode())  # found by this test: logits / t overflowed to NaN
 def test_no_request_gets_a_server_error(server, body):
     r = server.post("/chat/completions", content=body)  # raises on a hang (the client's timeout)
-    assert r.status_code < 500, (r.status_code, r.text[:300], body[:300])
-    if r.status_code >= 400:
-        error = r.json()["error"]
-        assert set(error) >= {"message", "type", "param", "code"} and error["message"], error
-    elif r.headers.get("content-type", "").startswith("text/event-stream"):
-        assert r.text.rstrip().endswith("data: [DONE]"), r.text[-200:]
-    else:
+    check_answer(r.status_code, r.headers.get("content-type", ""), r.text, body[:300])
+    if r.status_code < 400 and not r.headers.get("content-type", "").startswith("text/event-stream"):
         assert r.json()["object"] == "chat.completion"
