@@ -158,9 +158,9 @@ def openapi(base_url):
 
 def test_the_openapi_document_describes_the_chat_body(openapi):
     """The chat endpoint reads its raw body itself; the document still says what that body is."""
-    from .error_cases import TOOLS, USER, ask
-
     import jsonschema  # the dev extra
+
+    from .error_cases import TOOLS, USER, ask
     body = openapi["paths"]["/v1/chat/completions"]["post"]["requestBody"]
     assert body["required"] is True
     schema = body["content"]["application/json"]["schema"]
