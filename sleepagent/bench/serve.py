@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .server_process import metrics, server_process
 from .timing import percentile_ms
 
-__all__ = ["bench_serve"]
+__all__ = ["SWEEP_SECTION", "bench_serve", "bench_serve_sweep", "sweep_markdown"]
 
 
 def bench_serve(*, conversations: int = 8, concurrency: int | None = None, rounds: int = 2, tool_s: float = 0.3,
@@ -94,6 +95,60 @@ async def _stream_turn(
     if calls:
         message["tool_calls"] = [{k: c[k] for k in ("id", "type", "function")} for c in calls]
     return message, sid
+
+
+def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int = 2, rounds: int = 2,
+                      tool_s: float = 0.3, think_s: float = 0.3, model: str = "docqa-small",
+                      threads: int = 1) -> dict[str, Any]:
+    """The same conversations (:func:`bench_serve`'s) at several concurrencies against ONE server
+    in a process of its own (``threads`` torch threads): at concurrency ``c``, ``c * per_slot``
+    conversations, ``c`` at a time. Each row's throughput, time to first token, inter-token
+    latency and share of sleep hidden (from the server's metrics before and after the row), and
+    its ratios to the concurrency-1 row measured first on the same server (the baseline)."""
+    levels = tuple(sorted(set(levels) | {1}))
+    cfg = {"model": model, "no_auth": True, "max_in_flight": max(64, 2 * levels[-1]),
+           "max_sessions": max(1024, 4 * per_slot * sum(levels))}
+    rows: list[dict[str, Any]] = []
+    with server_process(cfg, threads=threads) as (url, _):
+        _drive(f"{url}/v1", model, 1, 1, 0, 0.0, 0.0)  # warm up: first-call allocations, the grammar cache
+        for c in levels:
+            before = metrics(url)
+            row = _drive(f"{url}/v1", model, c * per_slot, c, rounds, tool_s, think_s)
+            after = metrics(url)
+            hidden = after["sleepagent_sleep_hidden_seconds_total"] - before["sleepagent_sleep_hidden_seconds_total"]
+            exposed = (after["sleepagent_sleep_exposed_seconds_total"]
+                       - before["sleepagent_sleep_exposed_seconds_total"])
+            row.update({"sleeps": after["sleepagent_sleeps_total"] - before["sleepagent_sleeps_total"],
+                        "sleep_hidden_s": hidden, "sleep_exposed_s": exposed,
+                        "hidden_share": hidden / (hidden + exposed) if hidden + exposed else 1.0})
+            rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["tokens_per_s_ratio"] = row["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else 0.0
+        row["requests_per_s_ratio"] = row["requests_per_s"] / base["requests_per_s"]
+        row["ttft_p99_ratio"] = row["ttft_p99_ms"] / base["ttft_p99_ms"] if base["ttft_p99_ms"] else 0.0
+    return {"model": model, "levels": list(levels), "per_slot": per_slot, "rounds": rounds, "tool_s": tool_s,
+            "think_s": think_s, "threads": threads, "rows": rows}
+
+
+SWEEP_SECTION = "## Serving at several concurrencies (`sleepagent bench serve --concurrency ...`)"
+
+
+def sweep_markdown(r: dict[str, Any], command: str) -> str:
+    """:func:`bench_serve_sweep` as the markdown of its ``docs/benchmarks.md`` section."""
+    lines = [f"`{command}`: one server in its own process ({r['threads']} torch thread(s), model {r['model']}); at "
+             f"concurrency c, {r['per_slot']}c conversations, c at a time, each reading a document through a tool "
+             f"call ({r['tool_s']} s) and asking {r['rounds']} question(s) after {r['think_s']} s of think time. "
+             "Ratios against the concurrency-1 row, measured first on the same server.", "",
+             "| concurrency | requests | lost | requests/s | tokens/s | tokens/s ratio | TTFT p50 / p99 (ms) "
+             "| TTFT p99 ratio | inter-token p50 / p99 (ms) | sleep hidden |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['concurrency']} | {x['requests']} | {x['lost']} | {x['requests_per_s']:.1f} | "
+                     f"{x['tokens_per_s']:.0f} | **{x['tokens_per_s_ratio']:.2f}x** | {x['ttft_p50_ms']:.0f} / "
+                     f"{x['ttft_p99_ms']:.0f} | {x['ttft_p99_ratio']:.2f}x | {x['itl_p50_ms']:.1f} / "
+                     f"{x['itl_p99_ms']:.1f} | {100 * x['hidden_share']:.0f}% |")
+    return "\n".join(lines)
 
 
 def _drive(url: str, model: str, conversations: int, concurrency: int | None, rounds: int, tool_s: float,

@@ -7,6 +7,7 @@ the tables compare like with like on whatever machine printed them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -232,19 +233,28 @@ def bench_fairness_cmd(
 @app.command("serve")
 def bench_serve_cmd(
     conversations: Annotated[int, typer.Option(min=1, help="simulated conversations")] = 8,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="at a time (default: all)")] = None,
+    concurrency: Annotated[str | None, typer.Option(
+        help="at a time (default: all); several, e.g. 1,4,8,16: a sweep on one server, each against 1")] = None,
+    per_slot: Annotated[int, typer.Option(min=1, help="a sweep's conversations per concurrent slot")] = 2,
     rounds: Annotated[int, typer.Option(min=0, help="questions after the document")] = 2,
     tool_latency: Annotated[float, typer.Option(min=0.0, help="seconds the tool takes")] = 0.3,
     think: Annotated[float, typer.Option(min=0.0, help="user think time before each question")] = 0.3,
     replicas: Annotated[str | None, typer.Option(help="also on Ray Serve with these replica counts, e.g. 1,2")] = None,
+    out: Annotated[Path | None, typer.Option(help="a sweep: write its section into this markdown file "
+                                                  "(docs/benchmarks.md) and its JSON beside it")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Concurrent conversations against a real `sleepagent serve` over HTTP (streaming); with
-    --replicas, the same on Ray Serve and a timed failover."""
+    --replicas, the same on Ray Serve and a timed failover; with several --concurrency values, a
+    sweep against one server in its own process, each level's ratios against concurrency 1."""
     from ..bench import bench_serve
 
-    r = bench_serve(conversations=conversations, concurrency=concurrency, rounds=rounds, tool_s=tool_latency,
-                    think_s=think, replicas=positive_ints(replicas) if replicas else ())
+    levels = positive_ints(concurrency, "--concurrency") if concurrency else ()
+    if len(levels) > 1:
+        _bench_serve_sweep(levels, per_slot, rounds, tool_latency, think, out, as_json)
+        return
+    r = bench_serve(conversations=conversations, concurrency=levels[0] if levels else None, rounds=rounds,
+                    tool_s=tool_latency, think_s=think, replicas=positive_ints(replicas) if replicas else ())
     if as_json:
         print(json.dumps(r))
         return
@@ -259,6 +269,24 @@ def bench_serve_cmd(
         console.print(f"Ray Serve, {k} replica(s): {row['requests']} requests, {row['lost']} lost, "
                       f"{row['requests_per_s']:.1f} requests/s, time to first token p50 {row['ttft_p50_ms']:.1f} / "
                       f"p99 {row['ttft_p99_ms']:.1f} ms{fail}")
+
+
+def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, rounds: int, tool_s: float, think_s: float,
+                       out: Path | None, as_json: bool) -> None:
+    from ..bench.sections import write_section
+    from ..bench.serve import SWEEP_SECTION, bench_serve_sweep, sweep_markdown
+
+    r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s)
+    given = {"--per-slot": (per_slot, 2), "--rounds": (rounds, 2), "--tool-latency": (tool_s, 0.3),
+             "--think": (think_s, 0.3)}
+    command = f"sleepagent bench serve --concurrency {','.join(map(str, r['levels']))}" + "".join(
+        f" {k} {v:g}" for k, (v, default) in given.items() if v != default) + (f" --out {out}" if out else "")
+    markdown = sweep_markdown(r, command)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_section(out, SWEEP_SECTION, markdown)
+        out.with_name(out.stem + "_serve_sweep.json").write_text(json.dumps(r, indent=1) + "\n")
+    print(json.dumps(r) if as_json else markdown)
 
 
 @app.command("constrained")

@@ -1,0 +1,49 @@
+"""``sleepagent bench serve --concurrency 1,2,...``: a sweep against one server in its own process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra: pip install 'sleepagent[serve]'")
+
+
+def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(tmp_path):
+    from typer.testing import CliRunner
+
+    from sleepagent.bench.serve import SWEEP_SECTION
+    from sleepagent.cli import app
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\n## Before\n\nkept\n\n{SWEEP_SECTION}\n\nstale figures\n\n## After\n\nkept too\n")
+    args = ["bench", "serve", "--concurrency", "2,1", "--per-slot", "1", "--rounds", "1", "--tool-latency", "0.05",
+            "--think", "0.05", "--out", str(page)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "benchmarks_serve_sweep.json").read_text())
+    assert r["levels"] == [1, 2] and [row["concurrency"] for row in r["rows"]] == [1, 2]
+    for row in r["rows"]:
+        assert row["lost"] == 0
+        # the shipped model reads the page through its tool: a call, the reply after it, one question
+        assert row["requests"] == 3 * row["conversations"] and row["conversations"] == row["concurrency"]
+        assert row["tokens_per_s"] > 0 and row["ttft_p50_ms"] > 0 and 0 <= row["hidden_share"] <= 1
+    assert r["rows"][0]["tokens_per_s_ratio"] == 1.0 and r["rows"][0]["ttft_p99_ratio"] == 1.0
+    ratio = r["rows"][1]["tokens_per_s"] / r["rows"][0]["tokens_per_s"]
+    assert r["rows"][1]["tokens_per_s_ratio"] == pytest.approx(ratio)
+    text = page.read_text()
+    # its own section written in place; the page's other sections as they were
+    assert text.count(SWEEP_SECTION) == 1 and "stale figures" not in text
+    assert "`sleepagent bench serve --concurrency 1,2 --per-slot 1 --rounds 1 --tool-latency 0.05 --think 0.05" in text
+    assert "## Before\n\nkept\n" in text and "## After\n\nkept too\n" in text
+    assert text.index("## Before") < text.index("| 2 | 6 | 0 |") < text.index("## After")
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    from sleepagent.bench.sections import write_section
+
+    page = tmp_path / "p.md"
+    write_section(page, "## A", "one")
+    write_section(page, "## B", "two")
+    write_section(page, "## A", "three")
+    assert page.read_text() == "## A\n\nthree\n\n## B\n\ntwo\n"
