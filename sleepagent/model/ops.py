@@ -34,7 +34,9 @@ __all__ = [
     "chunk_gated_delta_rule",
     "fla_available",
     "gated_delta_rule",
+    "gdn_decode_step",
     "l2norm",
+    "naive_gdn_decode_step",
     "naive_recurrent_gated_delta_rule",
 ]
 
@@ -213,6 +215,76 @@ def chunk_gated_delta_rule(
     o = torch.stack(outs, dim=2).reshape(B, HV, n * C, V)[:, :, :T]
     o = o.transpose(1, 2).to(v.dtype)
     return o, (S if output_final_state else None)
+
+
+def naive_gdn_decode_step(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    S: torch.Tensor,
+    neg_A: torch.Tensor,
+    dt_bias: torch.Tensor,
+    scale: float,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for :func:`gdn_decode_step`: one token of a Gated DeltaNet layer, spelt out.
+
+    qk: [B, 2, H, K] (q then k, before the l2-norm); v: [B, HV, V]; a, b: [B, HV] (the raw
+    gate projections); S: [B, HV, K, V]; neg_A: [HV] (``-exp(A_log)``); dt_bias: [HV].
+    beta = sigmoid(b), g = neg_A * softplus(a + dt_bias), then one step of
+    :func:`naive_recurrent_gated_delta_rule` with l2-normalised q, k. Returns o [B, HV, V] in v's
+    dtype and the new state (float32, or float64 for float64 inputs).
+    """
+    dt = _compute_dtype(qk, v, a, b, S)
+    HV = v.shape[1]
+    beta = b.to(dt).sigmoid()
+    g = neg_A.to(dt) * F.softplus(a.to(dt) + dt_bias.to(dt))
+    q, k = l2norm(qk[:, 0].to(dt), eps), l2norm(qk[:, 1].to(dt), eps)
+    q, k = _expand_heads(q[:, None], HV), _expand_heads(k[:, None], HV)
+    o, S_new = naive_recurrent_gated_delta_rule(
+        q, k, v[:, None].to(dt), g[:, None], beta[:, None], scale, S.to(dt), output_final_state=True
+    )
+    assert S_new is not None
+    return o[:, 0].to(v.dtype), S_new
+
+
+def gdn_decode_step(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    S: torch.Tensor,
+    neg_A: torch.Tensor,
+    dt_bias: torch.Tensor,
+    scale: float,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode token of a Gated DeltaNet layer in few ops: the l2-norm of q and k, the gates,
+    the rank-1 delta-rule update and the readout (same contract as :func:`naive_gdn_decode_step`).
+
+    The decode step of a small model is dispatch-bound, not compute-bound, so this keeps the op
+    count down rather than the flops: q and k are normalised together (they come out of the
+    conv as one tensor), the heads are one batch of ``bmm`` / ``baddbmm`` calls, and the query
+    scale rides on the readout's ``alpha``. ``S`` is read, never written.
+    """
+    dt = _compute_dtype(qk, v, a, b, S)
+    B, _, H, K = qk.shape
+    HV, V = v.shape[1], v.shape[2]
+    N = B * HV
+    qk = qk.to(dt)
+    qk = qk * torch.rsqrt((qk * qk).sum(-1, keepdim=True) + eps)  # l2norm of q and k at once
+    if H != HV:
+        qk = qk.repeat_interleave(HV // H, dim=2)
+    q, k = qk[:, 0].reshape(N, 1, K), qk[:, 1].reshape(N, K, 1)
+    decay = torch.exp(neg_A.to(dt) * F.softplus(a.to(dt) + dt_bias.to(dt)))  # e^g, [B, HV]
+    S_dec = S.to(dt).reshape(N, K, V) * decay.view(N, 1, 1)
+    recalled = torch.bmm(k.view(N, 1, K), S_dec)  # what the memory returns for k: [N, 1, V]
+    delta = (v.to(dt).reshape(N, 1, V) - recalled) * torch.sigmoid(b.to(dt)).view(N, 1, 1)
+    S_new = torch.baddbmm(S_dec, k, delta)  # S_dec + k delta^T
+    # beta=0: the first argument only gives the shape (and is ignored, NaN or not)
+    o = torch.baddbmm(delta, q, S_new, beta=0.0, alpha=scale)
+    return o.view(B, HV, V).to(v.dtype), S_new.view(B, HV, K, V)
 
 
 def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, needs_grad):

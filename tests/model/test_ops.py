@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sleepagent.errors import ConfigError, ShapeError
-from sleepagent.model.ops import gated_delta_rule
+from sleepagent.model.ops import gated_delta_rule, gdn_decode_step, naive_gdn_decode_step
 
 
 def reference(q, k, v, g, beta, scale, S0):
@@ -141,3 +141,51 @@ def test_bad_inputs_raise_clear_errors():
         gated_delta_rule(q, k, v, g, beta, backend="fla")
     with pytest.raises(ConfigError, match="unknown backend"):
         gated_delta_rule(q, k, v, g, beta, backend="triton")  # type: ignore[arg-type]
+
+
+def decode_reference(qk, v, a, b, S, neg_A, dt_bias, scale, eps):
+    """One GDN decode token in float64 from the formulas in DESIGN.md: the gates, the l2-norm of
+    q and k (eps inside the sqrt), then :func:`reference` for one token."""
+    qk, v, a, b, S, neg_A, dt_bias = (x.double() for x in (qk, v, a, b, S, neg_A, dt_bias))
+    beta = torch.sigmoid(b)
+    g = neg_A * torch.log1p(torch.exp(a + dt_bias))  # softplus, written out
+    q, k = (x / torch.sqrt((x * x).sum(-1, keepdim=True) + eps) for x in (qk[:, 0], qk[:, 1]))
+    o, S_new = reference(q[:, None], k[:, None], v[:, None], g[:, None], beta[:, None], scale, S)
+    return o[:, 0], S_new
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,H,HV,K,V", [(1, 4, 4, 32, 32), (3, 2, 4, 8, 12), (2, 1, 3, 16, 8)])
+def test_decode_step_matches_float64_reference(dtype, B, H, HV, K, V):
+    """The fused decode step and its spelt-out reference, on fresh random inputs, against float64."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    qk = torch.randn(B, 2, H, K, generator=gen, dtype=dtype) * 2
+    v = torch.randn(B, HV, V, generator=gen, dtype=dtype)
+    a, b = (torch.randn(B, HV, generator=gen, dtype=dtype) * 2 for _ in range(2))
+    S = (torch.randn(B, HV, K, V, generator=gen) * 0.3).to(dtype)
+    neg_A = -torch.empty(HV).uniform_(1, 16, generator=gen).to(dtype)
+    dt_bias = torch.randn(HV, generator=gen, dtype=dtype)
+    scale, eps = K**-0.5, 1e-6
+    o_ref, S_ref = decode_reference(qk, v, a, b, S, neg_A, dt_bias, scale, eps)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for fn in (gdn_decode_step, naive_gdn_decode_step):
+        S_in = S.clone()
+        o, S_new = fn(qk, v, a, b, S, neg_A, dt_bias, scale, eps)
+        assert o.shape == (B, HV, V) and o.dtype == dtype and S_new.shape == (B, HV, K, V)
+        torch.testing.assert_close(o.double(), o_ref, **tol)
+        torch.testing.assert_close(S_new.double(), S_ref, **tol)
+        assert torch.equal(S, S_in)  # the input state is never written
+
+
+def test_decode_step_equals_gated_delta_rule_one_token():
+    """The decode step is gated_delta_rule (use_qk_l2norm) over one token, gates given as g/beta."""
+    q, k, v, g, beta, S0 = make_inputs(2, 1, 2, 4, 8, 8, dtype=torch.float32, seed=3)
+    # a, b such that the step's gates reproduce g and beta: neg_A = -1, softplus(a) = -g
+    a = torch.log(torch.expm1(-g[:, 0]))
+    b = torch.logit(beta[:, 0])
+    o, S = gdn_decode_step(torch.stack([q[:, 0], k[:, 0]], 1), v[:, 0], a, b, S0,
+                           -torch.ones(4), torch.zeros(4), 8**-0.5)
+    o_ref, S_ref = gated_delta_rule(q, k, v, g, beta, initial_state=S0, output_final_state=True,
+                                    use_qk_l2norm=True, backend="torch_recurrent")
+    torch.testing.assert_close(o, o_ref[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(S, S_ref, rtol=1e-5, atol=1e-5)
