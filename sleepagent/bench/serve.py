@@ -53,7 +53,7 @@ _TOOLS = [{"type": "function", "function": {"name": "next_page", "description": 
 
 
 async def _stream_turn(
-    client, url: str, model: str, messages: list, session: str | None, record=None
+    client, url: str, model: str, messages: list, session: str | None, record=None, max_tokens: int | None = None
 ) -> tuple[dict, str]:
     """One streamed request; returns (the assistant message, the session id). ``record(kind, s)``
     gets "ttft" and "itl" times and "tokens" counts."""
@@ -61,6 +61,8 @@ async def _stream_turn(
 
     body = {"model": model, "messages": messages, "tools": _TOOLS, "stream": True,
             "stream_options": {"include_usage": True}}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     headers = {"X-Session-Id": session} if session else {}
     t0 = time.perf_counter()
     first: float | None = None
@@ -69,7 +71,7 @@ async def _stream_turn(
     calls: list[dict[str, Any]] = []
     async with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as r:
         if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}")
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:150]}")
         sid = r.headers.get("x-session-id", session)
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -99,21 +101,27 @@ async def _stream_turn(
 
 def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int = 2, rounds: int = 2,
                       tool_s: float = 0.3, think_s: float = 0.3, model: str = "docqa-small",
-                      threads: int = 1) -> dict[str, Any]:
+                      threads: int = 1, max_tokens: int | None = None) -> dict[str, Any]:
     """The same conversations (:func:`bench_serve`'s) at several concurrencies against ONE server
     in a process of its own (``threads`` torch threads): at concurrency ``c``, ``c * per_slot``
     conversations, ``c`` at a time. Each row's throughput, time to first token, inter-token
     latency and share of sleep hidden (from the server's metrics before and after the row), and
-    its ratios to the concurrency-1 row measured first on the same server (the baseline)."""
+    its ratios to the concurrency-1 row measured first on the same server (the baseline).
+
+    ``model``: a shipped checkpoint's name or a checkpoint directory (a transformers hybrid too);
+    ``max_tokens``: each request's completion budget (a random model writes up to it)."""
     levels = tuple(sorted(set(levels) | {1}))
     cfg = {"model": model, "no_auth": True, "max_in_flight": max(64, 2 * levels[-1]),
            "max_sessions": max(1024, 4 * per_slot * sum(levels))}
     rows: list[dict[str, Any]] = []
     with server_process(cfg, threads=threads) as (url, _):
-        _drive(f"{url}/v1", model, 1, 1, 0, 0.0, 0.0)  # warm up: first-call allocations, the grammar cache
+        import httpx
+
+        served = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]  # a directory's name
+        _drive(f"{url}/v1", served, 1, 1, 0, 0.0, 0.0, max_tokens)  # warm up: first-call allocations, the grammar cache
         for c in levels:
             before = metrics(url)
-            row = _drive(f"{url}/v1", model, c * per_slot, c, rounds, tool_s, think_s)
+            row = _drive(f"{url}/v1", served, c * per_slot, c, rounds, tool_s, think_s, max_tokens)
             after = metrics(url)
             hidden = after["sleepagent_sleep_hidden_seconds_total"] - before["sleepagent_sleep_hidden_seconds_total"]
             exposed = (after["sleepagent_sleep_exposed_seconds_total"]
@@ -125,10 +133,10 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
     base = rows[0]
     for row in rows:
         row["tokens_per_s_ratio"] = row["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else 0.0
-        row["requests_per_s_ratio"] = row["requests_per_s"] / base["requests_per_s"]
+        row["requests_per_s_ratio"] = row["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else 0.0
         row["ttft_p99_ratio"] = row["ttft_p99_ms"] / base["ttft_p99_ms"] if base["ttft_p99_ms"] else 0.0
-    return {"model": model, "levels": list(levels), "per_slot": per_slot, "rounds": rounds, "tool_s": tool_s,
-            "think_s": think_s, "threads": threads, "rows": rows}
+    return {"model": model, "max_tokens": max_tokens, "levels": list(levels), "per_slot": per_slot,
+            "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "threads": threads, "rows": rows}
 
 
 SWEEP_SECTION = "## Serving at several concurrencies (`sleepagent bench serve --concurrency ...`)"
@@ -136,7 +144,9 @@ SWEEP_SECTION = "## Serving at several concurrencies (`sleepagent bench serve --
 
 def sweep_markdown(r: dict[str, Any], command: str) -> str:
     """:func:`bench_serve_sweep` as the markdown of its ``docs/benchmarks.md`` section."""
-    lines = [f"`{command}`: one server in its own process ({r['threads']} torch thread(s), model {r['model']}); at "
+    budget = f", at most {r['max_tokens']} tokens a reply" if r.get("max_tokens") else ""
+    lines = [f"`{command}`: one server in its own process ({r['threads']} torch thread(s), model {r['model']}"
+             f"{budget}); at "
              f"concurrency c, {r['per_slot']}c conversations, c at a time, each reading a document through a tool "
              f"call ({r['tool_s']} s) and asking {r['rounds']} question(s) after {r['think_s']} s of think time. "
              "Ratios against the concurrency-1 row, measured first on the same server.", "",
@@ -152,13 +162,14 @@ def sweep_markdown(r: dict[str, Any], command: str) -> str:
 
 
 def _drive(url: str, model: str, conversations: int, concurrency: int | None, rounds: int, tool_s: float,
-           think_s: float) -> dict:
+           think_s: float, max_tokens: int | None = None) -> dict:
     """The simulated conversations of :func:`bench_serve` against ``url``."""
     import anyio
     import httpx
 
     times: dict[str, list[float]] = {"ttft": [], "itl": []}
     counts = {"tokens": 0, "requests": 0, "lost": 0}
+    errors: dict[str, int] = {}
 
     def record(kind: str, value: float) -> None:
         if kind == "tokens":
@@ -170,24 +181,25 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
         async with limiter, httpx.AsyncClient(timeout=300) as client:
             try:
                 messages = [{"role": "user", "content": "Read the document."}]
-                reply, sid = await _stream_turn(client, url, model, messages, None, record)
+                reply, sid = await _stream_turn(client, url, model, messages, None, record, max_tokens)
                 counts["requests"] += 1
                 messages.append(reply)
                 for call in reply.get("tool_calls", []):
                     await anyio.sleep(tool_s)  # the tool runs: the server sleeps meanwhile
                     messages.append({"role": "tool", "tool_call_id": call["id"], "content": _PAGE})
                 if reply.get("tool_calls"):
-                    reply, sid = await _stream_turn(client, url, model, messages, sid, record)
+                    reply, sid = await _stream_turn(client, url, model, messages, sid, record, max_tokens)
                     counts["requests"] += 1
                     messages.append(reply)
                 for q in range(rounds):
                     await anyio.sleep(think_s)  # the user reads and thinks
                     messages.append({"role": "user", "content": f"Where does 1 road from {'KMQ'[q % 3]} lead?"})
-                    reply, sid = await _stream_turn(client, url, model, messages, sid, record)
+                    reply, sid = await _stream_turn(client, url, model, messages, sid, record, max_tokens)
                     counts["requests"] += 1
                     messages.append(reply)
-            except (RuntimeError, httpx.HTTPError):
+            except (RuntimeError, httpx.HTTPError) as e:
                 counts["lost"] += 1
+                errors[str(e)[:200]] = errors.get(str(e)[:200], 0) + 1
 
     async def main() -> float:
         limiter = anyio.CapacityLimiter(concurrency or conversations)
@@ -209,6 +221,7 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
         "wall_s": wall,
         "requests": counts["requests"],
         "lost": counts["lost"],
+        "errors": errors,
         "requests_per_s": counts["requests"] / wall,
         "tokens_per_s": counts["tokens"] / wall,
         "ttft_p50_ms": percentile_ms(times["ttft"], 0.5),

@@ -236,6 +236,9 @@ def bench_serve_cmd(
     concurrency: Annotated[str | None, typer.Option(
         help="at a time (default: all); several, e.g. 1,4,8,16: a sweep on one server, each against 1")] = None,
     per_slot: Annotated[int, typer.Option(min=1, help="a sweep's conversations per concurrent slot")] = 2,
+    model: Annotated[str, typer.Option(help="a sweep's model: a shipped name or a checkpoint directory "
+                                            "(a transformers hybrid too)")] = "docqa-small",
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="a sweep's completion budget per request")] = None,
     rounds: Annotated[int, typer.Option(min=0, help="questions after the document")] = 2,
     tool_latency: Annotated[float, typer.Option(min=0.0, help="seconds the tool takes")] = 0.3,
     think: Annotated[float, typer.Option(min=0.0, help="user think time before each question")] = 0.3,
@@ -251,7 +254,7 @@ def bench_serve_cmd(
 
     levels = positive_ints(concurrency, "--concurrency") if concurrency else ()
     if len(levels) > 1:
-        _bench_serve_sweep(levels, per_slot, rounds, tool_latency, think, out, as_json)
+        _bench_serve_sweep(levels, per_slot, rounds, tool_latency, think, model, max_tokens, out, as_json)
         return
     r = bench_serve(conversations=conversations, concurrency=levels[0] if levels else None, rounds=rounds,
                     tool_s=tool_latency, think_s=think, replicas=positive_ints(replicas) if replicas else ())
@@ -272,15 +275,16 @@ def bench_serve_cmd(
 
 
 def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, rounds: int, tool_s: float, think_s: float,
-                       out: Path | None, as_json: bool) -> None:
+                       model: str, max_tokens: int | None, out: Path | None, as_json: bool) -> None:
     from ..bench.sections import write_section
     from ..bench.serve import SWEEP_SECTION, bench_serve_sweep, sweep_markdown
 
-    r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s)
+    r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s, model=model,
+                          max_tokens=max_tokens)
     given = {"--per-slot": (per_slot, 2), "--rounds": (rounds, 2), "--tool-latency": (tool_s, 0.3),
-             "--think": (think_s, 0.3)}
+             "--think": (think_s, 0.3), "--model": (model, "docqa-small"), "--max-tokens": (max_tokens, None)}
     command = f"sleepagent bench serve --concurrency {','.join(map(str, r['levels']))}" + "".join(
-        f" {k} {v:g}" for k, (v, default) in given.items() if v != default) + (f" --out {out}" if out else "")
+        f" {k} {v}" for k, (v, default) in given.items() if v != default) + (f" --out {out}" if out else "")
     markdown = sweep_markdown(r, command)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
