@@ -6,7 +6,11 @@ sleep on the hot path, and N = 1 is the plain hybrid's baseline.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..model import SleepHybridConfig, SleepModel
 
@@ -21,10 +25,14 @@ def bench_agent(
     pages: int = 12,
     device: str = "cpu",
     config: SleepHybridConfig | None = None,
+    busy: int = 0,
 ) -> dict:
     """An agent reads a long document through the paged reader (each page takes ``latency``
     seconds to arrive), under three schedules: sleep in pauses, sleep only when the window is
-    full, and no extra passes (N = 1, full). Reports time and exposed vs hidden sleep."""
+    full, and no extra passes (N = 1, full). Reports time and exposed vs hidden sleep.
+
+    ``busy``: that many other processes keep a core each busy while the schedules run (a shared
+    machine: a sleep then takes longer than on a quiet one, and must still hide in the pauses)."""
     import anyio
 
     from ..agent import Agent
@@ -79,8 +87,10 @@ def bench_agent(
         await one(schedules["pause"], text[: 2 * page_chars])  # warm-up, untimed
         return {name: await one(policy, text) for name, policy in schedules.items()}
 
-    results = anyio.run(main)
+    with busy_cores(busy):
+        results = anyio.run(main)
     return {
+        "busy_cores": busy,
         "device": str(device),
         "latency_s": latency,
         "loops": loops,
@@ -89,3 +99,15 @@ def bench_agent(
         "schedules": results,
         "pause_over_full_total": results["pause"]["total_s"] / results["full"]["total_s"],
     }
+
+
+@contextmanager
+def busy_cores(n: int) -> Iterator[None]:
+    """``n`` child processes spinning a core each, for the length of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -105,17 +105,19 @@ def bench_agent_cmd(
     pages: Annotated[int, typer.Option(min=1)] = 12,
     page_chars: Annotated[int, typer.Option(min=1)] = 300,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    busy: Annotated[int, typer.Option(min=0, help="other processes keeping a core each busy meanwhile")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """An agent reads a document page by page: sleep in pauses vs only when full vs N = 1."""
     from ..bench import bench_agent
 
     check_device(device)
-    result = bench_agent(latency=latency, loops=loops, pages=pages, page_chars=page_chars, device=device)
+    result = bench_agent(latency=latency, loops=loops, pages=pages, page_chars=page_chars, device=device, busy=busy)
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"agent reading {pages} pages, tool latency {latency}s, N={loops}, window {result['window']}")
+    table = Table(title=f"agent reading {pages} pages, tool latency {latency}s, N={loops}, window {result['window']}"
+                  + (f", {busy} core(s) kept busy by other processes" if busy else ""))
     for col in ("schedule", "total s", "sleep s", "hidden s", "exposed s", "hidden %", "forced", "wake ms/token"):
         table.add_column(col, justify="right")
     for name, r in result["schedules"].items():
