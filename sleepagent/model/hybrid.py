@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import cast
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, ShapeError, StateMismatch, WindowFull
 from .algorithm1 import LMOutput, check_ids, check_loops, training_forward
 from .config import SleepHybridConfig
-from .layers import MLP, GatedDeltaNet, RMSNorm, WindowAttention
+from .layers import MLP, GatedDeltaNet, MLPDecodeWeights, RMSNorm, WindowAttention, decode_projection
 from .state import FastState, HybridState
 
 __all__ = ["LMOutput", "SleepHybridLM", "SleepJob", "weights_digest"]
@@ -61,8 +61,56 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.d_model, cfg.mlp_hidden)
 
 
+class _DecodePlan(NamedTuple):
+    """The decode step's prepared weights (see ``layers.MLPDecodeWeights`` and the note above it)."""
+
+    epoch: int  # _PARAM_EPOCH when built
+    params: tuple[nn.Parameter, ...]  # the parameters they came from
+    key: tuple[tuple[int, int], ...]  # and their (data_ptr, version) then
+    emb: torch.Tensor
+    # per block: kind, slot, the mixer and its decode weights, the MLP's weights, the norms' eps
+    blocks: tuple[tuple[str, int, Any, tuple, MLPDecodeWeights, float, float], ...]
+    head: torch.Tensor
+    head_eps: float
+
+
+# bumped whenever a module anywhere registers a parameter (``module.weight = nn.Parameter(...)``):
+# a decode plan built before may hold a parameter its model no longer has
+_PARAM_EPOCH = [0]
+
+
+def _bump_param_epoch(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    _PARAM_EPOCH[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_bump_param_epoch)
+
+_POSITIONS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _position(L: int, device: torch.device) -> torch.Tensor:
+    """Window position L as a [1] long tensor (one per position and device, made once)."""
+    t = _POSITIONS.get((L, device))
+    if t is None:
+        t = _POSITIONS[(L, device)] = torch.tensor([L], device=device)
+    return t
+
+
+def _normed(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without its weight (folded into the next projection), in float32 like :class:`RMSNorm`."""
+    return F.rms_norm(h.float(), (h.shape[-1],), eps=eps).to(h.dtype)
+
+
 class SleepHybridLM(nn.Module):
     """The sleep-enabled hybrid language model (see module docstring)."""
+
+    #: :meth:`step` takes the one-token decode path (prepared weights, in-place KV writes, the
+    #: fused GDN step); False runs a step as a one-token :meth:`prefill`, the path it must equal.
+    fast_decode: bool = True
+    #: with :attr:`fast_decode`, run the step's blocks as one graph compiled by torch.compile
+    #: (inductor; a C++ compiler on CPU): compiled once, on the first step, for all window
+    #: lengths. Opt-in: see ``sleepagent bench decode`` for its compile time and step time.
+    compile_decode: bool = False
 
     def __init__(self, config: SleepHybridConfig) -> None:
         super().__init__()
@@ -234,12 +282,144 @@ class SleepHybridLM(nn.Module):
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: HybridState, consolidate: bool | torch.Tensor = True) -> torch.Tensor:
-        """Wake: decode one token per sequence (ids [B] or [B, 1]); returns logits [B, vocab]."""
+        """Wake: decode one token per sequence (ids [B] or [B, 1]); returns logits [B, vocab].
+
+        Equals a one-token :meth:`prefill` up to float rounding, in a fraction of the ops: see
+        :attr:`fast_decode` and :meth:`_decode`."""
         if ids.dim() == 1:
             ids = ids[:, None]
         if ids.dim() != 2 or ids.shape[1] != 1:
             raise ShapeError(f"step expects one token per sequence ([B] or [B, 1]), got {tuple(ids.shape)}")
-        return self.prefill(ids, state, consolidate)[:, -1]
+        if not self.fast_decode or self.training:
+            return self.prefill(ids, state, consolidate)[:, -1]
+        return self._decode(ids, state, consolidate)
+
+    def _decode_plan(self) -> _DecodePlan:
+        """The decode step's prepared weights, rebuilt when any parameter was written in place
+        (an optimizer step, ``load_state_dict``), moved (``.to()``) or replaced by another."""
+        plan: _DecodePlan | None = self.__dict__.get("_plan")
+        if plan is not None and plan.epoch == _PARAM_EPOCH[0] and all(
+            p._version == v and p.data_ptr() == ptr for p, (ptr, v) in zip(plan.params, plan.key, strict=True)
+        ):
+            return plan
+        params = tuple(self.parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        epoch = _PARAM_EPOCH[0]
+        with torch.no_grad():
+            blocks = []
+            for i, layer in enumerate(self.layers):
+                block = cast(Block, layer)
+                nw = block.norm1.weight
+                if block.kind == "gdn":
+                    gdn = cast(GatedDeltaNet, block.mixer)
+                    mixer: tuple[str, int, nn.Module, tuple] = ("gdn", self._gdn_slot[i], gdn, gdn.decode_weights(nw))
+                else:
+                    attn = cast(WindowAttention, block.mixer)
+                    mixer = ("attn", self._attn_slot[i], attn, attn.decode_weights(nw, self.config.window))
+                mlp = cast(MLP, block.mlp).decode_weights(block.norm2.weight)
+                blocks.append((*mixer, mlp, block.norm1.eps, block.norm2.eps))
+            head = decode_projection(self.lm_head.weight, self.norm.weight)
+            plan = _DecodePlan(epoch, params, key, self.tok_emb.weight.detach(), tuple(blocks), head, self.norm.eps)
+        self.__dict__["_plan"] = plan  # a plain attribute: not a buffer, not in the state_dict
+        return plan
+
+    def _decode(self, ids: torch.Tensor, state: HybridState, consolidate: bool | torch.Tensor) -> torch.Tensor:
+        """:meth:`step` for ids [B, 1]: the checks and state updates of :meth:`prefill`, the
+        blocks through their ``decode`` methods (one ``mm`` per weight matrix, KV written in
+        place into slot ``window_len`` of the state's preallocated caches, the fused GDN step);
+        with :attr:`compile_decode`, the blocks run as one compiled graph (:meth:`_decode_graph`)."""
+        B = ids.shape[0]
+        self._check_state(state)
+        if B != state.batch_size:
+            raise StateMismatch(f"ids have batch size {B} but the state holds {state.batch_size} sequences")
+        L, W = state.window_len, state.window
+        if L + 1 > W:
+            raise WindowFull(window=W, used=L, requested=1)
+        ids = ids.to(state.device).view(B)
+        values = ids.tolist() if ids.dtype in (torch.int64, torch.int32) else None
+        if values is None or min(values) < 0 or max(values) >= self.config.vocab_size:
+            self._check_ids(ids)  # raises, with the message prefill gives
+        if isinstance(consolidate, bool):
+            mask: bool | torch.Tensor = consolidate
+        else:
+            mask = self._mask_tensor(consolidate, B, 1, state.device)[:, 0]
+        plan = self._decode_plan()
+        if self.compile_decode:
+            fn = self._compiled_graph()
+            # contiguous inputs: a conv tail a prefill left as a view of a longer sequence has
+            # other strides, and the graph would recompile for each
+            logits, h_keep, S, conv, kv = fn(
+                plan, ids, tuple(s.contiguous() for s in state.working.S),
+                tuple(c.contiguous() for c in state.working.conv),
+                tuple(state.k_cache), tuple(state.v_cache), _position(L, state.device),
+            )
+            for j, (k, v) in enumerate(kv):
+                state.k_cache[j][:, :, L] = k
+                state.v_cache[j][:, :, L] = v
+            state.window_h[:, L] = h_keep
+        else:
+            S_list, conv_list = list(state.working.S), list(state.working.conv)
+            h = F.embedding(ids, plan.emb)
+            keep_at = self.config.span[1] - 1
+            for i, (kind, j, mixer, weights, mlp, eps1, eps2) in enumerate(plan.blocks):
+                x = _normed(h, eps1)
+                if kind == "gdn":
+                    y, S_list[j], conv_list[j] = mixer.decode(x, weights, S_list[j], conv_list[j])
+                else:
+                    y = mixer.decode(x, weights, state.k_cache[j], state.v_cache[j], L)
+                h = h + y
+                h = h + MLP.decode(_normed(h, eps2), mlp)
+                if i == keep_at:
+                    state.window_h[:, L] = h
+            logits = torch.mm(_normed(h, plan.head_eps), plan.head)
+            S, conv = tuple(S_list), tuple(conv_list)
+        state.working = FastState(S=S, conv=conv)
+        state.window_ids[:, L] = ids
+        state.consolidate_mask[:, L] = mask
+        state.window_len = L + 1
+        state.tokens_seen += 1
+        return logits
+
+    def _decode_graph(
+        self,
+        plan: _DecodePlan,
+        ids: torch.Tensor,
+        S_in: tuple[torch.Tensor, ...],
+        conv_in: tuple[torch.Tensor, ...],
+        k_caches: tuple[torch.Tensor, ...],
+        v_caches: tuple[torch.Tensor, ...],
+        pos: torch.Tensor,
+    ):
+        """The decode step's blocks as a pure function of tensors whose shapes never depend on
+        the window length (attention over all W slots, masked after ``pos``): what
+        :attr:`compile_decode` compiles once. Returns the logits, the hidden state to keep in
+        the window, the new S and conv tails, and each attention layer's (k, v) for slot pos."""
+        S, conv = list(S_in), list(conv_in)
+        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        h = F.embedding(ids, plan.emb)
+        h_keep = h
+        keep_at = self.config.span[1] - 1
+        for i, (kind, j, mixer, weights, mlp, eps1, eps2) in enumerate(plan.blocks):
+            x = _normed(h, eps1)
+            if kind == "gdn":
+                y, S[j], tail = mixer.decode(x, weights, S[j], conv[j])
+                conv[j] = tail.contiguous()  # the next step's input: same strides every step
+            else:
+                y, k, v = mixer.decode_masked(x, weights, k_caches[j], v_caches[j], pos)
+                kv.append((k, v))
+            h = h + y
+            h = h + MLP.decode(_normed(h, eps2), mlp)
+            if i == keep_at:
+                h_keep = h
+        logits = torch.mm(_normed(h, plan.head_eps), plan.head)
+        return logits, h_keep, tuple(S), tuple(conv), tuple(kv)
+
+    def _compiled_graph(self) -> Callable:
+        fn = self.__dict__.get("_compiled")
+        if fn is None:
+            fn = torch.compile(self._decode_graph, dynamic=False, fullgraph=True)
+            self.__dict__["_compiled"] = fn
+        return fn
 
     @torch.no_grad()
     def step_many(

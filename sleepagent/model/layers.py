@@ -9,15 +9,78 @@ keeps state on ``self``, which is what lets the same weights run a wake pass and
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import SleepHybridConfig
-from .ops import Backend, gated_delta_rule
+from .ops import Backend, gated_delta_rule, gdn_decode_step
 
-__all__ = ["MLP", "GatedDeltaNet", "RMSNorm", "WindowAttention", "apply_rope", "rope_tables"]
+__all__ = [
+    "MLP",
+    "AttnDecodeWeights",
+    "GDNDecodeWeights",
+    "GatedDeltaNet",
+    "MLPDecodeWeights",
+    "RMSNorm",
+    "WindowAttention",
+    "apply_rope",
+    "decode_projection",
+    "rope_rotations",
+    "rope_tables",
+]
+
+
+# --- the decode step's weights ------------------------------------------------------------------
+# A decode step of a small model is dispatch-bound (about 10 us of matrix work per projection, a
+# few us of overhead per op), so the one-token path runs on weights prepared once per set of
+# parameters: each RMSNorm's weight folded into the projection that reads it (the step then
+# normalises without a weight), projections transposed so that a step is one ``mm`` per matrix,
+# the GDN decay rate as -exp(A_log). Derived tensors only: nothing here enters the state_dict,
+# so fingerprints and saved states are unchanged (SleepHybridLM rebuilds them when a weight
+# changes).
+
+
+def decode_projection(weight: torch.Tensor, norm_weight: torch.Tensor | None) -> torch.Tensor:
+    """``weight`` [out, in] with the preceding RMSNorm's weight folded into its columns, as [in, out]."""
+    w = weight.detach()
+    if norm_weight is not None:
+        w = (w.float() * norm_weight.detach().float()[None, :]).to(w.dtype)
+    return w.contiguous().t()  # [in, out]: the transpose of a contiguous [out, in], as the floor's mv reads it
+
+
+class MLPDecodeWeights(NamedTuple):
+    gate_up: torch.Tensor  # [d, 2 * hidden], norm2 folded in
+    down: torch.Tensor  # [hidden, d]
+
+
+class AttnDecodeWeights(NamedTuple):
+    qkv: torch.Tensor  # [d, (H + 2 Hkv) D], norm1 folded in
+    out: torch.Tensor  # [H D, d]
+    rope: torch.Tensor  # [W, D, D]: position p's rotation, as a right-multiplied matrix
+
+
+class GDNDecodeWeights(NamedTuple):
+    in_proj: torch.Tensor  # [d, P], norm1 folded in
+    conv: torch.Tensor  # [conv_dim, conv_size]
+    neg_A: torch.Tensor  # [HV] float32: -exp(A_log)
+    dt_bias: torch.Tensor  # [HV] float32
+    out: torch.Tensor  # [HV V, d], o_norm's weight (per head, tiled) folded in
+
+
+def rope_rotations(window: int, dim: int, theta: float, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """[window, dim, dim]: ``x @ R[p]`` is :func:`apply_rope` of x [..., dim] at position p."""
+    cos, sin = rope_tables(torch.arange(window, device=device), dim, theta, torch.float32)
+    half = dim // 2
+    R = torch.zeros(window, dim, dim, device=device)
+    i = torch.arange(half, device=device)
+    R[:, i, i] = cos  # out[i] = x[i] cos - x[i + half] sin
+    R[:, i + half, i] = -sin
+    R[:, i + half, i + half] = cos  # out[i + half] = x[i + half] cos + x[i] sin
+    R[:, i, i + half] = sin
+    return R.to(dtype)
 
 
 class RMSNorm(nn.Module):
@@ -44,6 +107,17 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+    def decode_weights(self, norm_weight: torch.Tensor | None = None) -> MLPDecodeWeights:
+        return MLPDecodeWeights(
+            decode_projection(self.gate_up.weight, norm_weight), decode_projection(self.down.weight, None)
+        )
+
+    @staticmethod
+    def decode(xn: torch.Tensor, w: MLPDecodeWeights) -> torch.Tensor:
+        """One token per row: xn [B, d] already normalised (the norm's weight is in ``w``)."""
+        gate, up = torch.mm(xn, w.gate_up).chunk(2, dim=1)
+        return torch.mm(F.silu(gate) * up, w.down)
 
 
 def rope_tables(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
@@ -100,9 +174,55 @@ class WindowAttention(nn.Module):
         else:
             # query i sits at window position L + i and sees keys 0..L+i
             mask = torch.ones(T, L + T, dtype=torch.bool, device=x.device).tril(diagonal=L)
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=H != Hkv)
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask[None], enable_gqa=H != Hkv)
         y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.out(y), k, v
+
+    def decode_weights(self, norm_weight: torch.Tensor | None, window: int) -> AttnDecodeWeights:
+        w = self.qkv.weight
+        rope = rope_rotations(window, self.head_dim, self.theta, w.dtype, w.device)
+        return AttnDecodeWeights(decode_projection(w, norm_weight), decode_projection(self.out.weight, None), rope)
+
+    def decode(
+        self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, L: int
+    ) -> torch.Tensor:
+        """One token per row at window position ``L`` (every row's window holds L tokens): xn
+        [B, d] already normalised; writes the token's key and value into slot L of the
+        preallocated caches [B, Hkv, W, D] and attends over slots [0, L]. Equals :meth:`forward`
+        with past_k/past_v = the caches' first L slots, up to float rounding."""
+        B = xn.shape[0]
+        D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
+        qkv = torch.mm(xn, w.qkv)  # [B, (H + 2 Hkv) D]
+        qk = torch.matmul(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[L])  # RoPE at L
+        k_cache[:, :, L] = qk[:, H:]
+        v_cache[:, :, L] = qkv[:, (H + Hkv) * D :].view(B, Hkv, D)
+        y = F.scaled_dot_product_attention(
+            qk[:, :H, None], k_cache[:, :, : L + 1], v_cache[:, :, : L + 1], enable_gqa=H != Hkv
+        )
+        return torch.mm(y.view(B, H * D), w.out)
+
+    def decode_masked(
+        self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`decode` with shapes that never depend on the window length (what a compiled
+        step needs so that it does not recompile every token): the position is a [1] long tensor,
+        the token attends over all W slots of the caches with the slots after ``pos`` masked
+        out, and nothing is written: returns y [B, d] and the token's k, v [B, Hkv, D] for the
+        caller to store in slot ``pos``."""
+        B = xn.shape[0]
+        D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
+        qkv = torch.mm(xn, w.qkv)
+        # pos is a [1] tensor: an index, never a Python int the graph would specialise on
+        qk = torch.matmul(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[pos][0])
+        q, k = qk[:, :H], qk[:, H:]
+        v = qkv[:, (H + Hkv) * D :].view(B, Hkv, D)
+        slots = torch.arange(k_cache.shape[2], device=xn.device)
+        here = (slots == pos)[None, None, :, None]
+        keys = torch.where(here, k[:, :, None], k_cache)
+        values = torch.where(here, v[:, :, None], v_cache)
+        mask = torch.zeros(slots.shape, dtype=q.dtype, device=xn.device).masked_fill(slots > pos, float("-inf"))
+        y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask[None], enable_gqa=H != Hkv)
+        return torch.mm(y.reshape(B, H * D), w.out), k, v
 
     def forward_padded(
         self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, lengths: torch.Tensor
@@ -241,3 +361,33 @@ class GatedDeltaNet(nn.Module):
         assert S_new is not None  # output_final_state=True
         o = self.o_norm(o) * F.silu(gate.view(B, T, self.HV, self.V))
         return self.out(o.reshape(B, T, self.HV * self.V)), S_new, new_tail
+
+    def decode_weights(self, norm_weight: torch.Tensor | None) -> GDNDecodeWeights:
+        o_norm = self.o_norm.weight.detach().float().repeat(self.HV)  # [HV V], per head
+        out = (self.out.weight.detach().float() * o_norm[None, :]).to(self.out.weight.dtype)
+        return GDNDecodeWeights(
+            in_proj=decode_projection(self.in_proj.weight, norm_weight),
+            conv=self.conv_weight.detach()[:, 0].contiguous(),
+            neg_A=-self.A_log.detach().float().exp(),
+            dt_bias=self.dt_bias.detach().float(),
+            out=decode_projection(out, None),
+        )
+
+    def decode(
+        self, xn: torch.Tensor, w: GDNDecodeWeights, S: torch.Tensor, conv_tail: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token per row: xn [B, d] already normalised; S, conv_tail as in :meth:`forward`
+        (read, never written). Returns y [B, d], the new state and the new conv tail; equals
+        :meth:`forward` over one token up to float rounding (:func:`gdn_decode_step`)."""
+        B = xn.shape[0]
+        z = torch.mm(xn, w.in_proj)
+        x_in, a, b, gate = z.split(self.split_sizes, dim=1)
+        seq = torch.cat([conv_tail.to(z.dtype), x_in[:, :, None]], dim=2)  # [B, conv_dim, conv_size]
+        c = F.silu((seq * w.conv).sum(2))  # the causal depthwise conv's last output
+        qk, v = c.split([2 * self.H * self.K, self.HV * self.V], dim=1)
+        o, S_new = gdn_decode_step(
+            qk.view(B, 2, self.H, self.K), v.view(B, self.HV, self.V), a, b, S, w.neg_A, w.dt_bias,
+            self.K**-0.5, 1e-6,
+        )
+        o = F.rms_norm(o.float(), (self.V,), eps=self.o_norm.eps).to(o.dtype) * F.silu(gate.view(B, self.HV, self.V))
+        return torch.mm(o.view(B, self.HV * self.V), w.out), S_new, seq[:, :, 1:]

@@ -407,3 +407,121 @@ def test_sleeps_of_several_sessions_batched_equal_each_alone(mode):
         ca, cb = a.commit(), b.commit()
         for x, y in zip((*ca.fast.S, *ca.fast.conv), (*cb.fast.S, *cb.fast.conv), strict=True):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def assert_same_step(model: SleepHybridLM, state: HybridState, token: torch.Tensor, consolidate, **tol) -> None:
+    """One step through the fast decode path equals a one-token prefill (the old path), from the
+    same state: logits, the KV written, the hidden state kept, the fast weights and conv tails,
+    and the window's bookkeeping. ``state`` is left advanced by the old path."""
+    fast = state.clone()
+    model.fast_decode = False
+    try:
+        want = model.step(token, state, consolidate)
+    finally:
+        model.fast_decode = True
+    got = model.step(token, fast, consolidate)
+    tol = tol or dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
+    L = state.window_len
+    assert fast.window_len == L and fast.tokens_seen == state.tokens_seen
+    assert torch.equal(fast.window_ids, state.window_ids) and torch.equal(fast.consolidate_mask, state.consolidate_mask)
+    for x, y in zip((*fast.working.S, *fast.working.conv), (*state.working.S, *state.working.conv), strict=True):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, **tol)
+    for x, y in zip((*fast.k_cache, *fast.v_cache), (*state.k_cache, *state.v_cache), strict=True):
+        torch.testing.assert_close(x[:, :, :L], y[:, :, :L], **tol)
+    torch.testing.assert_close(fast.window_h[:, :L], state.window_h[:, :L], **tol)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_fast_decode_equals_one_token_prefill(mode):
+    """The decode path (prepared weights, KV written in place, the fused GDN step) equals a
+    one-token prefill at every window length, batched, with never-consolidate tokens and a
+    consolidate mask, across sleeps; a looped span keeps the right hidden state."""
+    model = tiny_model(**MODES[mode])
+    state = model.new_state(2)
+    tokens = ids_for(model, 2, 40, seed=5)
+    for t in range(tokens.shape[1]):
+        if state.window_len == state.window:
+            state = model.consolidate(state, loops=2)
+        flag = torch.tensor([[True], [True]]) if t % 5 == 0 else t % 3 != 1
+        assert_same_step(model, state, tokens[:, t], flag)
+    assert state.sleeps >= 2
+
+
+def test_fast_decode_equals_old_path_on_the_shipped_model():
+    """On docqa-small: a partly filled window, never-consolidate tokens, a sleep (N = 4), then
+    steps from the consolidated state; every step equals the one-token prefill."""
+    from sleepagent.model.pretrained import SleepModel
+
+    model = SleepModel.from_pretrained("docqa-small").model
+    assert isinstance(model, SleepHybridLM)
+    state = model.new_state()
+    model.prefill(ids_for(model, 1, 150, seed=1), state)
+    tokens = ids_for(model, 1, 24, seed=2)[0]
+    for t in range(12):
+        assert_same_step(model, state, tokens[t : t + 1], t % 4 != 2)
+    state = model.consolidate(state, loops=4)
+    assert state.window_len == 0 and state.sleeps == 1
+    for t in range(12, 24):
+        assert_same_step(model, state, tokens[t : t + 1], True)
+    # and a whole stretch decoded by each path stays close (no error that compounds)
+    a, b = state.clone(), state.clone()
+    model.fast_decode = False
+    try:
+        want = [model.step(tokens[t : t + 1], a) for t in range(24)]
+    finally:
+        model.fast_decode = True
+    got = [model.step(tokens[t : t + 1], b) for t in range(24)]
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=1e-4, atol=1e-4)
+    assert model.save_state(a) and len(model.save_state(b)) == len(model.save_state(a))
+
+
+def test_fast_decode_sees_weight_changes():
+    """The decode path's prepared weights follow in-place writes and replaced parameters."""
+    model = tiny_model()
+    state = model.new_state()
+    model.prefill(ids_for(model, 1, 5), state)
+    token = ids_for(model, 1, 1, seed=3)[0]
+    assert_same_step(model, state, token, True)
+    with torch.no_grad():
+        model.layers[0].mixer.A_log.add_(0.5)
+        model.layers[1].norm1.weight.mul_(1.5)
+    assert_same_step(model, state, token, True)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach() * 0.5)
+    assert_same_step(model, state, token, True)
+
+
+def test_fast_decode_errors_match_prefill(model):
+    state = model.new_state()
+    with pytest.raises(ShapeError, match=r"lie in \[0"):
+        model.step(torch.tensor([model.config.vocab_size]), state)
+    with pytest.raises(ShapeError, match="integer"):
+        model.step(torch.tensor([1.0]), state)
+    with pytest.raises(StateMismatch):
+        model.step(torch.tensor([1, 2]), state)
+    with pytest.raises(WindowFull):
+        model.step(torch.tensor([1]), fill_to_full(model))
+    assert state.window_len == 0
+
+
+@pytest.mark.slow
+def test_compiled_decode_equals_old_path_without_recompiling():
+    """compile_decode: one graph for every window length (no recompile as the window fills,
+    after a sleep, or from a prefill's strided conv tails), equal to the old path."""
+    import torch._dynamo
+
+    model = tiny_model()
+    model.compile_decode = True
+    torch._dynamo.reset()
+    try:
+        state = model.new_state()
+        model.prefill(ids_for(model, 1, 3), state)
+        tokens = ids_for(model, 1, 30, seed=4)[0]
+        for t in range(30):
+            if state.window_len == state.window:
+                state = model.consolidate(state, loops=2)
+            assert_same_step(model, state, tokens[t : t + 1], t % 3 != 0)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    finally:
+        model.compile_decode = False
