@@ -295,6 +295,36 @@ def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, rounds: int, tool
     print(json.dumps(r) if as_json else markdown)
 
 
+@app.command("decode")
+def bench_decode_cmd(
+    model: Annotated[str, typer.Option(help="a shipped checkpoint's name or a checkpoint directory")] = "docqa-small",
+    fill: Annotated[int, typer.Option(min=0, help="tokens in the window before the timed step")] = 128,
+    rounds: Annotated[int, typer.Option(min=1)] = 7,
+    per_round: Annotated[int, typer.Option(min=5, help="samples per variant per round")] = 100,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads during the run")] = 1,
+    compiled: Annotated[bool, typer.Option(help="also the torch.compile variant (compiles first: slow)")] = True,
+    out: Annotated[Path | None, typer.Option(help="write the figures into this markdown file's decode section "
+                                                  "(docs/benchmarks.md) and its JSON beside it")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """One decode step against the per-matrix floor (a torch.mv per weight matrix): ms, ratio to
+    the floor and ops per step for a step as a one-token prefill, the decode path, and compiled."""
+    from ..bench.decode import DECODE_SECTION, bench_decode, decode_markdown
+    from ..bench.sections import write_section
+
+    r = bench_decode(model, fill=fill, rounds=rounds, per_round=per_round, threads=threads, compiled=compiled)
+    given = {"--model": (model, "docqa-small"), "--fill": (fill, 128), "--rounds": (rounds, 7),
+             "--per-round": (per_round, 100), "--threads": (threads, 1)}
+    command = "sleepagent bench decode" + "".join(f" {k} {v}" for k, (v, d) in given.items() if v != d) + (
+        "" if compiled else " --no-compiled") + (f" --out {out}" if out else "")
+    markdown = decode_markdown(r, command)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_section(out, DECODE_SECTION, markdown)
+        out.with_name(out.stem + "_decode.json").write_text(json.dumps(r, indent=1) + "\n")
+    print(json.dumps(r) if as_json else markdown)
+
+
 @app.command("constrained")
 def bench_constrained_cmd(
     model: Annotated[str, typer.Option(help="a shipped checkpoint's name or a checkpoint directory")] = "docqa-small",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, ShapeError, StateMismatch, WindowFull
 from .algorithm1 import LMOutput, check_ids, check_loops, training_forward
 from .config import SleepHybridConfig
-from .layers import MLP, GatedDeltaNet, MLPDecodeWeights, RMSNorm, WindowAttention, decode_projection
+from .layers import MLP, GatedDeltaNet, MLPDecodeWeights, RMSNorm, WindowAttention, decode_projection, stream_norm
 from .state import FastState, HybridState
 
 __all__ = ["LMOutput", "SleepHybridLM", "SleepJob", "weights_digest"]
@@ -67,11 +67,10 @@ class _DecodePlan(NamedTuple):
     epoch: int  # _PARAM_EPOCH when built
     params: tuple[nn.Parameter, ...]  # the parameters they came from
     key: tuple[tuple[int, int], ...]  # and their (data_ptr, version) then
-    emb: torch.Tensor
-    # per block: kind, slot, the mixer and its decode weights, the MLP's weights, the norms' eps
-    blocks: tuple[tuple[str, int, Any, tuple, MLPDecodeWeights, float, float], ...]
+    emb: torch.Tensor  # [vocab, d + 1]: the embedding, and the stream's constant sqrt(d * eps)
+    # per block: kind, slot, the mixer and its decode weights, the MLP's weights
+    blocks: tuple[tuple[str, int, Any, tuple, MLPDecodeWeights], ...]
     head: torch.Tensor
-    head_eps: float
 
 
 # bumped whenever a module anywhere registers a parameter (``module.weight = nn.Parameter(...)``):
@@ -94,11 +93,6 @@ def _position(L: int, device: torch.device) -> torch.Tensor:
     if t is None:
         t = _POSITIONS[(L, device)] = torch.tensor([L], device=device)
     return t
-
-
-def _normed(h: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without its weight (folded into the next projection), in float32 like :class:`RMSNorm`."""
-    return F.rms_norm(h.float(), (h.shape[-1],), eps=eps).to(h.dtype)
 
 
 class SleepHybridLM(nn.Module):
@@ -290,9 +284,14 @@ class SleepHybridLM(nn.Module):
             ids = ids[:, None]
         if ids.dim() != 2 or ids.shape[1] != 1:
             raise ShapeError(f"step expects one token per sequence ([B] or [B, 1]), got {tuple(ids.shape)}")
-        if not self.fast_decode or self.training:
+        if not self.fast_decode or self.training or not self._one_norm_eps():
             return self.prefill(ids, state, consolidate)[:, -1]
         return self._decode(ids, state, consolidate)
+
+    def _one_norm_eps(self) -> bool:
+        """The decode step's stream holds one constant for every residual RMSNorm: their eps must agree."""
+        eps = self.norm.eps
+        return all(cast(Block, b).norm1.eps == eps == cast(Block, b).norm2.eps for b in self.layers)
 
     def _decode_plan(self) -> _DecodePlan:
         """The decode step's prepared weights, rebuilt when any parameter was written in place
@@ -317,9 +316,12 @@ class SleepHybridLM(nn.Module):
                     attn = cast(WindowAttention, block.mixer)
                     mixer = ("attn", self._attn_slot[i], attn, attn.decode_weights(nw, self.config.window))
                 mlp = cast(MLP, block.mlp).decode_weights(block.norm2.weight)
-                blocks.append((*mixer, mlp, block.norm1.eps, block.norm2.eps))
-            head = decode_projection(self.lm_head.weight, self.norm.weight)
-            plan = _DecodePlan(epoch, params, key, self.tok_emb.weight.detach(), tuple(blocks), head, self.norm.eps)
+                blocks.append((*mixer, mlp))
+            head = decode_projection(self.lm_head.weight, self.norm.weight, reads_stream=True)
+            emb = self.tok_emb.weight.detach()
+            const = (emb.shape[1] * self.norm.eps) ** 0.5  # the stream's constant (layers.decode_projection)
+            emb = torch.cat([emb, emb.new_full((emb.shape[0], 1), const)], dim=1)
+            plan = _DecodePlan(epoch, params, key, emb, tuple(blocks), head)
         self.__dict__["_plan"] = plan  # a plain attribute: not a buffer, not in the state_dict
         return plan
 
@@ -359,19 +361,19 @@ class SleepHybridLM(nn.Module):
             state.window_h[:, L] = h_keep
         else:
             S_list, conv_list = list(state.working.S), list(state.working.conv)
-            h = F.embedding(ids, plan.emb)
+            h = F.embedding(ids, plan.emb)  # [B, d + 1]: the extended stream (layers.stream_norm)
             keep_at = self.config.span[1] - 1
-            for i, (kind, j, mixer, weights, mlp, eps1, eps2) in enumerate(plan.blocks):
-                x = _normed(h, eps1)
+            for i, (kind, j, mixer, weights, mlp) in enumerate(plan.blocks):
+                x = stream_norm(h)
                 if kind == "gdn":
                     y, S_list[j], conv_list[j] = mixer.decode(x, weights, S_list[j], conv_list[j])
                 else:
                     y = mixer.decode(x, weights, state.k_cache[j], state.v_cache[j], L)
                 h = h + y
-                h = h + MLP.decode(_normed(h, eps2), mlp)
+                h = h + MLP.decode(stream_norm(h), mlp)
                 if i == keep_at:
-                    state.window_h[:, L] = h
-            logits = torch.mm(_normed(h, plan.head_eps), plan.head)
+                    state.window_h[:, L] = h[:, :-1]
+            logits = torch.mm(stream_norm(h), plan.head)
             S, conv = tuple(S_list), tuple(conv_list)
         state.working = FastState(S=S, conv=conv)
         state.window_ids[:, L] = ids
@@ -399,8 +401,8 @@ class SleepHybridLM(nn.Module):
         h = F.embedding(ids, plan.emb)
         h_keep = h
         keep_at = self.config.span[1] - 1
-        for i, (kind, j, mixer, weights, mlp, eps1, eps2) in enumerate(plan.blocks):
-            x = _normed(h, eps1)
+        for i, (kind, j, mixer, weights, mlp) in enumerate(plan.blocks):
+            x = stream_norm(h)
             if kind == "gdn":
                 y, S[j], tail = mixer.decode(x, weights, S[j], conv[j])
                 conv[j] = tail.contiguous()  # the next step's input: same strides every step
@@ -408,11 +410,11 @@ class SleepHybridLM(nn.Module):
                 y, k, v = mixer.decode_masked(x, weights, k_caches[j], v_caches[j], pos)
                 kv.append((k, v))
             h = h + y
-            h = h + MLP.decode(_normed(h, eps2), mlp)
+            h = h + MLP.decode(stream_norm(h), mlp)
             if i == keep_at:
                 h_keep = h
-        logits = torch.mm(_normed(h, plan.head_eps), plan.head)
-        return logits, h_keep, tuple(S), tuple(conv), tuple(kv)
+        logits = torch.mm(stream_norm(h), plan.head)
+        return logits, h_keep[:, :-1], tuple(S), tuple(conv), tuple(kv)
 
     def _compiled_graph(self) -> Callable:
         fn = self.__dict__.get("_compiled")

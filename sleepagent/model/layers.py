@@ -30,44 +30,66 @@ __all__ = [
     "decode_projection",
     "rope_rotations",
     "rope_tables",
+    "stream_norm",
 ]
 
 
 # --- the decode step's weights ------------------------------------------------------------------
 # A decode step of a small model is dispatch-bound (about 10 us of matrix work per projection, a
 # few us of overhead per op), so the one-token path runs on weights prepared once per set of
-# parameters: each RMSNorm's weight folded into the projection that reads it (the step then
-# normalises without a weight), projections transposed so that a step is one ``mm`` per matrix,
-# the GDN decay rate as -exp(A_log). Derived tensors only: nothing here enters the state_dict,
-# so fingerprints and saved states are unchanged (SleepHybridLM rebuilds them when a weight
-# changes).
+# parameters, projections transposed so that a step is one ``mm`` per matrix, and the GDN decay
+# rate as -exp(A_log). Its residual stream carries one extra element, the constant
+# c = sqrt(d * eps), which the projections that read the stream ignore (a zero row) and those
+# that write it leave alone (a zero column). Then RMSNorm is a vector norm and a division:
+#
+#     h * rsqrt(mean(h^2) + eps) * w  =  [h, c] / ||[h, c]|| * sqrt(d) * w
+#
+# with sqrt(d) * w (the norm's weight) folded into the projection that reads it. Derived tensors
+# only: nothing here enters the state_dict, so fingerprints and saved states are unchanged
+# (SleepHybridLM rebuilds them when a weight changes).
 
 
-def decode_projection(weight: torch.Tensor, norm_weight: torch.Tensor | None) -> torch.Tensor:
-    """``weight`` [out, in] with the preceding RMSNorm's weight folded into its columns, as [in, out]."""
-    w = weight.detach()
+def decode_projection(
+    weight: torch.Tensor, norm_weight: torch.Tensor | None = None, *, reads_stream: bool = False,
+    writes_stream: bool = False,
+) -> torch.Tensor:
+    """``weight`` [out, in] as the decode step's [in', out'] right-hand operand: with
+    ``norm_weight`` (the RMSNorm before it), that weight times sqrt(in) folded into its columns;
+    ``reads_stream`` adds a zero row for the stream's constant element, ``writes_stream`` a zero
+    column so the constant passes through the residual add unchanged (see the note above)."""
+    w = weight.detach().float()
     if norm_weight is not None:
-        w = (w.float() * norm_weight.detach().float()[None, :]).to(w.dtype)
-    return w.contiguous().t()  # [in, out]: the transpose of a contiguous [out, in], as the floor's mv reads it
+        w = w * (norm_weight.detach().float() * w.shape[1] ** 0.5)[None, :]
+    if reads_stream:
+        w = torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
+    if writes_stream:
+        w = torch.cat([w, w.new_zeros(1, w.shape[1])], dim=0)
+    # [in, out]: the transpose of a contiguous [out, in], read as the floor's mv reads it
+    return w.to(weight.dtype).contiguous().t()
+
+
+def stream_norm(h: torch.Tensor) -> torch.Tensor:
+    """The decode step's RMSNorm of the extended residual stream (weight folded elsewhere)."""
+    return h / torch.linalg.vector_norm(h, dim=-1, keepdim=True)
 
 
 class MLPDecodeWeights(NamedTuple):
-    gate_up: torch.Tensor  # [d, 2 * hidden], norm2 folded in
-    down: torch.Tensor  # [hidden, d]
+    gate_up: torch.Tensor  # [d + 1, 2 * hidden], norm2 folded in
+    down: torch.Tensor  # [hidden, d + 1]
 
 
 class AttnDecodeWeights(NamedTuple):
-    qkv: torch.Tensor  # [d, (H + 2 Hkv) D], norm1 folded in
-    out: torch.Tensor  # [H D, d]
+    qkv: torch.Tensor  # [d + 1, (H + 2 Hkv) D], norm1 folded in
+    out: torch.Tensor  # [H D, d + 1]
     rope: torch.Tensor  # [W, D, D]: position p's rotation, as a right-multiplied matrix
 
 
 class GDNDecodeWeights(NamedTuple):
-    in_proj: torch.Tensor  # [d, P], norm1 folded in
+    in_proj: torch.Tensor  # [d + 1, P], norm1 folded in
     conv: torch.Tensor  # [conv_dim, conv_size]
     neg_A: torch.Tensor  # [HV] float32: -exp(A_log)
     dt_bias: torch.Tensor  # [HV] float32
-    out: torch.Tensor  # [HV V, d], o_norm's weight (per head, tiled) folded in
+    out: torch.Tensor  # [HV V, d + 1], o_norm's weight (per head, tiled) folded in
 
 
 def rope_rotations(window: int, dim: int, theta: float, dtype: torch.dtype, device=None) -> torch.Tensor:
@@ -110,12 +132,13 @@ class MLP(nn.Module):
 
     def decode_weights(self, norm_weight: torch.Tensor | None = None) -> MLPDecodeWeights:
         return MLPDecodeWeights(
-            decode_projection(self.gate_up.weight, norm_weight), decode_projection(self.down.weight, None)
+            decode_projection(self.gate_up.weight, norm_weight, reads_stream=True),
+            decode_projection(self.down.weight, writes_stream=True),
         )
 
     @staticmethod
     def decode(xn: torch.Tensor, w: MLPDecodeWeights) -> torch.Tensor:
-        """One token per row: xn [B, d] already normalised (the norm's weight is in ``w``)."""
+        """One token per row: xn [B, d + 1] the normalised stream (see :func:`stream_norm`)."""
         gate, up = torch.mm(xn, w.gate_up).chunk(2, dim=1)
         return torch.mm(F.silu(gate) * up, w.down)
 
@@ -181,13 +204,17 @@ class WindowAttention(nn.Module):
     def decode_weights(self, norm_weight: torch.Tensor | None, window: int) -> AttnDecodeWeights:
         w = self.qkv.weight
         rope = rope_rotations(window, self.head_dim, self.theta, w.dtype, w.device)
-        return AttnDecodeWeights(decode_projection(w, norm_weight), decode_projection(self.out.weight, None), rope)
+        return AttnDecodeWeights(
+            decode_projection(w, norm_weight, reads_stream=True),
+            decode_projection(self.out.weight, writes_stream=True),
+            rope,
+        )
 
     def decode(
         self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, L: int
     ) -> torch.Tensor:
         """One token per row at window position ``L`` (every row's window holds L tokens): xn
-        [B, d] already normalised; writes the token's key and value into slot L of the
+        [B, d + 1] the normalised stream (:func:`stream_norm`); writes the token's key and value into slot L of the
         preallocated caches [B, Hkv, W, D] and attends over slots [0, L]. Equals :meth:`forward`
         with past_k/past_v = the caches' first L slots, up to float rounding."""
         B = xn.shape[0]
@@ -196,9 +223,15 @@ class WindowAttention(nn.Module):
         qk = torch.matmul(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[L])  # RoPE at L
         k_cache[:, :, L] = qk[:, H:]
         v_cache[:, :, L] = qkv[:, (H + Hkv) * D :].view(B, Hkv, D)
-        y = F.scaled_dot_product_attention(
-            qk[:, :H, None], k_cache[:, :, : L + 1], v_cache[:, :, : L + 1], enable_gqa=H != Hkv
-        )
+        if H != Hkv:
+            y = F.scaled_dot_product_attention(
+                qk[:, :H, None], k_cache[:, :, : L + 1], v_cache[:, :, : L + 1], enable_gqa=True
+            )
+        else:  # one query: three batched ops are cheaper than SDPA's setup
+            keys = k_cache[:, :, : L + 1].view(B * H, L + 1, D)
+            scores = torch.baddbmm(keys[:, :1, :1], qk[:, :H].reshape(B * H, 1, D), keys.transpose(1, 2),
+                                   beta=0.0, alpha=D**-0.5)
+            y = torch.bmm(torch.softmax(scores, dim=-1), v_cache[:, :, : L + 1].view(B * H, L + 1, D))
         return torch.mm(y.view(B, H * D), w.out)
 
     def decode_masked(
@@ -366,17 +399,17 @@ class GatedDeltaNet(nn.Module):
         o_norm = self.o_norm.weight.detach().float().repeat(self.HV)  # [HV V], per head
         out = (self.out.weight.detach().float() * o_norm[None, :]).to(self.out.weight.dtype)
         return GDNDecodeWeights(
-            in_proj=decode_projection(self.in_proj.weight, norm_weight),
+            in_proj=decode_projection(self.in_proj.weight, norm_weight, reads_stream=True),
             conv=self.conv_weight.detach()[:, 0].contiguous(),
             neg_A=-self.A_log.detach().float().exp(),
             dt_bias=self.dt_bias.detach().float(),
-            out=decode_projection(out, None),
+            out=decode_projection(out, writes_stream=True),
         )
 
     def decode(
         self, xn: torch.Tensor, w: GDNDecodeWeights, S: torch.Tensor, conv_tail: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One token per row: xn [B, d] already normalised; S, conv_tail as in :meth:`forward`
+        """One token per row: xn [B, d + 1] the normalised stream; S, conv_tail as in :meth:`forward`
         (read, never written). Returns y [B, d], the new state and the new conv tail; equals
         :meth:`forward` over one token up to float rounding (:func:`gdn_decode_step`)."""
         B = xn.shape[0]

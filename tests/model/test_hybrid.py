@@ -430,7 +430,10 @@ def assert_same_step(model: SleepHybridLM, state: HybridState, token: torch.Tens
         torch.testing.assert_close(x, y, **tol)
     for x, y in zip((*fast.k_cache, *fast.v_cache), (*state.k_cache, *state.v_cache), strict=True):
         torch.testing.assert_close(x[:, :, :L], y[:, :, :L], **tol)
-    torch.testing.assert_close(fast.window_h[:, :L], state.window_h[:, :L], **tol)
+    # the residual stream's entries reach tens (docqa-small: ~35), so its rounding error is judged
+    # against its largest entry, not each entry
+    h_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(1.0, float(state.window_h[:, :L].abs().max())))
+    torch.testing.assert_close(fast.window_h[:, :L], state.window_h[:, :L], **h_tol)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
