@@ -28,7 +28,8 @@ __all__ = [
     "WindowAttention",
     "apply_rope",
     "decode_projection",
-    "rope_rotations",
+    "rope_at",
+    "rope_rows",
     "rope_tables",
     "stream_norm",
 ]
@@ -81,7 +82,7 @@ class MLPDecodeWeights(NamedTuple):
 class AttnDecodeWeights(NamedTuple):
     qkv: torch.Tensor  # [d + 1, (H + 2 Hkv) D], norm1 folded in
     out: torch.Tensor  # [H D, d + 1]
-    rope: torch.Tensor  # [W, D, D]: position p's rotation, as a right-multiplied matrix
+    rope: torch.Tensor  # [W, 2, D]: each position's rope_rows
 
 
 class GDNDecodeWeights(NamedTuple):
@@ -89,20 +90,21 @@ class GDNDecodeWeights(NamedTuple):
     conv: torch.Tensor  # [conv_dim, conv_size]
     neg_A: torch.Tensor  # [HV] float32: -exp(A_log)
     dt_bias: torch.Tensor  # [HV] float32
-    out: torch.Tensor  # [HV V, d + 1], o_norm's weight (per head, tiled) folded in
+    out: torch.Tensor  # [HV V, d + 1], o_norm's weight (per head, tiled) and sqrt(V) folded in
+    o_eps: torch.Tensor  # 0-d: sqrt(V * o_norm.eps)
 
 
-def rope_rotations(window: int, dim: int, theta: float, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """[window, dim, dim]: ``x @ R[p]`` is :func:`apply_rope` of x [..., dim] at position p."""
+def rope_rows(window: int, dim: int, theta: float, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """[window, 2, dim]: position p's ``(cos, signed sin)`` rows, so that :func:`apply_rope` of x
+    [..., dim] at p is ``x * R[p, 0] + x.roll(dim // 2, -1) * R[p, 1]`` (cos repeated over both
+    halves; sin negated on the first half, which reads the second half rolled in)."""
     cos, sin = rope_tables(torch.arange(window, device=device), dim, theta, torch.float32)
-    half = dim // 2
-    R = torch.zeros(window, dim, dim, device=device)
-    i = torch.arange(half, device=device)
-    R[:, i, i] = cos  # out[i] = x[i] cos - x[i + half] sin
-    R[:, i + half, i] = -sin
-    R[:, i + half, i + half] = cos  # out[i + half] = x[i + half] cos + x[i] sin
-    R[:, i, i + half] = sin
-    return R.to(dtype)
+    return torch.stack([torch.cat([cos, cos], dim=1), torch.cat([-sin, sin], dim=1)], dim=1).to(dtype)
+
+
+def rope_at(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """RoPE of x [..., D] at one position whose :func:`rope_rows` are ``rows`` [2, D]."""
+    return torch.addcmul(x * rows[0], x.roll(x.shape[-1] // 2, -1), rows[1])
 
 
 class RMSNorm(nn.Module):
@@ -203,7 +205,7 @@ class WindowAttention(nn.Module):
 
     def decode_weights(self, norm_weight: torch.Tensor | None, window: int) -> AttnDecodeWeights:
         w = self.qkv.weight
-        rope = rope_rotations(window, self.head_dim, self.theta, w.dtype, w.device)
+        rope = rope_rows(window, self.head_dim, self.theta, w.dtype, w.device)
         return AttnDecodeWeights(
             decode_projection(w, norm_weight, reads_stream=True),
             decode_projection(self.out.weight, writes_stream=True),
@@ -220,7 +222,7 @@ class WindowAttention(nn.Module):
         B = xn.shape[0]
         D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
         qkv = torch.mm(xn, w.qkv)  # [B, (H + 2 Hkv) D]
-        qk = torch.matmul(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[L])  # RoPE at L
+        qk = rope_at(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[L])
         k_cache[:, :, L] = qk[:, H:]
         v_cache[:, :, L] = qkv[:, (H + Hkv) * D :].view(B, Hkv, D)
         if H != Hkv:
@@ -246,7 +248,7 @@ class WindowAttention(nn.Module):
         D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
         qkv = torch.mm(xn, w.qkv)
         # pos is a [1] tensor: an index, never a Python int the graph would specialise on
-        qk = torch.matmul(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[pos][0])
+        qk = rope_at(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[pos][0])
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, (H + Hkv) * D :].view(B, Hkv, D)
         slots = torch.arange(k_cache.shape[2], device=xn.device)
@@ -396,7 +398,8 @@ class GatedDeltaNet(nn.Module):
         return self.out(o.reshape(B, T, self.HV * self.V)), S_new, new_tail
 
     def decode_weights(self, norm_weight: torch.Tensor | None) -> GDNDecodeWeights:
-        o_norm = self.o_norm.weight.detach().float().repeat(self.HV)  # [HV V], per head
+        # per head, times sqrt(V): decode normalises o by hypot(||o||, sqrt(V eps)) (see decode)
+        o_norm = self.o_norm.weight.detach().float().repeat(self.HV) * self.V**0.5  # [HV V]
         out = (self.out.weight.detach().float() * o_norm[None, :]).to(self.out.weight.dtype)
         return GDNDecodeWeights(
             in_proj=decode_projection(self.in_proj.weight, norm_weight, reads_stream=True),
@@ -404,6 +407,8 @@ class GatedDeltaNet(nn.Module):
             neg_A=-self.A_log.detach().float().exp(),
             dt_bias=self.dt_bias.detach().float(),
             out=decode_projection(out, writes_stream=True),
+            o_eps=torch.tensor((self.V * self.o_norm.eps) ** 0.5, dtype=self.out.weight.dtype,
+                               device=self.out.weight.device),
         )
 
     def decode(
@@ -422,5 +427,7 @@ class GatedDeltaNet(nn.Module):
             qk.view(B, 2, self.H, self.K), v.view(B, self.HV, self.V), a, b, S, w.neg_A, w.dt_bias,
             self.K**-0.5, 1e-6,
         )
-        o = F.rms_norm(o.float(), (self.V,), eps=self.o_norm.eps).to(o.dtype) * F.silu(gate.view(B, self.HV, self.V))
+        # o_norm: o * rsqrt(mean(o^2) + eps) = sqrt(V) o / hypot(||o||, sqrt(V eps)), sqrt(V) in w.out
+        norm = torch.hypot(torch.linalg.vector_norm(o, dim=-1, keepdim=True), w.o_eps)
+        o = o / norm * F.silu(gate.view(B, self.HV, self.V))
         return torch.mm(o.view(B, self.HV * self.V), w.out), S_new, seq[:, :, 1:]
