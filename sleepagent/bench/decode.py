@@ -41,19 +41,26 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(fn: Callable[[Any], object], setup: Callable[[], Any] = lambda: None) -> dict[str, int]:
-    """Ops of one call ``fn(setup())`` (``setup`` uncounted): dispatched (what it asks for) and
-    profiler ``aten::`` events."""
+def count_ops(
+    fn: Callable[[Any], object], setup: Callable[[], Any] = lambda: None, *, dispatched: bool = True
+) -> dict[str, int | None]:
+    """Ops of one call ``fn(setup())`` (``setup`` uncounted): dispatched (what it asks for; None
+    with ``dispatched=False``: a compiled graph refuses to run under a dispatch mode) and
+    profiler ``aten::`` events (for a compiled graph: the aten ops its wrapper still calls, such
+    as the matrix products; its own fused kernels are not aten ops)."""
     from torch.profiler import ProfilerActivity, profile
 
-    arg = setup()
-    with _CountOps() as c:
-        fn(arg)
+    n = None
+    if dispatched:
+        arg = setup()
+        with _CountOps() as c:
+            fn(arg)
+        n = c.n
     arg = setup()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn(arg)
     events = sum(1 for e in prof.events() if e.name.startswith("aten::"))
-    return {"dispatched": c.n, "profiler_aten": events}
+    return {"dispatched": n, "profiler_aten": events}
 
 
 def _paired(
@@ -161,7 +168,7 @@ def bench_decode(
 
         for setup, fn in variants.values():  # warm: the decode path prepares its weights on its first step
             fn(setup())
-        ops = {name: count_ops(fn, setup) for name, (setup, fn) in variants.items()}
+        ops = {name: count_ops(fn, setup, dispatched=name != "compiled") for name, (setup, fn) in variants.items()}
         ops["floor"] = count_ops(lambda _: floor())
         result.update(_paired(floor, variants, rounds, per_round))
         for name, counts in ops.items():
@@ -211,7 +218,8 @@ def decode_markdown(r: dict[str, Any], command: str) -> str:
             continue
         row = r[key]
         ratio = "1.0x" if key == "floor" else f"**{row['ratio']:.1f}x**"
-        lines.append(f"| {key} | {what} | {row['ms']:.3f} | {ratio} | {row['dispatched']} | {row['profiler_aten']} |")
+        n = "-" if row["dispatched"] is None else row["dispatched"]
+        lines.append(f"| {key} | {what} | {row['ms']:.3f} | {ratio} | {n} | {row['profiler_aten']} |")
     lines.append("")
     if "compiled" in r:
         lines += [f"torch.compile (inductor, C++ on CPU) took {r['compile_s']:.1f} s on the first step and compiled "

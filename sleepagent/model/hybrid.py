@@ -66,7 +66,10 @@ class _DecodePlan(NamedTuple):
 
     epoch: int  # _PARAM_EPOCH when built
     params: tuple[nn.Parameter, ...]  # the parameters they came from
-    key: tuple[tuple[int, int], ...]  # and their (data_ptr, version) then
+    versions: list[int]  # and their versions and data pointers then
+    ptrs: list[int]
+    # every residual RMSNorm has the same eps (the stream carries one constant), else no plan runs
+    one_eps: bool
     emb: torch.Tensor  # [vocab, d + 1]: the embedding, and the stream's constant sqrt(d * eps)
     # per block: kind, slot, the mixer and its decode weights, the MLP's weights
     blocks: tuple[tuple[str, int, Any, tuple, MLPDecodeWeights], ...]
@@ -284,26 +287,29 @@ class SleepHybridLM(nn.Module):
             ids = ids[:, None]
         if ids.dim() != 2 or ids.shape[1] != 1:
             raise ShapeError(f"step expects one token per sequence ([B] or [B, 1]), got {tuple(ids.shape)}")
-        if not self.fast_decode or self.training or not self._one_norm_eps():
+        if not self.fast_decode or self.training:
             return self.prefill(ids, state, consolidate)[:, -1]
-        return self._decode(ids, state, consolidate)
-
-    def _one_norm_eps(self) -> bool:
-        """The decode step's stream holds one constant for every residual RMSNorm: their eps must agree."""
-        eps = self.norm.eps
-        return all(cast(Block, b).norm1.eps == eps == cast(Block, b).norm2.eps for b in self.layers)
+        plan = self._decode_plan()
+        if not plan.one_eps:
+            return self.prefill(ids, state, consolidate)[:, -1]
+        return self._decode(ids, state, consolidate, plan)
 
     def _decode_plan(self) -> _DecodePlan:
         """The decode step's prepared weights, rebuilt when any parameter was written in place
         (an optimizer step, ``load_state_dict``), moved (``.to()``) or replaced by another."""
         plan: _DecodePlan | None = self.__dict__.get("_plan")
-        if plan is not None and plan.epoch == _PARAM_EPOCH[0] and all(
-            p._version == v and p.data_ptr() == ptr for p, (ptr, v) in zip(plan.params, plan.key, strict=True)
+        if (
+            plan is not None
+            and plan.epoch == _PARAM_EPOCH[0]
+            and [p._version for p in plan.params] == plan.versions
+            and [p.data_ptr() for p in plan.params] == plan.ptrs
         ):
             return plan
         params = tuple(self.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        versions, ptrs = [p._version for p in params], [p.data_ptr() for p in params]
         epoch = _PARAM_EPOCH[0]
+        eps = self.norm.eps
+        one_eps = all(cast(Block, b).norm1.eps == eps == cast(Block, b).norm2.eps for b in self.layers)
         with torch.no_grad():
             blocks = []
             for i, layer in enumerate(self.layers):
@@ -321,11 +327,13 @@ class SleepHybridLM(nn.Module):
             emb = self.tok_emb.weight.detach()
             const = (emb.shape[1] * self.norm.eps) ** 0.5  # the stream's constant (layers.decode_projection)
             emb = torch.cat([emb, emb.new_full((emb.shape[0], 1), const)], dim=1)
-            plan = _DecodePlan(epoch, params, key, emb, tuple(blocks), head)
+            plan = _DecodePlan(epoch, params, versions, ptrs, one_eps, emb, tuple(blocks), head)
         self.__dict__["_plan"] = plan  # a plain attribute: not a buffer, not in the state_dict
         return plan
 
-    def _decode(self, ids: torch.Tensor, state: HybridState, consolidate: bool | torch.Tensor) -> torch.Tensor:
+    def _decode(
+        self, ids: torch.Tensor, state: HybridState, consolidate: bool | torch.Tensor, plan: _DecodePlan
+    ) -> torch.Tensor:
         """:meth:`step` for ids [B, 1]: the checks and state updates of :meth:`prefill`, the
         blocks through their ``decode`` methods (one ``mm`` per weight matrix, KV written in
         place into slot ``window_len`` of the state's preallocated caches, the fused GDN step);
@@ -345,20 +353,15 @@ class SleepHybridLM(nn.Module):
             mask: bool | torch.Tensor = consolidate
         else:
             mask = self._mask_tensor(consolidate, B, 1, state.device)[:, 0]
-        plan = self._decode_plan()
         if self.compile_decode:
             fn = self._compiled_graph()
             # contiguous inputs: a conv tail a prefill left as a view of a longer sequence has
             # other strides, and the graph would recompile for each
-            logits, h_keep, S, conv, kv = fn(
+            logits, S, conv = fn(
                 plan, ids, tuple(s.contiguous() for s in state.working.S),
                 tuple(c.contiguous() for c in state.working.conv),
-                tuple(state.k_cache), tuple(state.v_cache), _position(L, state.device),
+                tuple(state.k_cache), tuple(state.v_cache), state.window_h, _position(L, state.device),
             )
-            for j, (k, v) in enumerate(kv):
-                state.k_cache[j][:, :, L] = k
-                state.v_cache[j][:, :, L] = v
-            state.window_h[:, L] = h_keep
         else:
             S_list, conv_list = list(state.working.S), list(state.working.conv)
             h = F.embedding(ids, plan.emb)  # [B, d + 1]: the extended stream (layers.stream_norm)
@@ -390,16 +393,16 @@ class SleepHybridLM(nn.Module):
         conv_in: tuple[torch.Tensor, ...],
         k_caches: tuple[torch.Tensor, ...],
         v_caches: tuple[torch.Tensor, ...],
+        window_h: torch.Tensor,
         pos: torch.Tensor,
-    ):
-        """The decode step's blocks as a pure function of tensors whose shapes never depend on
-        the window length (attention over all W slots, masked after ``pos``): what
-        :attr:`compile_decode` compiles once. Returns the logits, the hidden state to keep in
-        the window, the new S and conv tails, and each attention layer's (k, v) for slot pos."""
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The decode step's blocks with shapes that never depend on the window length
+        (attention over all W slots, masked after ``pos``, a [1] tensor): what
+        :attr:`compile_decode` compiles once. Writes the token's keys, values and kept hidden
+        state into slot ``pos`` of the caches and ``window_h``; returns the logits and the new
+        S and conv tails."""
         S, conv = list(S_in), list(conv_in)
-        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         h = F.embedding(ids, plan.emb)
-        h_keep = h
         keep_at = self.config.span[1] - 1
         for i, (kind, j, mixer, weights, mlp) in enumerate(plan.blocks):
             x = stream_norm(h)
@@ -407,14 +410,13 @@ class SleepHybridLM(nn.Module):
                 y, S[j], tail = mixer.decode(x, weights, S[j], conv[j])
                 conv[j] = tail.contiguous()  # the next step's input: same strides every step
             else:
-                y, k, v = mixer.decode_masked(x, weights, k_caches[j], v_caches[j], pos)
-                kv.append((k, v))
+                y = mixer.decode_masked(x, weights, k_caches[j], v_caches[j], pos)
             h = h + y
             h = h + MLP.decode(stream_norm(h), mlp)
             if i == keep_at:
-                h_keep = h
+                window_h.index_copy_(1, pos, h[:, None, :-1])
         logits = torch.mm(stream_norm(h), plan.head)
-        return logits, h_keep[:, :-1], tuple(S), tuple(conv), tuple(kv)
+        return logits, tuple(S), tuple(conv)
 
     def _compiled_graph(self) -> Callable:
         fn = self.__dict__.get("_compiled")

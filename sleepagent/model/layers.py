@@ -238,26 +238,23 @@ class WindowAttention(nn.Module):
 
     def decode_masked(
         self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """:meth:`decode` with shapes that never depend on the window length (what a compiled
-        step needs so that it does not recompile every token): the position is a [1] long tensor,
-        the token attends over all W slots of the caches with the slots after ``pos`` masked
-        out, and nothing is written: returns y [B, d] and the token's k, v [B, Hkv, D] for the
-        caller to store in slot ``pos``."""
+        step needs so that it does not recompile every token): the position is a [1] long
+        tensor, the token's key and value are written into slot ``pos`` with ``index_copy_``, and
+        it attends over all W slots with the slots after ``pos`` masked out."""
         B = xn.shape[0]
         D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
         qkv = torch.mm(xn, w.qkv)
         # pos is a [1] tensor: an index, never a Python int the graph would specialise on
         qk = rope_at(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[pos][0])
-        q, k = qk[:, :H], qk[:, H:]
-        v = qkv[:, (H + Hkv) * D :].view(B, Hkv, D)
+        k_cache.index_copy_(2, pos, qk[:, H:, None])
+        v_cache.index_copy_(2, pos, qkv[:, (H + Hkv) * D :].view(B, Hkv, 1, D))
         slots = torch.arange(k_cache.shape[2], device=xn.device)
-        here = (slots == pos)[None, None, :, None]
-        keys = torch.where(here, k[:, :, None], k_cache)
-        values = torch.where(here, v[:, :, None], v_cache)
-        mask = torch.zeros(slots.shape, dtype=q.dtype, device=xn.device).masked_fill(slots > pos, float("-inf"))
-        y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask[None], enable_gqa=H != Hkv)
-        return torch.mm(y.reshape(B, H * D), w.out), k, v
+        mask = torch.zeros(slots.shape, dtype=qk.dtype, device=xn.device).masked_fill(slots > pos, float("-inf"))
+        y = F.scaled_dot_product_attention(qk[:, :H, None], k_cache, v_cache, attn_mask=mask[None],
+                                           enable_gqa=H != Hkv)
+        return torch.mm(y.reshape(B, H * D), w.out)
 
     def forward_padded(
         self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, lengths: torch.Tensor
