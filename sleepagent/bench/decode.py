@@ -3,8 +3,9 @@
 A decode step of a small model is dispatch-bound: its weight matrices take tens of microseconds
 to read, and every op around them costs a few microseconds of overhead. The floor is what no step
 can beat: one ``torch.mv`` per weight matrix of the model (the embedding is a row lookup, not a
-matrix-vector product). Each variant of the step is timed against it in the same rounds, floor and
-step sample by sample (a shared machine's load moves both alike), and its ops are counted twice:
+matrix-vector product). Each variant of the step is timed against it in the same rounds (floor,
+then each variant, each many times in a row: a shared machine's load drifts between rounds), and
+its ops are counted twice:
 the ops the dispatcher runs (``TorchDispatchMode``: what a step asks for) and the ``aten::`` events
 of ``torch.profiler`` (those plus the ops composite ops expand into).
 
@@ -69,23 +70,30 @@ def _paired(
     rounds: int,
     per_round: int,
 ) -> dict[str, dict[str, float]]:
-    """Median seconds of the floor and of each variant, sampled in alternation, round by round;
-    each variant's ``setup()`` (untimed) makes what its timed call takes."""
+    """Median seconds of the floor and of each variant, in rounds: each round times the floor
+    ``per_round`` times in a row, then each variant as many times in a row (so each runs with its
+    own weights warm in the caches, as in a decode loop), and a variant's ratio is the median over
+    rounds of its median / the floor's median in that round (a shared machine's load drifts
+    between rounds, not within one). A variant's ``setup()`` (untimed, once per block) makes the
+    state its calls step, one token after another."""
     floor_t: list[float] = []
     times: dict[str, list[float]] = {k: [] for k in variants}
     ratios: dict[str, list[float]] = {k: [] for k in variants}
+
+    def block(setup: Callable[[], Any], fn: Callable[[Any], object]) -> list[float]:
+        out = []
+        arg = setup()  # once per block: a decode loop steps one state
+        for _ in range(per_round):
+            t0 = time.perf_counter()
+            fn(arg)
+            out.append(time.perf_counter() - t0)
+        return out
+
     for _ in range(rounds):
+        f_round = block(lambda: None, lambda _: floor())
+        floor_t += f_round
         for name, (setup, fn) in variants.items():
-            f_round, v_round = [], []
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                floor()
-                f_round.append(time.perf_counter() - t0)
-                arg = setup()
-                t0 = time.perf_counter()
-                fn(arg)
-                v_round.append(time.perf_counter() - t0)
-            floor_t += f_round
+            v_round = block(setup, fn)
             times[name] += v_round
             ratios[name].append(statistics.median(v_round) / statistics.median(f_round))
     out = {"floor": {"ms": 1e3 * statistics.median(floor_t)}}
@@ -105,8 +113,9 @@ def bench_decode(
 ) -> dict[str, Any]:
     """Time a decode step of ``model`` (window holding ``fill`` tokens) against the floor.
 
-    ``rounds`` x ``per_round`` samples per variant; the ratio is the median over rounds of
-    (variant median / floor median in that round). ``compiled=False`` leaves out torch.compile
+    ``rounds`` x ``per_round`` samples per variant (a block of ``per_round`` steps decodes one
+    state from ``fill`` tokens on, so ``fill + per_round`` must fit the window); the ratio is the
+    median over rounds of (variant median / floor median in that round). ``compiled=False`` leaves out torch.compile
     (its first call compiles the graph: tens of seconds on a small CPU)."""
     from ..model.hybrid import SleepHybridLM
     from ..model.ops import gdn_decode_step, naive_gdn_decode_step
@@ -119,6 +128,8 @@ def bench_decode(
         if not isinstance(lm, SleepHybridLM):
             raise TypeError(f"bench decode needs a sleepagent checkpoint, {model!r} is {type(lm).__name__}")
         cfg = lm.config
+        if fill + per_round > cfg.window:
+            raise ValueError(f"fill + per_round = {fill + per_round} tokens do not fit the window of {cfg.window}")
         gen = torch.Generator().manual_seed(0)
         base = lm.new_state()
         lm.prefill(torch.randint(0, cfg.vocab_size, (1, fill), generator=gen), base)
@@ -151,9 +162,13 @@ def bench_decode(
         result: dict[str, Any] = {"model": model, "window": cfg.window, "fill": fill, "threads": threads,
                                   "matrices": len(mats), "rounds": rounds, "per_round": per_round}
         if compiled:
+            import torch._inductor.config as inductor_config
+
             torch._dynamo.reset()
             t0 = time.perf_counter()
-            stepper(True, True)(fresh())
+            # cold: what the first step costs on a machine that never compiled this graph
+            with inductor_config.patch(force_disable_caches=True):
+                stepper(True, True)(fresh())
             result["compile_s"] = time.perf_counter() - t0
             variants["compiled"] = (fresh, stepper(True, True))
             # a run across window lengths, a sleep and the consolidated state after it
@@ -205,8 +220,9 @@ def decode_markdown(r: dict[str, Any], command: str) -> str:
             ("compiled", "`compile_decode` (opt-in): the blocks as one torch.compile graph")]
     lines = [
         f"Produced by `{command}`: {r['model']}, window {r['window']} holding {r['fill']} tokens, "
-        f"{r['threads']} torch thread(s). Floor and step are timed in alternation ({r['rounds']} rounds x "
-        f"{r['per_round']} samples each); the ratio is the median over rounds of step / floor in that round. "
+        f"{r['threads']} torch thread(s). Each round times the floor, then each variant, {r['per_round']} times "
+        f"in a row (a variant decodes {r['per_round']} tokens on from one state), {r['rounds']} rounds; a ratio "
+        "is the median over rounds of the variant's median over the floor's median in that round. "
         "Ops: those the dispatcher runs for one step, and the `aten::` events torch.profiler records "
         "(composite ops expanded).",
         "",
@@ -222,7 +238,8 @@ def decode_markdown(r: dict[str, Any], command: str) -> str:
         lines.append(f"| {key} | {what} | {row['ms']:.3f} | {ratio} | {n} | {row['profiler_aten']} |")
     lines.append("")
     if "compiled" in r:
-        lines += [f"torch.compile (inductor, C++ on CPU) took {r['compile_s']:.1f} s on the first step and compiled "
+        lines += [f"torch.compile (inductor, C++ on CPU) took {r['compile_s']:.1f} s on the first step (caches "
+                  f"disabled: a machine's first run) and compiled "
                   f"{r['compiled_graphs']} graph(s) over {r['compiled_steps_checked']} steps that crossed window "
                   "lengths and a sleep (shapes never depend on the window length).", ""]
     k = r["gdn_kernel"]

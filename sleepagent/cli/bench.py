@@ -300,7 +300,7 @@ def bench_decode_cmd(
     model: Annotated[str, typer.Option(help="a shipped checkpoint's name or a checkpoint directory")] = "docqa-small",
     fill: Annotated[int, typer.Option(min=0, help="tokens in the window before the timed step")] = 128,
     rounds: Annotated[int, typer.Option(min=1)] = 7,
-    per_round: Annotated[int, typer.Option(min=5, help="samples per variant per round")] = 100,
+    per_round: Annotated[int, typer.Option(min=5, help="steps per variant and round")] = 100,
     threads: Annotated[int, typer.Option(min=1, help="torch threads during the run")] = 1,
     compiled: Annotated[bool, typer.Option(help="also the torch.compile variant (compiles first: slow)")] = True,
     out: Annotated[Path | None, typer.Option(help="write the figures into this markdown file's decode section "
