@@ -80,9 +80,10 @@ class MLPDecodeWeights(NamedTuple):
 
 
 class AttnDecodeWeights(NamedTuple):
-    qkv: torch.Tensor  # [d + 1, (H + 2 Hkv) D], norm1 folded in
+    qkv: torch.Tensor  # [d + 1, (H + 2 Hkv) D], norm1 and q's D^-0.5 folded in
     out: torch.Tensor  # [H D, d + 1]
-    rope: torch.Tensor  # [W, 2, D]: each position's rope_rows
+    rope_cos: torch.Tensor  # [W, D] and
+    rope_sin: torch.Tensor  # [W, D]: rope_rows
 
 
 class GDNDecodeWeights(NamedTuple):
@@ -94,17 +95,19 @@ class GDNDecodeWeights(NamedTuple):
     o_eps: torch.Tensor  # 0-d: sqrt(V * o_norm.eps)
 
 
-def rope_rows(window: int, dim: int, theta: float, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """[window, 2, dim]: position p's ``(cos, signed sin)`` rows, so that :func:`apply_rope` of x
-    [..., dim] at p is ``x * R[p, 0] + x.roll(dim // 2, -1) * R[p, 1]`` (cos repeated over both
-    halves; sin negated on the first half, which reads the second half rolled in)."""
+def rope_rows(
+    window: int, dim: int, theta: float, dtype: torch.dtype, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two [window, dim] tables, cos and signed sin per position, such that :func:`apply_rope`
+    of x [..., dim] at p is :func:`rope_at` ``(x, cos[p], sin[p])``: cos repeated over both
+    halves, sin negated on the first half (which reads the second half, rolled in)."""
     cos, sin = rope_tables(torch.arange(window, device=device), dim, theta, torch.float32)
-    return torch.stack([torch.cat([cos, cos], dim=1), torch.cat([-sin, sin], dim=1)], dim=1).to(dtype)
+    return torch.cat([cos, cos], dim=1).to(dtype), torch.cat([-sin, sin], dim=1).to(dtype)
 
 
-def rope_at(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """RoPE of x [..., D] at one position whose :func:`rope_rows` are ``rows`` [2, D]."""
-    return torch.addcmul(x * rows[0], x.roll(x.shape[-1] // 2, -1), rows[1])
+def rope_at(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of x [..., D] at one position, from its :func:`rope_rows` rows cos, sin [D]."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
 
 class RMSNorm(nn.Module):
@@ -205,11 +208,13 @@ class WindowAttention(nn.Module):
 
     def decode_weights(self, norm_weight: torch.Tensor | None, window: int) -> AttnDecodeWeights:
         w = self.qkv.weight
-        rope = rope_rows(window, self.head_dim, self.theta, w.dtype, w.device)
+        cos, sin = rope_rows(window, self.head_dim, self.theta, w.dtype, w.device)
+        # the attention scale D^-0.5 folded into q's rows (RoPE is linear: it commutes)
+        scale = torch.ones(w.shape[0], device=w.device)
+        scale[: self.n_heads * self.head_dim] = self.head_dim**-0.5
+        qkv = decode_projection(w.detach().float() * scale[:, None], norm_weight, reads_stream=True)
         return AttnDecodeWeights(
-            decode_projection(w, norm_weight, reads_stream=True),
-            decode_projection(self.out.weight, writes_stream=True),
-            rope,
+            qkv.to(w.dtype), decode_projection(self.out.weight, writes_stream=True), cos, sin
         )
 
     def decode(
@@ -221,19 +226,17 @@ class WindowAttention(nn.Module):
         with past_k/past_v = the caches' first L slots, up to float rounding."""
         B = xn.shape[0]
         D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
-        qkv = torch.mm(xn, w.qkv)  # [B, (H + 2 Hkv) D]
-        qk = rope_at(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[L])
-        k_cache[:, :, L] = qk[:, H:]
-        v_cache[:, :, L] = qkv[:, (H + Hkv) * D :].view(B, Hkv, D)
+        qkv = torch.mm(xn, w.qkv)  # [B, (H + 2 Hkv) D]; q already scaled by D^-0.5
+        qk, v = qkv.split([(H + Hkv) * D, Hkv * D], dim=1)
+        q, k = rope_at(qk.view(B, H + Hkv, D), w.rope_cos[L], w.rope_sin[L]).split([H, Hkv], dim=1)
+        k_cache.select(2, L).copy_(k)
+        v_cache.select(2, L).copy_(v.view(B, Hkv, D))
+        keys, values = k_cache.narrow(2, 0, L + 1), v_cache.narrow(2, 0, L + 1)
         if H != Hkv:
-            y = F.scaled_dot_product_attention(
-                qk[:, :H, None], k_cache[:, :, : L + 1], v_cache[:, :, : L + 1], enable_gqa=True
-            )
+            y = F.scaled_dot_product_attention(q[:, :, None], keys, values, enable_gqa=True, scale=1.0)
         else:  # one query: three batched ops are cheaper than SDPA's setup
-            keys = k_cache[:, :, : L + 1].view(B * H, L + 1, D)
-            scores = torch.baddbmm(keys[:, :1, :1], qk[:, :H].reshape(B * H, 1, D), keys.transpose(1, 2),
-                                   beta=0.0, alpha=D**-0.5)
-            y = torch.bmm(torch.softmax(scores, dim=-1), v_cache[:, :, : L + 1].view(B * H, L + 1, D))
+            scores = torch.bmm(q.reshape(B * H, 1, D), keys.view(B * H, L + 1, D).transpose(1, 2))
+            y = torch.bmm(torch.softmax(scores, dim=-1), values.view(B * H, L + 1, D))
         return torch.mm(y.view(B, H * D), w.out)
 
     def decode_masked(
@@ -247,13 +250,13 @@ class WindowAttention(nn.Module):
         D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
         qkv = torch.mm(xn, w.qkv)
         # pos is a [1] tensor: an index, never a Python int the graph would specialise on
-        qk = rope_at(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope[pos][0])
+        qk = rope_at(qkv[:, : (H + Hkv) * D].view(B, H + Hkv, D), w.rope_cos[pos][0], w.rope_sin[pos][0])
         k_cache.index_copy_(2, pos, qk[:, H:, None])
         v_cache.index_copy_(2, pos, qkv[:, (H + Hkv) * D :].view(B, Hkv, 1, D))
         slots = torch.arange(k_cache.shape[2], device=xn.device)
         mask = torch.zeros(slots.shape, dtype=qk.dtype, device=xn.device).masked_fill(slots > pos, float("-inf"))
         y = F.scaled_dot_product_attention(qk[:, :H, None], k_cache, v_cache, attn_mask=mask[None],
-                                           enable_gqa=H != Hkv)
+                                           enable_gqa=H != Hkv, scale=1.0)  # q is pre-scaled
         return torch.mm(y.reshape(B, H * D), w.out)
 
     def forward_padded(

@@ -217,6 +217,17 @@ def chunk_gated_delta_rule(
     return o, (S if output_final_state else None)
 
 
+_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-d tensor of ``value``, made once per value, dtype and device (no op per call)."""
+    t = _CONSTANTS.get((value, dtype, device))
+    if t is None:
+        t = _CONSTANTS[(value, dtype, device)] = torch.tensor(value, dtype=dtype, device=device)
+    return t
+
+
 def naive_gdn_decode_step(
     qk: torch.Tensor,
     v: torch.Tensor,
@@ -273,7 +284,8 @@ def gdn_decode_step(
     HV, V = v.shape[1], v.shape[2]
     N = B * HV
     qk = qk.to(dt)
-    qk = qk * torch.rsqrt((qk * qk).sum(-1, keepdim=True) + eps)  # l2norm of q and k at once
+    # l2norm of q and k at once: x / sqrt(|x|^2 + eps) = x / hypot(|x|, sqrt(eps))
+    qk = qk / torch.hypot(torch.linalg.vector_norm(qk, dim=-1, keepdim=True), _constant(eps**0.5, dt, qk.device))
     if H != HV:
         qk = qk.repeat_interleave(HV // H, dim=2)
     q, k = qk[:, 0].reshape(N, 1, K), qk[:, 1].reshape(N, K, 1)
