@@ -222,6 +222,8 @@ _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
 
 def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A 0-d tensor of ``value``, made once per value, dtype and device (no op per call)."""
+    if torch.compiler.is_compiling():  # a constant of the graph; a traced cache would be guarded on
+        return torch.tensor(value, dtype=dtype, device=device)
     t = _CONSTANTS.get((value, dtype, device))
     if t is None:
         t = _CONSTANTS[(value, dtype, device)] = torch.tensor(value, dtype=dtype, device=device)
