@@ -528,3 +528,30 @@ def test_compiled_decode_equals_old_path_without_recompiling():
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     finally:
         model.compile_decode = False
+
+
+def test_decode_step_op_count():
+    """The decode path's op budget on the shipped model (ops, not time: deterministic): at most
+    200 dispatched ops per step, under half of a one-token prefill's (`sleepagent bench decode`)."""
+    from sleepagent.bench.decode import count_ops
+    from sleepagent.model.pretrained import SleepModel
+
+    model = SleepModel.from_pretrained("docqa-small").model
+    assert isinstance(model, SleepHybridLM)
+    state = model.new_state()
+    model.prefill(ids_for(model, 1, 64), state)
+    token = ids_for(model, 1, 1, seed=9)[0]
+    model.step(token, state.clone())  # prepares the weights
+
+    def step(st: HybridState) -> None:
+        model.step(token, st)
+
+    fast = count_ops(step, state.clone)
+    model.fast_decode = False
+    try:
+        old = count_ops(step, state.clone)
+    finally:
+        model.fast_decode = True
+    assert fast["dispatched"] is not None and old["dispatched"] is not None
+    assert fast["dispatched"] <= 200 and 2 * fast["dispatched"] < old["dispatched"]
+    assert 2 * fast["profiler_aten"] < old["profiler_aten"]
