@@ -69,7 +69,7 @@ def _paired(
     variants: dict[str, tuple[Callable[[], Any], Callable[[Any], object]]],
     rounds: int,
     per_round: int,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Median seconds of the floor and of each variant, in rounds: each round times the floor
     ``per_round`` times in a row, then each variant as many times in a row (so each runs with its
     own weights warm in the caches, as in a decode loop), and a variant's ratio is the median over
@@ -96,9 +96,10 @@ def _paired(
             v_round = block(setup, fn)
             times[name] += v_round
             ratios[name].append(statistics.median(v_round) / statistics.median(f_round))
-    out = {"floor": {"ms": 1e3 * statistics.median(floor_t)}}
+    out: dict[str, dict[str, Any]] = {"floor": {"ms": 1e3 * statistics.median(floor_t)}}
     for name in variants:
-        out[name] = {"ms": 1e3 * statistics.median(times[name]), "ratio": statistics.median(ratios[name])}
+        out[name] = {"ms": 1e3 * statistics.median(times[name]), "ratio": statistics.median(ratios[name]),
+                     "ratio_range": [min(ratios[name]), max(ratios[name])]}
     return out
 
 
@@ -226,24 +227,27 @@ def decode_markdown(r: dict[str, Any], command: str) -> str:
         "Ops: those the dispatcher runs for one step, and the `aten::` events torch.profiler records "
         "(composite ops expanded).",
         "",
-        "| variant | | ms / step | x floor | ops dispatched | profiler aten ops |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| variant | | ms / step | x floor | rounds' range | ops dispatched | profiler aten ops |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, what in rows:
         if key not in r:
             continue
         row = r[key]
         ratio = "1.0x" if key == "floor" else f"**{row['ratio']:.1f}x**"
+        spread = "" if key == "floor" else f"{row['ratio_range'][0]:.1f} to {row['ratio_range'][1]:.1f}"
         n = "-" if row["dispatched"] is None else row["dispatched"]
-        lines.append(f"| {key} | {what} | {row['ms']:.3f} | {ratio} | {n} | {row['profiler_aten']} |")
+        lines.append(f"| {key} | {what} | {row['ms']:.3f} | {ratio} | {spread} | {n} | {row['profiler_aten']} |")
     lines.append("")
     if "compiled" in r:
         lines += [f"torch.compile (inductor, C++ on CPU) took {r['compile_s']:.1f} s on the first step (caches "
                   f"disabled: a machine's first run) and compiled "
                   f"{r['compiled_graphs']} graph(s) over {r['compiled_steps_checked']} steps that crossed window "
-                  "lengths and a sleep (shapes never depend on the window length).", ""]
+                  "lengths and a sleep (shapes never depend on the window length). It stays opt-in "
+                  "(`model.compile_decode = True`): the first step waits for the compiler, which must be on the "
+                  "machine.", ""]
     k = r["gdn_kernel"]
     lines += [f"The GDN decode kernel alone, on the model's shapes: reference {k['reference']['us']:.1f} us "
               f"({k['reference']['dispatched']} ops), fused `gdn_decode_step` {k['fused']['us']:.1f} us "
               f"({k['fused']['dispatched']} ops).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n")
