@@ -294,6 +294,14 @@ class SleepHybridLM(nn.Module):
             return self.prefill(ids, state, consolidate)[:, -1]
         return self._decode(ids, state, consolidate, plan)
 
+    def __getstate__(self) -> dict:
+        # the decode step's caches are derived (rebuilt on the next step); a compiled graph
+        # neither pickles nor deep-copies
+        state = dict(super().__getstate__())
+        state.pop("_plan", None)
+        state.pop("_compiled", None)
+        return state
+
     def _decode_plan(self) -> _DecodePlan:
         """The decode step's prepared weights, rebuilt when any parameter was written in place
         (an optimizer step, ``load_state_dict``), moved (``.to()``) or replaced by another."""

@@ -555,3 +555,20 @@ def test_decode_step_op_count():
     assert fast["dispatched"] is not None and old["dispatched"] is not None
     assert fast["dispatched"] <= 200 and 2 * fast["dispatched"] < old["dispatched"]
     assert 2 * fast["profiler_aten"] < old["profiler_aten"]
+
+
+def test_a_model_copies_without_its_decode_caches():
+    """deepcopy / pickle of a model that has decoded leave its prepared weights behind; the copy
+    prepares its own on its first step and steps like the original."""
+    import copy
+    import pickle
+
+    model = tiny_model()
+    state = model.new_state()
+    model.prefill(ids_for(model, 1, 4), state)
+    token = ids_for(model, 1, 1, seed=2)[0]
+    model.step(token, state.clone())
+    assert "_plan" in model.__dict__
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert "_plan" not in other.__dict__
+        torch.testing.assert_close(other.step(token, state.clone()), model.step(token, state.clone()))
