@@ -28,7 +28,7 @@ from ..policy import MemoryPolicy, SleepPolicy
 from ..tools import MalformedToolCall, ToolCall, split_text_and_calls
 from ..tracing import bind_sleeps, chat_span, set_usage
 from .constraints import turn_constraint
-from .generate import Constraint, GenerationParams, Sampler, TurnText, generate_turn
+from .generate import CallDelta, Constraint, GenerationParams, Sampler, TurnText, generate_turn
 from .persistence import Persistence, ResumeInfo, SessionStore
 from .render import DEFAULT_SYSTEM_PROMPT, ChatTurn, render_turns
 from .sessions import ChatSession, SessionTable
@@ -175,15 +175,17 @@ class ChatRuntime:
             raise RequestError(str(e), param=param) from None
 
     async def run(self, job: PreparedTurn, *, on_text: Callable[[str], None] | None = None,
-                  on_token: Callable[[str], None] | None = None) -> Reply:
-        """Read the job's messages into its session and write one reply."""
+                  on_token: Callable[[str], None] | None = None,
+                  on_call: Callable[[CallDelta], None] | None = None) -> Reply:
+        """Read the job's messages into its session and write one reply (``on_text``, ``on_token``,
+        ``on_call``: as it is written, see :func:`~sleepagent.runtime.generate.generate_turn`)."""
         s = job.session
         async with s.gate:
             s.busy = True
             try:
                 if s.messages_read != job.read_before or s.dirty or s.leaving:
                     raise SessionConflict(f"session {s.id!r} changed while this request waited; resend it")
-                return await self._reply(job, on_text, on_token)
+                return await self._reply(job, on_text, on_token, on_call)
             finally:
                 s.busy = False
                 s.reserved_until = 0.0
@@ -192,23 +194,24 @@ class ChatRuntime:
     async def reply(self, tenant: str, turns: list[ChatTurn], *, tools: list[dict[str, Any]],
                     params: GenerationParams, session_id: str | None = None, create: bool = False,
                     on_text: Callable[[str], None] | None = None,
-                    on_token: Callable[[str], None] | None = None) -> Reply:
+                    on_token: Callable[[str], None] | None = None,
+                    on_call: Callable[[CallDelta], None] | None = None) -> Reply:
         """:meth:`prepare` then :meth:`run`."""
         job = await self.prepare(tenant, turns, tools=tools, params=params, session_id=session_id, create=create)
-        return await self.run(job, on_text=on_text, on_token=on_token)
+        return await self.run(job, on_text=on_text, on_token=on_token, on_call=on_call)
 
-    async def _reply(self, job: PreparedTurn, on_text, on_token) -> Reply:
+    async def _reply(self, job: PreparedTurn, on_text, on_token, on_call=None) -> Reply:
         p = job.params
         with chat_span(self.model.name, session_id=job.session.id, max_tokens=p.max_tokens, temperature=p.temperature,
                        seed=p.seed, output_type="json" if p.output_schema is not None else "text",
                        parent=job.trace_context, server=job.trace_context is not None) as span:
             bind_sleeps(job.session.engine_session, span)  # the sleep after this reply belongs to it
-            reply = await self._write(job, on_text, on_token)
+            reply = await self._write(job, on_text, on_token, on_call)
             set_usage(span, input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens,
                       finish=reply.finish, **{"gen_ai.usage.cache_read.input_tokens": reply.cached_tokens})
         return reply
 
-    async def _write(self, job: PreparedTurn, on_text, on_token) -> Reply:
+    async def _write(self, job: PreparedTurn, on_text, on_token, on_call=None) -> Reply:
         s, engine = job.session, self.engine
         es = s.engine_session
         cached = es.state.tokens_seen + sum(len(ids) for ids, _ in es.unread())
@@ -225,7 +228,8 @@ class ChatRuntime:
         picker = Sampler(params.temperature, torch.Generator().manual_seed(params.seed), job.constraint)
         try:
             turn = await generate_turn(engine, es, logits, picker=picker, max_tokens=params.max_tokens,
-                                       stop=params.stop, gate=self.gate, on_token=on_token, on_text=on_text)
+                                       stop=params.stop, gate=self.gate, on_token=on_token, on_text=on_text,
+                                       on_call=on_call)
         except BaseException:
             s.dirty = True
             raise

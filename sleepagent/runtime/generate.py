@@ -16,6 +16,7 @@ no longer matches the pattern that would have excluded it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -24,7 +25,8 @@ import torch
 
 from .constraints import visible_text
 
-__all__ = ["Constraint", "GenerationParams", "Sampler", "Script", "TokenPicker", "TurnText", "generate_turn"]
+__all__ = ["CallDelta", "CallPart", "Constraint", "GenerationParams", "Sampler", "Script", "TokenPicker", "TurnText",
+           "call_parts", "generate_turn"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +115,139 @@ class TurnText:
         return visible_text(self.text)
 
 
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+_WS = " \t\n\r"
+
+
+@dataclass(frozen=True)
+class CallPart:
+    """What a tool-call block written so far says, read only as far as it is certain: ``name``
+    once its string is closed (None before); ``arguments``: the text of its arguments object so
+    far, every character of it final (empty while it has not begun, and for arguments that are
+    not written as an object); ``done``: the arguments object is closed."""
+
+    name: str | None
+    arguments: str
+    done: bool
+
+
+@dataclass(frozen=True)
+class CallDelta:
+    """A piece of a tool call as it is written (streamed by :func:`generate_turn`'s ``on_call``):
+    ``index``: the call's place among the turn's ``<tool_call>`` blocks; ``name``: set on the
+    call's first delta only, once the name is fully decoded; ``arguments``: new argument text."""
+
+    index: int
+    name: str | None = None
+    arguments: str = ""
+
+
+def call_parts(text: str) -> list[CallPart]:
+    """Every ``<tool_call>`` block of ``text`` (found as :func:`sleepagent.tools.parse_tool_calls`
+    finds them) read as ``{"name": NAME, "arguments": {...}}`` as far as it goes, one
+    :class:`CallPart` each. Parts only grow as ``text`` does, so that what they say may be sent
+    before the call is complete; a block written in another shape (a fence, the XML form, keys in
+    another order) says nothing until it is parsed whole."""
+    out: list[CallPart] = []
+    start = text.find(_OPEN)
+    while start != -1:
+        body_start = start + len(_OPEN)
+        close, reopen = text.find(_CLOSE, body_start), text.find(_OPEN, body_start)
+        if close == -1 or (reopen != -1 and reopen < close):  # unclosed: up to the next block
+            out.append(_call_part(text[body_start:reopen if reopen != -1 else len(text)]))
+            start = reopen
+            continue
+        out.append(_call_part(text[body_start:close]))
+        start = text.find(_OPEN, close + len(_CLOSE))
+    return out
+
+
+def _call_part(body: str) -> CallPart:
+    i, n = 0, len(body)
+
+    def skip(i: int) -> int:
+        while i < n and body[i] in _WS:
+            i += 1
+        return i
+
+    def expect(i: int, lit: str) -> int | None:
+        """The index after ``lit`` at ``i``; -1: the body ends inside it; None: something else."""
+        rest = body[i:i + len(lit)]
+        if rest == lit:
+            return i + len(lit)
+        return -1 if lit.startswith(rest) and i + len(rest) == n else None
+
+    nothing = CallPart(None, "", False)
+    name: str | None = None
+    i = skip(0)
+    for lit in ("{", '"name"', ":"):
+        j = expect(i, lit)
+        if j is None or j == -1:
+            return nothing
+        i = skip(j)
+    if i >= n:
+        return nothing
+    if body[i] != '"':
+        return nothing
+    try:
+        name, i = json.decoder.scanstring(body, i + 1)  # type: ignore[attr-defined]
+    except ValueError:  # not closed yet (or never a name: the call is malformed)
+        return nothing
+    name = name.strip()
+    if not name:
+        return nothing
+    i = skip(i)
+    for lit in (",", '"arguments"', ":"):
+        j = expect(i, lit)
+        if j is None or j == -1:
+            return CallPart(name, "", False)
+        i = skip(j)
+    if i >= n or body[i] != "{":
+        return CallPart(name, "", False)
+    depth, in_str, esc = 0, False, False
+    for k in range(i, n):
+        ch = body[k]
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return CallPart(name, body[i:k + 1], True)
+    return CallPart(name, body[i:], False)
+
+
+class _CallStream:
+    """Turns the growing text of a turn into :class:`CallDelta` pieces."""
+
+    def __init__(self, emit: Callable[[CallDelta], None]) -> None:
+        self.emit = emit
+        self.named: list[bool] = []
+        self.sent: list[int] = []
+
+    def feed(self, text: str) -> None:
+        for idx, part in enumerate(call_parts(text)):
+            if idx == len(self.named):
+                self.named.append(False)
+                self.sent.append(0)
+            if part.name is None:
+                continue
+            if not self.named[idx]:
+                self.named[idx] = True
+                self.emit(CallDelta(idx, name=part.name))
+            if len(part.arguments) > self.sent[idx]:
+                self.emit(CallDelta(idx, arguments=part.arguments[self.sent[idx]:]))
+                self.sent[idx] = len(part.arguments)
+
+
 async def generate_turn(
     engine: Any,
     session: Any,
@@ -124,6 +259,7 @@ async def generate_turn(
     gate: Callable[[str], bool] | None = None,
     on_token: Callable[[str], None] | None = None,
     on_text: Callable[[str], None] | None = None,
+    on_call: Callable[[CallDelta], None] | None = None,
 ) -> TurnText:
     """Write one assistant turn on ``engine`` for ``session`` from ``logits`` (see the module
     docstring), and queue its closing token.
@@ -132,7 +268,10 @@ async def generate_turn(
     ``on_token(piece)``: each token's text as it is written (a cut multi-byte character arrives
     as U+FFFD). ``on_text(delta)``: the visible text (:func:`visible_text`) as it grows, held back
     by the longest stop string so that a stop string is never half sent; the deltas add up to
-    ``content`` exactly.
+    ``content`` exactly. ``on_call(delta)``: the tool calls as they are written
+    (:class:`CallDelta`): a call's name once it is fully decoded, then its argument text as it
+    grows (:func:`call_parts`), held back by the stop strings as the text is; the markup itself
+    is never part of a delta.
     """
     tok = engine.model.tokenizer
     ends = {tok.end_id, tok.eos_id}
@@ -143,6 +282,7 @@ async def generate_turn(
     emitted: list[int] = []
     text, full, sent, finish = "", "", 0, "length"
     clean = ended = False
+    calls = _CallStream(on_call) if on_call is not None else None
     try:
         for _ in range(max_tokens):
             nxt = picker(logits, emitted)
@@ -164,6 +304,9 @@ async def generate_turn(
                 if ready > sent:
                     on_text(shown[sent:ready])
                     sent = ready
+            if calls is not None:
+                settled = text.rstrip("\ufffd")
+                calls.feed(settled[:len(settled) - hold] if hold else settled)
         clean = not provisional or (finish == "stop" and gate(full))  # type: ignore[misc]
         if provisional and clean and emitted:
             await engine.set_consolidate(session, start, start + len(emitted))
@@ -175,5 +318,7 @@ async def generate_turn(
         shown = visible_text(text)
         if len(shown) > sent:
             on_text(shown[sent:])
+    if calls is not None:
+        calls.feed(text)
     return TurnText(text=text, full_text=full, tokens=len(emitted) + ended, finish=finish,  # type: ignore[arg-type]
                     consolidate=clean, ended=ended)

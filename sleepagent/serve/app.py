@@ -45,8 +45,21 @@ from ..errors import (
 from ..model import SleepModel
 from ..policy import MemoryPolicy, SleepPolicy
 from ..runtime import ChatRuntime, ChatTurn, GenerationParams, PreparedTurn, Reply, normalize_tool_choice, open_store
+from ..tools import new_call_id
 from ..tracing import extract_context
-from .protocol import ApiError, ChatMessage, ChatRequest, chat_openapi, chat_response, chunk, new_id, text_of, usage
+from .protocol import (
+    ApiError,
+    ChatMessage,
+    ChatRequest,
+    chat_openapi,
+    chat_response,
+    chunk,
+    new_id,
+    text_of,
+    tool_call_chunk,
+    tool_calls_out,
+    usage,
+)
 
 __all__ = [
     "ServeConfig",
@@ -300,11 +313,12 @@ class _Server:
         except SleepAgentError as e:
             raise api_error(e) from None
 
-    async def run(self, job: PreparedTurn, emit=None) -> dict[str, Any]:
-        """Run a prepared request (``emit(delta)`` streams the visible text as it is written);
+    async def run(self, job: PreparedTurn, emit=None, emit_call=None) -> dict[str, Any]:
+        """Run a prepared request (``emit(delta)`` streams the visible text as it is written,
+        ``emit_call(delta)`` the tool calls, :class:`~sleepagent.runtime.generate.CallDelta`);
         returns the parts of the response."""
         try:
-            reply = await self.runtime.run(job, on_text=emit)
+            reply = await self.runtime.run(job, on_text=emit, on_call=emit_call)
         except SleepAgentError as e:
             raise api_error(e) from None
         self.counters["prompt_tokens"] += reply.prompt_tokens - reply.cached_tokens
@@ -417,8 +431,10 @@ async def _until_disconnect(request, coro):
 
 
 async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str) -> AsyncIterator[bytes]:
-    """Server-sent events: a role chunk, content deltas as they are written, tool calls, the
-    finish reason, and (``stream_options.include_usage``) a last chunk with the usage."""
+    """Server-sent events: a role chunk, content deltas as they are written, tool calls as they
+    are written (as OpenAI streams them: a call's first chunk carries its index, id and name once
+    the name is decoded, the next ones its argument text as it grows), the finish reason, and
+    (``stream_options.include_usage``) a last chunk with the usage."""
     send, recv = anyio.create_memory_object_stream[Any](max_buffer_size=1_000_000)
     model = server.model_name
 
@@ -427,7 +443,8 @@ async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str
 
     async def produce() -> None:
         try:
-            parts = await server.run(job, emit=lambda d: send.send_nowait(("text", d)))
+            parts = await server.run(job, emit=lambda d: send.send_nowait(("text", d)),
+                                     emit_call=lambda d: send.send_nowait(("call", d)))
             send.send_nowait(("done", parts))
         except ApiError as e:
             send.send_nowait(("error", e))
@@ -436,6 +453,7 @@ async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str
         finally:
             send.close()
 
+    calls = _StreamedCalls()
     server.in_flight += 1
     try:
         async with anyio.create_task_group() as tg:
@@ -445,14 +463,14 @@ async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str
                 async for kind, value in recv:
                     if kind == "text":
                         yield line(chunk(rid, model, {"content": value}))
+                    elif kind == "call":
+                        for item in calls.piece(value):
+                            yield line(chunk(rid, model, {"tool_calls": [item]}))
                     elif kind == "error":
                         yield line(value.body())
                     else:
-                        if value["calls"]:
-                            from .protocol import tool_calls_out
-
-                            calls = [{"index": i, **c} for i, c in enumerate(tool_calls_out(value["calls"]))]
-                            yield line(chunk(rid, model, {"tool_calls": calls}))
+                        for item in calls.finish(value["calls"]):
+                            yield line(chunk(rid, model, {"tool_calls": [item]}))
                         final = chunk(rid, model, {}, value["finish"])
                         final["session"] = value["session"]
                         yield line(final)
@@ -461,6 +479,48 @@ async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str
             yield b"data: [DONE]\n\n"
     finally:
         server.in_flight -= 1
+
+
+class _StreamedCalls:
+    """A stream's tool calls: the ``delta.tool_calls`` items for the pieces the runtime reports
+    (:class:`~sleepagent.runtime.generate.CallDelta`), and at the end what the reply's calls still
+    need, so that each streamed call adds up to the call a plain request answers."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.ids: dict[int, str] = {}
+        self.args: dict[int, str] = {}
+
+    def piece(self, d: Any) -> list[dict[str, Any]]:
+        if d.name is not None:
+            self.names[d.index], self.ids[d.index], self.args[d.index] = d.name, new_call_id(), ""
+            return [tool_call_chunk(d.index, id=self.ids[d.index], name=d.name)]
+        if d.index not in self.names or not d.arguments:
+            return []
+        self.args[d.index] += d.arguments
+        return [tool_call_chunk(d.index, arguments=d.arguments)]
+
+    def finish(self, calls: list[Any]) -> list[dict[str, Any]]:
+        """The rest of the reply's calls: matched in order, by name, to the streamed ones (a block
+        that turned out malformed is no call; one whose shape could not be read while it was written
+        arrives whole)."""
+        out: list[dict[str, Any]] = []
+        cursor, nxt = 0, max(self.names, default=-1) + 1
+        for c in tool_calls_out(calls):
+            name, args = c["function"]["name"], c["function"]["arguments"]
+            match = next((i for i in sorted(self.names) if i >= cursor and self.names[i] == name), None)
+            if match is None:
+                out.append(tool_call_chunk(nxt, id=c["id"], name=name, arguments=args))
+                nxt += 1
+                continue
+            cursor = match + 1
+            sent = self.args[match]
+            if args.startswith(sent):
+                if len(args) > len(sent):
+                    out.append(tool_call_chunk(match, arguments=args[len(sent):]))
+            else:  # cannot happen for a call read as it was written; logged, not hidden
+                logger.warning("streamed arguments of call %d (%r) differ from the parsed call's %r", match, sent, args)
+        return out
 
 
 async def _sweeper(server: _Server) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 __all__ = ["ApiError", "ChatMessage", "ChatRequest", "ResponseFormat", "chat_openapi", "chat_response", "chunk",
-           "text_of", "usage"]
+           "text_of", "tool_call_chunk", "tool_calls_out", "usage"]
 
 
 class ApiError(Exception):
@@ -178,9 +178,34 @@ def text_of(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(parts)
 
 
+def arguments_text(call: Any) -> str:
+    """A call's ``arguments`` string as the model wrote it (what a stream of the call adds up to,
+    :func:`~sleepagent.runtime.generate.call_parts`), or its arguments as JSON when it wrote them
+    in another shape (the XML form, a string of JSON)."""
+    from ..runtime.generate import call_parts
+
+    parts = call_parts(getattr(call, "raw", "") or "")
+    if len(parts) == 1 and parts[0].done and parts[0].name == call.name:
+        try:
+            if json.loads(parts[0].arguments) == call.arguments:
+                return parts[0].arguments
+        except ValueError:
+            pass
+    return json.dumps(call.arguments, ensure_ascii=False)
+
+
 def tool_calls_out(calls: list[Any]) -> list[dict[str, Any]]:
-    return [{"id": c.id, "type": "function",
-             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}} for c in calls]
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": arguments_text(c)}}
+            for c in calls]
+
+
+def tool_call_chunk(index: int, *, id: str | None = None, name: str | None = None,
+                    arguments: str = "") -> dict[str, Any]:
+    """One ``delta.tool_calls`` item of a stream, as OpenAI sends them: the call's first carries
+    its ``id``, ``type`` and ``name`` (``arguments`` empty), the others argument text only."""
+    if name is not None:
+        return {"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"index": index, "function": {"arguments": arguments}}
 
 
 def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
