@@ -376,12 +376,12 @@ class SleepHybridLM(nn.Module):
             keep_at = self.config.span[1] - 1
             for i, (kind, j, mixer, weights, mlp) in enumerate(plan.blocks):
                 x = stream_norm(h)
+                # each block's output projections add the residual in the same op (addmm)
                 if kind == "gdn":
-                    y, S_list[j], conv_list[j] = mixer.decode(x, weights, S_list[j], conv_list[j])
+                    h, S_list[j], conv_list[j] = mixer.decode(x, weights, S_list[j], conv_list[j], h)
                 else:
-                    y = mixer.decode(x, weights, state.k_cache[j], state.v_cache[j], L)
-                h = h + y
-                h = h + MLP.decode(stream_norm(h), mlp)
+                    h = mixer.decode(x, weights, state.k_cache[j], state.v_cache[j], L, h)
+                h = MLP.decode(stream_norm(h), mlp, h)
                 if i == keep_at:
                     state.window_h[:, L] = h[:, :-1]
             logits = torch.mm(stream_norm(h), plan.head)
@@ -415,12 +415,11 @@ class SleepHybridLM(nn.Module):
         for i, (kind, j, mixer, weights, mlp) in enumerate(plan.blocks):
             x = stream_norm(h)
             if kind == "gdn":
-                y, S[j], tail = mixer.decode(x, weights, S[j], conv[j])
+                h, S[j], tail = mixer.decode(x, weights, S[j], conv[j], h)
                 conv[j] = tail.contiguous()  # the next step's input: same strides every step
             else:
-                y = mixer.decode_masked(x, weights, k_caches[j], v_caches[j], pos)
-            h = h + y
-            h = h + MLP.decode(stream_norm(h), mlp)
+                h = mixer.decode_masked(x, weights, k_caches[j], v_caches[j], pos, h)
+            h = MLP.decode(stream_norm(h), mlp, h)
             if i == keep_at:
                 window_h.index_copy_(1, pos, h[:, None, :-1])
         logits = torch.mm(stream_norm(h), plan.head)

@@ -69,6 +69,11 @@ def decode_projection(
     return w.to(weight.dtype).contiguous().t()
 
 
+def _out(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w``, plus ``residual`` in the same op (addmm) when given: the residual add is free."""
+    return torch.mm(x, w) if residual is None else torch.addmm(residual, x, w)
+
+
 def stream_norm(h: torch.Tensor) -> torch.Tensor:
     """The decode step's RMSNorm of the extended residual stream (weight folded elsewhere)."""
     return h / torch.linalg.vector_norm(h, dim=-1, keepdim=True)
@@ -142,10 +147,10 @@ class MLP(nn.Module):
         )
 
     @staticmethod
-    def decode(xn: torch.Tensor, w: MLPDecodeWeights) -> torch.Tensor:
+    def decode(xn: torch.Tensor, w: MLPDecodeWeights, residual: torch.Tensor | None = None) -> torch.Tensor:
         """One token per row: xn [B, d + 1] the normalised stream (see :func:`stream_norm`)."""
         gate, up = torch.mm(xn, w.gate_up).chunk(2, dim=1)
-        return torch.mm(F.silu(gate) * up, w.down)
+        return _out(F.silu(gate) * up, w.down, residual)
 
 
 def rope_tables(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
@@ -218,7 +223,8 @@ class WindowAttention(nn.Module):
         )
 
     def decode(
-        self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, L: int
+        self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, L: int,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One token per row at window position ``L`` (every row's window holds L tokens): xn
         [B, d + 1] the normalised stream (:func:`stream_norm`); writes the token's key and value into slot L of the
@@ -237,10 +243,11 @@ class WindowAttention(nn.Module):
         else:  # one query: three batched ops are cheaper than SDPA's setup
             scores = torch.bmm(q.reshape(B * H, 1, D), keys.view(B * H, L + 1, D).transpose(1, 2))
             y = torch.bmm(torch.softmax(scores, dim=-1), values.view(B * H, L + 1, D))
-        return torch.mm(y.view(B, H * D), w.out)
+        return _out(y.view(B, H * D), w.out, residual)
 
     def decode_masked(
-        self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor
+        self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`decode` with shapes that never depend on the window length (what a compiled
         step needs so that it does not recompile every token): the position is a [1] long
@@ -257,7 +264,7 @@ class WindowAttention(nn.Module):
         mask = torch.zeros(slots.shape, dtype=qk.dtype, device=xn.device).masked_fill(slots > pos, float("-inf"))
         y = F.scaled_dot_product_attention(qk[:, :H, None], k_cache, v_cache, attn_mask=mask[None],
                                            enable_gqa=H != Hkv, scale=1.0)  # q is pre-scaled
-        return torch.mm(y.reshape(B, H * D), w.out)
+        return _out(y.reshape(B, H * D), w.out, residual)
 
     def forward_padded(
         self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, lengths: torch.Tensor
@@ -412,7 +419,8 @@ class GatedDeltaNet(nn.Module):
         )
 
     def decode(
-        self, xn: torch.Tensor, w: GDNDecodeWeights, S: torch.Tensor, conv_tail: torch.Tensor
+        self, xn: torch.Tensor, w: GDNDecodeWeights, S: torch.Tensor, conv_tail: torch.Tensor,
+        residual: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One token per row: xn [B, d + 1] the normalised stream; S, conv_tail as in :meth:`forward`
         (read, never written). Returns y [B, d], the new state and the new conv tail; equals
@@ -430,4 +438,4 @@ class GatedDeltaNet(nn.Module):
         # o_norm: o * rsqrt(mean(o^2) + eps) = sqrt(V) o / hypot(||o||, sqrt(V eps)), sqrt(V) in w.out
         norm = torch.hypot(torch.linalg.vector_norm(o, dim=-1, keepdim=True), w.o_eps)
         o = o / norm * F.silu(gate.view(B, self.HV, self.V))
-        return torch.mm(o.view(B, self.HV * self.V), w.out), S_new, seq[:, :, 1:]
+        return _out(o.view(B, self.HV * self.V), w.out, residual), S_new, seq[:, :, 1:]
