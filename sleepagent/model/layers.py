@@ -262,8 +262,12 @@ class WindowAttention(nn.Module):
         v_cache.index_copy_(2, pos, qkv[:, (H + Hkv) * D :].view(B, Hkv, 1, D))
         slots = torch.arange(k_cache.shape[2], device=xn.device)
         mask = torch.zeros(slots.shape, dtype=qk.dtype, device=xn.device).masked_fill(slots > pos, float("-inf"))
-        y = F.scaled_dot_product_attention(qk[:, :H, None], k_cache, v_cache, attn_mask=mask[None],
-                                           enable_gqa=H != Hkv, scale=1.0)  # q is pre-scaled
+        if H != Hkv:
+            y = F.scaled_dot_product_attention(qk[:, :H, None], k_cache, v_cache, attn_mask=mask[None],
+                                               enable_gqa=True, scale=1.0)  # q is pre-scaled
+        else:  # written out, so that inductor fuses it (its SDPA call costs more than the math)
+            scores = torch.matmul(qk[:, :H, None], k_cache.transpose(2, 3)) + mask  # [B, H, 1, W]
+            y = torch.matmul(torch.softmax(scores, dim=-1), v_cache)
         return _out(y.reshape(B, H * D), w.out, residual)
 
     def forward_padded(
