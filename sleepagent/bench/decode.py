@@ -18,6 +18,7 @@ also timed alone against its reference on the model's shapes.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -186,7 +187,12 @@ def bench_decode(
             fn(setup())
         ops = {name: count_ops(fn, setup, dispatched=name != "compiled") for name, (setup, fn) in variants.items()}
         ops["floor"] = count_ops(lambda _: floor())
+        load_before = os.getloadavg()[0]
         result.update(_paired(floor, variants, rounds, per_round))
+        # the machine's 1-minute load around the timing: on a shared machine, the spread of the
+        # rounds' ratios grows with it
+        result["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        result["cpus"] = os.cpu_count()
         for name, counts in ops.items():
             result[name].update(counts)
 
@@ -223,7 +229,9 @@ def decode_markdown(r: dict[str, Any], command: str) -> str:
         f"Produced by `{command}`: {r['model']}, window {r['window']} holding {r['fill']} tokens, "
         f"{r['threads']} torch thread(s). Each round times the floor, then each variant, {r['per_round']} times "
         f"in a row (a variant decodes {r['per_round']} tokens on from one state), {r['rounds']} rounds; a ratio "
-        "is the median over rounds of the variant's median over the floor's median in that round. "
+        "is the median over rounds of the variant's median over the floor's median in that round "
+        f"(1-minute load average {r['load_avg'][0]:g} before the timing, {r['load_avg'][1]:g} after, on "
+        f"{r['cpus']} CPUs). "
         "Ops: those the dispatcher runs for one step, and the `aten::` events torch.profiler records "
         "(composite ops expanded).",
         "",
