@@ -25,6 +25,11 @@ def serve(
     max_prompt_tokens: Annotated[
         int, typer.Option(min=16, help="new tokens a request may bring; more get 413")
     ] = 32_768,
+    max_state_mb: Annotated[
+        float | None, typer.Option(min=0.001, help="MiB of live session state (fast weights, KV windows, sleeps) "
+                                   "before the least recently used idle sessions are released; default: a "
+                                   "quarter of the device's memory")
+    ] = None,
     ray_mode: Annotated[bool, typer.Option("--ray", help="engine replicas on Ray Serve (needs --store)")] = False,
     replicas: Annotated[int, typer.Option(min=1, help="--ray: engine replicas")] = 2,
     ray_address: Annotated[
@@ -42,7 +47,7 @@ def serve(
 
         cfg = ServeConfig(model=model, store=store, api_keys=load_api_keys(api_keys), no_auth=no_auth, loops=loops,
                           idle_release_s=idle_release, persist_window=persist_window, max_in_flight=max_in_flight,
-                          max_prompt_tokens=max_prompt_tokens)
+                          max_prompt_tokens=max_prompt_tokens, max_state_mb=max_state_mb)
         if ray_mode:
             from ray import serve as ray_serve
 

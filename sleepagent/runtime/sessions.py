@@ -20,9 +20,11 @@ server has a store), a new session forks from that snapshot; otherwise the histo
 afresh. A session is never continued from a state whose transcript differs from the history.
 :meth:`SessionTable.find` says which happened: ``new``, ``reused``, ``resumed`` or ``forked``.
 
-Everything the table remembers is bounded: live sessions by ``max_sessions``, and the digests of
-released sessions and the fork points (a session id and a count per snapshotted reply) by LRU
-caps, so a server that runs for days holds a fixed amount.
+Everything the table remembers is bounded: live sessions by ``max_sessions`` and, in bytes, by
+``max_state_bytes`` (a live session holds its fast weights, its KV window and, while it sleeps, the
+sleep's refined hidden states: :func:`state_bytes`), and the digests of released sessions and the
+fork points (a session id and a count per snapshotted reply) by LRU caps, so a server that runs
+for days holds a fixed amount.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
+import torch
 
 from ..engine import Engine, EngineSession
 from ..errors import (
@@ -54,7 +57,7 @@ from ..policy import SleepPolicy
 from .persistence import Persistence, ResumeInfo, SessionMeta, restore
 from .render import ChatTurn
 
-__all__ = ["ChatSession", "SessionTable", "transcript_digests"]
+__all__ = ["ChatSession", "SessionTable", "default_state_budget", "state_bytes", "transcript_digests"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -75,6 +78,63 @@ def transcript_digests(key: bytes, turns: Sequence[ChatTurn], start: str = "") -
         prev = hmac.new(key, prev.encode() + hashlib.sha256(_canonical(t)).digest(), "sha256").hexdigest()
         out.append(prev)
     return out
+
+
+def _tensor_bytes(obj: Any, seen: set[int], visited: set[int], depth: int = 0) -> int:
+    """Bytes of the tensor storages reachable from ``obj`` (through tuples, lists, dicts and object
+    attributes, never into a module's weights), each storage counted once across calls that share
+    ``seen`` (a view of a tensor already counted costs nothing)."""
+    if obj is None or depth > 8 or isinstance(obj, (int, float, str, bytes, bool, torch.nn.Module)):
+        return 0
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        ptr = storage.data_ptr()
+        if not ptr or ptr in seen:
+            return 0
+        seen.add(ptr)
+        return storage.nbytes()
+    if id(obj) in visited:
+        return 0
+    visited.add(id(obj))
+    if isinstance(obj, (list, tuple)):
+        items: Any = obj
+    elif isinstance(obj, dict):
+        items = obj.values()
+    else:
+        attrs = getattr(obj, "__dict__", None)
+        if attrs is None:
+            return 0
+        items = [v for k, v in attrs.items() if k not in ("model", "config")]
+    return sum(_tensor_bytes(x, seen, visited, depth + 1) for x in items)
+
+
+def state_bytes(es: EngineSession) -> int:
+    """Bytes of one live session's state: its model state (fast weights, committed and working;
+    the KV window, preallocated or grown with the window's fill; the window's hidden states), a
+    sleep in progress (its refined hidden states and fast weights, what it shares with the state
+    counted once) and the logits after its last token. A read of tensor sizes, safe while the
+    engine's worker runs the session (a figure of that moment)."""
+    seen: set[int] = set()
+    visited: set[int] = set()
+    n = _tensor_bytes(es.state, seen, visited)
+    n += _tensor_bytes(es._job, seen, visited)
+    n += _tensor_bytes(es.last_logits, seen, visited)
+    return n
+
+
+def default_state_budget(device: Any = None) -> int:
+    """The default ``max_state_bytes``: a quarter of the memory the states live in (the GPU's
+    when the model is on one, else the machine's physical memory; 4 GiB when neither can be read).
+    The rest is the model's weights, activations, the process and whatever else the host runs."""
+    try:
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if dev.type == "cuda":
+            total = torch.cuda.get_device_properties(dev).total_memory
+        else:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return 4 << 30
+    return int(total) // 4 if total > 0 else 4 << 30
 
 
 class _Recent(OrderedDict, Generic[K, V]):
@@ -147,6 +207,20 @@ class ChatSession:
     dirty: bool = False  # a request was cancelled mid-read: the next one starts the session over
     leaving: bool = False  # being released: no request may take it (it is closed when the release ends)
     since: float = 0.0  # store clock when its current state began (snapshots older than this are another's)
+    _measured: tuple[tuple[int, ...], int] | None = None  # (what the state looked like, its bytes)
+
+    @property
+    def state_bytes(self) -> int:
+        """:func:`state_bytes` of its engine session, measured again only when the state changed
+        (another state object, window fill, sleep job or pass, logits)."""
+        es = self.engine_session
+        job = es._job
+        key = (id(es.state), int(getattr(es.state, "window_len", 0)), id(job),
+               int(getattr(job, "passes_done", 0)), id(getattr(job, "_cursor", None)), id(getattr(job, "_h", None)),
+               id(es.last_logits))
+        if self._measured is None or self._measured[0] != key:
+            self._measured = (key, state_bytes(es))
+        return self._measured[1]
 
     @property
     def messages_read(self) -> int:
@@ -164,15 +238,28 @@ class SessionTable:
     share the store (Ray Serve replicas). ``key``: the digests' key (32 bytes, memory only; a
     router and its replicas share one), a random one by default. ``max_remembered``: how many
     released sessions (their digests) and fork points are kept for recognition, each (default:
-    ``max_sessions``, or 1024)."""
+    ``max_sessions``, or 1024).
+
+    ``max_state_bytes``: a budget for the live sessions' state in bytes (:func:`state_bytes`; a
+    count does not bound bytes: the KV window and a sleep in progress vary). A session about to be
+    made needs room for a fresh state, and the periodic :meth:`release_idle` enforces it too: the
+    least recently used idle sessions are released, as for ``max_sessions`` (to the store when
+    there is one), never one in use. ``"auto"``: :func:`default_state_budget` for the model's
+    device when ``max_sessions`` is set, no budget when it is None (sessions held by their caller);
+    None: no budget."""
 
     def __init__(self, engine: Engine, persistence: Persistence, *, sleep: SleepPolicy | None = None,
                  idle_release_s: float = 300.0, max_sessions: int | None = 1024, claimant: str | None = None,
-                 key: bytes | None = None, max_remembered: int | None = None) -> None:
+                 key: bytes | None = None, max_remembered: int | None = None,
+                 max_state_bytes: int | Literal["auto"] | None = "auto") -> None:
         self.engine, self.persistence = engine, persistence
         self.sleep = sleep or SleepPolicy()
         self.idle_release_s = idle_release_s
         self.max_sessions = max_sessions
+        if max_state_bytes == "auto":
+            max_state_bytes = default_state_budget(getattr(engine.model, "device", None)) if max_sessions else None
+        self.max_state_bytes: int | None = max_state_bytes
+        self._fresh_bytes = 0  # a new session's state, as last measured (what making room makes room for)
         self.claimant = claimant
         self._key = key if key is not None else os.urandom(32)  # digests mean something only with it
         self.live: dict[tuple[str, str], ChatSession] = {}
@@ -195,6 +282,8 @@ class SessionTable:
         sid = session_id or uuid.uuid4().hex[:16]
         s = ChatSession(sid, tenant, self.engine.session(sid, policy=self.sleep), since=self._now())
         self._attach(s)
+        if self.max_state_bytes is not None and not self._fresh_bytes:
+            self._fresh_bytes = s.state_bytes
         return s
 
     def _now(self) -> float:
@@ -387,10 +476,44 @@ class SessionTable:
             return s, turns, "new"
         return s, turns[n:], status
 
+    def live_bytes(self) -> int:
+        """Bytes of every live session's state (:func:`state_bytes`)."""
+        return sum(s.state_bytes for s in list(self.live.values()))
+
+    async def _trim(self, need: int = 0) -> bool:
+        """Release the least recently used idle sessions until the live state and ``need`` more
+        bytes fit in ``max_state_bytes``; False when they still do not (every session left in use)."""
+        budget = self.max_state_bytes
+        if budget is None:
+            return True
+        sizes = {id(s): s.state_bytes for s in list(self.live.values())}
+        total = sum(sizes.values())
+        if total + need <= budget:
+            return True
+        now = time.monotonic()
+        for s in sorted((s for s in list(self.live.values()) if s.available(now)), key=lambda s: s.last_used):
+            if total + need <= budget:
+                break
+            if s.available(time.monotonic()) and self.live.get((s.tenant, s.id)) is s:
+                await self.release(s)
+                total -= sizes.get(id(s), 0)
+        return total + need <= budget
+
     async def _make_room(self) -> None:
         """Room for one more session (asked only when one is about to be made): at most
-        ``max_sessions`` live, the least recently used released (to the store, where any engine
-        can resume it); SessionsFull when every live session is in use."""
+        ``max_sessions`` live, and their state and a fresh one's within ``max_state_bytes``, the
+        least recently used released (to the store, where any engine can resume it); SessionsFull
+        when every live session is in use."""
+        while self.max_state_bytes is not None and self.live:
+            if await self._trim(self._fresh_bytes):
+                break
+            leaving = [s for s in self.live.values() if s.leaving]
+            if leaving:  # a release under way frees bytes: wait for it
+                async with leaving[0].gate:
+                    pass
+                continue
+            raise SessionsFull(f"live sessions hold {self.live_bytes()} state bytes of a budget of "
+                               f"{self.max_state_bytes}, all in use; retry later")
         while self.max_sessions is not None and len(self.live) >= self.max_sessions:
             now = time.monotonic()
             idle = [s for s in self.live.values() if s.available(now)]
@@ -427,15 +550,17 @@ class SessionTable:
     # --- leaving memory ---------------------------------------------------------------------------
 
     async def release_idle(self, now: float | None = None) -> int:
-        """Snapshot and release every session idle for ``idle_release_s`` (none in use)."""
+        """Snapshot and release every session idle for ``idle_release_s`` (none in use), then the
+        least recently used idle ones while the live state exceeds ``max_state_bytes`` (states grow
+        after they were made: a window's KV, a sleep's refined hidden states)."""
         now = time.monotonic() if now is None else now
         idle = [s for s in self.live.values() if s.available(now) and now - s.last_used >= self.idle_release_s]
-        released = 0
+        before = self.released_total
         for s in idle:
             if s.available(time.monotonic()):  # a request may have taken it while an earlier one was released
                 await self.release(s)
-                released += 1
-        return released
+        await self._trim()
+        return self.released_total - before
 
     def _remember(self, tenant: str, sid: str, digests: list[str]) -> None:
         """Keep a released session's digests (capped: the oldest are forgotten, and unindexed)."""
@@ -501,4 +626,5 @@ class SessionTable:
 
     def stats(self) -> dict[str, Any]:
         return {"live": len(self.live), "released": self.released_total, "remembered": len(self._released),
-                "fork_points": len(self._points)}
+                "fork_points": len(self._points), "state_bytes": self.live_bytes(),
+                "max_state_bytes": self.max_state_bytes}

@@ -93,6 +93,9 @@ class ServeConfig(BaseModel):
     max_completion_tokens: int = Field(default=1024, ge=1)
     max_in_flight: int = Field(default=64, ge=1)
     max_sessions: int = Field(default=1024, ge=1)
+    # the live sessions' state, in MiB (fast weights, KV windows, sleeps in progress); past it the
+    # least recently used idle sessions are released; None: a quarter of the device's memory
+    max_state_mb: float | None = Field(default=None, gt=0)
     persist_window: bool = False
     ttl: float | None = Field(default=None, gt=0)
     on_wake: str = Field(default="finish", pattern="^(finish|commit|abort)$")
@@ -278,6 +281,8 @@ class _Server:
                                    # replica takes the session over from it
                                    checkpoint_turns=self.store is not None, claimant=claimant, key=key)
         self.sessions = self.runtime.sessions
+        if cfg.max_state_mb is not None:
+            self.sessions.max_state_bytes = int(cfg.max_state_mb * 2**20)
         self.in_flight = 0
         self.counters = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "errors": 0}
         self.statuses: dict[str, int] = {}
@@ -556,6 +561,11 @@ def _metrics(server: _Server):
             engine = server.engine
             yield GaugeMetricFamily("sleepagent_sessions", "Live sessions.", value=len(server.sessions.live))
             table = server.sessions.stats()
+            yield GaugeMetricFamily("sleepagent_state_bytes", "Bytes of the live sessions' state (fast weights, KV "
+                                    "windows, sleeps in progress).", value=table["state_bytes"])
+            if table["max_state_bytes"] is not None:
+                yield GaugeMetricFamily("sleepagent_state_budget_bytes", "The live state's budget (--max-state-mb).",
+                                        value=table["max_state_bytes"])
             yield GaugeMetricFamily("sleepagent_sessions_remembered", "Released sessions still recognised (bounded).",
                                     value=table["remembered"])
             yield GaugeMetricFamily("sleepagent_fork_points", "Snapshotted replies a retry may fork from (bounded).",
