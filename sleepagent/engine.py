@@ -3,11 +3,14 @@
 All model work runs on one worker thread, so the model and every session's state are touched by
 one thread only and no lock is held around torch calls. Two classes of work:
 
-- **wake** (a session's prefill or decode; latency-critical): always taken first. Decode steps of
-  different sessions that are waiting at the same time run as one batched step. A prefill reads
-  at most ``prefill_chunk`` tokens per turn and then goes to the back of the queue, so a huge
-  input never stalls other sessions: their decode steps run between its chunks, a cancelled
-  read stops at the next chunk boundary, and closing the engine waits for one chunk at most.
+- **wake** (a session's prefill or decode; latency-critical): always taken first, in engine
+  steps with continuous batching: a step has a token budget (``max_step_tokens``); every
+  session's waiting decode step (one token) rides along and the rest goes to pieces of waiting
+  reads of several sessions (``prefill_chunk`` tokens at most each), run in one forward, or in
+  two when padding the decode rows to the reads' length would cost more than a forward
+  (``max_pad_tokens``). So a generating session waits for one bounded step of others' reads,
+  never for a whole read; a huge input is read a piece per step, a cancelled read stops at the
+  next piece, and closing the engine waits for one step at most.
 - **sleep** (one consolidation pass of one session): runs only when no wake work waits, one pass
   at a time, round-robin over sleeping sessions, so a wake request waits at most one pass.
 
@@ -177,6 +180,10 @@ class Engine:
     of concurrent sessions (``max_batch`` rows at most). ``prefill_chunk``: tokens a read takes
     per turn before other sessions' work runs (smaller: lower latency for the others while a long
     input is read, a little less read throughput; ``sleepagent bench bounded`` measures both).
+    ``max_step_tokens``: an engine step's token budget (decode steps, one token each, plus read
+    pieces; the first read of a step takes a whole chunk whatever the budget).
+    ``max_pad_tokens``: rows of a step share one padded forward while the padding they add stays
+    within this many tokens (0: decode steps and reads never share a forward).
     Sleep runs one block of one pass at a time, so a wake step waits for one block at most.
     ``wake_grace_s``: after a wake step, sleep work waits this long for the next one (a session
     that is generating sends it at once), so sleepers never slow down a generation in progress;
@@ -184,20 +191,24 @@ class Engine:
     """
 
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
-                 prefill_chunk: int = 64, wake_grace_s: float = 0.002) -> None:
+                 prefill_chunk: int = 64, wake_grace_s: float = 0.002, max_step_tokens: int = 256,
+                 max_pad_tokens: int = 64) -> None:
         if not isinstance(model, (SleepModel, str, os.PathLike)):
             raise ConfigError(f"model must be a SleepModel, a checkpoint name or a path, got {type(model).__name__}",
                               field="model")
         self.model = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
-        for name, value in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", field=name)
+        for name, value, least in (("max_batch", max_batch, 1), ("prefill_chunk", prefill_chunk, 1),
+                                   ("max_step_tokens", max_step_tokens, 1), ("max_pad_tokens", max_pad_tokens, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}", field=name)
         if isinstance(wake_grace_s, bool) or not isinstance(wake_grace_s, (int, float)) or not 0 <= wake_grace_s < 1:
             raise ConfigError(f"wake_grace_s must be a number of seconds in [0, 1), got {wake_grace_s!r}",
                               field="wake_grace_s")
         self.batch_wake = batch_wake
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.max_step_tokens = max_step_tokens
+        self.max_pad_tokens = max_pad_tokens
         self.wake_grace_s = wake_grace_s
         self._last_wake = 0.0
         self._last_was_decode = False
@@ -207,6 +218,8 @@ class Engine:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.batched_steps = 0  # decode steps that served more than one session
+        self.mixed_steps = 0  # engine steps that served decode steps and reads together
+        self.forwards = 0  # model forwards run for wake steps (a step runs one or a few)
         self.idle_exit_s = 30.0
         _ENGINES.add(self)
 
@@ -429,44 +442,60 @@ class Engine:
                 self._run_sleep_steps(sleepers)
 
     def _take_wake_batch(self) -> list[_Request]:
-        """The next wake work: one request, or several sessions' decode steps batched (FIFO kept
-        per session: a session contributes only its oldest request). Decode steps and other work
-        (reads in chunks, settling sleeps) take turns: a waiting decode step goes next unless the
-        last turn was a decode batch and other work waits, so a generating session waits for one
-        unit of someone else's work at most, and reads still progress."""
+        """The next wake work (FIFO kept per session: a session contributes only its oldest
+        request).
+
+        Batched (``batch_wake``), one engine step is continuous batching under a token budget
+        (``max_step_tokens``): every session's waiting decode step (one token each) rides along,
+        and the rest of the budget goes to pieces of waiting reads of several sessions (at least
+        one chunk per step, so reads always progress); :meth:`_run_step` runs them. So a
+        generating session never waits for a whole batch of others' reads, only for one step
+        whose size the budget bounds. Other work (``call``, an explicit sleep) runs alone, taking
+        turns with such steps. Unbatched, one request per turn, decode and other work taking
+        turns."""
         queue = self._wake
         seen: set[int] = set()
-        first_decode = first_other = None
+        heads: list[int] = []
         for i, r in enumerate(queue):  # a session's requests keep their order
             if id(r.session) not in seen:
-                if r.kind == "decode" and first_decode is None:
-                    first_decode = i
-                elif r.kind != "decode" and first_other is None:
-                    first_other = i
-            seen.add(id(r.session))
-        take = first_decode if first_decode is not None and (first_other is None or not self._last_was_decode) \
-            else first_other if first_other is not None else 0
-        first = queue[take]
-        del queue[take]
-        self._last_was_decode = first.kind == "decode"
-        if first.kind not in ("decode", "flush") or not self.batch_wake:
+                heads.append(i)
+                seen.add(id(r.session))
+        stepping = [i for i in heads if queue[i].kind in ("decode", "flush")]
+        other = next((i for i in heads if queue[i].kind not in ("decode", "flush")), None)
+        if not self.batch_wake:
+            first_decode = next((i for i in stepping if queue[i].kind == "decode"), None)
+            first_other = next((i for i in heads if queue[i].kind != "decode"), None)
+            take = first_decode if first_decode is not None and (first_other is None or not self._last_was_decode) \
+                else first_other if first_other is not None else 0
+            first = queue[take]
+            del queue[take]
+            self._last_was_decode = first.kind == "decode"
             return [first]
-        # several sessions' decode steps, or several sessions' reads, as one batched pass
-        batch, seen, rest = [first], {id(first.session)}, deque[_Request]()
-        while self._wake and len(batch) < self.max_batch:
-            req = self._wake.popleft()
-            if req.kind == first.kind and id(req.session) not in seen:
-                batch.append(req)
-            else:
-                rest.append(req)
-            seen.add(id(req.session))
-        self._wake.extendleft(reversed(rest))
+        if other is not None and (not stepping or self._last_was_decode):
+            first = queue[other]
+            del queue[other]
+            self._last_was_decode = False
+            return [first]
+        self._last_was_decode = True
+        decodes = [i for i in stepping if queue[i].kind == "decode"][: self.max_batch]
+        reads = [i for i in stepping if queue[i].kind == "flush"]
+        budget = self.max_step_tokens - len(decodes)
+        taken = list(decodes)
+        for i in reads:
+            if taken and (budget <= 0 or len(taken) >= self.max_batch) and any(queue[j].kind == "flush" for j in taken):
+                break
+            taken.append(i)
+            budget -= min(self.prefill_chunk, max(1, sum(len(ids) for ids, _ in queue[i].session.unread())))
+        taken.sort()
+        batch = [queue[i] for i in taken]
+        for i in reversed(taken):
+            del queue[i]
         return batch
 
     def _run_wake(self, batch: list[_Request]) -> None:
         batch = [r for r in batch if not r.cancelled]  # a cancelled read stops here, between chunks
-        if len(batch) > 1 and batch[0].kind == "flush":
-            self._run_reads(batch)
+        if self.batch_wake and batch and all(r.kind in ("decode", "flush") for r in batch):
+            self._run_step(batch)
             return
         ready = []
         for req in batch:
@@ -519,12 +548,19 @@ class Engine:
             s.last_logits = logits[i].clone()
             self._finish(req, s.last_logits)
 
-    def _run_reads(self, batch: list[_Request]) -> None:
-        """Several sessions' reads: each takes its sleep work first (then waits its next turn),
-        the others read one piece each (up to ``prefill_chunk`` tokens, across their queued
-        segments) in one batched pass."""
-        reads: list[tuple[_Request, list[int], list[bool], tuple[int, int]]] = []
+    def _run_step(self, batch: list[_Request]) -> None:
+        """One engine step of decode steps and reads of several sessions (see
+        :meth:`_take_wake_batch`): a session with sleep work to do first (its own sleep settling
+        per ``on_wake``, or a forced one) runs one block of it, batched with the others', and
+        waits for the next step; every decode step takes its token; the reads take pieces (up to
+        ``prefill_chunk`` tokens each, across their queued segments) within what the decode steps
+        left of ``max_step_tokens`` (the first read at least one chunk). Then the rows run in as
+        few forwards as :meth:`_groups` finds cheapest, and each result equals its session's
+        step alone (up to float rounding)."""
+        rows: list[tuple[_Request, list[int], list[bool], tuple[int, int] | None]] = []
         deferred: list[EngineSession] = []
+        budget = self.max_step_tokens - sum(r.kind == "decode" for r in batch)
+        read_any = False
         for req in batch:
             s = req.session
             try:
@@ -533,45 +569,96 @@ class Engine:
                     req.started = True
                 if self._advance_sleep(s, 1, deferred):
                     self._requeue(req)
+                elif req.kind == "decode":
+                    token, flag = req.payload
+                    rows.append((req, [token], [flag], None))
                 elif not s.pending:
                     self._finish(req, self._last_logits(s))
+                elif read_any and budget <= 0:
+                    self._requeue(req)  # the budget is spent: the next step reads it
                 else:
-                    reads.append((req, *self._next_piece(s, self.prefill_chunk)))
+                    piece = self._next_piece(s, self.prefill_chunk if not read_any else min(self.prefill_chunk, budget))
+                    rows.append((req, *piece))
+                    budget -= len(piece[0])
+                    read_any = True
             except BaseException as e:
                 self._finish(req, exc=e)
         try:
             self._step_deferred(deferred)
-        except BaseException as e:  # a broken sleep: its sessions' reads fail, the worker goes on
+        except BaseException as e:  # a broken sleep: its sessions' wake work fails, the worker goes on
             for s in deferred:
                 s._job = None
                 self._emit(s, "sleep_failed", error=repr(e))
-        if not reads:
+        if not rows:
             return
+        n_decode = sum(after is None for *_, after in rows)
+        if n_decode > 1:
+            self.batched_steps += 1
+        if n_decode and n_decode < len(rows):
+            self.mixed_steps += 1
+        for group in self._groups(rows):
+            self._forward(group)
+
+    def _groups(self, rows: list[Any]) -> list[list[Any]]:
+        """Rows (each a piece of tokens for one session) in forwards: one padded forward costs
+        about a fixed overhead plus its rows times its longest piece, so rows sorted by length go
+        into one forward while the padding they add stays within ``max_pad_tokens`` (on CPU a
+        forward's fixed cost is about the compute of 64 tokens of docqa-small; a decode step
+        padded to a 64-token read costs nearly a whole read, so many decode steps run in a
+        forward of their own, next to the reads')."""
+        groups: list[list[Any]] = []
+        waste = 0
+        for row in sorted(rows, key=lambda r: -len(r[1])):
+            if groups and waste + len(groups[-1][0][1]) - len(row[1]) <= self.max_pad_tokens:
+                waste += len(groups[-1][0][1]) - len(row[1])
+                groups[-1].append(row)
+            else:
+                groups.append([row])
+                waste = 0
+        return groups
+
+    def _forward(self, rows: list[Any]) -> None:
+        """One forward over ``rows`` (a step of one token each, a step_many, a prefill, or a
+        padded prefill_many), then each row's request answered or requeued."""
         lm = self.model.model
+        states = [r.session.state for r, *_ in rows]
+        longest = max(len(ids) for _, ids, _, _ in rows)
         try:
             t0 = time.perf_counter()
-            if len(reads) > 1 and hasattr(lm, "prefill_many"):
-                logits = lm.prefill_many(
-                    [(ids, flags) for _, ids, flags, _ in reads], [r.session.state for r, *_ in reads]
-                )
+            if longest == 1 and len(rows) == 1:
+                _, ids, flags, _ = rows[0]
+                logits = lm.step(torch.tensor(ids), states[0], consolidate=flags[0])
+            elif longest == 1:
+                logits = lm.step_many(torch.tensor([ids[0] for _, ids, _, _ in rows]), states,
+                                      consolidate=[flags[0] for _, _, flags, _ in rows])
+            elif len(rows) > 1 and hasattr(lm, "prefill_many"):
+                logits = lm.prefill_many([(ids, flags) for _, ids, flags, _ in rows], states)
             else:
                 logits = torch.stack([
-                    lm.prefill(torch.tensor([ids]), r.session.state, consolidate=torch.tensor([flags]))[0, -1]
-                    for r, ids, flags, _ in reads])
-            dt = (time.perf_counter() - t0) / len(reads)
+                    lm.prefill(torch.tensor([ids]), st, consolidate=torch.tensor([flags]))[0, -1]
+                    for (_, ids, flags, _), st in zip(rows, states, strict=True)])
+            dt = time.perf_counter() - t0
+            self.forwards += 1
         except BaseException as e:
-            for req, *_ in reads:
+            for req, *_ in rows:
                 self._finish(req, exc=e)
             return
-        for i, (req, ids, _, (n_segments, offset)) in enumerate(reads):
+        total = sum(len(ids) for _, ids, _, _ in rows)
+        for i, (req, ids, _, after) in enumerate(rows):
             s = req.session
-            with self._cv:
-                del s.pending[:n_segments]
-                s.pending_offset = offset
-            s.stats.prefill_s += dt
-            s.stats.prefill_tokens += len(ids)
+            share = dt * len(ids) / total
             s.stats.window_fill = s.state.window_len / s.state.window
             s.last_logits = logits[i].clone()
+            if after is None:
+                s.stats.decode_tokens += 1
+                s.stats.decode_s += share
+                self._finish(req, s.last_logits)
+                continue
+            with self._cv:
+                del s.pending[: after[0]]
+                s.pending_offset = after[1]
+            s.stats.prefill_s += share
+            s.stats.prefill_tokens += len(ids)
             if s.pending:
                 self._requeue(req)
             else:
