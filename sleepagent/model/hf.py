@@ -270,26 +270,174 @@ class HFHybridLM(torch.nn.Module):
         if state.window_len + T > state.window:
             raise WindowFull(window=state.window, used=state.window_len, requested=T)
         check_ids(ids, self.config.vocab_size)
-        if state.cache is None:
-            state.cache = self._cache(state.fast)
-        pos = torch.arange(state.window_len, state.window_len + T, device=self.device)[None]
-        out = self.hf(input_ids=ids.to(self.device), position_ids=pos, cache=state.cache, use_cache=True)
         mask = consolidate.flatten().tolist() if isinstance(consolidate, torch.Tensor) else [bool(consolidate)] * T
-        state.window_ids.extend(int(t) for t in ids[0])
-        state.consolidate_mask.extend(bool(m) for m in mask)
-        state.tokens_seen += T
-        return out.logits.float()
+        return self._wake(ids.to(self.device), [state], [[bool(m) for m in mask]])
 
     def step(self, ids: torch.Tensor, state: HFState, consolidate: bool | torch.Tensor = True) -> torch.Tensor:
         """Wake: one token; returns logits [1, vocab]."""
         return self.prefill(ids.reshape(1, 1), state, consolidate)[:, -1]
 
+    @torch.no_grad()
     def step_many(
         self, ids: torch.Tensor, states: list[HFState], consolidate: list[bool] | None = None
     ) -> torch.Tensor:
-        """One token for each of several states (one after another: no batching for HF caches)."""
-        flags = consolidate or [True] * len(states)
-        return torch.cat([self.step(ids[i : i + 1], s, flags[i]) for i, s in enumerate(states)])
+        """One token for each of several single-sequence states, in one batched forward; returns
+        logits [n, vocab]. Equals :meth:`step` on each state alone, up to float rounding (see
+        :meth:`_wake` for how the states share a cache)."""
+        n = len(states)
+        flags = list(consolidate) if consolidate is not None else [True] * n
+        ids = ids.reshape(-1)
+        if ids.numel() != n or len(flags) != n or n == 0:
+            raise ShapeError(f"step_many: {ids.numel()} tokens and {len(flags)} flags for {n} states")
+        self._check_batch(states, [1] * n)
+        check_ids(ids, self.config.vocab_size)
+        return self._wake(ids.to(self.device)[:, None], states, [[bool(f)] for f in flags], keep=1)[:, -1]
+
+    @torch.no_grad()
+    def prefill_many(self, pieces: list[tuple[list[int], list[bool]]], states: list[HFState]) -> torch.Tensor:
+        """Wake: read one piece of tokens into each of several single-sequence states; returns the
+        logits after each piece's last token, [n, vocab] (as :meth:`SleepHybridLM.prefill_many`).
+
+        Batched in rounds: each round reads, in one forward over every row still reading, as many
+        tokens as the shortest remaining piece has left (a GDN layer has no exact padding: a
+        padded token would still decay its state), so n pieces of k distinct lengths take k
+        forwards. Equals :meth:`prefill` on each state alone, up to float rounding."""
+        n = len(states)
+        if len(pieces) != n or n == 0:
+            raise ShapeError(f"prefill_many: {len(pieces)} pieces for {n} states")
+        lengths = [len(ids) for ids, _ in pieces]
+        for (_ids, flags), T in zip(pieces, lengths, strict=True):
+            if T == 0 or len(flags) != T:
+                raise ShapeError(f"prefill_many: a piece needs at least one token and one flag per token, got "
+                                 f"{T} tokens and {len(flags)} flags")
+        self._check_batch(states, lengths)
+        check_ids(torch.tensor([t for ids, _ in pieces for t in ids]), self.config.vocab_size)
+        out: list[torch.Tensor | None] = [None] * n
+        done = [0] * n
+        active = list(range(n))
+        while active:
+            c = min(lengths[r] - done[r] for r in active)
+            ids = torch.tensor([pieces[r][0][done[r] : done[r] + c] for r in active], device=self.device)
+            masks = [[bool(f) for f in pieces[r][1][done[r] : done[r] + c]] for r in active]
+            logits = self._wake(ids, [states[r] for r in active], masks, keep=1)
+            for i, r in enumerate(active):
+                done[r] += c
+                if done[r] == lengths[r]:
+                    out[r] = logits[i, -1]
+            active = [r for r in active if done[r] < lengths[r]]
+        return torch.stack([o for o in out if o is not None])
+
+    def _check_batch(self, states: list[HFState], lengths: list[int]) -> None:
+        if len({id(s) for s in states}) != len(states):
+            raise StateMismatch("a batched wake takes each state once")
+        for st, T in zip(states, lengths, strict=True):
+            self._check_state(st)
+            if st.window_len + T > st.window:
+                raise WindowFull(window=st.window, used=st.window_len, requested=T)
+
+    def _wake(self, ids: torch.Tensor, states: list[HFState], masks: list[list[bool]], keep: int = 0) -> torch.Tensor:
+        """Read ``ids`` [B, T] (checked) into ``states`` (one row each) in one forward; logits
+        [B, T or keep, vocab].
+
+        One state reads through its own cache. Several share a batch cache for the forward: the
+        GDN layers' recurrent and conv states stacked, the attention KV left-padded to the longest
+        window with a padding mask (each row's positions its own window's), then each row's new
+        states and KV (without the padding) are written back into its cache. While a state may
+        still reuse wake for sleep (nothing excluded, nothing shed) the looped span's output over
+        its window is kept (:attr:`HFState.window_h`)."""
+        B, T = ids.shape
+        capture = [self._keeps_h(st, m) for st, m in zip(states, masks, strict=True)]
+        rec = _Span(0, self.config.span[1]) if any(capture) else None
+        token = _WAKE.set(rec)
+        try:
+            if B == 1:
+                st = states[0]
+                if st.cache is None:
+                    st.cache = self._cache(st.fast)
+                pos = torch.arange(st.window_len, st.window_len + T, device=self.device)[None]
+                out = self.hf(input_ids=ids, position_ids=pos, cache=st.cache, use_cache=True, logits_to_keep=keep)
+            else:
+                cache, attn_mask, pos = self._batch_cache(states, T)
+                out = self.hf(input_ids=ids, attention_mask=attn_mask, position_ids=pos, cache=cache,
+                              use_cache=True, logits_to_keep=keep)
+                self._scatter(cache, states, T)
+        finally:
+            _WAKE.reset(token)
+        for r, st in enumerate(states):
+            if capture[r] and rec is not None and rec.out is not None:
+                h = rec.out[r : r + 1]
+                if st.window_h is None:
+                    st.window_h = h.new_zeros(1, st.window, h.shape[-1])
+                st.window_h[:, st.window_len : st.window_len + T] = h
+            else:
+                st.window_h = None  # this window's sleep cannot reuse wake: nothing to keep
+            st.window_ids.extend(int(t) for t in ids[r].tolist())
+            st.consolidate_mask.extend(masks[r])
+            st.tokens_seen += T
+        return out.logits.float()
+
+    @staticmethod
+    def _keeps_h(state: HFState, mask: list[bool]) -> bool:
+        """Whether ``state``'s sleep may still reuse wake after reading tokens flagged ``mask``."""
+        return not state.shed and all(mask) and (state.window_len == 0 or state.window_h is not None)
+
+    def _batch_cache(self, states: list[HFState], T: int) -> tuple[Any, torch.Tensor | None, torch.Tensor]:
+        """A cache holding ``states``' working states as one batch, the 2D padding mask over
+        [past, new] (None when no row is padded) and each row's positions [B, T]."""
+        from transformers import DynamicCache
+
+        for st in states:
+            if st.cache is None:
+                st.cache = self._cache(st.fast)
+        lens = [st.window_len for st in states]
+        B, Lmax = len(states), max(lens)
+        cache = DynamicCache(config=self.text_config)
+        for li in self.config.linear_layers:
+            layer: Any = cache.layers[li]
+            conv = torch.cat([st.cache.layers[li].conv_states[0] for st in states])
+            S = torch.cat([st.cache.layers[li].recurrent_states[0] for st in states])
+            layer.lazy_initialization(conv_states=conv, recurrent_states=S, conv_kernel_size=conv.shape[-1])
+            layer.conv_states[0], layer.recurrent_states[0] = conv, S
+            layer.has_previous_state[0] = True
+            layer.cumulative_length_linear.fill_(Lmax)
+        if Lmax:
+            for li in self.config.attn_layers:
+                src = [st.cache.layers[li] for st in states]
+                ref = next(lay for lay, n in zip(src, lens, strict=True) if n)
+                k = ref.keys.new_zeros(B, ref.keys.shape[1], Lmax, ref.keys.shape[3])
+                v = ref.values.new_zeros(B, ref.values.shape[1], Lmax, ref.values.shape[3])
+                for r, (lay, n) in enumerate(zip(src, lens, strict=True)):
+                    if n:
+                        k[r, :, Lmax - n :] = lay.keys[0]
+                        v[r, :, Lmax - n :] = lay.values[0]
+                dst: Any = cache.layers[li]
+                dst.lazy_initialization(k, v)
+                dst.keys, dst.values = k, v
+        attn_mask = None
+        if min(lens) != Lmax:
+            attn_mask = torch.ones(B, Lmax + T, dtype=torch.long, device=self.device)
+            for r, n in enumerate(lens):
+                attn_mask[r, : Lmax - n] = 0
+        pos = torch.tensor(lens, device=self.device)[:, None] + torch.arange(T, device=self.device)[None]
+        return cache, attn_mask, pos
+
+    def _scatter(self, cache: Any, states: list[HFState], T: int) -> None:
+        """Write each row of a batch cache after a forward of T tokens back into its state's cache."""
+        lens = [st.window_len for st in states]
+        Lmax = max(lens)
+        for r, st in enumerate(states):
+            for li in self.config.linear_layers:
+                src, dst = cache.layers[li], st.cache.layers[li]
+                dst.conv_states[0].copy_(src.conv_states[0][r : r + 1])
+                dst.recurrent_states[0].copy_(src.recurrent_states[0][r : r + 1])
+                dst.cumulative_length_linear.fill_(lens[r] + T)
+            for li in self.config.attn_layers:
+                src, dst = cache.layers[li], st.cache.layers[li]
+                k = src.keys[r : r + 1, :, Lmax - lens[r] :].contiguous()
+                v = src.values[r : r + 1, :, Lmax - lens[r] :].contiguous()
+                if not dst.is_initialized:
+                    dst.lazy_initialization(k, v)
+                dst.keys, dst.values = k, v
 
     # --- sleep ------------------------------------------------------------------------------
 
@@ -309,6 +457,7 @@ class HFHybridLM(torch.nn.Module):
             state.sleeps,
         )
         new.shed = True
+        new.window_h = None  # a shed window's sleep recomputes pass 1 (see HybridState.shed)
         return new
 
     def begin_sleep(self, state: HFState, loops: int | None = None) -> HFSleepJob:
@@ -388,9 +537,11 @@ class HFSleepJob:
 
     Pass 1 runs the decoder layers up to the looped span's end over the embeddings, each later
     pass the span over the previous pass's h, and the commit runs the layers after the span once
-    over the final h. With nothing masked, pass 1 plus the suffix is the wake pass: N = 1
-    commits exactly what the plain model's cache holds. Pass 2 then needs pass 1's hidden states,
-    which wake did not keep: it recomputes pass 1 first (one extra pass, once per sleep).
+    over the final h. With nothing masked, pass 1 plus the suffix is the wake pass: pass 1 is
+    wake's (its end states from the cache, its h the span's output wake kept in
+    :attr:`HFState.window_h`), so N passes cost N - 1 and N = 1 commits exactly what the plain
+    model's cache holds. A window whose wake h was not kept (tokens excluded, shed, or a state
+    from before it was kept) recomputes pass 1 before pass 2.
     """
 
     def __init__(self, model: HFHybridLM, state: HFState, loops: int) -> None:
@@ -402,6 +553,7 @@ class HFSleepJob:
         self.reuse_wake = self.n_consolidated == state.window_len and not state.shed
         self.passes_done = 0
         self._h: torch.Tensor | None = None
+        self._wake_h: torch.Tensor | None = None
         self._fast: FastState = state.fast
 
     @property
@@ -421,6 +573,18 @@ class HFSleepJob:
         a, b = m.config.span
         if self.passes_done == 0 and self.reuse_wake:
             self._fast = st.working
+            if st.window_h is not None:
+                self._wake_h = st.window_h[:, : st.window_len]
+        elif self._h is None and self._wake_h is not None:  # pass 2 from wake's pass 1
+            # pass 1's end states: wake's for the layers it ran (those before the span's end);
+            # the layers after the span have not run yet (the commit runs them over the final h)
+            own = [li < b for li in m.config.linear_layers]
+            fast = FastState(
+                S=tuple(w if o else f for w, f, o in zip(self._fast.S, st.fast.S, own, strict=True)),
+                conv=tuple(w if o else f for w, f, o in zip(self._fast.conv, st.fast.conv, own, strict=True)),
+            )
+            self._h, self._fast = m.blocks(self._wake_h, fast, a, b)
+            self._wake_h = None
         elif self._h is None:  # pass 1 (again, when wake's end state stood for it so far)
             self._h, self._fast = m.blocks(m.embed(self.ids), st.fast, 0, b)
             if self.passes_done:
@@ -457,6 +621,8 @@ class _Span:
 # Set only while a `blocks` call runs the decoder (per thread and task: an engine thread waking
 # another session meanwhile sees None and runs every layer).
 _SPAN: ContextVar[_Span | None] = ContextVar("sleepagent_hf_span", default=None)
+# Set while a wake forward runs whose states keep the looped span's output (HFState.window_h).
+_WAKE: ContextVar[_Span | None] = ContextVar("sleepagent_hf_wake", default=None)
 
 
 def _skip_outside_span(layer: torch.nn.Module, index: int) -> None:
@@ -476,6 +642,8 @@ def _skip_outside_span(layer: torch.nn.Module, index: int) -> None:
         if span is not None and not span.start <= index < span.stop:
             return hidden_states
         out = (own or types.MethodType(type(self).forward, self))(hidden_states, *args, **kwargs)
+        if span is None:
+            span = _WAKE.get()  # a wake forward keeping the looped span's output
         if span is not None and index == span.stop - 1:
             span.out = out[0] if isinstance(out, tuple) else out
         return out

@@ -29,6 +29,10 @@ class HFState:
     fast:   committed FastState at the window's start (S: GDN recurrent states [1, HV, K, V];
             conv: the conv tails [1, conv_dim, kernel]), one per linear-attention layer.
     cache:  the transformers cache over the window (attention KV + working GDN states).
+    window_h: the looped span's output over the window's tokens [1, window, d] (rows
+            ``:window_len`` written), kept by wake while the window's sleep may reuse it (nothing
+            excluded or shed; else None): sleep's pass 2 starts from it instead of recomputing
+            pass 1. Derived, never saved.
     """
 
     fast: FastState
@@ -41,6 +45,7 @@ class HFState:
     tokens_consolidated: int = 0
     sleeps: int = 0
     shed: bool = False  # never-consolidate tokens were shed from this window (see HybridState.shed)
+    window_h: torch.Tensor | None = None
 
     batch_size = 1
 
@@ -69,7 +74,8 @@ class HFState:
                 t = getattr(layer, name, None)
                 if isinstance(t, torch.Tensor):
                     kv += t.numel() * t.element_size()
-        return 2 * self.fast.nbytes + kv
+        h = self.window_h.numel() * self.window_h.element_size() if self.window_h is not None else 0
+        return 2 * self.fast.nbytes + kv + h
 
     def without_window(self) -> HFState:
         """The committed state alone (what a snapshot holds when the raw window must not persist)."""
