@@ -5,13 +5,15 @@ on loopback. Clients hold thousands of short tool conversations with it, a few a
 document through a tool call, then one question; some are abandoned after the call (the client
 never sends the tool's result), as real clients abandon conversations. Every ``every``
 conversations the benchmark records the server's resident set size (RSS), its live sessions and
-what its session table remembers (``/metrics``), and the p99 latency of the requests since the
+what its session table remembers and the bytes of its live sessions' state against its budget
+(``/metrics``), and the p99 latency of the requests since the
 last record; requests that failed are counted as lost.
 
-Bounded means a plateau: the live sessions are capped (``max_sessions``, and idle ones are
-released after ``idle_release_s``), and everything else a conversation leaves behind must be
-released with it. The check the report states: RSS at the last record within 10% of RSS at
-half-way, and no request lost.
+Bounded means a plateau: the live sessions are capped (``max_sessions``, their state's bytes by
+``max_state_mb``, and idle ones are released after ``idle_release_s``), and everything else a
+conversation leaves behind must be released with it. The check the report states: RSS at the last
+record within 10% of RSS at half-way, and no request lost; beside it, the largest live state
+recorded against the budget.
 """
 
 from __future__ import annotations
@@ -53,18 +55,21 @@ def rss_mb(pid: int) -> float:
 
 def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: float = 0.2, every: int = 250,
                max_sessions: int = 256, idle_release_s: float = 30.0, store: bool = True,
-               model: str = "docqa-small", progress: Any = None) -> dict[str, Any]:
+               model: str = "docqa-small", max_state_mb: float | None = None, progress: Any = None) -> dict[str, Any]:
     """Run the soak (module docstring) and return its records and verdict.
 
     ``abandon``: the share of conversations left after the tool call; ``store``: the server
     releases idle sessions to a SQLite store in a temporary directory (resumes, snapshots and
-    the table's memory of released sessions are exercised), else it drops them."""
+    the table's memory of released sessions are exercised), else it drops them. ``max_state_mb``:
+    the server's budget for its live sessions' state (None: its default, a quarter of memory)."""
     import anyio
     import httpx
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg: dict[str, Any] = {"model": model, "no_auth": True, "max_sessions": max_sessions,
                                "idle_release_s": idle_release_s, "max_in_flight": max(64, 2 * concurrency)}
+        if max_state_mb is not None:
+            cfg["max_state_mb"] = max_state_mb
         if store:
             cfg["store"] = f"sqlite:///{Path(tmp) / 'soak.db'}"
         port = _free_port()
@@ -102,8 +107,11 @@ def bench_soak(*, conversations: int = 2000, concurrency: int = 4, abandon: floa
     half = min(records, key=lambda r: abs(r["conversations"] - conversations / 2))
     last = records[-1]
     growth = last["rss_mb"] / half["rss_mb"] - 1
+    state_peak = max((r["state_mb"] for r in records if r["state_mb"] == r["state_mb"]), default=float("nan"))
     return {"conversations": conversations, "concurrency": concurrency, "abandon": abandon,
             "max_sessions": max_sessions, "idle_release_s": idle_release_s, "store": store, "model": model,
+            "max_state_mb": last["state_budget_mb"], "state_peak_mb": state_peak,
+            "state_within_budget": not state_peak > last["state_budget_mb"],
             "requests": state["requests"], "lost": state["lost"], "seconds": elapsed,
             "requests_per_s": state["requests"] / elapsed, "p99_ms": percentile_ms(state["all_latencies"], 0.99),
             "records": records, "rss_growth_second_half": growth, "errors": state["errors"],
@@ -133,7 +141,8 @@ async def _conversation(client, url: str, model: str, i: int, abandon: float, st
             state["records"].append(_record(url, pid, state))
             if progress is not None:
                 r = state["records"][-1]
-                progress(f"{r['conversations']} conversations: RSS {r['rss_mb']:.0f} MB, {r['live']:.0f} live, "
+                progress(f"{r['conversations']} conversations: RSS {r['rss_mb']:.0f} MB, {r['live']:.0f} live "
+                         f"({r['state_mb']:.1f} MB of state, budget {r['state_budget_mb']:.1f}), "
                          f"p99 {r['p99_ms']:.0f} ms, {state['lost']} lost")
         limiter.release()
 
@@ -172,6 +181,8 @@ def _record(url: str, pid: int, state: dict) -> dict[str, Any]:
     return {"conversations": state["done"], "rss_mb": rss_mb(pid), "live": metric("sleepagent_sessions"),
             "remembered": metric("sleepagent_sessions_remembered"), "fork_points": metric("sleepagent_fork_points"),
             "released": metric("sleepagent_sessions_released_total"),
+            "state_mb": metric("sleepagent_state_bytes") / 2**20,
+            "state_budget_mb": metric("sleepagent_state_budget_bytes") / 2**20,
             "p99_ms": percentile_ms(lat, 0.99) if lat else float("nan"), "lost": state["lost"]}
 
 
@@ -203,17 +214,20 @@ def report(r: dict[str, Any]) -> str:
     """The soak as markdown (the section of ``docs/benchmarks.md``)."""
     lines = [f"{r['conversations']} conversations over HTTP on loopback, {r['concurrency']} at a time, "
              f"{100 * r['abandon']:.0f}% abandoned after the tool call; server `max_sessions={r['max_sessions']}`, "
-             f"`idle_release_s={r['idle_release_s']:g}`, {'a SQLite store' if r['store'] else 'no store'}, "
+             f"`idle_release_s={r['idle_release_s']:g}`, `max_state_mb={r['max_state_mb']:.1f}`, "
+             f"{'a SQLite store' if r['store'] else 'no store'}, "
              f"model {r['model']}. {r['requests']} requests in {r['seconds']:.0f} s "
              f"({r['requests_per_s']:.1f}/s), p99 {r['p99_ms']:.0f} ms, {r['lost']} lost.", "",
-             "| conversations | server RSS (MB) | live sessions | released (total) | remembered | fork points "
-             "| p99 latency (ms) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| conversations | server RSS (MB) | live sessions | live state (MB) | released (total) | remembered "
+             "| fork points | p99 latency (ms) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["records"]:
-        lines.append(f"| {x['conversations']} | {x['rss_mb']:.0f} | {x['live']:.0f} | {x['released']:.0f} | "
+        lines.append(f"| {x['conversations']} | {x['rss_mb']:.0f} | {x['live']:.0f} | {x['state_mb']:.1f} | "
+                     f"{x['released']:.0f} | "
                      f"{x['remembered']:.0f} | {x['fork_points']:.0f} | {x['p99_ms']:.0f} |")
     verdict = "bounded" if r["bounded"] else "NOT bounded"
     lines += ["", f"RSS from half-way to the end: {100 * r['rss_growth_second_half']:+.1f}% ({verdict}: within 10% "
-              f"and nothing lost)."]
+              f"and nothing lost). Live state at most {r['state_peak_mb']:.1f} MB of a {r['max_state_mb']:.1f} MB "
+              f"budget ({'within' if r['state_within_budget'] else 'OVER'} it at every record)."]
     return "\n".join(lines)
 
 
