@@ -403,6 +403,8 @@ def bench_soak_cmd(
     max_sessions: Annotated[int, typer.Option(min=1, help="the server's live-session cap")] = 256,
     idle_release: Annotated[float, typer.Option(min=0.1, help="the server's idle release, seconds")] = 30.0,
     store: Annotated[bool, typer.Option(help="release to a SQLite store (else drop)")] = True,
+    max_state_mb: Annotated[float | None, typer.Option(
+        min=0.001, help="the server's live-state budget, MiB (default: its own, a quarter of memory)")] = None,
     out: Annotated[str | None, typer.Option(help="write the figures into this markdown file's soak section")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -411,7 +413,7 @@ def bench_soak_cmd(
     from ..bench.soak import bench_soak, report, write_section
 
     r = bench_soak(conversations=conversations, concurrency=concurrency, abandon=abandon, every=every,
-                   max_sessions=max_sessions, idle_release_s=idle_release, store=store,
+                   max_sessions=max_sessions, idle_release_s=idle_release, store=store, max_state_mb=max_state_mb,
                    progress=None if as_json else lambda m: console.print(f"[dim]{m}[/]"))
     if as_json:
         print(json.dumps(r))
