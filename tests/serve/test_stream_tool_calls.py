@@ -203,3 +203,24 @@ def test_langchain_openai_stream_accumulates_tool_call_chunks(url, choice):
     assert len(final.tool_calls) == 1 and final.tool_calls[0]["name"] == ("lookup" if choice else "next_page")
     assert final.response_metadata.get("finish_reason") == "tool_calls"
     assert not final.invalid_tool_calls
+
+
+def test_a_call_cut_by_the_budget_streams_what_was_written_and_finishes_length(url):
+    """As OpenAI's: the part of the call written before the budget ran out, then "length" (the
+    plain reply, whose call never closed, has no call and the same finish)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="key-a")
+    kw = dict(model="docqa-small", messages=[{"role": "user", "content": "Read the document."}], tools=TOOLS,
+              tool_choice="required", max_tokens=30)
+    plain = client.chat.completions.create(**kw)
+    assert plain.choices[0].finish_reason == "length" and not plain.choices[0].message.tool_calls
+    items, finish = [], None
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        delta = chunk.choices[0].delta
+        _no_markup(delta.content or "")
+        items += delta.tool_calls or []
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "length"
+    assert all(i.index == 0 for i in items)
+    assert [i.function.name for i in items if i.function.name] in ([], ["lookup"], ["next_page"])
