@@ -439,7 +439,10 @@ async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str
     """Server-sent events: a role chunk, content deltas as they are written, tool calls as they
     are written (as OpenAI streams them: a call's first chunk carries its index, id and name once
     the name is decoded, the next ones its argument text as it grows), the finish reason, and
-    (``stream_options.include_usage``) a last chunk with the usage."""
+    (``stream_options.include_usage``) a last chunk with the usage. A call cut by the token
+    budget streams what was written of it and finishes "length", as OpenAI's do (the plain reply
+    of such a turn has no call: it never closed); the Ray Serve router relays these bytes as they
+    are."""
     send, recv = anyio.create_memory_object_stream[Any](max_buffer_size=1_000_000)
     model = server.model_name
 
