@@ -134,13 +134,33 @@ def bench_engine_cmd(
     sessions: Annotated[int, typer.Option(min=1)] = 10,
     tokens: Annotated[int, typer.Option(min=1)] = 64,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    model: Annotated[str, typer.Option(help="native (a SleepHybridLM) or hf (a ~27M-parameter transformers qwen3_5 "
+                                            "hybrid built in-process; adds sleep at N = 2 / one pass)")] = "native",
+    out: Annotated[Path | None, typer.Option(help="--model hf: write its section into this markdown file "
+                                                  "(docs/benchmarks.md) and its JSON beside it")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Concurrent sessions' decode throughput: batched wake steps vs one session at a time."""
     from ..bench import bench_engine
 
     check_device(device)
-    result = bench_engine(sessions=sessions, tokens=tokens, device=device)
+    if model not in ("native", "hf"):
+        raise typer.BadParameter("--model must be native or hf")
+    result = bench_engine(sessions=sessions, tokens=tokens, device=device, model=model)
+    if model == "hf":
+        from ..bench.engine import HF_SECTION, hf_markdown
+        from ..bench.sections import write_section
+
+        given = {"--sessions": (sessions, 10), "--tokens": (tokens, 64), "--device": (device, "cpu")}
+        command = "sleepagent bench engine --model hf" + "".join(
+            f" {k} {v}" for k, (v, default) in given.items() if v != default) + (f" --out {out}" if out else "")
+        markdown = hf_markdown(result, command)
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_section(out, HF_SECTION, markdown)
+            out.with_name(out.stem + "_engine_hf.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result) if as_json else markdown)
+        return
     if as_json:
         print(json.dumps(result))
         return
