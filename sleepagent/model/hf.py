@@ -7,15 +7,19 @@ transformers config. The adapter gives the engine the same wake/sleep interface 
 - **wake** goes through the model's own ``forward`` and a transformers ``DynamicCache`` that
   holds the window: the attention KV of the tokens read since the last sleep, and the working
   linear-attention (GDN) states. Positions restart at 0 in every window (as in SleepHybridLM:
-  RoPE positions within the window).
+  RoPE positions within the window). Several sessions wake in one forward (``step_many``,
+  ``prefill_many``): their caches stacked into one batch (attention KV left-padded under a padding
+  mask, positions per row), the results written back into each session's cache.
 - **the paper's pieces**: ``embed``, ``blocks(h, fast, start, stop)`` and ``head``, as on
   SleepHybridLM. ``blocks`` is one call of the model's own decoder forward on a fresh cache
   holding ``fast``, in which the layers outside ``[start, stop)`` pass their input through.
 - **sleep** is the paper's Algorithm 1 over the window: ``h = embed(window)``; the layers before
   the looped span once, the span N times (each pass from the previous pass's hidden states and
   its end recurrent + conv states; attention causal within the window, its KV rebuilt from the
-  pass's h), the layers after the span once over the final h. Then the attention KV is dropped:
-  the next window starts a new cache seeded with the committed states.
+  pass's h), the layers after the span once over the final h. Pass 1 is wake's own (its end
+  states from the cache, its h the span's output that wake keeps while nothing is excluded), so N
+  passes cost N - 1. Then the attention KV is dropped: the next window starts a new cache seeded
+  with the committed states.
 - **training** goes through :func:`sleepagent.model.algorithm1.training_forward`, the same
   function SleepHybridLM trains through, over ``embed`` / ``blocks`` / ``head``.
 - **CPU safety**: when flash-linear-attention is importable, transformers binds its Triton
@@ -365,10 +369,13 @@ class HFHybridLM(torch.nn.Module):
             _WAKE.reset(token)
         for r, st in enumerate(states):
             if capture[r] and rec is not None and rec.out is not None:
-                h = rec.out[r : r + 1]
-                if st.window_h is None:
-                    st.window_h = h.new_zeros(1, st.window, h.shape[-1])
-                st.window_h[:, st.window_len : st.window_len + T] = h
+                h, end = rec.out[r : r + 1], st.window_len + T
+                if st.window_h is None or st.window_h.shape[1] < end:  # grown by doubling, up to the window
+                    grown = h.new_zeros(1, min(st.window, max(end, 64, 2 * st.window_len)), h.shape[-1])
+                    if st.window_h is not None:
+                        grown[:, : st.window_len] = st.window_h[:, : st.window_len]
+                    st.window_h = grown
+                st.window_h[:, st.window_len : end] = h
             else:
                 st.window_h = None  # this window's sleep cannot reuse wake: nothing to keep
             st.window_ids.extend(int(t) for t in ids[r].tolist())

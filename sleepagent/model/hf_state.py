@@ -29,10 +29,10 @@ class HFState:
     fast:   committed FastState at the window's start (S: GDN recurrent states [1, HV, K, V];
             conv: the conv tails [1, conv_dim, kernel]), one per linear-attention layer.
     cache:  the transformers cache over the window (attention KV + working GDN states).
-    window_h: the looped span's output over the window's tokens [1, window, d] (rows
-            ``:window_len`` written), kept by wake while the window's sleep may reuse it (nothing
-            excluded or shed; else None): sleep's pass 2 starts from it instead of recomputing
-            pass 1. Derived, never saved.
+    window_h: the looped span's output over the window's tokens [1, capacity, d] (rows
+            ``:window_len`` written; the capacity grows by doubling, up to the window), kept by
+            wake while the window's sleep may reuse it (nothing excluded or shed; else None):
+            sleep's pass 2 starts from it instead of recomputing pass 1. Derived, never saved.
     """
 
     fast: FastState

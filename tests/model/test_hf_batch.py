@@ -133,10 +133,15 @@ def test_sleep_reuses_wake_and_commits_what_recomputing_does(ckpt, loops, exclud
 
 
 def test_window_h_is_dropped_with_the_window(ckpt):
-    lm = lm_of(ckpt)
+    lm = lm_of(ckpt, window=64)
     st = lm.new_state()
     lm.prefill(torch.tensor([[1, 2, 3]]), st)
-    assert st.window_h is not None and st.window_h.shape[1] == st.window
+    assert st.window_h is not None and st.window_h.shape[1] <= st.window
+    for t in range(40):  # grows up to the window, and holds what blocks computes over it
+        lm.step(torch.tensor([t]), st)
+    assert st.window_h.shape[1] == st.window
+    ids = torch.tensor([st.window_ids])
+    assert_close(st.window_h[:, : st.window_len], lm.blocks(lm.embed(ids), st.fast)[0])
     lm.step(torch.tensor([4]), st, False)  # a never-consolidate token: sleep can no longer reuse wake
     assert st.window_h is None
     lm.step(torch.tensor([5]), st)
@@ -174,3 +179,23 @@ def test_engine_over_a_transformers_hybrid_batches(ckpt):
         want = anyio.run(_greedy, serial, 4)
         assert serial.batched_steps == 0
     assert got == want
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_next", "olmo_hybrid"])
+def test_other_architectures_batch_and_reuse_wake(tmp_path, model_type):
+    lm = lm_of(save_tiny_hybrid(tmp_path / model_type, model_type, seed=1))
+    g = torch.Generator().manual_seed(2)
+    states = sessions(lm, g, lengths=(0, 4, 9))
+    ref = copy.deepcopy(states)
+    toks = torch.randint(0, 256, (3,), generator=g)
+    assert_close(lm.step_many(toks, states), torch.cat([lm.step(toks[i : i + 1], r) for i, r in enumerate(ref)]))
+    pieces = [(torch.randint(0, 256, (n,), generator=g).tolist(), [True] * n) for n in (3, 1, 3)]
+    want = torch.cat([lm.prefill(torch.tensor([ids]), r)[:, -1] for (ids, _), r in zip(pieces, ref, strict=True)])
+    assert_close(lm.prefill_many(pieces, states), want)
+    for a, b in zip(states, ref, strict=True):
+        same_state(a, b)
+    st = lm.new_state()
+    lm.prefill(torch.randint(0, 256, (1, 12), generator=g), st)
+    recompute = copy.deepcopy(st)
+    recompute.window_h = None
+    assert_close(lm.consolidate(st, 2).fast.S, lm.consolidate(recompute, 2).fast.S)
