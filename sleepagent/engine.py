@@ -44,6 +44,7 @@ from anyio.lowlevel import EventLoopToken, current_token
 
 from .errors import ConfigError, SleepAgentError
 from .model import HybridState, SleepModel
+from .model.hybrid import SleepJob
 from .model.network import SleepTask
 from .policy import SleepPolicy
 from .tracing import engine_event as trace_engine_event
@@ -143,6 +144,7 @@ class EngineSession:
     _job_reason: str = "pause"
     _sleep_requested: bool = False
     _interrupted: bool = False
+    _suspended: bool = False  # a pause sleep kept across a wake (Engine resume_sleep): resumes at the next pause
     _wake_since: float | None = None
     _sleep_mark: tuple[float, float, float] = (0.0, 0.0, 0.0)  # sleep seconds (total, hidden, exposed) at its start
     closed: bool = False
@@ -184,6 +186,12 @@ class Engine:
     pieces; the first read of a step takes a whole chunk whatever the budget).
     ``max_pad_tokens``: rows of a step share one padded forward while the padding they add stays
     within this many tokens (0: decode steps and reads never share a forward).
+    ``resume_sleep``: a session that wakes into its unfinished pause sleep with ``on_wake="finish"``
+    keeps it: the wake reads and decodes over the intact window (its output is the output
+    without sleeping) and the sleep resumes at the next pause from where it stopped (passes done
+    kept), committing what an uninterrupted sleep followed by the same wake would; it is finished
+    on the spot (exposed) only when the window must evict for the wake, or before an explicit
+    :meth:`consolidate`.
     Sleep runs one block of one pass at a time, so a wake step waits for one block at most.
     ``wake_grace_s``: after a wake step, sleep work waits this long for the next one (a session
     that is generating sends it at once), so sleepers never slow down a generation in progress;
@@ -192,7 +200,7 @@ class Engine:
 
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
                  prefill_chunk: int = 64, wake_grace_s: float = 0.002, max_step_tokens: int = 256,
-                 max_pad_tokens: int = 64) -> None:
+                 max_pad_tokens: int = 64, resume_sleep: bool = False) -> None:
         if not isinstance(model, (SleepModel, str, os.PathLike)):
             raise ConfigError(f"model must be a SleepModel, a checkpoint name or a path, got {type(model).__name__}",
                               field="model")
@@ -209,6 +217,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.max_step_tokens = max_step_tokens
         self.max_pad_tokens = max_pad_tokens
+        self.resume_sleep = bool(resume_sleep)
         self.wake_grace_s = wake_grace_s
         self._last_wake = 0.0
         self._last_was_decode = False
@@ -305,6 +314,14 @@ class Engine:
         p = session.policy
         st = session.state
         with self._cv:
+            if session._suspended and not self._closed and not session.closed:
+                # a sleep kept across the last wake: it goes on from where it stopped
+                session._suspended = False
+                session._wake_since = None
+                if session not in self._sleepers:
+                    self._sleepers.append(session)
+                self._cv.notify()
+                return True
             if self._closed or session.closed or p.when != "pause" or session.sleeping:
                 return False
             # never-consolidate tokens do not count: a sleep is for what may be consolidated,
@@ -332,7 +349,10 @@ class Engine:
                 self._cv.notify()
 
     async def wait_idle(self, session: EngineSession) -> None:
-        """Wait until the session has no sleep in progress (its pending passes ran and committed)."""
+        """Wait until the session has no sleep in progress (its pending passes ran and committed;
+        a sleep kept across a wake goes on now)."""
+        if session._suspended:
+            self.pause(session)
         while session.sleeping and not self._closed:
             await anyio.sleep(0.002)
 
@@ -732,6 +752,20 @@ class Engine:
             # so the window boundary is the pause's, whatever the timing
             self._begin(s, "pause")
         job = s._job
+        if job is not None and s._job_reason != "forced" and self._keeps(s, job):
+            st = s.state
+            if not need or st.window_len + need <= st.window:
+                if isinstance(job, SleepJob) and job.passes_done == 0 and job.reuse_wake:
+                    s.stats.passes += job.run_step()  # pass 1 is what wake computed: take it before the wake adds to it
+                s._suspended = True  # the window is intact: the wake goes on over it
+                return False
+            # the window must evict: the sleep finishes now (exposed), then the wake goes on
+            s._suspended = False
+            if not job.done:
+                self._step_or_defer(s, defer)
+                return True
+            self._commit(s, exposed_from=0.0)
+        job = s._job
         if job is not None and s._job_reason != "forced":
             if mode == "abort":
                 self._abort(s)
@@ -760,6 +794,12 @@ class Engine:
         if s._job is None:
             s._wake_since = None
         return False
+
+    def _keeps(self, session: EngineSession, job: SleepTask) -> bool:
+        """Whether the session's pause sleep is kept across its wake (see ``resume_sleep``): a
+        :class:`~sleepagent.model.hybrid.SleepJob` reads its window's first tokens only, so the
+        wake may append to the window while it waits."""
+        return self.resume_sleep and session.policy.on_wake == "finish" and isinstance(job, SleepJob)
 
     def _step_or_defer(self, session: EngineSession, defer: list[EngineSession] | None) -> None:
         if defer is None:
@@ -818,6 +858,11 @@ class Engine:
         """Resolve the session's sleep per ``on_wake`` all at once (before an explicit consolidate)."""
         while self._advance_sleep(session, 0):
             pass
+        if session._job is not None:  # a sleep kept across a wake: finish it now
+            session._suspended = False
+            while not session._job.done:
+                self._timed_step(session, exposed_from=0.0)
+            self._commit(session, exposed_from=0.0)
 
     def _run_sleep_steps(self, sleepers: list[EngineSession]) -> None:
         """One block of each paused session's sleep (the worker's gap work), batched across
@@ -928,6 +973,7 @@ class Engine:
                 session.persist_error = e
                 self._emit(session, "persist_failed", error=str(e))
         session._job = None
+        session._suspended = False
         session._wake_since = None
         self._emit(session, "sleep_finished", passes=job.passes_done, committed=True, reason=session._job_reason,
                    tokens=job.n_consolidated, **self._sleep_seconds(session))
@@ -935,6 +981,7 @@ class Engine:
     def _abort(self, session: EngineSession) -> None:
         job = session._job
         session._job = None
+        session._suspended = False
         session._wake_since = None
         session.stats.aborted_sleeps += 1
         self._emit(session, "sleep_finished", passes=job.passes_done if job else 0, committed=False, reason="abort",

@@ -167,3 +167,47 @@ async def test_cancelled_request_is_dropped_and_engine_keeps_serving(engine):
 
     with pytest.raises(EngineClosed):
         await engine.decode(s, 1)
+
+
+@pytest.mark.parametrize("then", ["pause", "evict"])
+async def test_a_sleep_woken_mid_way_resumes_where_it_stopped(then):
+    # resume_sleep: the wake runs over the intact window (as though no sleep had begun), the
+    # sleep keeps its passes and goes on at the next pause, or finishes when the window must evict
+    with Engine(tiny_model(window=512, d_model=128), resume_sleep=True) as engine:
+        s = engine.session(policy=SleepPolicy(loops=30, min_fill=0.1))
+        doc, q = text_ids(engine, "c" * 300), text_ids(engine, "where now?")
+        await engine.prefill(s, doc)
+        assert engine.pause(s)
+        while s.stats.passes < 2:
+            await anyio.sleep(0.001)
+        got = [await engine.prefill(s, q)] + [await engine.decode(s, t) for t in (5, 6, 7)]
+        assert s.sleeping and s.stats.sleeps == 0 and s._job is not None
+        kept = s._job.passes_done
+        assert 2 <= kept < 30 and s.stats.passes == kept  # no pass ran while it was awake
+        lm = engine.model.model
+        ref = lm.new_state()
+        lm.prefill(torch.tensor([doc]), ref)
+        awake = ref.clone()
+        want = [lm.prefill(torch.tensor([q]), awake)[0, -1]] + [lm.step(torch.tensor([t]), awake)[0] for t in (5, 6, 7)]
+        for a, b in zip(got, want, strict=True):  # wake output: the output without sleeping
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        tail = q + [5, 6, 7]
+        if then == "pause":
+            assert engine.pause(s)
+            await engine.wait_idle(s)
+        else:
+            more = text_ids(engine, "m" * 250)  # does not fit beside the document
+            await engine.prefill(s, more)
+            tail += more
+            assert s.stats.sleep_s_exposed > 0
+        st = s.stats
+        assert st.sleeps == 1 and st.passes == 30 and st.aborted_sleeps == 0 and st.forced_sleeps == 0
+        # the state an uninterrupted sleep commits, then the same wake tokens read after it
+        slept = lm.consolidate(ref, loops=30)
+        lm.prefill(torch.tensor([tail]), slept)
+        assert (s.state.window_len, s.state.tokens_seen, s.state.tokens_consolidated) == \
+            (len(tail), len(doc) + len(tail), len(doc))
+        for a, b in zip(s.state.fast.S + s.state.working.S, slept.fast.S + slept.working.S, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        nxt = await engine.decode(s, 8)
+        torch.testing.assert_close(nxt, lm.step(torch.tensor([8]), slept)[0], rtol=1e-4, atol=1e-5)
