@@ -80,21 +80,20 @@ def transcript_digests(key: bytes, turns: Sequence[ChatTurn], start: str = "") -
     return out
 
 
-def _tensor_bytes(obj: Any, seen: set[int], visited: set[int], depth: int = 0) -> int:
-    """Bytes of the tensor storages reachable from ``obj`` (through tuples, lists, dicts and object
-    attributes, never into a module's weights), each storage counted once across calls that share
-    ``seen`` (a view of a tensor already counted costs nothing)."""
+def _storages(obj: Any, out: dict[int, int], visited: set[int], depth: int = 0) -> None:
+    """The tensor storages reachable from ``obj`` (through tuples, lists, dicts and object
+    attributes, never into a module's weights) into ``out``: address -> bytes. Storages, not
+    tensors: a view keeps all of its storage alive (a row of a batched result, a slice of a
+    read's activations), and views of one storage are one allocation."""
     if obj is None or depth > 8 or isinstance(obj, (int, float, str, bytes, bool, torch.nn.Module)):
-        return 0
+        return
     if isinstance(obj, torch.Tensor):
         storage = obj.untyped_storage()
-        ptr = storage.data_ptr()
-        if not ptr or ptr in seen:
-            return 0
-        seen.add(ptr)
-        return storage.nbytes()
+        if storage.data_ptr():
+            out[storage.data_ptr()] = storage.nbytes()
+        return
     if id(obj) in visited:
-        return 0
+        return
     visited.add(id(obj))
     if isinstance(obj, (list, tuple)):
         items: Any = obj
@@ -103,23 +102,28 @@ def _tensor_bytes(obj: Any, seen: set[int], visited: set[int], depth: int = 0) -
     else:
         attrs = getattr(obj, "__dict__", None)
         if attrs is None:
-            return 0
+            return
         items = [v for k, v in attrs.items() if k not in ("model", "config")]
-    return sum(_tensor_bytes(x, seen, visited, depth + 1) for x in items)
+    for x in items:
+        _storages(x, out, visited, depth + 1)
+
+
+def state_storages(es: EngineSession) -> dict[int, int]:
+    """The memory one live session's state holds, as its tensor storages (address -> bytes): its
+    model state (fast weights, committed and working; the KV window, preallocated or grown with
+    the window's fill; the window's hidden states), a sleep in progress (its refined hidden states
+    and fast weights) and the logits after its last token. A read of tensor sizes, safe while the
+    engine's worker runs the session (a figure of that moment)."""
+    out: dict[int, int] = {}
+    visited: set[int] = set()
+    for part in (es.state, es._job, es.last_logits):
+        _storages(part, out, visited)
+    return out
 
 
 def state_bytes(es: EngineSession) -> int:
-    """Bytes of one live session's state: its model state (fast weights, committed and working;
-    the KV window, preallocated or grown with the window's fill; the window's hidden states), a
-    sleep in progress (its refined hidden states and fast weights, what it shares with the state
-    counted once) and the logits after its last token. A read of tensor sizes, safe while the
-    engine's worker runs the session (a figure of that moment)."""
-    seen: set[int] = set()
-    visited: set[int] = set()
-    n = _tensor_bytes(es.state, seen, visited)
-    n += _tensor_bytes(es._job, seen, visited)
-    n += _tensor_bytes(es.last_logits, seen, visited)
-    return n
+    """Bytes of one live session's state (:func:`state_storages`, each storage once)."""
+    return sum(state_storages(es).values())
 
 
 def default_state_budget(device: Any = None) -> int:
@@ -207,20 +211,25 @@ class ChatSession:
     dirty: bool = False  # a request was cancelled mid-read: the next one starts the session over
     leaving: bool = False  # being released: no request may take it (it is closed when the release ends)
     since: float = 0.0  # store clock when its current state began (snapshots older than this are another's)
-    _measured: tuple[tuple[int, ...], int] | None = None  # (what the state looked like, its bytes)
+    _measured: tuple[tuple[int, ...], dict[int, int]] | None = None  # (what the state looked like, its storages)
+
+    def storages(self) -> dict[int, int]:
+        """:func:`state_storages` of its engine session, measured again only when the state changed
+        (another state object or fast weights, window fill, sleep job or pass, logits)."""
+        es = self.engine_session
+        st, job = es.state, es._job
+        fields = getattr(st, "__dict__", {})  # not properties: HFState computes its working state
+        key = (id(st), int(getattr(st, "window_len", 0)), id(fields.get("fast")), id(fields.get("working")),
+               id(fields.get("cache")), id(job), int(getattr(job, "passes_done", 0)),
+               id(getattr(job, "_cursor", None)), id(getattr(job, "_h", None)), id(es.last_logits))
+        if self._measured is None or self._measured[0] != key:
+            self._measured = (key, state_storages(es))
+        return self._measured[1]
 
     @property
     def state_bytes(self) -> int:
-        """:func:`state_bytes` of its engine session, measured again only when the state changed
-        (another state object, window fill, sleep job or pass, logits)."""
-        es = self.engine_session
-        job = es._job
-        key = (id(es.state), int(getattr(es.state, "window_len", 0)), id(job),
-               int(getattr(job, "passes_done", 0)), id(getattr(job, "_cursor", None)), id(getattr(job, "_h", None)),
-               id(es.last_logits))
-        if self._measured is None or self._measured[0] != key:
-            self._measured = (key, state_bytes(es))
-        return self._measured[1]
+        """Bytes its state holds (:func:`state_bytes`)."""
+        return sum(self.storages().values())
 
     @property
     def messages_read(self) -> int:
@@ -477,8 +486,12 @@ class SessionTable:
         return s, turns[n:], status
 
     def live_bytes(self) -> int:
-        """Bytes of every live session's state (:func:`state_bytes`)."""
-        return sum(s.state_bytes for s in list(self.live.values()))
+        """Bytes of every live session's state (:func:`state_bytes`; a storage several sessions
+        share, as rows of one batched step's result, counted once)."""
+        held: dict[int, int] = {}
+        for s in list(self.live.values()):
+            held.update(s.storages())
+        return sum(held.values())
 
     async def _trim(self, need: int = 0) -> bool:
         """Release the least recently used idle sessions until the live state and ``need`` more
@@ -486,18 +499,13 @@ class SessionTable:
         budget = self.max_state_bytes
         if budget is None:
             return True
-        sizes = {id(s): s.state_bytes for s in list(self.live.values())}
-        total = sum(sizes.values())
-        if total + need <= budget:
-            return True
-        now = time.monotonic()
-        for s in sorted((s for s in list(self.live.values()) if s.available(now)), key=lambda s: s.last_used):
-            if total + need <= budget:
-                break
-            if s.available(time.monotonic()) and self.live.get((s.tenant, s.id)) is s:
-                await self.release(s)
-                total -= sizes.get(id(s), 0)
-        return total + need <= budget
+        while self.live_bytes() + need > budget:
+            now = time.monotonic()
+            idle = [s for s in self.live.values() if s.available(now)]
+            if not idle:
+                return False
+            await self.release(min(idle, key=lambda s: s.last_used))
+        return True
 
     async def _make_room(self) -> None:
         """Room for one more session (asked only when one is about to be made): at most

@@ -86,6 +86,8 @@ async def test_past_the_budget_the_least_recently_used_idle_sessions_are_release
             ids.append(r.session.id)
             await rt.release_idle()  # the server's periodic sweep (idle_release_s is far off)
             assert table.live_bytes() <= budget
+            # storages, each once: rows of one batched step's result shared by sessions count once
+            assert table.live_bytes() <= sum(x.state_bytes for x in table.live.values())
             assert len(table.live) == min(n + 1, 2)
         # the two most recently used stay; the others were released to the store, oldest first
         assert {sid for _, sid in table.live} == set(ids[-2:])
