@@ -34,13 +34,14 @@ def _hf_model(root: Path, window: int, device: str) -> SleepModel:
 
 def bench_engine(
     *, sessions: int = 10, tokens: int = 64, device: str = "cpu", config: SleepHybridConfig | None = None,
-    model: str = "native", sleep_window: int = 256, repeats: int = 3, threads: int = 1,
+    model: str = "native", sleep_window: int = 256, repeats: int = 3, sleep_repeats: int = 7, threads: int = 1,
 ) -> dict:
     """Throughput of concurrent sessions' decode on one engine, batched vs one step at a time.
 
     ``model``: "native" (a SleepHybridLM from ``config``) or "hf" (a ~27M-parameter transformers
     qwen3_5 hybrid built in-process, no download); for "hf" also the sleep of a ``sleep_window``-
-    token window at N = 2 against one pass over it (median of ``repeats``), reusing wake's pass 1
+    token window at N = 2 against one pass over it (median of ``sleep_repeats``; the engine's
+    serial/batched runs alternate ``repeats`` times), reusing wake's pass 1
     and recomputing it; the "hf" run uses ``threads`` torch threads."""
     if model not in ("native", "hf"):
         raise ValueError(f"model must be 'native' or 'hf', got {model!r}")
@@ -53,7 +54,7 @@ def bench_engine(
                 hf: Any = sm.model
                 out = {"model": "hf-qwen3_5-27M", "params": sum(p.numel() for p in hf.parameters()),
                        "threads": threads, **_engine(sm, sessions, tokens, device, rounds=repeats)}
-                return {**out, "sleep": _sleep_reuse(sm, sleep_window, repeats)}
+                return {**out, "sleep": _sleep_reuse(sm, sleep_window, sleep_repeats)}
         finally:
             torch.set_num_threads(prev)
     config = config or SleepHybridConfig(
@@ -149,8 +150,9 @@ def hf_markdown(r: dict, command: str) -> str:
     return "\n".join([
         f"`{command}` ({r['device']}, {r['threads']} torch thread(s)): a {r['params'] / 1e6:.1f}M-parameter "
         "qwen3_5 hybrid (6 GDN + 2 attention layers, d = 512) built in-process from a config, through the "
-        "transformers adapter (`sleepagent.model.hf`). Each ratio is the median of "
-        f"{s['repeats']} interleaved rounds, their range in brackets (a noisy shared host).",
+        "transformers adapter (`sleepagent.model.hf`). Each ratio is the median of interleaved rounds "
+        f"({r.get('rounds', 1)} for the engine, {s['repeats']} for sleep), their range in brackets (a noisy "
+        "shared host).",
         "",
         "| measure | value |",
         "|---|---|",
