@@ -211,7 +211,8 @@ class ChatSession:
     dirty: bool = False  # a request was cancelled mid-read: the next one starts the session over
     leaving: bool = False  # being released: no request may take it (it is closed when the release ends)
     since: float = 0.0  # store clock when its current state began (snapshots older than this are another's)
-    _measured: tuple[tuple[int, ...], dict[int, int]] | None = None  # (what the state looked like, its storages)
+    # (what the state looked like, its storages): measured again only when that changes
+    _measured: tuple[tuple[int, ...], dict[int, int]] | None = field(default=None, repr=False)
 
     def storages(self) -> dict[int, int]:
         """:func:`state_storages` of its engine session, measured again only when the state changed
