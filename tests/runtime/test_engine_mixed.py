@@ -70,8 +70,17 @@ def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
         assert g["stats"].excluded_drops == w["stats"].excluded_drops
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny steps: a second torch thread only contends with whatever else the host runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def reference() -> list[dict[str, Any]]:
+def reference(one_thread) -> list[dict[str, Any]]:
     with Engine(tiny_model(), batch_wake=False) as engine:
         return anyio.run(run_scripts, engine, False)
 
