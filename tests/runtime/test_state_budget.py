@@ -152,3 +152,34 @@ async def test_a_session_with_a_request_in_flight_is_never_released(sm, tmp_path
     finally:
         rt.engine.close()
         store.close()
+
+
+def test_the_server_takes_a_budget_and_reports_the_live_state(sm, tmp_path):
+    """``sleepagent serve --max-state-mb``: the table's budget; /metrics: the live state and the budget."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from sleepagent.cli import app
+    from sleepagent.serve import ServeConfig, serve_in_background
+
+    help_text = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["serve", "--help"]).output
+    assert "--max-state-mb" in help_text
+    engine = Engine(sm)
+    mb = 2.5 * state_bytes(engine.session("probe")) / 2**20
+    engine.close()
+    cfg = ServeConfig(model=sm, no_auth=True, store=f"sqlite:///{tmp_path / 'serve.db'}", max_state_mb=mb)
+
+    def metric(text: str, name: str) -> float:
+        return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+    with serve_in_background(cfg) as url:
+        for n in range(4):
+            r = httpx.post(f"{url}/chat/completions", timeout=60,
+                           json={"model": "docqa-small", "max_tokens": 8,
+                                 "messages": [{"role": "user", "content": opening(n)[0].text}]})
+            assert r.status_code == 200
+        text = httpx.get(f"{url.removesuffix('/v1')}/metrics").text
+    assert metric(text, "sleepagent_state_budget_bytes") == int(mb * 2**20)
+    live, state = metric(text, "sleepagent_sessions"), metric(text, "sleepagent_state_bytes")
+    assert 1 <= live <= 2 and state > 0
+    assert metric(text, "sleepagent_sessions_released_total") == 4 - live
