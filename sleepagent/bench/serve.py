@@ -68,7 +68,7 @@ async def _stream_turn(
     first: float | None = None
     last = t0  # set at the first token, before any interval is measured
     content: str = ""
-    calls: list[dict[str, Any]] = []
+    calls: dict[int, dict[str, Any]] = {}
     async with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:150]}")
@@ -88,14 +88,20 @@ async def _stream_turn(
                     if first is None:
                         first = now
                         record and record("ttft", now - t0)
-                    elif delta.get("content"):
+                    else:  # a content piece, or a piece of a streamed tool call's arguments
                         record and record("itl", now - last)
                     last = now
                     content += delta.get("content") or ""
-                    calls += delta.get("tool_calls") or []
+                    for piece in delta.get("tool_calls") or []:  # OpenAI's stream: id and name, then arguments
+                        call = calls.setdefault(piece["index"], {"id": "", "type": "function",
+                                                                 "function": {"name": "", "arguments": ""}})
+                        call["id"] = piece.get("id") or call["id"]
+                        fn = piece.get("function") or {}
+                        call["function"]["name"] += fn.get("name") or ""
+                        call["function"]["arguments"] += fn.get("arguments") or ""
     message: dict[str, Any] = {"role": "assistant", "content": content or None}
     if calls:
-        message["tool_calls"] = [{k: c[k] for k in ("id", "type", "function")} for c in calls]
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
     return message, sid
 
 
