@@ -235,18 +235,3 @@ def report(r: dict[str, Any]) -> str:
 
 
 SECTION = "## Soak: thousands of conversations against one server (`sleepagent bench soak`)"
-
-
-def write_section(path: str | os.PathLike, markdown: str) -> None:
-    """Put ``markdown`` under :data:`SECTION` in the file at ``path``, replacing that section if
-    the file has one (up to the next ``## `` heading), else appending it."""
-    p = Path(path)
-    text = p.read_text() if p.exists() else ""
-    body = f"{SECTION}\n\n{markdown}\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + body
-    p.write_text(text)

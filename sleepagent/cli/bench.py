@@ -430,7 +430,8 @@ def bench_soak_cmd(
 ) -> None:
     """Thousands of short conversations against a real `sleepagent serve` (its own process): its
     RSS, live sessions and p99 latency against conversations; bounded = a plateau, nothing lost."""
-    from ..bench.soak import bench_soak, report, write_section
+    from ..bench.sections import write_section
+    from ..bench.soak import SECTION, bench_soak, report
 
     r = bench_soak(conversations=conversations, concurrency=concurrency, abandon=abandon, every=every,
                    max_sessions=max_sessions, idle_release_s=idle_release, store=store, max_state_mb=max_state_mb,
@@ -440,7 +441,7 @@ def bench_soak_cmd(
     else:
         console.print(report(r))
     if out:
-        write_section(out, report(r))
+        write_section(out, SECTION, report(r))
     if not r["bounded"]:
         raise typer.Exit(1)
 
