@@ -616,8 +616,8 @@ class Engine:
             self.batched_steps += 1
         if n_decode and n_decode < len(rows):
             self.mixed_steps += 1
-        for group in self._groups(rows):
-            self._forward(group)
+        for group in reversed(self._groups(rows)):  # the shortest rows (decode steps) first: answered
+            self._forward(group)  # before the reads' forward, their sessions send their next steps meanwhile
 
     def _groups(self, rows: list[Any]) -> list[list[Any]]:
         """Rows (each a piece of tokens for one session) in forwards: one padded forward costs
