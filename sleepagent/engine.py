@@ -799,7 +799,8 @@ class Engine:
         """Whether the session's pause sleep is kept across its wake (see ``resume_sleep``): a
         :class:`~sleepagent.model.hybrid.SleepJob` reads its window's first tokens only, so the
         wake may append to the window while it waits."""
-        return self.resume_sleep and session.policy.on_wake == "finish" and isinstance(job, SleepJob)
+        mode = session.policy.on_wake
+        return (mode == "resume" or (self.resume_sleep and mode == "finish")) and isinstance(job, SleepJob)
 
     def _step_or_defer(self, session: EngineSession, defer: list[EngineSession] | None) -> None:
         if defer is None:

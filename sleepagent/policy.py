@@ -47,9 +47,14 @@ class SleepPolicy(_Policy):
               flight, or the user is thinking) and the window is at least ``min_fill`` full;
               "full": sleep only when a wake step does not fit the window (forced, exposed).
     min_fill: fraction of the window that must be filled before a pause triggers a sleep.
-    on_wake:  the session wakes before the passes finish: "finish" them first (the wait is
-              exposed), "commit" the passes done so far (at least one), or "abort" them (the
-              window is intact, nothing is lost; the next sleep starts over). A sleep counts
+    on_wake:  the session wakes before the passes finish: "resume" them at the next pause (the
+              wake reads and writes over the intact window, as though no sleep had begun; the
+              passes done are kept, and the commit is what an uninterrupted sleep followed by
+              the same wake gives; the rest runs exposed only when the window must evict first),
+              "finish" them first (the wait is exposed), "commit" the passes done so far (at
+              least one), or "abort" them (the window is intact, nothing is lost; the next sleep
+              starts over). "resume" needs the native model's sleep job; a transformers hybrid's
+              sleep finishes instead. A sleep counts
               as begun at the pause, even if no pass ran yet, so window boundaries do not
               depend on timing (except with "abort").
     """
@@ -57,7 +62,7 @@ class SleepPolicy(_Policy):
     loops: int = Field(default=4, ge=1, le=MAX_LOOPS)
     when: Literal["pause", "full"] = "pause"
     min_fill: float = Field(default=0.5, ge=0.0, le=1.0, strict=False)  # 1 means 1.0
-    on_wake: Literal["finish", "commit", "abort"] = "finish"
+    on_wake: Literal["resume", "finish", "commit", "abort"] = "resume"
 
 
 class MemoryPolicy(_Policy):

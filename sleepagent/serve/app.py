@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-OnWake = Literal["finish", "commit", "abort"]  # SleepPolicy.on_wake
+OnWake = Literal["resume", "finish", "commit", "abort"]  # SleepPolicy.on_wake
 
 
 class ServeConfig(BaseModel):
@@ -98,7 +98,7 @@ class ServeConfig(BaseModel):
     max_state_mb: float | None = Field(default=None, gt=0)
     persist_window: bool = False
     ttl: float | None = Field(default=None, gt=0)
-    on_wake: str = Field(default="finish", pattern="^(finish|commit|abort)$")
+    on_wake: str = Field(default="resume", pattern="^(resume|finish|commit|abort)$")
 
 
 def load_api_keys(path: str | None = None, env: str | None = None) -> dict[str, str]:

@@ -169,12 +169,16 @@ async def test_cancelled_request_is_dropped_and_engine_keeps_serving(engine):
         await engine.decode(s, 1)
 
 
+@pytest.mark.parametrize("how", ["policy", "engine"])
 @pytest.mark.parametrize("then", ["pause", "evict"])
-async def test_a_sleep_woken_mid_way_resumes_where_it_stopped(then):
-    # resume_sleep: the wake runs over the intact window (as though no sleep had begun), the
-    # sleep keeps its passes and goes on at the next pause, or finishes when the window must evict
-    with Engine(tiny_model(window=512, d_model=128), resume_sleep=True) as engine:
-        s = engine.session(policy=SleepPolicy(loops=30, min_fill=0.1))
+async def test_a_sleep_woken_mid_way_resumes_where_it_stopped(then, how):
+    # on_wake="resume" (the default), or Engine(resume_sleep=True) with on_wake="finish": the wake
+    # runs over the intact window (as though no sleep had begun), the sleep keeps its passes and
+    # goes on at the next pause, or finishes when the window must evict
+    assert SleepPolicy().on_wake == "resume"
+    with Engine(tiny_model(window=512, d_model=128), resume_sleep=how == "engine") as engine:
+        mode = "resume" if how == "policy" else "finish"
+        s = engine.session(policy=SleepPolicy(loops=30, min_fill=0.1, on_wake=mode))
         doc, q = text_ids(engine, "c" * 300), text_ids(engine, "where now?")
         await engine.prefill(s, doc)
         assert engine.pause(s)
