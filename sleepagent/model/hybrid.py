@@ -482,7 +482,7 @@ class SleepHybridLM(nn.Module):
             self._append(
                 st, ids[row], torch.full_like(ids[row], flags[r], dtype=torch.bool), h_span[row],
                 [(j, k[row], v[row]) for j, k, v in new_kv],
-                FastState(S=tuple(s[row] for s in S), conv=tuple(c[row] for c in conv)),
+                _own_rows(S, conv, row),
             )
         return logits
 
@@ -543,7 +543,7 @@ class SleepHybridLM(nn.Module):
             self._append(
                 st, ids[row, :T], torch.tensor([pieces[r][1]], dtype=torch.bool, device=device), h_span[row, :T],
                 [(j, k[row, :, :T], v[row, :, :T]) for j, k, v in new_kv],
-                FastState(S=tuple(s[row] for s in S), conv=tuple(c[row] for c in conv)),
+                _own_rows(S, conv, row),
             )
         return logits
 
@@ -798,8 +798,7 @@ class SleepJob:
             h, fast, _ = jobs[rows[0]].model._run(h, fast, i, i + 1, valid=valid)
             for k, (r, n) in enumerate(zip(rows, lengths, strict=True)):
                 row = slice(k, k + 1)
-                out[r] = jobs[r]._block_done(h[row, :n], FastState(S=tuple(s[row] for s in fast.S),
-                                                                 conv=tuple(c[row] for c in fast.conv)))
+                out[r] = jobs[r]._block_done(h[row, :n], _own_rows(fast.S, fast.conv, row))
         return [bool(x) for x in out]
 
     @torch.no_grad()
@@ -844,3 +843,10 @@ class SleepJob:
             if layer >= b:
                 S[j], conv[j] = committed.S[j], committed.conv[j]
         return FastState(S=tuple(S), conv=tuple(conv))
+
+
+def _own_rows(S: tuple[torch.Tensor, ...], conv: tuple[torch.Tensor, ...], row: slice) -> FastState:
+    """One row of a batched pass's fast state, copied: a view would keep the whole batch's
+    tensors alive for as long as any of its sessions keeps its state (a live-state budget
+    counts storage, so idle sessions would hold other sessions' rows)."""
+    return FastState(S=tuple(s[row].clone() for s in S), conv=tuple(c[row].clone() for c in conv))

@@ -382,7 +382,8 @@ class GatedDeltaNet(nn.Module):
         seq = torch.cat([conv_tail.to(qkv.dtype), qkv.transpose(1, 2)], dim=2)  # [B, C, ks-1+T]
         qkv = F.silu(F.conv1d(seq, self.conv_weight.to(qkv.dtype), groups=self.conv_dim)).transpose(1, 2)
         if valid is None:
-            new_tail = seq[:, :, seq.shape[2] - (self.conv_size - 1) :]
+            # a copy: a view would keep the whole [B, C, ks-1+T] input alive in the session's state
+            new_tail = seq[:, :, seq.shape[2] - (self.conv_size - 1) :].clone()
         else:  # row b's tail: its last conv_size - 1 inputs before the padding
             ends = valid.sum(1)  # [B]
             idx = ends[:, None] + torch.arange(self.conv_size - 1, device=x.device)[None, :]  # [B, ks-1]
