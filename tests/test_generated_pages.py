@@ -35,3 +35,59 @@ def test_the_readme_quotes_the_scores_json():
     quoted = " against ".join(f"{r['right'] / r['n']:.2f}" for r in rate.values())
     readme = (ROOT / "README.md").read_text()
     assert f"({quoted}, {rate['main N=4']['n']} questions each" in " ".join(readme.split())
+
+
+STUDIES = ROOT / "docs" / "studies"
+
+
+def _study(name: str) -> dict:
+    return json.loads((STUDIES / f"{name}.json").read_text())
+
+
+def test_the_sweep_pages_are_their_json():
+    """The pages issue 33 corrected (their notes live in the JSON) re-render to what is committed."""
+    from sleepagent.train.study import markdown
+
+    for name in ("depo-sweep", "rule110-sweep"):
+        assert markdown(_study(name)) == (STUDIES / f"{name}.md").read_text(), name
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_studies_md_quotes_the_sweep_means_from_their_json():
+    studies = _flat((STUDIES / "studies.md").read_text())
+    for name, difficulty, lead in (("depo-sweep", "2", "2-hop: "), ("rule110-sweep", "2", "")):
+        row = _study(name)["comparison"][difficulty]
+        quoted = ", ".join(f"{row[f'N{n}_mean']:.3f}" for n in (1, 2, 3, 4))
+        assert f"{lead}{quoted}" in studies, name
+
+
+def test_the_depo_sweep_n1_plateau_range_is_its_curve():
+    """'N = 1 stayed at A to B from step 12000 to 24000': A and B are the 2-hop periodic scores' extremes."""
+    runs = _study("depo-sweep")["runs"]
+    scores = [c["accuracy"]["1"]["2"] for k in ("N1_s0", "N1_s1") for c in runs[k]["curve"]
+              if 12000 <= c["step"] <= 24000]
+    lo, hi = min(scores), max(scores)
+    quoted = f"N = 1 stayed at {lo:.3f} to {hi:.3f} from step 12000 to 24000"
+    for page in ("depo-sweep.md", "notes/depo-sweep.md"):
+        assert quoted in _flat((STUDIES / page).read_text()), page
+
+
+def test_the_steps_beyond_n2_are_not_called_monotone_within_the_seed_spread():
+    """Depo's N = 2 -> 3 -> 4 differences do not beat the seed spread, so no page calls the sweep monotone."""
+    row = _study("depo-sweep")["comparison"]["2"]
+    spread = max(row[f"N{n}_spread"] for n in (3, 4))
+    assert row["N4_mean"] - row["N3_mean"] < spread
+    for page in ("studies.md", "depo-sweep.md"):
+        assert "monotone" not in (STUDIES / page).read_text().lower(), page
+
+
+def test_paper_numbers_are_only_those_the_paper_states():
+    """Figures the paper's text does not contain (Rule 110 '20%' at N = 2, Depo 'N = 2 from k = 8') stay off."""
+    pages = [ROOT / "README.md", *STUDIES.glob("*.md"), *(STUDIES / "notes").glob("*.md")]
+    for page in pages:
+        text = _flat(page.read_text())
+        assert "about 10%, 20%" not in text, page
+        assert "N = 2 from k = 8" not in text, page
