@@ -24,7 +24,13 @@ batched forward pass.
     in the original generator's ids (``9000+k``, ``9500``, separator ``9700``) onto this layout,
     for ``sleepagent eval --data``.
 
-``gsm_inf`` (GSM-Infinite's symbolic subset, byte level): the question ``Q: V123456?`` first
+``gsm_infinite`` (:mod:`sleepagent.train.gsm_infinite`): GSM-Infinite's semantics (a random
+    dependency DAG, distractor graphs with the same operation mix and no marker, the symbolic
+    question "which variables equal v?" answered by a list). It supersedes ``gsm_inf``.
+
+``gsm_inf`` (the earlier, simpler task, kept so its study and checkpoints still load; NOT
+    GSM-Infinite: one chain to one value, and its fillers all use ``+ 1``, which marks the chain):
+    the question ``Q: V123456?`` first
     (``digits`` per name, 6 as in the original; fewer make shorter text for CPU studies),
     then shuffled statements ``assign V1 = V2 + 1.`` / ``- 1`` / plain copy, one chain of ``op``
     statements from a root ``assign Vx = <0..10>``, plus filler chains whose root is never
@@ -43,8 +49,9 @@ from typing import Any
 from ..errors import DataError
 from .docqa import DocQA
 from .example import Example, collate
+from .gsm_infinite import GsmInfinite
 
-__all__ = ["TASKS", "Depo", "Example", "GsmInf", "Rule110", "collate", "make_task", "read_data"]
+__all__ = ["TASKS", "Depo", "Example", "GsmInf", "GsmInfinite", "Rule110", "collate", "make_task", "read_data"]
 
 
 def rule110_step(row: list[int]) -> list[int]:
@@ -217,14 +224,18 @@ def read_data(path: str | Path, task: Any) -> list[Example]:
     """Externally supplied test sequences, one JSON object per line, mapped onto ``task``:
     depo ``{"tokens": [...], "label": [...]}`` in the original generator's layout
     (:meth:`Depo.from_original`), gsm_inf ``{"question_var": ..., "context": ..., "answer": int}``
-    (:meth:`GsmInf.from_record`)."""
+    (:meth:`GsmInf.from_record`), gsm_infinite ``{"problem": ..., "question": ..., "answer": ..., "op": int}``
+    (:meth:`GsmInfinite.from_problem`; ``op`` optional)."""
     keys: tuple[str, ...]
     if isinstance(task, Depo):
         keys, build = ("tokens", "label"), lambda r: task.from_original([int(t) for t in r[0]], [int(x) for x in r[1]])
+    elif isinstance(task, GsmInfinite):
+        keys, build = ("problem", "question", "answer"), lambda r: task.from_problem(
+            str(r[0]), str(r[1]), str(r[2]), None if r[3] is None else int(r[3]))
     elif hasattr(task, "from_record"):  # gsm_inf, or gsm_inf through a model's tokenizer
         keys, build = ("question_var", "context", "answer"), lambda r: task.from_record(str(r[0]), str(r[1]), int(r[2]))
     else:
-        raise DataError(f"--data reads depo and gsm_inf sequences, not {getattr(task, 'name', task)!r}")
+        raise DataError(f"--data reads depo, gsm_inf and gsm_infinite sequences, not {getattr(task, 'name', task)!r}")
     examples = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -232,7 +243,7 @@ def read_data(path: str | Path, task: Any) -> list[Example]:
                 continue
             try:
                 row = json.loads(line)
-                examples.append(build([row[k] for k in keys]))
+                examples.append(build([*(row[k] for k in keys), row.get("op")]))
             except DataError as e:
                 raise DataError(str(e), line=n) from None
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -313,7 +324,7 @@ class GsmInf:
         return sorted(set(self.ops))
 
 
-TASKS = {"rule110": Rule110, "depo": Depo, "gsm_inf": GsmInf}
+TASKS = {"rule110": Rule110, "depo": Depo, "gsm_inf": GsmInf, "gsm_infinite": GsmInfinite}
 
 
 def make_task(name: str, **kwargs):
