@@ -128,3 +128,14 @@ def test_eval_data_scores_gsm_infinite_records(tmp_path):
     result = runner.invoke(app, ["eval", str(out), "--loops", "1", "--data", str(data), "--json"])
     assert result.exit_code == 0, result.output
     assert "2" in json.loads(result.output.strip().splitlines()[-1])["accuracy"]["1"]
+
+
+def test_the_gsm_infinite_preset_samples_its_ops_and_has_notes():
+    from sleepagent.train.studies import STUDIES
+    from sleepagent.train.study import read_notes
+
+    study = STUDIES["gsm-infinite"]
+    task = make_task(study.task, **study.task_kwargs)
+    assert task.test_difficulties() == [2, 4, 6] and study.loops == (1, 4) and study.seeds == (0, 1)
+    assert [task.sample(random.Random(0), op).difficulty for op in (2, 4, 6)] == [2, 4, 6]
+    assert "Not run yet" in read_notes("gsm-infinite")
