@@ -19,7 +19,8 @@ batched forward pass.
     ``<hop_k> start <ans> answer`` (distinct starts): answer = the node k steps along the cycle.
     Loss on ``<ans>`` and the answer tokens. Difficulty = k; test examples (a given k) use
     n = n_max, training draws n in 3..n_max with weight 1/(n + sqrt(n_max)). Ids: 0 bos, 1..2m names, 2m+1 pad,
-    2m+2 ``<ans>``, 2m+3+j ``<hop_{2^j}>``. ``train_hops`` limits the k that training draws (a
+    2m+2 ``<ans>``, 2m+3+j ``<hop_{2^j}>`` (with ``hop_counts="all"``: every k in 1..k_max, as the
+    original draws them, ``<hop_k>`` = 2m+2+k). ``train_hops`` limits the k that training draws (a
     curriculum knob); test examples cover every k. :meth:`Depo.from_original` maps a sequence
     in the original generator's ids (``9000+k``, ``9500``, separator ``9700``) onto this layout,
     for ``sleepagent eval --data``.
@@ -106,13 +107,20 @@ class Depo:
     def __init__(
         self, n_max: int = 75, k_max: int = 16, m: int = 50, max_len: int = 2, queries: int = 10,
         window: int = 75, edge_windows: int = 4, train_hops: tuple[int, ...] | None = None,
+        hop_counts: str = "pow2",
     ) -> None:
         self.n_max, self.k_max, self.m, self.max_len, self.queries = n_max, k_max, m, max_len, queries
         self.window, self.edge_windows = window, edge_windows
         self.bos, self.pad, self.ans = 0, 2 * m + 1, 2 * m + 2
-        self.hops = [2**j for j in range(int(math.log2(k_max)) + 1)]
-        if k_max not in self.hops:
-            self.hops.append(k_max)
+        if hop_counts not in ("pow2", "all"):
+            raise ValueError(f"depo: hop_counts is 'pow2' or 'all', not {hop_counts!r}")
+        self.hop_counts = hop_counts
+        if hop_counts == "all":  # every k in 1..k_max, drawn uniformly, as the original generator draws them
+            self.hops = list(range(1, k_max + 1))
+        else:
+            self.hops = [2**j for j in range(int(math.log2(k_max)) + 1)]
+            if k_max not in self.hops:
+                self.hops.append(k_max)
         self.vocab_size = 2 * m + 3 + len(self.hops)
         # the hop counts training draws from (default all); tests always cover every hop count
         self.train_hops = list(train_hops) if train_hops is not None else list(self.hops)

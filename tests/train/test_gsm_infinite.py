@@ -139,3 +139,4 @@ def test_the_gsm_infinite_preset_samples_its_ops_and_has_notes():
     assert task.test_difficulties() == [2, 4, 6] and study.loops == (1, 4) and study.seeds == (0, 1)
     assert [task.sample(random.Random(0), op).difficulty for op in (2, 4, 6)] == [2, 4, 6]
     assert "Not run yet" in read_notes("gsm-infinite")
+

@@ -75,4 +75,14 @@ PRESETS: tuple[Study, ...] = (
         loops=(1, 2, 3, 4),
         notes_from=("depo-windows-gpu",),
     ),
+    replace(
+        DEEP,
+        name="depo-windows3-gpu",
+        summary="queries of every k in 1..4 hops over a 12-node cycle whose edges span three evicted windows; "
+                "N = 1 to 4 (GPU)",
+        task_kwargs={**DEEP.task_kwargs, "window": 16, "edge_windows": 3, "hop_counts": "all"},
+        loops=(1, 2, 3, 4),
+        deep=(3, 4),
+        notes_from=("depo-windows-gpu", "depo-windows3-gpu"),
+    ),
 )
