@@ -91,3 +91,35 @@ def test_paper_numbers_are_only_those_the_paper_states():
         text = _flat(page.read_text())
         assert "about 10%, 20%" not in text, page
         assert "N = 2 from k = 8" not in text, page
+
+
+def _numbers(obj, out: set[str]) -> set[str]:
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _numbers(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _numbers(v, out)
+    elif isinstance(obj, int | float) and not isinstance(obj, bool):
+        out.add(f"{obj:.3f}")
+    return out
+
+
+# a row that also quotes another study's figures (rule110-t4-adamw sets Muon's N = 4 beside its own)
+_ALSO = {"rule110-t4-adamw": ("rule110-t4",)}
+
+
+def test_every_three_place_figure_in_the_studies_table_is_in_its_study_json():
+    rows = 0
+    for line in (STUDIES / "studies.md").read_text().splitlines():
+        m = re.match(r"\| \[([\w-]+)\]\(\1\.md\) \|", line)
+        if m is None or not (STUDIES / f"{m[1]}.json").exists():
+            continue
+        rows += 1
+        have: set[str] = set()
+        for name in (m[1], *_ALSO.get(m[1], ())):
+            _numbers(_study(name), have)
+        result = line.split(" | ")[-2]
+        missing = [x for x in re.findall(r"\d\.\d{3}", result) if x not in have]
+        assert not missing, (m[1], missing)
+    assert rows >= 15
