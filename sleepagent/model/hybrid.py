@@ -444,6 +444,7 @@ class SleepHybridLM(nn.Module):
         the same logits as ``step`` on each state alone (up to float rounding) at a fraction of
         the cost, which is how the engine serves many sessions at once. ``consolidate``: per
         state, whether its token may enter the fast weights (default all). Returns [n, vocab].
+        With :attr:`fast_decode`, runs through the decode plan (:meth:`_decode_many`).
         """
         n = len(states)
         flags = [True] * n if consolidate is None else [bool(c) for c in consolidate]
@@ -457,6 +458,10 @@ class SleepHybridLM(nn.Module):
                 raise StateMismatch("step_many takes single-sequence states (batch size 1)")
             if st.window_len + 1 > st.window:
                 raise WindowFull(window=st.window, used=st.window_len, requested=1)
+        if self.fast_decode and not self.training:
+            plan = self._decode_plan()
+            if plan.one_eps:
+                return self._decode_many(ids, states, flags, plan)
         device = states[0].device
         ids = ids.to(device)[:, None]
         lengths = torch.tensor([st.window_len for st in states], device=device)
@@ -484,6 +489,46 @@ class SleepHybridLM(nn.Module):
                 [(j, k[row], v[row]) for j, k, v in new_kv],
                 _own_rows(S, conv, row),
             )
+        return logits
+
+    def _decode_many(
+        self, ids: torch.Tensor, states: list[HybridState], flags: list[bool], plan: _DecodePlan
+    ) -> torch.Tensor:
+        """:meth:`step_many` through the decode plan (see :meth:`_decode`): the states' fast
+        weights and conv tails stacked into B rows for the fused GDN step, attention by
+        :meth:`WindowAttention.decode_rows` (each row's key and value written in place into its
+        own state's caches, at its own window position)."""
+        n = len(states)
+        device = states[0].device
+        ids = ids.to(device)
+        values = ids.tolist() if ids.dtype in (torch.int64, torch.int32) else None
+        if values is None or (n and (min(values) < 0 or max(values) >= self.config.vocab_size)):
+            self._check_ids(ids[:, None])  # raises, with the message prefill gives
+        lengths = [st.window_len for st in states]
+        S_list = [torch.cat(t) for t in zip(*(st.working.S for st in states), strict=True)]
+        conv_list = [torch.cat(t) for t in zip(*(st.working.conv for st in states), strict=True)]
+        h = F.embedding(ids, plan.emb)  # [n, d + 1]: the extended stream (layers.stream_norm)
+        keep_at = self.config.span[1] - 1
+        for i, (kind, j, mixer, weights, mlp) in enumerate(plan.blocks):
+            x = stream_norm(h)
+            if kind == "gdn":
+                h, S_list[j], conv_list[j] = mixer.decode(x, weights, S_list[j], conv_list[j], h)
+            else:
+                h = mixer.decode_rows(x, weights, [st.k_cache[j] for st in states],
+                                      [st.v_cache[j] for st in states], lengths, h)
+            h = MLP.decode(stream_norm(h), mlp, h)
+            if i == keep_at:
+                for r, st in enumerate(states):
+                    st.window_h[:, lengths[r]] = h[r : r + 1, :-1]
+        logits = torch.mm(stream_norm(h), plan.head)
+        S, conv = tuple(S_list), tuple(conv_list)
+        for r, st in enumerate(states):
+            L = lengths[r]
+            st.working = _own_rows(S, conv, slice(r, r + 1))
+            st.window_ids[:, L] = ids[r]
+            st.consolidate_mask[:, L] = flags[r]
+            st.window_len = L + 1
+            st.tokens_seen += 1
         return logits
 
     @torch.no_grad()

@@ -245,6 +245,45 @@ class WindowAttention(nn.Module):
             y = torch.bmm(torch.softmax(scores, dim=-1), values.view(B * H, L + 1, D))
         return _out(y.view(B, H * D), w.out, residual)
 
+    def decode_rows(
+        self, xn: torch.Tensor, w: AttnDecodeWeights, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor],
+        lengths: list[int], residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`decode` for rows of different windows (batched decode over several states):
+        row b is at window position ``lengths[b]`` of its own caches ``k_caches[b]``,
+        ``v_caches[b]`` [1, Hkv, W, D]. Writes each row's key and value into slot lengths[b] of
+        its caches and attends over their first max(lengths) + 1 slots, stacked, with the slots
+        after lengths[b] masked out. Equals :meth:`decode` on each row alone up to float rounding."""
+        B = xn.shape[0]
+        D, H, Hkv = self.head_dim, self.n_heads, self.n_kv_heads
+        Lmax = max(lengths)
+        pos = torch.tensor(lengths, device=xn.device)
+        qkv = torch.mm(xn, w.qkv)  # q already scaled by D^-0.5
+        qk, v = qkv.split([(H + Hkv) * D, Hkv * D], dim=1)
+        q, k = rope_at(qk.view(B, H + Hkv, D), w.rope_cos[pos][:, None], w.rope_sin[pos][:, None]).split([H, Hkv], 1)
+        v = v.view(B, Hkv, D)
+        for b, L in enumerate(lengths):
+            k_caches[b].select(2, L).copy_(k[b : b + 1])
+            v_caches[b].select(2, L).copy_(v[b : b + 1])
+        if B == 1:
+            keys, values = k_caches[0].narrow(2, 0, Lmax + 1), v_caches[0].narrow(2, 0, Lmax + 1)
+        else:
+            keys = torch.cat([c.narrow(2, 0, Lmax + 1) for c in k_caches])  # [B, Hkv, Lmax + 1, D]
+            values = torch.cat([c.narrow(2, 0, Lmax + 1) for c in v_caches])
+        slots = torch.arange(Lmax + 1, device=xn.device)
+        mask = torch.zeros(B, Lmax + 1, dtype=qk.dtype, device=xn.device).masked_fill(
+            slots[None, :] > pos[:, None], float("-inf"))  # [B, Lmax + 1]
+        if H != Hkv:
+            y = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask[:, None, None, :],
+                                               enable_gqa=True, scale=1.0)
+        else:
+            scores = torch.baddbmm(
+                mask[:, None, :].expand(B, H, Lmax + 1).reshape(B * H, 1, Lmax + 1),
+                q.reshape(B * H, 1, D), keys.reshape(B * H, Lmax + 1, D).transpose(1, 2),
+            )
+            y = torch.bmm(torch.softmax(scores, dim=-1), values.reshape(B * H, Lmax + 1, D))
+        return _out(y.reshape(B, H * D), w.out, residual)
+
     def decode_masked(
         self, xn: torch.Tensor, w: AttnDecodeWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
         residual: torch.Tensor | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import safetensors.torch
 import torch
@@ -9,6 +11,7 @@ import torch
 from sleepagent.errors import FingerprintMismatch, ShapeError, SnapshotCorrupted, StateMismatch, WindowFull
 from sleepagent.model import FastState, HybridState, SleepHybridLM
 from sleepagent.model.hybrid import SleepJob
+from sleepagent.model.layers import WindowAttention
 
 from ..conftest import tiny_model
 
@@ -299,6 +302,92 @@ def test_step_many_equals_separate_steps(mode):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
     with pytest.raises(WindowFull):
         model.step_many(tokens[:1], [fill_to_full(model)])
+
+
+def states_at(model: SleepHybridLM, lengths: list[int], seed: int = 0) -> list[HybridState]:
+    """Single-sequence states with windows of these lengths, some tokens never-consolidate."""
+    states = []
+    for i, n in enumerate(lengths):
+        st = model.new_state()
+        if n:
+            flags = torch.tensor([[bool((t + i) % 4) for t in range(n)]])
+            model.prefill(ids_for(model, 1, n, seed=seed + i), st, consolidate=flags)
+        states.append(st)
+    return states
+
+
+def assert_step_many_paths_agree(
+    model: SleepHybridLM, states: list[HybridState], tokens: torch.Tensor, flags: list[bool], **tol
+) -> list[HybridState]:
+    """``step_many`` through the decode plan equals ``step_many`` on the old path and ``step`` on
+    each state alone: logits, KV written, hidden states kept, fast weights and conv tails (each
+    state's own tensors, not views of the batch), and the window's bookkeeping. ``states`` are
+    untouched; returns the states advanced by the fast path."""
+    tol = tol or dict(rtol=1e-4, atol=1e-5)
+    fast, old, alone = ([st.clone() for st in states] for _ in range(3))
+    model.fast_decode = False
+    try:
+        want = model.step_many(tokens, old, flags)
+    finally:
+        model.fast_decode = True
+    with mock.patch.object(WindowAttention, "forward_rows", side_effect=AssertionError("old path taken")):
+        got = model.step_many(tokens, fast, flags)
+    each = torch.stack([model.step(tokens[r : r + 1], st, flags[r])[0] for r, st in enumerate(alone)])
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(got, each, **tol)
+    for a, *others in zip(fast, old, alone, strict=True):
+        for b in others:
+            L = b.window_len
+            assert a.window_len == L and a.tokens_seen == b.tokens_seen
+            assert torch.equal(a.window_ids, b.window_ids) and torch.equal(a.consolidate_mask, b.consolidate_mask)
+            for x, y in zip((*a.working.S, *a.working.conv), (*b.working.S, *b.working.conv), strict=True):
+                assert x.shape == y.shape
+                torch.testing.assert_close(x, y, **tol)
+            for x, y in zip((*a.k_cache, *a.v_cache), (*b.k_cache, *b.v_cache), strict=True):
+                torch.testing.assert_close(x[:, :, :L], y[:, :, :L], **tol)
+            h_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(1.0, float(b.window_h[:, :L].abs().max())))
+            torch.testing.assert_close(a.window_h[:, :L], b.window_h[:, :L], **h_tol)
+        for x in (*a.working.S, *a.working.conv):  # the row's own storage, not the batch's
+            assert x.untyped_storage().nbytes() == x.numel() * x.element_size()
+    return fast
+
+
+@pytest.mark.parametrize("mode", ["hard", "hard-looped-span", "gqa"])
+def test_step_many_fast_path_equals_old_path_and_single_steps(mode):
+    """The batched decode through the decode plan, over windows of different lengths (empty to
+    one short of full) with mixed consolidate flags, equals the old batched path and one step per
+    state, for several steps, then across a sleep of some of the states."""
+    overrides = dict(n_heads=4, n_kv_heads=2) if mode == "gqa" else MODES[mode]
+    model = tiny_model(**overrides)
+    W = model.config.window
+    states = states_at(model, [0, 1, 5, W - 1, 9], seed=3)
+    tokens = ids_for(model, 3, 5, seed=11)
+    states = assert_step_many_paths_agree(model, states, tokens[0], [True, False, True, True, False])
+    # the full window and one other sleep; the rest go on with their windows
+    states[3] = model.consolidate(states[3], loops=2)
+    states[2] = model.consolidate(states[2], loops=2)
+    assert states[3].sleeps == states[2].sleeps == 1
+    states = assert_step_many_paths_agree(model, states, tokens[1], [False, True, True, False, True])
+    states = assert_step_many_paths_agree(model, states[::-1], tokens[2], [True] * 5)
+    # one state alone takes the same path
+    assert_step_many_paths_agree(model, states[:1], tokens[2, :1], [False])
+
+
+def test_step_many_fast_path_on_the_shipped_model():
+    """On docqa-small: step_many through the decode plan equals the old path and single steps,
+    windows from empty to one short of full, then after a sleep (N = 4)."""
+    from sleepagent.model.pretrained import SleepModel
+
+    model = SleepModel.from_pretrained("docqa-small").model
+    assert isinstance(model, SleepHybridLM)
+    W = model.config.window
+    states = states_at(model, [0, 1, 100, W - 1], seed=4)
+    tokens = ids_for(model, 3, 4, seed=12)
+    states = assert_step_many_paths_agree(model, states, tokens[0], [True, False, True, False])
+    states[3] = model.consolidate(states[3], loops=4)
+    assert states[3].window_len == 0 and states[3].sleeps == 1
+    states = assert_step_many_paths_agree(model, states, tokens[1], [False, True, True, True])
+    assert_step_many_paths_agree(model, states, tokens[2], [True, True, False, True])
 
 
 @pytest.mark.parametrize("mode", ["hard", "hard-looped-span"])
