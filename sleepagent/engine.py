@@ -145,6 +145,10 @@ class EngineSession:
     _sleep_requested: bool = False
     _interrupted: bool = False
     _suspended: bool = False  # a pause sleep kept across a wake (Engine resume_sleep): resumes at the next pause
+    # a never-consolidate token was queued or decoded while a sleep may be kept: the sleep is then
+    # finished before it is read (as on_wake="finish" does), so where the sleep ends never depends
+    # on the excluded turn's length
+    _excluded_seen: bool = False
     _wake_since: float | None = None
     _sleep_mark: tuple[float, float, float] = (0.0, 0.0, 0.0)  # sleep seconds (total, hidden, exposed) at its start
     closed: bool = False
@@ -259,6 +263,7 @@ class Engine:
         if ids:
             with self._cv:
                 session.pending.append((list(ids), bool(consolidate)))
+                session._excluded_seen |= not consolidate
 
     async def flush(self, session: EngineSession) -> torch.Tensor:
         """Read every queued token (sleeping first whenever the window is full); returns the
@@ -281,6 +286,8 @@ class Engine:
     async def decode(self, session: EngineSession, token: int, consolidate: bool = True) -> torch.Tensor:
         """Feed one token (the one just emitted); returns the next logits, [vocab].
         ``consolidate=False`` keeps it out of the fast weights (see :meth:`set_consolidate`)."""
+        if not consolidate:
+            session._excluded_seen = True
         return await self._submit("decode", session, (int(token), bool(consolidate)))
 
     async def set_consolidate(self, session: EngineSession, start: int, stop: int, value: bool = True) -> int:
@@ -752,6 +759,8 @@ class Engine:
             # so the window boundary is the pause's, whatever the timing
             self._begin(s, "pause")
         job = s._job
+        if job is not None and s._suspended and not self._keeps(s, job):
+            s._suspended = False  # an excluded token is coming: the sleep finishes first, below
         if job is not None and s._job_reason != "forced" and self._keeps(s, job):
             st = s.state
             if not need or st.window_len + need <= st.window:
@@ -800,7 +809,11 @@ class Engine:
         :class:`~sleepagent.model.hybrid.SleepJob` reads its window's first tokens only, so the
         wake may append to the window while it waits."""
         mode = session.policy.on_wake
-        return (mode == "resume" or (self.resume_sleep and mode == "finish")) and isinstance(job, SleepJob)
+        if not ((mode == "resume" or (self.resume_sleep and mode == "finish")) and isinstance(job, SleepJob)):
+            return False
+        # never with never-consolidate tokens in the window or on their way (privacy: what is stored
+        # must not depend on an excluded turn, its length included): those sleeps finish first
+        return not session._excluded_seen and kept_tokens(session.state) == session.state.window_len
 
     def _step_or_defer(self, session: EngineSession, defer: list[EngineSession] | None) -> None:
         if defer is None:
@@ -975,6 +988,7 @@ class Engine:
                 self._emit(session, "persist_failed", error=str(e))
         session._job = None
         session._suspended = False
+        session._excluded_seen = False
         session._wake_since = None
         self._emit(session, "sleep_finished", passes=job.passes_done, committed=True, reason=session._job_reason,
                    tokens=job.n_consolidated, **self._sleep_seconds(session))
@@ -983,6 +997,7 @@ class Engine:
         job = session._job
         session._job = None
         session._suspended = False
+        session._excluded_seen = False
         session._wake_since = None
         session.stats.aborted_sleeps += 1
         self._emit(session, "sleep_finished", passes=job.passes_done if job else 0, committed=False, reason="abort",

@@ -215,3 +215,21 @@ async def test_a_sleep_woken_mid_way_resumes_where_it_stopped(then, how):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         nxt = await engine.decode(s, 8)
         torch.testing.assert_close(nxt, lm.step(torch.tensor([8]), slept)[0], rtol=1e-4, atol=1e-5)
+
+
+async def test_a_kept_sleep_finishes_before_a_never_consolidate_segment_is_read():
+    # on_wake="resume" keeps a sleep across a wake, but not across an excluded turn: where the sleep
+    # ends must not depend on that turn (its length would decide when the window evicts)
+    with Engine(tiny_model(window=512, d_model=128)) as engine:
+        s = engine.session(policy=SleepPolicy(loops=30, min_fill=0.1))
+        await engine.prefill(s, text_ids(engine, "c" * 300))
+        assert engine.pause(s)
+        while s.stats.passes < 2:
+            await anyio.sleep(0.001)
+        await engine.prefill(s, text_ids(engine, "public"))  # kept: the wake reads over the window
+        assert s._job is not None and s.stats.sleeps == 0
+        engine.append(s, text_ids(engine, "secret 1234"), consolidate=False)
+        await engine.flush(s)
+        assert s._job is None and s.stats.sleeps == 1 and s.stats.passes == 30
+        wake = len(text_ids(engine, "public")) + len(text_ids(engine, "secret 1234"))
+        assert s.state.window_len == wake and s.state.tokens_consolidated == len(text_ids(engine, "c" * 300))
