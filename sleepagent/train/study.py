@@ -170,8 +170,7 @@ def run_study(
                 _train_one(item)
     train_s = time.perf_counter() - t0
 
-    results = {name: _score(study, out / name, cfg, device) for name, cfg in phases[0]}
-    extended = {name: _score(study, out / name, cfg, device) for name, cfg in phases[1]}
+    results, extended = (_score_all(study, out, runs, device, jobs) for runs in phases)
     report = {
         "study": study.name,
         "summary": study.summary,
@@ -207,13 +206,32 @@ def run_study(
     return report
 
 
+def _score_all(study: Study, out: Path, runs: list[tuple[str, TrainConfig]], device: str,
+               jobs: int) -> dict[str, Any]:
+    """Every run of one phase scored, ``jobs`` at a time (the runs are independent; on a lent GPU
+    scoring them one after another would take longer than training them side by side)."""
+    if jobs <= 1 or len(runs) <= 1:
+        return {name: _score(study, out / name, cfg, device) for name, cfg in runs}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=get_context("spawn")) as pool:
+        scored = pool.map(_score_one, [(study, out / name, cfg, device) for name, cfg in runs])
+        return {name: result for (name, _), result in zip(runs, scored, strict=True)}
+
+
+def _score_one(args: tuple[Study, Path, TrainConfig, str]) -> dict[str, Any]:
+    torch.set_num_threads(1)  # one of several scoring processes
+    return _score(*args)
+
+
 def _score(study: Study, run_dir: Path, cfg: TrainConfig, device: str) -> dict[str, Any]:
-    """A finished run on the study's final test set, at its own N and at N = 1, plus its curve."""
+    """A finished run on the study's final test set, at its own N and at N = 1, plus its curve.
+
+    Batches of 256 examples on a GPU (32 on a CPU): the answers do not depend on the batch, and a
+    small model on a GPU is bound by kernel launches, so fewer, larger batches finish sooner."""
     model, meta = load_checkpoint(run_dir, device)
     task = run_task(model, cfg.model_dump())
     scored = {"loops": cfg.loops, "seed": cfg.seed, "steps": meta.get("step"), "curve": meta.get("evals", [])}
     hits = answer_hits(model, task, sorted({1, cfg.loops}), n=study.eval_n, seed=study.eval_seed,
-                       min_fill=cfg.min_fill)
+                       min_fill=cfg.min_fill, batch_size=256 if device.startswith("cuda") else 32)
     for key, first_only in (("final", False), ("final_first", True)):
         if first_only and not study.first_answer:
             continue

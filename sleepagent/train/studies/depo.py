@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..study import Study
-from .common import CPU_TRAIN
+from .common import CPU_TRAIN, compute_matched
 
 __all__ = ["PRESETS"]
 
@@ -51,6 +51,7 @@ PRESETS: tuple[Study, ...] = (
     DEPO,
     DEEP,
     DEEP_K8,
+    *compute_matched(DEEP, "depo-deep-gpu"),
     replace(
         DEPO,  # the same task and model; N = 1 to 4, one phase at the second phase's constant lr
         name="depo-sweep",

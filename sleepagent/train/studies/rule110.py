@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..study import Study
+from .common import compute_matched
 
 __all__ = ["PRESETS"]
 
@@ -113,6 +114,7 @@ PRESETS: tuple[Study, ...] = (
         deep=(8,),
         notes_from=("rule110-t8-gpu",),
     ),
+    *compute_matched(GPU, "rule110-gpu"),
     _attention_only("", {}, "rows evicted as in `rule110`, nothing carried across windows"),
     _attention_only("-full", {"window": 64}, "a 64-token window holding the whole example: no eviction"),
 )
