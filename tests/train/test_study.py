@@ -72,7 +72,7 @@ def test_presets_build_their_tasks_and_runs():
         task = make_task(study.task, **study.task_kwargs)
         assert set(study.deep) <= set(task.test_difficulties())
         assert [name for name, _ in study.runs()] == [f"N{n}_s{s}" for n in study.loops for s in study.seeds]
-        if _baseline(study):
+        if _baseline(study) or name.endswith(("-depth4", "-gdn2")):  # attention-only or compute-matched
             assert study.loops == (1,)
         elif name.endswith("-adamw"):  # an optimiser row: the N = 4 runs of its Muon study, with AdamW
             muon = STUDIES[name.removesuffix("-adamw")]
@@ -235,3 +235,12 @@ def test_a_missing_notes_file_leaves_the_page_without_them(tmp_path, monkeypatch
                   notes="Inline.")
     with pytest.warns(UserWarning, match="gone.md not found"):
         assert study.page_notes() == "Kept.\n\nInline."
+
+
+def test_scoring_runs_side_by_side_gives_what_scoring_them_in_turn_gives(tmp_path):
+    serial = run_study(TINY, tmp_path / "runs", tmp_path / "docs", progress=False)
+    # the runs are finished: this call only scores them again, two processes at a time
+    parallel = run_study(TINY, tmp_path / "runs", tmp_path / "docs", progress=False, jobs=2)
+    assert list(parallel["runs"]) == list(serial["runs"])
+    for name, run in serial["runs"].items():
+        assert parallel["runs"][name]["final"] == run["final"] and parallel["runs"][name]["steps"] == run["steps"]
