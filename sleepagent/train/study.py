@@ -41,7 +41,8 @@ from typing import Any
 import torch
 
 from .finetune import run_task
-from .trainer import TrainConfig, accuracy, answer_hits, load_checkpoint, train
+from .stats import wilson
+from .trainer import TrainConfig, accuracy, answer_hits, load_checkpoint, tally, train
 
 __all__ = ["NOTES_DIR", "Study", "read_notes", "render_page", "run_study", "summarize"]
 
@@ -236,6 +237,9 @@ def _score(study: Study, run_dir: Path, cfg: TrainConfig, device: str) -> dict[s
         if first_only and not study.first_answer:
             continue
         scored[key] = {str(N): {str(d): a for d, a in row.items()} for N, row in accuracy(hits, first_only).items()}
+        # (right, answers) behind each accuracy: the page's n and 95% intervals
+        scored[f"{key}_counts"] = {str(N): {str(d): [k, n] for d, (k, n) in row.items()}
+                                   for N, row in tally(hits, first_only).items()}
     return scored
 
 
@@ -314,17 +318,26 @@ def markdown(report: dict[str, Any]) -> str:
     for key, caption in (("final", "every question"), ("final_first", "first question of each document")):
         if key not in next(iter(phase1.values())):
             continue
-        lines += ["", f"Per run, {caption} (accuracy at the run's own N, and at N = 1 for the same weights):", ""]
-        lines.append("| run | steps | " + " | ".join(f"d={d}" for d in report["comparison"]) + " |")
-        lines.append("|---" * (len(report["comparison"]) + 2) + "|")
+        counted = f"{key}_counts" in next(iter(phase1.values()))
+        intervals = (" In brackets, the 95% Wilson interval over the cell's n answers (the answers of one "
+                     "document are scored together, so where a document has several the interval is a little "
+                     "narrower than one over documents)." if counted else "")
+        lines += ["", f"Per run, {caption} (accuracy at the run's own N, and at N = 1 for the same weights):"
+                      f"{intervals}", ""]
+        lines.append("| run | steps | " + " | ".join(f"d={d}" for d in report["comparison"])
+                     + (" | n (answers a cell)" if counted else "") + " |")
+        lines.append("|---" * (len(report["comparison"]) + 2 + counted) + "|")
         for name, r in {**phase1, **(report.get("extended_runs") or {})}.items():
             base = phase1.get(name.removesuffix("_more")) if name not in phase1 else None
             steps = f"{base['steps']} + {r['steps']}" if base else str(r["steps"])
             for N, row in sorted(r[key].items(), key=lambda kv: -int(kv[0])):
                 label = name if int(N) == r["loops"] else f"{name} at N=1"
-                lines.append(
-                    f"| {label} | {steps} | " + " | ".join(f"{row[d]:.3f}" for d in report["comparison"]) + " |"
-                )
+                counts = (r.get(f"{key}_counts") or {}).get(N)
+                cells = [_cell(row[d], counts[d] if counts else None) for d in report["comparison"]]
+                if counted:
+                    ns = sorted({counts[d][1] for d in report["comparison"]}) if counts else []
+                    cells.append(", ".join(map(str, ns)))
+                lines.append(f"| {label} | {steps} | " + " | ".join(cells) + " |")
     if report.get("pretrain_run"):
         pre = report["pretrain_run"]
         lines += ["", f"Fine-tuning: every run above starts from one pretrained checkpoint, a random transformers "
@@ -342,6 +355,14 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["## Notes", "", report["notes"].strip(), ""]
     return "\n".join(lines)
+
+
+def _cell(acc: float, counts: list[int] | None) -> str:
+    """An accuracy, with its 95% Wilson interval when the run recorded its (right, answers)."""
+    if counts is None:
+        return f"{acc:.3f}"
+    lo, hi = wilson(*counts)
+    return f"{acc:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
 def scoring_note(report: dict[str, Any]) -> str:

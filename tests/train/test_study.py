@@ -244,3 +244,29 @@ def test_scoring_runs_side_by_side_gives_what_scoring_them_in_turn_gives(tmp_pat
     assert list(parallel["runs"]) == list(serial["runs"])
     for name, run in serial["runs"].items():
         assert parallel["runs"][name]["final"] == run["final"] and parallel["runs"][name]["steps"] == run["steps"]
+
+
+def test_each_run_records_its_counts_and_the_page_gives_n_and_wilson_intervals(tmp_path):
+    from sleepagent.train.stats import wilson
+
+    report = run_study(TINY, tmp_path / "runs", tmp_path / "docs", progress=False)
+    run = report["runs"]["N2_s0"]
+    for N, row in run["final"].items():
+        for d, acc in row.items():
+            k, n = run["final_counts"][N][d]
+            assert n >= TINY.eval_n and acc == k / n  # every answer of every test document counted
+    k, n = run["final_counts"]["2"]["2"]
+    lo, hi = wilson(k, n)
+    md = (tmp_path / "docs" / "tiny.md").read_text()
+    assert f"{k / n:.3f} [{lo:.2f}, {hi:.2f}]" in md and "n (answers a cell)" in md and "Wilson" in md
+
+
+def test_wilson_covers_the_proportion_and_narrows_with_n():
+    from sleepagent.train.stats import wilson
+
+    assert wilson(0, 0) == (0.0, 1.0)
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and 0.2 < hi < 0.35  # sound at 0, where k/n ± 2 SE collapses to a point
+    small, large = wilson(30, 100), wilson(300, 1000)
+    assert small[0] < 0.3 < small[1] and large[0] < 0.3 < large[1]
+    assert large[1] - large[0] < small[1] - small[0]
