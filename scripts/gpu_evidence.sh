@@ -4,7 +4,8 @@
 # them, 32 runs side by side,
 # each capped by a wall-clock budget (they save where they stop; the same command resumes them).
 #
-#   LIMIT=300 OUT=/tmp/gpu bash scripts/gpu_evidence.sh            # on a CUDA machine (~8 minutes)
+#   LIMIT=300 OUT=/tmp/gpu bash scripts/gpu_evidence.sh            # on a CUDA machine (~8 minutes;
+#                                                                   # a bare lent one: see gpu_env.sh)
 #   DEVICE=cpu LIMIT=10 OUT=/tmp/gpu bash scripts/gpu_evidence.sh  # a dry run of the plumbing
 #
 # Writes under $OUT: the studies' pages/JSON/plots (docs.tgz, for docs/studies/), their logs, and
@@ -25,9 +26,11 @@ GRACE=${GRACE:-150}
 mkdir -p "$WORK/docs" "$WORK/rerun" "$OUT"
 trap 'echo "script end: $SECONDS s"' EXIT
 
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 if [ "$DEVICE" = cuda ]; then
+    python3 -c "import pydantic" 2>/dev/null || source "$SCRIPTS/gpu_env.sh"  # a bare lent machine
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-    source "$(dirname "$0")/gpu_mps.sh"
+    source "$SCRIPTS/gpu_mps.sh"
 fi
 
 for item in $STUDIES; do
