@@ -20,11 +20,18 @@ SA=${SA:-sleepagent}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 trap 'echo "script end: $SECONDS s"' EXIT
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
+if [ "$DEVICE" = cuda ] && ! python3 -c "import pydantic" 2>/dev/null; then
+    source "$SCRIPTS/gpu_env.sh"  # a bare lent machine: install, then work in /tmp/w
+fi
 
 if [ "$DEVICE" = cuda ]; then
-    python3 -c "import torch, fla; print('torch', torch.__version__, 'fla', fla.__version__, torch.cuda.get_device_name(0))"
+    python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+    python3 -c "import fla; print('fla', fla.__version__)" || echo "fla not installed: the torch kernels run"
 fi
 $SA ship --preset "$PRESET" --time-limit "$LIMIT" --publish --sessions "${SESSIONS:-200}" \
     --report "$OUT/ship.json" 2>&1 | tee "$OUT/ship.log"
-tar czf "$OUT/checkpoints.tgz" -C sleepagent/checkpoints docqa-small docqa-small-n1
+# where --publish wrote them: the imported package (the checkout, or /tmp/site on a bare lent machine)
+CKPT=$(python3 -c "import pathlib, sleepagent; print(pathlib.Path(sleepagent.__file__).parent / 'checkpoints')")
+tar czf "$OUT/checkpoints.tgz" -C "$CKPT" docqa-small docqa-small-n1
 ls -la "$OUT"

@@ -12,13 +12,19 @@ DEVICE=${DEVICE:-cuda}
 LIMIT=${LIMIT:-380}
 SA=${SA:-sleepagent}
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT/docs" runs/gpu
+mkdir -p "$OUT/docs"
 trap 'echo "script end: $SECONDS s"' EXIT
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
+if [ "$DEVICE" = cuda ] && ! python3 -c "import pydantic" 2>/dev/null; then
+    source "$SCRIPTS/gpu_env.sh"  # a bare lent machine: install, then work in /tmp/w
+fi
+mkdir -p runs/gpu
 
 if [ "$DEVICE" = cuda ]; then
-    python3 -c "import torch, fla; print('torch', torch.__version__, 'fla', fla.__version__)"
-    source "$(dirname "$0")/gpu_mps.sh"
-    (timeout 300 python3 -m pytest -q -p no:cacheprovider tests/model/test_cuda.py >"$OUT/test_cuda.log" 2>&1;
+    python3 -c "import torch; print('torch', torch.__version__)"
+    python3 -c "import fla; print('fla', fla.__version__)" || echo "fla not installed: the torch kernels run"
+    source "$SCRIPTS/gpu_mps.sh"
+    (timeout 300 python3 -m pytest -q -p no:cacheprovider "${REPO:-.}/tests/model/test_cuda.py" >"$OUT/test_cuda.log" 2>&1;
      echo "pytest exit $?" >>"$OUT/test_cuda.log") &
 fi
 

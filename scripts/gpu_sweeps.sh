@@ -16,9 +16,13 @@ STUDIES=${STUDIES:-"depo-sweep-gpu depo-windows-gpu"}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT/docs"
 trap 'echo "script end: $SECONDS s"' EXIT
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
+if [ "$DEVICE" = cuda ] && ! python3 -c "import pydantic" 2>/dev/null; then
+    source "$SCRIPTS/gpu_env.sh"  # a bare lent machine: install, then work in /tmp/w
+fi
 
 if [ "$DEVICE" = cuda ]; then
-    source "$(dirname "$0")/gpu_mps.sh"
+    source "$SCRIPTS/gpu_mps.sh"
 fi
 
 for study in $STUDIES; do
