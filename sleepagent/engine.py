@@ -11,8 +11,11 @@ one thread only and no lock is held around torch calls. Two classes of work:
   (``max_pad_tokens``). So a generating session waits for one bounded step of others' reads,
   never for a whole read; a huge input is read a piece per step, a cancelled read stops at the
   next piece, and closing the engine waits for one step at most.
-- **sleep** (one consolidation pass of one session): runs only when no wake work waits, one pass
-  at a time, round-robin over sleeping sessions, so a wake request waits at most one pass.
+- **sleep** (a block, one layer of one pass, of several sessions' sleeps batched): runs only when
+  no wake work waits, within a token budget (``max_sleep_tokens``, the sessions' windows added
+  up), so a wake request waits at most one bounded block; the sessions that paused first go
+  first (their wake comes first: a tool answers, a user replies), so as many sleeps as the gaps
+  allow are finished before their session needs them, instead of all finishing late together.
 
 A session's sleep starts when the agent pauses (a tool call in flight, a user thinking) and the
 :class:`~sleepagent.policy.SleepPolicy` allows it, or is forced when a wake step does not fit the
@@ -32,7 +35,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -53,6 +56,9 @@ __all__ = ["Engine", "EngineClosed", "EngineSession", "SleepStats", "kept_tokens
 
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+# a shorter first segment is not worth a cached state (a state costs about a megabyte)
+_MIN_PREFIX = 16
 
 
 @atexit.register
@@ -94,6 +100,7 @@ class SleepStats:
     wake_wait_s: float = 0.0
     window_fill: float = 0.0
     excluded_drops: int = 0  # a full window shed its never-consolidate tokens instead of sleeping
+    prefix_tokens: int = 0  # tokens not read: the session started from a cached prefix's state
 
     @property
     def wake_ms_per_token(self) -> float:
@@ -150,6 +157,8 @@ class EngineSession:
     # on the excluded turn's length
     _excluded_seen: bool = False
     _wake_since: float | None = None
+    # (ids, consolidate) of the first segment a fresh session reads, to be cached once read
+    _prefix_key: tuple[tuple[int, ...], bool] | None = None
     _sleep_mark: tuple[float, float, float] = (0.0, 0.0, 0.0)  # sleep seconds (total, hidden, exposed) at its start
     closed: bool = False
 
@@ -197,20 +206,35 @@ class Engine:
     on the spot (exposed) only when the window must evict for the wake, or before an explicit
     :meth:`consolidate`.
     Sleep runs one block of one pass at a time, so a wake step waits for one block at most.
+    ``max_sleep_tokens``: the token budget of one block of sleep (a block is one layer over each
+    window it batches; at least one session's): bounds how long an arriving request waits for
+    the sleep block in progress. A wake step that must first finish sessions' sleeps (their window
+    must evict) runs blocks of the oldest requests' sessions within the same budget, so those
+    are answered in turn while the others' decode steps go on.
     ``wake_grace_s``: after a wake step, sleep work waits this long for the next one (a session
     that is generating sends it at once), so sleepers never slow down a generation in progress;
     they run in the real gaps (a tool call in flight, a user thinking).
+    ``prefix_cache``: how many first segments (a system prompt with its tool list, the same for
+    every conversation of an application) the engine keeps the state after: a fresh session
+    whose first queued segment is one of them starts from a copy of that state instead of reading
+    it (0: never). A burst of new conversations then reads only what differs, so their first
+    tokens do not wait for each other's identical system prompts (vLLM's and SGLang's prefix
+    caching; for a recurrent model the whole state at the boundary is the prefix, as their Mamba
+    caching keeps it). The state is a function of the tokens alone, so a copy answers as the
+    read would (up to float rounding, as any read split into pieces).
     """
 
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
                  prefill_chunk: int = 64, wake_grace_s: float = 0.002, max_step_tokens: int = 256,
-                 max_pad_tokens: int = 64, resume_sleep: bool = False) -> None:
+                 max_pad_tokens: int = 64, resume_sleep: bool = False, prefix_cache: int = 8,
+                 max_sleep_tokens: int = 1024) -> None:
         if not isinstance(model, (SleepModel, str, os.PathLike)):
             raise ConfigError(f"model must be a SleepModel, a checkpoint name or a path, got {type(model).__name__}",
                               field="model")
         self.model = model if isinstance(model, SleepModel) else SleepModel.from_pretrained(model)
         for name, value, least in (("max_batch", max_batch, 1), ("prefill_chunk", prefill_chunk, 1),
-                                   ("max_step_tokens", max_step_tokens, 1), ("max_pad_tokens", max_pad_tokens, 0)):
+                                   ("max_step_tokens", max_step_tokens, 1), ("max_pad_tokens", max_pad_tokens, 0),
+                                   ("prefix_cache", prefix_cache, 0), ("max_sleep_tokens", max_sleep_tokens, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}", field=name)
         if isinstance(wake_grace_s, bool) or not isinstance(wake_grace_s, (int, float)) or not 0 <= wake_grace_s < 1:
@@ -221,7 +245,12 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.max_step_tokens = max_step_tokens
         self.max_pad_tokens = max_pad_tokens
+        self.max_sleep_tokens = max_sleep_tokens
         self.resume_sleep = bool(resume_sleep)
+        self.prefix_cache = prefix_cache
+        # first segment (ids, consolidate) -> (the state after reading it, the logits after it); LRU
+        self._prefixes: OrderedDict[tuple[tuple[int, ...], bool], tuple[HybridState, torch.Tensor]] = OrderedDict()
+        self.prefix_hits = 0
         self.wake_grace_s = wake_grace_s
         self._last_wake = 0.0
         self._last_was_decode = False
@@ -453,20 +482,38 @@ class Engine:
                         if not self._wake:
                             self._last_wake = 0.0  # the gap is real: sleep may run now
                         continue
-                batch = self._take_wake_batch() if self._wake else None
-                sleepers: list[EngineSession] = []
-                if batch is None:
-                    # several sessions' sleeps step together: one batched block for all of them
-                    limit = self.max_batch if self.batch_wake else 1
-                    while self._sleepers and len(sleepers) < limit:
-                        s = self._sleepers.popleft()
-                        if all(s is not t for t in sleepers):
-                            sleepers.append(s)
+                batch, sleepers = self._take_work()
             if batch is not None:
                 self._run_wake(batch)
                 self._last_wake = time.perf_counter()
             elif sleepers:
                 self._run_sleep_steps(sleepers)
+
+    def _take_work(self) -> tuple[list[_Request] | None, list[EngineSession]]:
+        """The worker's next turn (called under the lock): wake work whenever any waits, else a
+        block of sleep for the sessions that paused first, within ``max_sleep_tokens``."""
+        if self._wake:
+            return self._take_wake_batch(), []
+        return None, self._take_sleepers()
+
+    def _take_sleepers(self) -> list[EngineSession]:
+        """Sessions for one batched block of gap sleep, from the front of the queue (paused first,
+        or interrupted) while their windows add up to ``max_sleep_tokens`` (at least one)."""
+        limit = self.max_batch if self.batch_wake else 1
+        sleepers: list[EngineSession] = []
+        tokens = 0
+        while self._sleepers and len(sleepers) < limit:
+            s = self._sleepers[0]
+            if any(s is t for t in sleepers):
+                self._sleepers.popleft()  # queued twice: it steps once
+                continue
+            n = s.state.window_len
+            if sleepers and tokens + n > self.max_sleep_tokens:
+                break
+            self._sleepers.popleft()
+            sleepers.append(s)
+            tokens += n
+        return sleepers
 
     def _take_wake_batch(self) -> list[_Request]:
         """The next wake work (FIFO kept per session: a session contributes only its oldest
@@ -586,6 +633,7 @@ class Engine:
         step alone (up to float rounding)."""
         rows: list[tuple[_Request, list[int], list[bool], tuple[int, int] | None]] = []
         deferred: list[EngineSession] = []
+        since: dict[int, float] = {}  # session -> when its request came
         budget = self.max_step_tokens - sum(r.kind == "decode" for r in batch)
         read_any = False
         for req in batch:
@@ -594,6 +642,9 @@ class Engine:
                 if not req.started:
                     s.stats.wake_wait_s += time.perf_counter() - req.enqueued
                     req.started = True
+                if req.kind == "flush":
+                    self._from_prefix(s)
+                since[id(s)] = req.enqueued
                 if self._advance_sleep(s, 1, deferred):
                     self._requeue(req)
                 elif req.kind == "decode":
@@ -604,20 +655,13 @@ class Engine:
                 elif read_any and budget <= 0:
                     self._requeue(req)  # the budget is spent: the next step reads it
                 else:
-                    piece = self._next_piece(s, self.prefill_chunk if not read_any else min(self.prefill_chunk, budget))
+                    take = self.prefill_chunk if not read_any else min(self.prefill_chunk, budget)
+                    piece = self._next_piece(s, min(take, self._prefix_room(s)))
                     rows.append((req, *piece))
                     budget -= len(piece[0])
                     read_any = True
             except BaseException as e:
                 self._finish(req, exc=e)
-        try:
-            self._step_deferred(deferred)
-        except BaseException as e:  # a broken sleep: its sessions' wake work fails, the worker goes on
-            for s in deferred:
-                s._job = None
-                self._emit(s, "sleep_failed", error=repr(e))
-        if not rows:
-            return
         n_decode = sum(after is None for *_, after in rows)
         if n_decode > 1:
             self.batched_steps += 1
@@ -625,6 +669,30 @@ class Engine:
             self.mixed_steps += 1
         for group in reversed(self._groups(rows)):  # the shortest rows (decode steps) first: answered
             self._forward(group)  # before the reads' forward, their sessions send their next steps meanwhile
+        # the sleep blocks last: the sessions stepped above (never these ones, whose requests were
+        # requeued) are answered before them, and send their next steps while the blocks run
+        deferred = self._oldest_within_budget(deferred, since)
+        try:
+            self._step_deferred(deferred)
+        except BaseException as e:  # a broken sleep: its sessions' wake work fails, the worker goes on
+            for s in deferred:
+                s._job = None
+                self._emit(s, "sleep_failed", error=repr(e))
+
+    def _oldest_within_budget(self, sessions: list[EngineSession], since: dict[int, float]) -> list[EngineSession]:
+        """The sessions whose sleep block runs in this step: those whose requests came first, while
+        their windows add up to ``max_sleep_tokens`` (at least one). The others' requests are
+        requeued without a block: they wait for the first ones' sleeps to finish (so those are
+        answered first, not all at the end together) and for no more than a bounded block."""
+        taken: list[EngineSession] = []
+        tokens = 0
+        for s in sorted(sessions, key=lambda s: since.get(id(s), 0.0)):
+            n = s.state.window_len
+            if taken and tokens + n > self.max_sleep_tokens:
+                break
+            taken.append(s)
+            tokens += n
+        return taken
 
     def _groups(self, rows: list[Any]) -> list[list[Any]]:
         """Rows (each a piece of tokens for one session) in forwards: one padded forward costs
@@ -686,6 +754,7 @@ class Engine:
                 s.pending_offset = after[1]
             s.stats.prefill_s += share
             s.stats.prefill_tokens += len(ids)
+            self._store_prefix(s)
             if s.pending:
                 self._requeue(req)
             else:
@@ -718,20 +787,77 @@ class Engine:
     def _flush_some(self, session: EngineSession, budget: int) -> bool:
         """Read up to ``budget`` queued tokens, or run one block of a sleep the window's filling
         forced; True when nothing is left to read."""
+        self._from_prefix(session)
         while session.pending:
             if self._advance_sleep(session, 1):
                 return False
             if budget <= 0:
                 return False
             # one prefill for as many queued segments as fit (many small messages: one pass)
-            ids, flags, (n_segments, offset) = self._next_piece(session, budget)
+            ids, flags, (n_segments, offset) = self._next_piece(session, min(budget, self._prefix_room(session)))
             if ids:
                 session.last_logits = self._prefill(session, ids, flags)
                 budget -= len(ids)
             with self._cv:
                 del session.pending[:n_segments]
                 session.pending_offset = offset
+            self._store_prefix(session)
         return True
+
+    # --- prefix cache ---------------------------------------------------------------------------
+
+    def _from_prefix(self, session: EngineSession) -> None:
+        """A fresh session (nothing read, no sleep) whose first queued segment is a cached prefix
+        starts from a copy of its state; on a miss, its read of that segment ends at the segment's
+        end (:meth:`_prefix_room`) and the state there is cached (:meth:`_store_prefix`).
+
+        Only a segment with more queued after it is cached (a shared header such as a system
+        prompt and its tools, not a whole one-off input), and only one that fits in the window
+        (the read involves no sleep)."""
+        s = session
+        st = s.state
+        if (not self.prefix_cache or s._prefix_key is not None or not s.pending or s.pending_offset
+                or not isinstance(st, HybridState) or st.tokens_seen or st.window_len or s._job is not None
+                or s._sleep_requested):
+            return
+        ids, flag = s.pending[0]
+        if not _MIN_PREFIX <= len(ids) <= st.window:
+            return
+        key = (tuple(ids), flag)
+        hit = self._prefixes.get(key)
+        if hit is None:
+            if len(s.pending) > 1:
+                s._prefix_key = key
+            return
+        self._prefixes.move_to_end(key)
+        state, logits = hit
+        s.state = state.clone()
+        s.last_logits = logits.clone()
+        with self._cv:
+            del s.pending[:1]
+        s.stats.prefix_tokens += len(ids)
+        s.stats.window_fill = s.state.window_len / s.state.window
+        self.prefix_hits += 1
+
+    @staticmethod
+    def _prefix_room(session: EngineSession) -> int:
+        """Tokens the next piece may take so that it ends at the end of a prefix being cached."""
+        key = session._prefix_key
+        return len(key[0]) - session.state.tokens_seen if key is not None else 1 << 30
+
+    def _store_prefix(self, session: EngineSession) -> None:
+        """Cache the state after the session's first segment once it is read (a copy: the session
+        goes on changing its own)."""
+        key = session._prefix_key
+        st = session.state
+        if key is None or st.tokens_seen < len(key[0]):
+            return
+        session._prefix_key = None
+        if st.tokens_seen == st.window_len == len(key[0]) and session.last_logits is not None:
+            self._prefixes[key] = (st.clone(), session.last_logits.clone())
+            self._prefixes.move_to_end(key)
+            while len(self._prefixes) > self.prefix_cache:
+                self._prefixes.popitem(last=False)
 
     @staticmethod
     def _last_logits(session: EngineSession) -> torch.Tensor:
@@ -905,6 +1031,7 @@ class Engine:
                 self._emit(s, "sleep_failed", error=repr(e))
             return
         share = (t1 - t0) / len(stepping)
+        going_on: list[EngineSession] = []
         for s, job, finished_pass in zip(stepping, jobs, passes, strict=True):
             try:
                 self._account(s, t0, t0 + share, s._wake_since)
@@ -914,11 +1041,12 @@ class Engine:
                     s._interrupted = False
                     self._commit(s, exposed_from=s._wake_since)
                 else:
-                    with self._cv:
-                        self._sleepers.append(s)
+                    going_on.append(s)
             except Exception as e:
                 s._job = None
                 self._emit(s, "sleep_failed", error=repr(e))
+        with self._cv:  # back to the front, in their order: the oldest sleeps finish first
+            self._sleepers.extendleft(s for s in reversed(going_on) if s not in self._sleepers)
 
     def _sleep_ready(self, session: EngineSession) -> bool:
         """Bring a paused session's sleep to its next block (begin it, or resolve an
