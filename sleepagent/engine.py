@@ -211,6 +211,12 @@ class Engine:
     the sleep block in progress. A wake step that must first finish sessions' sleeps (their window
     must evict) runs blocks of the oldest requests' sessions within the same budget, so those
     are answered in turn while the others' decode steps go on.
+    ``max_sleep_wait_s``: the longest queued gap sleep waits while wake work keeps coming; then one
+    block of it (within ``max_sleep_tokens``) runs before the next wake step (None: never, sleep
+    only in real gaps). Under sustained load the pauses are never empty, and a sleep left whole
+    until its session's next turn must evict the window is paid all at once by that turn (and by
+    the others' turns queued behind it); a block now and then keeps sleeps finishing in the
+    pauses they were meant for, at the cost of one bounded block in a wake step's wait.
     ``wake_grace_s``: after a wake step, sleep work waits this long for the next one (a session
     that is generating sends it at once), so sleepers never slow down a generation in progress;
     they run in the real gaps (a tool call in flight, a user thinking).
@@ -227,7 +233,7 @@ class Engine:
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
                  prefill_chunk: int = 64, wake_grace_s: float = 0.002, max_step_tokens: int = 256,
                  max_pad_tokens: int = 64, resume_sleep: bool = False, prefix_cache: int = 8,
-                 max_sleep_tokens: int = 1024) -> None:
+                 max_sleep_tokens: int = 1024, max_sleep_wait_s: float | None = 0.05) -> None:
         if not isinstance(model, (SleepModel, str, os.PathLike)):
             raise ConfigError(f"model must be a SleepModel, a checkpoint name or a path, got {type(model).__name__}",
                               field="model")
@@ -237,6 +243,10 @@ class Engine:
                                    ("prefix_cache", prefix_cache, 0), ("max_sleep_tokens", max_sleep_tokens, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}", field=name)
+        if max_sleep_wait_s is not None and (isinstance(max_sleep_wait_s, bool) or not isinstance(
+                max_sleep_wait_s, (int, float)) or max_sleep_wait_s < 0):
+            raise ConfigError(f"max_sleep_wait_s must be a number of seconds >= 0 or None, got {max_sleep_wait_s!r}",
+                              field="max_sleep_wait_s")
         if isinstance(wake_grace_s, bool) or not isinstance(wake_grace_s, (int, float)) or not 0 <= wake_grace_s < 1:
             raise ConfigError(f"wake_grace_s must be a number of seconds in [0, 1), got {wake_grace_s!r}",
                               field="wake_grace_s")
@@ -246,6 +256,8 @@ class Engine:
         self.max_step_tokens = max_step_tokens
         self.max_pad_tokens = max_pad_tokens
         self.max_sleep_tokens = max_sleep_tokens
+        self.max_sleep_wait_s = max_sleep_wait_s
+        self._sleep_waits_since: float | None = None  # when queued gap sleep last ran or began to wait
         self.resume_sleep = bool(resume_sleep)
         self.prefix_cache = prefix_cache
         # first segment (ids, consolidate) -> (the state after reading it, the logits after it); LRU
@@ -490,10 +502,19 @@ class Engine:
                 self._run_sleep_steps(sleepers)
 
     def _take_work(self) -> tuple[list[_Request] | None, list[EngineSession]]:
-        """The worker's next turn (called under the lock): wake work whenever any waits, else a
-        block of sleep for the sessions that paused first, within ``max_sleep_tokens``."""
-        if self._wake:
+        """The worker's next turn (called under the lock): wake work whenever any waits (unless
+        queued sleep has waited ``max_sleep_wait_s``), else a block of sleep for the sessions that
+        paused first, within ``max_sleep_tokens``."""
+        now = time.perf_counter()
+        if not self._sleepers:
+            self._sleep_waits_since = None
+        elif self._sleep_waits_since is None:
+            self._sleep_waits_since = now
+        starved = (self.max_sleep_wait_s is not None and self._sleep_waits_since is not None
+                   and now - self._sleep_waits_since >= self.max_sleep_wait_s)
+        if self._wake and not starved:
             return self._take_wake_batch(), []
+        self._sleep_waits_since = None  # a block runs now: the wait starts over after it
         return None, self._take_sleepers()
 
     def _take_sleepers(self) -> list[EngineSession]:

@@ -150,3 +150,29 @@ def test_a_step_answers_its_decode_steps_before_it_runs_sleep_blocks():
         assert full.sleeping and full.stats.forced_sleeps == 1
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("wait", [0.05, None])
+def test_queued_sleep_that_waited_max_sleep_wait_s_runs_one_block_before_the_next_wake_step(wait):
+    engine = Engine(tiny_model(window=128), max_sleep_wait_s=wait)
+    try:
+        sleepers = paused_sessions(engine, [100, 100])
+        reader = engine.session()
+        engine.append(reader, ids(engine, "a question"))
+        engine._wake.append(_Request("flush", reader, None))
+        with engine._cv:
+            batch, _ = engine._take_work()  # the sleep has only begun to wait: the read goes first
+        assert batch is not None
+        engine._wake.append(_Request("flush", reader, None))
+        engine._sleep_waits_since = 0.0  # as though queued sleep had waited since long ago
+        with engine._cv:
+            batch, gap = engine._take_work()
+        if wait is None:  # never: sleep only in real gaps
+            assert batch is not None and gap == []
+            return
+        assert batch is None and gap == sleepers  # one block (both windows fit max_sleep_tokens)
+        with engine._cv:
+            batch, gap = engine._take_work()  # then the waiting read, the sleep's wait starting over
+        assert batch is not None and gap == []
+    finally:
+        engine.close()
