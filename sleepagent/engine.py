@@ -3,7 +3,7 @@
 All model work runs on one worker thread, so the model and every session's state are touched by
 one thread only and no lock is held around torch calls. Two classes of work:
 
-- **wake** (a session's prefill or decode; latency-critical): always taken first, in engine
+- **wake** (a session's prefill or decode; latency-critical): taken first, in engine
   steps with continuous batching: a step has a token budget (``max_step_tokens``); every
   session's waiting decode step (one token) rides along and the rest goes to pieces of waiting
   reads of several sessions (``prefill_chunk`` tokens at most each), run in one forward, or in
@@ -11,11 +11,16 @@ one thread only and no lock is held around torch calls. Two classes of work:
   (``max_pad_tokens``). So a generating session waits for one bounded step of others' reads,
   never for a whole read; a huge input is read a piece per step, a cancelled read stops at the
   next piece, and closing the engine waits for one step at most.
-- **sleep** (a block, one layer of one pass, of several sessions' sleeps batched): runs only when
-  no wake work waits, within a token budget (``max_sleep_tokens``, the sessions' windows added
-  up), so a wake request waits at most one bounded block; the sessions that paused first go
-  first (their wake comes first: a tool answers, a user replies), so as many sleeps as the gaps
-  allow are finished before their session needs them, instead of all finishing late together.
+- **sleep** (a block, one layer of one pass, of several sessions' sleeps batched): runs when no
+  wake work waits, or once queued sleep has waited ``max_sleep_wait_s`` under sustained wake
+  work, within a token budget (``max_sleep_tokens``, the sessions' windows added up), so a wake
+  request waits at most one bounded block; the sessions that paused first go first (their wake
+  comes first: a tool answers, a user replies), so as many sleeps as the gaps allow are finished
+  before their session needs them, instead of all finishing late together.
+
+A fresh session whose first segment (a system prompt with its tools) was read before starts from
+a copy of the state after it (``prefix_cache``), so a burst of new conversations reads only what
+differs.
 
 A session's sleep starts when the agent pauses (a tool call in flight, a user thinking) and the
 :class:`~sleepagent.policy.SleepPolicy` allows it, or is forced when a wake step does not fit the
