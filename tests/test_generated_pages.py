@@ -123,3 +123,24 @@ def test_every_three_place_figure_in_the_studies_table_is_in_its_study_json():
         missing = [x for x in re.findall(r"\d\.\d{3}", result) if x not in have]
         assert not missing, (m[1], missing)
     assert rows >= 15
+
+
+def test_the_fine_tuning_tables_quote_their_study_json():
+    have = _numbers(_study("finetune-rule110"), set())
+    for page in ("finetune.md", "transformers.md"):
+        text = (ROOT / "docs" / "guides" / page).read_text()
+        table = [line for line in text.splitlines() if line.startswith("| fine-tuned") or "pretrained" in line[:40]]
+        figures = [x for line in table for x in re.findall(r"\d\.\d{3}", line)]
+        assert len(figures) >= 7 and not [x for x in figures if x not in have], page
+
+
+def test_a_row_probe_in_the_json_is_a_table_on_the_page():
+    from sleepagent.train.study import markdown
+
+    report = _study("finetune-rule110")
+    assert "row_probe" in report  # python -m sleepagent.train.probes --into wrote it
+    page = markdown(report)
+    assert (STUDIES / "finetune-rule110.md").read_text() == page
+    for name, r in report["row_probe"].items():
+        for N, rows in r["rows"].items():
+            assert f"| {name} | {N} | " + " | ".join(f"{a:.3f}" for a in rows) in page

@@ -18,7 +18,10 @@ model gets: ``row_split`` scores each row's label alone, next to the share of th
 (what answering a constant bit scores), on the study's test documents.
 
 ``python -m sleepagent.train.probes RUN_DIR...`` prints the split for trained depo or rule110 runs
-(the study's test documents: same seed, same n).
+(the study's test documents: same seed, same n). ``--into STUDY.json RUN_DIR...`` also writes the
+Rule 110 row split into the study's JSON (``row_probe``) and renders its page again, so the page
+quotes the probe from its JSON: a score that could be half a solution (one row right, the other
+at its majority bit) is told apart from one that is.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 from .tasks import Depo, Example, Rule110
 from .trainer import evaluate, load_checkpoint, test_set
 
-__all__ = ["edge_order", "order_split", "row_split"]
+__all__ = ["edge_order", "order_split", "row_probe_into", "row_split"]
 
 
 def edge_order(task: Depo, ex: Example) -> str:
@@ -101,7 +104,30 @@ def row_split(model, task_kwargs: dict, loops: list[int], *, n: int = 500,
     return out, [max(p, 1 - p) for p in ones]
 
 
+def row_probe_into(study_json: str | Path, run_dirs: list[str]) -> Path:
+    """Each Rule 110 run's row split (at N = 1 and its own N) into the study's JSON, under
+    ``row_probe``; then the page is rendered again from that JSON."""
+    import json
+
+    from .study import render_page
+
+    path = Path(study_json)
+    report = json.loads(path.read_text())
+    probe = report.setdefault("row_probe", {})
+    for run in run_dirs:
+        model, meta = load_checkpoint(run)
+        cfg = meta["config"]
+        rows, majority = row_split(model, cfg["task_kwargs"], sorted({1, cfg["loops"]}), n=report["eval_n"],
+                                   seed=report.get("eval_seed", 12345))
+        probe[Path(run).name] = {"rows": {str(n): r for n, r in rows.items()}, "majority": majority}
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return render_page(path)
+
+
 def main(run_dirs: list[str]) -> None:
+    if run_dirs[:1] == ["--into"]:
+        print(row_probe_into(run_dirs[1], run_dirs[2:]))
+        return
     for run in run_dirs:
         model, meta = load_checkpoint(run)
         cfg = meta["config"]

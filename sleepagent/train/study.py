@@ -338,6 +338,19 @@ def markdown(report: dict[str, Any]) -> str:
                     ns = sorted({counts[d][1] for d in report["comparison"]}) if counts else []
                     cells.append(", ".join(map(str, ns)))
                 lines.append(f"| {label} | {steps} | " + " | ".join(cells) + " |")
+    if report.get("row_probe"):
+        probe = report["row_probe"]
+        n_rows = len(next(iter(probe.values()))["majority"])
+        lines += ["", "Per row (oldest window first): each row's label scored alone on the same test documents, "
+                      "beside the share of that row's majority label (what answering a constant bit scores). A run "
+                      "exact on one row and at the majority bit on the other scores about the majority share "
+                      "overall: half a solution. Written by `python -m sleepagent.train.probes --into`.", "",
+                  "| run | at N | " + " | ".join(f"row {i}" for i in range(n_rows)) + " | majority share |",
+                  "|---" * (n_rows + 3) + "|"]
+        for name, r in probe.items():
+            majority = ", ".join(f"{m:.3f}" for m in r["majority"])
+            for N, rows in sorted(r["rows"].items(), key=lambda kv: -int(kv[0])):
+                lines.append(f"| {name} | {N} | " + " | ".join(f"{a:.3f}" for a in rows) + f" | {majority} |")
     if report.get("pretrain_run"):
         pre = report["pretrain_run"]
         lines += ["", f"Fine-tuning: every run above starts from one pretrained checkpoint, a random transformers "
