@@ -22,7 +22,7 @@ LAYERS = {
     "runtime": 3,
     "agent": 4, "langchain": 4, "serve": 4, "testing": 4,
     "train": 5, "demo": 5,
-    "bench": 6, "cli": 6, "__init__": 6, "snapshot_view": 6,
+    "bench": 6, "cli": 6, "__init__": 6, "__main__": 6, "snapshot_view": 6,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -138,5 +139,12 @@ def test_the_gsm_infinite_preset_samples_its_ops_and_has_notes():
     task = make_task(study.task, **study.task_kwargs)
     assert task.test_difficulties() == [2, 4, 6] and study.loops == (1, 4) and study.seeds == (0, 1)
     assert [task.sample(random.Random(0), op).difficulty for op in (2, 4, 6)] == [2, 4, 6]
-    assert "Not run yet" in read_notes("gsm-infinite")
+    # the notes call its one run unfinished, and its JSON bears that out: every score zero, and no
+    # run reached its 1000 steps
+    notes = " ".join(read_notes("gsm-infinite").split())
+    assert "unfinished study, not a result" in notes
+    docs = Path(__file__).resolve().parents[2] / "docs" / "studies"
+    report = json.loads((docs / "gsm-infinite.json").read_text())
+    assert all(a == 0.0 for r in report["runs"].values() for row in r["final"].values() for a in row.values())
+    assert all(r["steps"] < study.train["steps"] for r in report["runs"].values())
 
