@@ -162,8 +162,11 @@ class EngineSession:
     # on the excluded turn's length
     _excluded_seen: bool = False
     _wake_since: float | None = None
-    # (ids, consolidate) of the first segment a fresh session reads, to be cached once read
-    _prefix_key: tuple[tuple[int, ...], bool] | None = None
+    # (ids, consolidate, cache scope) of the first segment a fresh session reads, to be cached once read
+    _prefix_key: tuple[tuple[int, ...], bool, str] | None = None
+    # whose prefix cache entries this session may read and write (a tenant): a hit is faster, so a
+    # cache shared across tenants would tell one that another sent the same first segment
+    cache_scope: str = ""
     _sleep_mark: tuple[float, float, float] = (0.0, 0.0, 0.0)  # sleep seconds (total, hidden, exposed) at its start
     closed: bool = False
 
@@ -268,7 +271,8 @@ class Engine:
         self.resume_sleep = bool(resume_sleep)
         self.prefix_cache = prefix_cache
         # first segment (ids, consolidate) -> (the state after reading it, the logits after it); LRU
-        self._prefixes: OrderedDict[tuple[tuple[int, ...], bool], tuple[HybridState, torch.Tensor]] = OrderedDict()
+        self._prefixes: OrderedDict[tuple[tuple[int, ...], bool, str], tuple[HybridState, torch.Tensor]] = (
+            OrderedDict())
         self.prefix_hits = 0
         self.wake_grace_s = wake_grace_s
         self._last_wake = 0.0
@@ -287,9 +291,12 @@ class Engine:
     # --- sessions -------------------------------------------------------------------------------
 
     def session(
-        self, session_id: str | None = None, *, policy: SleepPolicy | None = None, state: HybridState | None = None
+        self, session_id: str | None = None, *, policy: SleepPolicy | None = None, state: HybridState | None = None,
+        cache_scope: str = "",
     ) -> EngineSession:
-        """A new session with a fresh state (or ``state``, e.g. restored from a snapshot)."""
+        """A new session with a fresh state (or ``state``, e.g. restored from a snapshot).
+        ``cache_scope``: the prefix cache entries it shares (sessions of one tenant; see
+        :meth:`_from_prefix`)."""
         lm = self.model.model
         if state is not None:
             # SleepHybridLM's own check (not part of the HybridNetwork interface)
@@ -298,6 +305,7 @@ class Engine:
             id=session_id or uuid.uuid4().hex[:12],
             state=state if state is not None else lm.new_state(1),
             policy=policy or SleepPolicy(),
+            cache_scope=cache_scope,
         )
 
     # --- async API ------------------------------------------------------------------------------
@@ -840,8 +848,13 @@ class Engine:
         end (:meth:`_prefix_room`) and the state there is cached (:meth:`_store_prefix`).
 
         Only a segment with more queued after it is cached (a shared header such as a system
-        prompt and its tools, not a whole one-off input), and only one that fits in the window
-        (the read involves no sleep)."""
+        prompt and its tools, not a whole one-off input), only one that fits in the window (the
+        read involves no sleep), and never a never-consolidate one: what a policy excludes must
+        not outlive its session anywhere, and this cache outlives every session. The cache is
+        keyed by the exact tokens, so a hit gives a session the state its own read would have;
+        but a hit is faster, which tells a client that someone sent the same first segment
+        recently (as vLLM's prefix caching does), so entries are shared only within a session's
+        ``cache_scope`` (the server's tenant); ``prefix_cache=0`` turns the cache off."""
         s = session
         st = s.state
         if (not self.prefix_cache or s._prefix_key is not None or not s.pending or s.pending_offset
@@ -849,9 +862,9 @@ class Engine:
                 or s._sleep_requested):
             return
         ids, flag = s.pending[0]
-        if not _MIN_PREFIX <= len(ids) <= st.window:
+        if not flag or not _MIN_PREFIX <= len(ids) <= st.window:
             return
-        key = (tuple(ids), flag)
+        key = (tuple(ids), flag, s.cache_scope)
         hit = self._prefixes.get(key)
         if hit is None:
             if len(s.pending) > 1:

@@ -290,7 +290,7 @@ class SessionTable:
         if self.persistence.active:
             session_id = self.persistence.open(session_id, tenant)
         sid = session_id or uuid.uuid4().hex[:16]
-        s = ChatSession(sid, tenant, self.engine.session(sid, policy=self.sleep), since=self._now())
+        s = ChatSession(sid, tenant, self.engine.session(sid, policy=self.sleep, cache_scope=tenant), since=self._now())
         self._attach(s)
         if self.max_state_bytes is not None and not self._fresh_bytes:
             self._fresh_bytes = s.state_bytes
@@ -551,7 +551,7 @@ class SessionTable:
         """Start the session over: a fresh state under the same id (its snapshots stay)."""
         self._unindex(s)
         self.engine.close_session(s.engine_session)
-        fresh = self.engine.session(s.id, policy=self.sleep)
+        fresh = self.engine.session(s.id, policy=self.sleep, cache_scope=s.tenant)
         s.engine_session, s.digests, s.dirty, s.meta = fresh, [], False, SessionMeta()
         s.since = self._now()
         self.persistence.hook(fresh, s.tenant, lambda: s.meta)

@@ -176,3 +176,35 @@ def test_queued_sleep_that_waited_max_sleep_wait_s_runs_one_block_before_the_nex
         assert batch is not None and gap == []
     finally:
         engine.close()
+
+
+async def test_a_never_consolidate_header_is_never_cached():
+    """What a policy excludes must not outlive its session: the prefix cache outlives them all."""
+    with Engine(tiny_model()) as engine:
+        for _ in range(2):
+            s = engine.session()
+            engine.append(s, ids(engine, HEADER), consolidate=False)
+            engine.append(s, ids(engine, "user: hello"))
+            await engine.flush(s)
+            assert s.stats.prefix_tokens == 0
+        assert not engine._prefixes and engine.prefix_hits == 0
+        # the same tokens, consolidated, are a shared header like any other
+        await first_turn(engine, HEADER, "user: hello")
+        assert len(engine._prefixes) == 1
+
+
+async def test_prefix_cache_entries_are_shared_within_a_cache_scope_only():
+    """A hit is faster: across tenants it would tell one that another sent the same header."""
+    with Engine(tiny_model()) as engine:
+
+        async def header_then(scope: str) -> EngineSession:
+            s = engine.session(cache_scope=scope)
+            engine.append(s, ids(engine, HEADER))
+            engine.append(s, ids(engine, "user: hello"))
+            await engine.flush(s)
+            return s
+
+        assert (await header_then("tenant-a")).stats.prefix_tokens == 0
+        assert (await header_then("tenant-b")).stats.prefix_tokens == 0  # another tenant: a miss
+        assert (await header_then("tenant-a")).stats.prefix_tokens == len(ids(engine, HEADER))
+        assert engine.prefix_hits == 1 and len(engine._prefixes) == 2
