@@ -278,27 +278,32 @@ def gdn_decode_step(
 
     The decode step of a small model is dispatch-bound, not compute-bound, so this keeps the op
     count down rather than the flops: q and k are normalised together (they come out of the
-    conv as one tensor), the heads are one batch of ``bmm`` / ``baddbmm`` calls, and the query
-    scale rides on the readout's ``alpha``. ``S`` is read, never written.
+    conv as one tensor), the heads are broadcast elementwise ops, and ``scale=1.0`` skips the
+    readout's scaling (a caller that normalises o next folds the scale into its eps). ``S`` is
+    read, never written.
     """
     dt = _compute_dtype(qk, v, a, b, S)
-    B, _, H, K = qk.shape
+    B, H = qk.shape[0], qk.shape[2]
     HV, V = v.shape[1], v.shape[2]
-    N = B * HV
-    qk = qk.to(dt)
+    if qk.dtype != dt or v.dtype != dt or S.dtype != dt:  # (a no-op .to still costs a call)
+        qk, v, S = qk.to(dt), v.to(dt), S.to(dt)
     # l2norm of q and k at once: x / sqrt(|x|^2 + eps) = x / hypot(|x|, sqrt(eps))
     qk = qk / torch.hypot(torch.linalg.vector_norm(qk, dim=-1, keepdim=True), _constant(eps**0.5, dt, qk.device))
     if H != HV:
         qk = qk.repeat_interleave(HV // H, dim=2)
-    q, k = qk[:, 0].reshape(N, 1, K), qk[:, 1].reshape(N, K, 1)
+    # the heads as broadcast elementwise ops on [B, HV, K, V], not bmm: no reshape of strided rows
+    # (a batch's q/k/v are columns of one [B, *] tensor), and an outer product by addcmul costs
+    # half a baddbmm (measured)
+    q, k = qk.unsqueeze(-1).unbind(1)  # [B, HV, K, 1] each
     decay = torch.exp(neg_A.to(dt) * F.softplus(a.to(dt) + dt_bias.to(dt)))  # e^g, [B, HV]
-    S_dec = S.to(dt).reshape(N, K, V) * decay.view(N, 1, 1)
-    recalled = torch.bmm(k.view(N, 1, K), S_dec)  # what the memory returns for k: [N, 1, V]
-    delta = (v.to(dt).reshape(N, 1, V) - recalled) * torch.sigmoid(b.to(dt)).view(N, 1, 1)
-    S_new = torch.baddbmm(S_dec, k, delta)  # S_dec + k delta^T
-    # beta=0: the first argument only gives the shape (and is ignored, NaN or not)
-    o = torch.baddbmm(delta, q, S_new, beta=0.0, alpha=scale)
-    return o.view(B, HV, V).to(v.dtype), S_new.view(B, HV, K, V)
+    S_dec = S * decay.view(B, HV, 1, 1)
+    recalled = (k * S_dec).sum(2, keepdim=True)  # what the memory returns for k: [B, HV, 1, V]
+    delta = (v.view(B, HV, 1, V) - recalled) * torch.sigmoid(b.to(dt)).view(B, HV, 1, 1)
+    S_new = torch.addcmul(S_dec, k, delta)  # S_dec + k delta^T
+    o = (q * S_new).sum(2)  # [B, HV, V]
+    if scale != 1.0:
+        o = o * scale
+    return o.to(v.dtype), S_new
 
 
 def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, needs_grad):

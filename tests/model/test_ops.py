@@ -156,8 +156,10 @@ def decode_reference(qk, v, a, b, S, neg_A, dt_bias, scale, eps):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B,H,HV,K,V", [(1, 4, 4, 32, 32), (3, 2, 4, 8, 12), (2, 1, 3, 16, 8)])
-def test_decode_step_matches_float64_reference(dtype, B, H, HV, K, V):
-    """The fused decode step and its spelt-out reference, on fresh random inputs, against float64."""
+@pytest.mark.parametrize("unit_scale", [False, True])
+def test_decode_step_matches_float64_reference(dtype, B, H, HV, K, V, unit_scale):
+    """The fused decode step and its spelt-out reference, on fresh random inputs, against float64
+    (``scale=1.0`` too: the layer's decode passes it and folds the query scale elsewhere)."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     qk = torch.randn(B, 2, H, K, generator=gen, dtype=dtype) * 2
     v = torch.randn(B, HV, V, generator=gen, dtype=dtype)
@@ -165,7 +167,7 @@ def test_decode_step_matches_float64_reference(dtype, B, H, HV, K, V):
     S = (torch.randn(B, HV, K, V, generator=gen) * 0.3).to(dtype)
     neg_A = -torch.empty(HV).uniform_(1, 16, generator=gen).to(dtype)
     dt_bias = torch.randn(HV, generator=gen, dtype=dtype)
-    scale, eps = K**-0.5, 1e-6
+    scale, eps = 1.0 if unit_scale else K**-0.5, 1e-6
     o_ref, S_ref = decode_reference(qk, v, a, b, S, neg_A, dt_bias, scale, eps)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     for fn in (gdn_decode_step, naive_gdn_decode_step):
