@@ -3,8 +3,11 @@
 A turn starts from the logits after the generation prompt. Each step a :class:`TokenPicker`
 chooses the next token (the :class:`Sampler`: greedy or sampled, under the turn's constraint,
 :func:`~sleepagent.runtime.constraints.turn_constraint`; a scripted test model: its script), the token
-goes through a real decode step on the session's
-state, and the loop ends at the end-of-turn token, a stop string or the token budget. Then the
+goes through a real decode step on the session's state, and the loop ends at the end-of-turn
+token, a stop string or the token budget. Tokens the constraint allows alone (a tool call's
+``{"name": "``, a lone tool's name, an object's next key) are read in one piece instead, one
+prefill rather than a decode step each (jump-forward decoding: the same turn, fewer steps;
+``Sampler.forced``). Then the
 turn is closed: its ``<|end|>`` is queued, read with the next flush (the model waits for the
 tool or the user with its closing token pending, as it was trained).
 
@@ -80,6 +83,13 @@ class Sampler:
         z = logits.double()
         probs = torch.softmax((z - z.max()) / self.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def forced(self, emitted: Sequence[int], limit: int) -> list[int]:
+        """The tokens the constraint allows alone after ``emitted`` (at most ``limit``; none
+        without a constraint that can tell): this sampler would pick each of them whatever the
+        logits, so :func:`generate_turn` reads them in one piece."""
+        fn = getattr(self.constraint, "forced", None)
+        return list(fn(emitted, limit)) if fn is not None else []
 
 
 class Script:
@@ -248,6 +258,17 @@ class _CallStream:
                 self.sent[idx] = len(part.arguments)
 
 
+def _until_stop(tok: Any, emitted: list[int], new: list[int], stops: Sequence[str]) -> list[int]:
+    """``new`` up to and including the first token after which the turn's text holds a stop
+    string it did not hold before (all of ``new`` when none does)."""
+    if not stops:
+        return new
+    for i in range(len(new)):
+        if any(s in tok.decode(emitted + new[: i + 1]) for s in stops):
+            return new[: i + 1]
+    return new
+
+
 async def generate_turn(
     engine: Any,
     session: Any,
@@ -283,16 +304,28 @@ async def generate_turn(
     text, full, sent, finish = "", "", 0, "length"
     clean = ended = False
     calls = _CallStream(on_call) if on_call is not None else None
+    forced_after = getattr(picker, "forced", None)
     try:
-        for _ in range(max_tokens):
-            nxt = picker(logits, emitted)
-            if nxt in ends:
-                finish, ended = "stop", True
-                break
-            logits = await engine.decode(session, nxt, consolidate=not provisional)
-            emitted.append(nxt)
+        while len(emitted) < max_tokens:
+            # tokens the constraint forces (a tool call's '{"name": "'): read in one piece, not
+            # one decode step each; cut after the first that completes a stop string, as the
+            # token-by-token loop would have stopped there
+            new = forced_after(emitted, max_tokens - len(emitted)) if forced_after is not None else []
+            if new:
+                new = _until_stop(tok, emitted, new, stops)
+                emitted.extend(new)
+                logits = await engine.prefill(session, new, consolidate=not provisional)
+            else:
+                nxt = picker(logits, emitted)
+                if nxt in ends:
+                    finish, ended = "stop", True
+                    break
+                logits = await engine.decode(session, nxt, consolidate=not provisional)
+                emitted.append(nxt)
+                new = [nxt]
             if on_token is not None:
-                on_token(tok.decode([nxt]))
+                for t in new:
+                    on_token(tok.decode([t]))
             text = full = tok.decode(emitted)
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:

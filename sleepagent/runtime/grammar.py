@@ -729,6 +729,25 @@ class GrammarConstraint:
         np.logical_not(mask, out=banned[: mask.size])
         return logits.masked_fill(torch.from_numpy(banned).to(logits.device, non_blocking=True), float("-inf"))
 
+    def forced(self, emitted: Sequence[int], limit: int) -> list[int]:
+        """The tokens that must follow ``emitted``, at most ``limit``: while the mask allows one
+        token alone (and not an end token), that token, fed as it is found. A picker would choose
+        each of them whatever the logits, so the turn may read them in one piece (jump-forward
+        decoding: a tool call's ``{"name": "`` and a lone tool's name cost one read, not a decode
+        step a byte)."""
+        self._sync(emitted)
+        out: list[int] = []
+        while len(out) < limit:
+            mask = self._mask if self._mask is not None else self._compute()
+            if np.count_nonzero(mask) != 1:
+                break
+            token = int(mask.argmax())
+            if token in self.end_ids:
+                break
+            self.advance(token)
+            out.append(token)
+        return out
+
     # --- queries -------------------------------------------------------------------------------
     def is_complete(self) -> bool:
         """What was fed is a complete turn: an end token may follow."""

@@ -253,3 +253,85 @@ def test_avoid_pattern_matches_exactly_the_strings_without_the_word():
     for _ in range(5000):
         s = "".join(rng.choice("tol_ca>x<\n") for _ in range(rng.randint(0, 16)))
         assert bool(rx.match(s)) == ("tool_call>" not in s), s
+
+
+# ------------------------------------------------------------------------------------------ jump-forward
+def _lone(c, emitted: list[int]) -> int | None:
+    """The one token the mask allows after ``emitted`` (not an end token), else None."""
+    options = torch.nonzero(c.allowed(emitted)).flatten().tolist()
+    return options[0] if len(options) == 1 and options[0] not in c.end_ids else None
+
+
+@pytest.mark.parametrize("choice", ["auto", "required", "search", "next_page"])
+def test_forced_tokens_are_the_runs_of_lone_choices(choice):
+    """At every point of random turns, ``forced`` is exactly the run of tokens the mask allows
+    alone (judged by a second constraint, token by token), and stops where a choice begins."""
+    c = tool_call_constraint(TOK, TOOLS, choice, max_tokens=120)
+    judge = tool_call_constraint(TOK, TOOLS, choice, max_tokens=120)
+    jumped = 0
+    for seed in range(8):
+        path = walk(c, TOK, seed)
+        for i in range(len(path) + 1):
+            got = c.forced(path[:i], 1000)
+            want, at = [], list(path[:i])
+            while (t := _lone(judge, at)) is not None:
+                want.append(t)
+                at.append(t)
+            assert got == want, (choice, seed, i, TOK.decode(path[:i]))
+            assert c.forced(path[:i], 2) == want[:2]  # the limit holds
+            jumped += len(got)
+    assert jumped > 0
+
+
+def test_a_named_tool_is_read_as_one_piece_up_to_its_first_free_argument():
+    c = tool_call_constraint(TOK, TOOLS, "search", max_tokens=300)
+    assert c.forced([], 100) == [OPEN]  # the turn must open with the call
+    forced = c.forced([OPEN, ord("{")], 100)
+    assert TOK.decode(forced) == '"name": "search", "arguments": {"q": "'
+
+
+def test_generate_turn_reads_forced_tokens_in_one_piece_and_writes_the_same_turn():
+    """The shipped model under a named tool: the turn written with jump-forward is the turn the
+    token-by-token loop writes, in fewer decode steps (the name and the keys are read, not decoded)."""
+    import anyio
+
+    from sleepagent import Engine
+    from sleepagent.model import SleepModel
+    from sleepagent.runtime.generate import Sampler, generate_turn
+
+    class Counting(Engine):
+        steps = 0
+
+        async def decode(self, session, token, consolidate=True):
+            self.steps += 1
+            return await super().decode(session, token, consolidate)
+
+    class TokenByToken(Sampler):
+        def forced(self, emitted, limit):
+            return []
+
+    sm = SleepModel.from_pretrained("docqa-small")
+    tok = sm.tokenizer
+    prompt = tok.render_turn("user", "Find the place.") + tok.generation_prompt()
+
+    async def turn(picker_cls):
+        engine = Counting(sm)
+        try:
+            s = engine.session()
+            logits = await engine.prefill(s, prompt)
+            c = tool_call_constraint(tok, TOOLS, "search", max_tokens=80)
+            streamed: list[str] = []
+            out = await generate_turn(engine, s, logits, picker=picker_cls(0.0, constraint=c), max_tokens=80,
+                                      on_token=streamed.append)
+            return out, engine.steps, "".join(streamed)
+        finally:
+            engine.close()
+
+    jumped, steps, streamed = anyio.run(turn, Sampler)
+    plain, plain_steps, _ = anyio.run(turn, TokenByToken)
+    assert (jumped.full_text, jumped.tokens, jumped.finish) == (plain.full_text, plain.tokens, plain.finish)
+    assert streamed == jumped.full_text  # every token still reaches on_token, in order
+    [call] = calls_of(tok, tok.encode(jumped.full_text))
+    assert isinstance(call, ToolCall) and call.name == "search"
+    forced = 1 + len('"name": "search", "arguments": {"q": "')  # the open tag, then the keys: read, not decoded
+    assert steps <= plain_steps - forced

@@ -146,8 +146,10 @@ def test_openai_sdk_stream_accumulates_to_the_plain_call(url, choice):
     got = final_tool_calls[0]
     assert (got.function.name, got.function.arguments) == (want.function.name, want.function.arguments)
     assert got.id.startswith("call_") and got.type == "function"
-    assert name_at[0] < carriers[-1]  # the name came first, the arguments after it, in pieces
-    assert len(carriers) >= 3
+    assert name_at[0] < carriers[-1]  # the name came first, the arguments after it
+    # lookup's free arguments arrive in pieces; next_page's "{}" is all the grammar allows, read
+    # (and sent) in one piece
+    assert len(carriers) >= (2 if choice is None else 3)
     assert finish == "tool_calls"
     assert use is not None and use.completion_tokens == plain.usage.completion_tokens
     if choice is not None:
