@@ -237,7 +237,9 @@ class Engine:
     tokens do not wait for each other's identical system prompts (vLLM's and SGLang's prefix
     caching; for a recurrent model the whole state at the boundary is the prefix, as their Mamba
     caching keeps it). The state is a function of the tokens alone, so a copy answers as the
-    read would (up to float rounding, as any read split into pieces).
+    read would (up to float rounding, as any read split into pieces). Its bytes count against
+    a session table's state budget (:meth:`prefix_cache_bytes`), which evicts them before it
+    releases a session (:meth:`evict_prefixes`: a cached prefix costs one read to rebuild).
     """
 
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,
@@ -865,12 +867,14 @@ class Engine:
         if not flag or not _MIN_PREFIX <= len(ids) <= st.window:
             return
         key = (tuple(ids), flag, s.cache_scope)
-        hit = self._prefixes.get(key)
+        with self._cv:  # the session table reads and evicts the cache from another thread
+            hit = self._prefixes.get(key)
+            if hit is not None:
+                self._prefixes.move_to_end(key)
         if hit is None:
             if len(s.pending) > 1:
                 s._prefix_key = key
             return
-        self._prefixes.move_to_end(key)
         state, logits = hit
         s.state = state.clone()
         s.last_logits = logits.clone()
@@ -895,10 +899,28 @@ class Engine:
             return
         session._prefix_key = None
         if st.tokens_seen == st.window_len == len(key[0]) and session.last_logits is not None:
-            self._prefixes[key] = (st.clone(), session.last_logits.clone())
-            self._prefixes.move_to_end(key)
-            while len(self._prefixes) > self.prefix_cache:
-                self._prefixes.popitem(last=False)
+            entry = (st.clone(), session.last_logits.clone())
+            with self._cv:
+                self._prefixes[key] = entry
+                self._prefixes.move_to_end(key)
+                while len(self._prefixes) > self.prefix_cache:
+                    self._prefixes.popitem(last=False)
+
+    def prefix_cache_bytes(self) -> int:
+        """Bytes the prefix cache holds (its states and logits)."""
+        with self._cv:
+            entries = list(self._prefixes.values())
+        return sum(state.nbytes + logits.numel() * logits.element_size() for state, logits in entries)
+
+    def evict_prefixes(self, nbytes: int) -> int:
+        """Drop the least recently used cached prefixes until ``nbytes`` are freed or none is
+        left; returns the bytes freed. A session that would have hit one reads its prefix."""
+        freed = 0
+        with self._cv:
+            while freed < nbytes and self._prefixes:
+                state, logits = self._prefixes.popitem(last=False)[1]
+                freed += state.nbytes + logits.numel() * logits.element_size()
+        return freed
 
     @staticmethod
     def _last_logits(session: EngineSession) -> torch.Tensor:

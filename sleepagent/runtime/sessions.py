@@ -500,7 +500,11 @@ class SessionTable:
         budget = self.max_state_bytes
         if budget is None:
             return True
-        while self.live_bytes() + need > budget:
+        while (held := self.live_bytes() + self.engine.prefix_cache_bytes()) + need > budget:
+            # the engine's cached prefixes go first: one costs a read to rebuild, a released
+            # session a round trip through the store
+            if self.engine.evict_prefixes(held + need - budget):
+                continue
             now = time.monotonic()
             idle = [s for s in self.live.values() if s.available(now)]
             if not idle:
@@ -636,4 +640,4 @@ class SessionTable:
     def stats(self) -> dict[str, Any]:
         return {"live": len(self.live), "released": self.released_total, "remembered": len(self._released),
                 "fork_points": len(self._points), "state_bytes": self.live_bytes(),
-                "max_state_bytes": self.max_state_bytes}
+                "prefix_cache_bytes": self.engine.prefix_cache_bytes(), "max_state_bytes": self.max_state_bytes}

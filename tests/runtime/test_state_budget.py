@@ -183,3 +183,31 @@ def test_the_server_takes_a_budget_and_reports_the_live_state(sm, tmp_path):
     live, state = metric(text, "sleepagent_sessions"), metric(text, "sleepagent_state_bytes")
     assert 1 <= live <= 2 and state > 0
     assert metric(text, "sleepagent_sessions_released_total") == 4 - live
+
+
+async def test_the_prefix_cache_counts_against_the_budget_and_is_evicted_first(sm, tmp_path):
+    """The engine's cached prefixes (a system prompt's state, kept for every new conversation)
+    are live state too: they count against the budget, and they go before any session does (one
+    costs a read to rebuild; a session, a round trip through the store)."""
+    rt, store = runtime(sm, tmp_path, "p.db", sessions=None)
+    table, engine = rt.sessions, rt.engine
+    system = ChatTurn("system", "You answer questions about the documents you are given, briefly.")
+    try:
+        for n in range(3):
+            await rt.reply("t", [system, *opening(n)], tools=[], params=PARAMS)
+        [(state, logits)] = engine._prefixes.values()  # one shared header: one entry
+        cached = engine.prefix_cache_bytes()
+        assert cached == state.nbytes + logits.numel() * logits.element_size() > 0
+        assert engine.prefix_hits == 2
+        assert table.stats()["prefix_cache_bytes"] == cached
+        live = table.live_bytes()
+        table.max_state_bytes = live + cached  # everything fits
+        assert await table._trim() and engine.prefix_cache_bytes() == cached
+        table.max_state_bytes = live + cached - 1  # one byte short: the cache goes, no session does
+        assert await table._trim()
+        assert engine.prefix_cache_bytes() == 0 and len(table.live) == 3 and table.released_total == 0
+        await rt.reply("t", [system, *opening(3)], tools=[], params=PARAMS)  # reads its header again
+        assert engine.prefix_hits == 2
+    finally:
+        rt.engine.close()
+        store.close()
