@@ -566,6 +566,9 @@ def _metrics(server: _Server):
             table = server.sessions.stats()
             yield GaugeMetricFamily("sleepagent_state_bytes", "Bytes of the live sessions' state (fast weights, KV "
                                     "windows, sleeps in progress).", value=table["state_bytes"])
+            yield GaugeMetricFamily("sleepagent_prefix_cache_bytes", "Bytes of the engine's cached prefixes (counted "
+                                    "against the state budget, evicted before any session).",
+                                    value=table["prefix_cache_bytes"])
             if table["max_state_bytes"] is not None:
                 yield GaugeMetricFamily("sleepagent_state_budget_bytes", "The live state's budget (--max-state-mb).",
                                         value=table["max_state_bytes"])
