@@ -290,7 +290,8 @@ def test_a_named_tool_is_read_as_one_piece_up_to_its_first_free_argument():
     assert TOK.decode(forced) == '"name": "search", "arguments": {"q": "'
 
 
-def test_generate_turn_reads_forced_tokens_in_one_piece_and_writes_the_same_turn():
+@pytest.mark.parametrize("stop", [(), ('"sea',)], ids=["no-stop", "stop-inside-a-forced-run"])
+def test_generate_turn_reads_forced_tokens_in_one_piece_and_writes_the_same_turn(stop):
     """The shipped model under a named tool: the turn written with jump-forward is the turn the
     token-by-token loop writes, in fewer decode steps (the name and the keys are read, not decoded)."""
     import anyio
@@ -322,15 +323,22 @@ def test_generate_turn_reads_forced_tokens_in_one_piece_and_writes_the_same_turn
             c = tool_call_constraint(tok, TOOLS, "search", max_tokens=80)
             streamed: list[str] = []
             out = await generate_turn(engine, s, logits, picker=picker_cls(0.0, constraint=c), max_tokens=80,
-                                      on_token=streamed.append)
-            return out, engine.steps, "".join(streamed)
+                                      on_token=streamed.append, stop=stop)
+            return out, engine.steps, "".join(streamed), s.state.tokens_seen
         finally:
             engine.close()
 
-    jumped, steps, streamed = anyio.run(turn, Sampler)
-    plain, plain_steps, _ = anyio.run(turn, TokenByToken)
+    jumped, steps, streamed, read = anyio.run(turn, Sampler)
+    plain, plain_steps, _, plain_read = anyio.run(turn, TokenByToken)
     assert (jumped.full_text, jumped.tokens, jumped.finish) == (plain.full_text, plain.tokens, plain.finish)
+    assert read == plain_read  # the model read exactly the tokens the token-by-token loop fed it
     assert streamed == jumped.full_text  # every token still reaches on_token, in order
+    if stop:  # cut right after the stop string, inside the forced '"name": "search"'
+        assert jumped.full_text == '<tool_call>{"name": "sea' and jumped.text == '<tool_call>{"name": '
+        # the open tag is forced (a named tool), "{" the model's choice (the one decode step), and
+        # the keys up to the stop one read
+        assert steps == 1
+        return
     [call] = calls_of(tok, tok.encode(jumped.full_text))
     assert isinstance(call, ToolCall) and call.name == "search"
     forced = 1 + len('"name": "search", "arguments": {"q": "')  # the open tag, then the keys: read, not decoded
