@@ -264,8 +264,9 @@ def decode_markdown(r: dict[str, Any], command: str) -> str:
                   f"disabled: a machine's first run) and compiled "
                   f"{r['compiled_graphs']} graph(s) over {r['compiled_steps_checked']} steps that crossed window "
                   "lengths and a sleep (shapes never depend on the window length). It stays opt-in "
-                  "(`model.compile_decode = True`): the first step waits for the compiler, which must be on the "
-                  "machine.", ""]
+                  "(`sleepagent serve --compile-decode`, which compiles at startup, or "
+                  "`model.warm_compiled_decode()`): the compiler must be on the machine, and batched steps "
+                  "(several sessions at once) stay eager.", ""]
     k = r["gdn_kernel"]
     lines += [f"The GDN decode kernel alone, on the model's shapes: reference {k['reference']['us']:.1f} us "
               f"({k['reference']['dispatched']} ops), fused `gdn_decode_step` {k['fused']['us']:.1f} us "

@@ -30,6 +30,9 @@ def serve(
                                    "before the least recently used idle sessions are released; default: a "
                                    "quarter of the device's memory")
     ] = None,
+    compile_decode: Annotated[bool, typer.Option(
+        "--compile-decode", help="compile the one-session decode step with torch.compile at startup (a "
+        "sleepagent checkpoint; on a CPU it needs a C++ compiler; see `sleepagent bench decode`)")] = False,
     ray_mode: Annotated[bool, typer.Option("--ray", help="engine replicas on Ray Serve (needs --store)")] = False,
     replicas: Annotated[int, typer.Option(min=1, help="--ray: engine replicas")] = 2,
     ray_address: Annotated[
@@ -47,7 +50,8 @@ def serve(
 
         cfg = ServeConfig(model=model, store=store, api_keys=load_api_keys(api_keys), no_auth=no_auth, loops=loops,
                           idle_release_s=idle_release, persist_window=persist_window, max_in_flight=max_in_flight,
-                          max_prompt_tokens=max_prompt_tokens, max_state_mb=max_state_mb)
+                          max_prompt_tokens=max_prompt_tokens, max_state_mb=max_state_mb,
+                          compile_decode=compile_decode)
         if ray_mode:
             from ray import serve as ray_serve
 

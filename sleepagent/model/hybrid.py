@@ -434,6 +434,27 @@ class SleepHybridLM(nn.Module):
             self.__dict__["_compiled"] = fn
         return fn
 
+    def warm_compiled_decode(self) -> float:
+        """Turn :attr:`compile_decode` on and compile its graph now, on a scratch state, so that
+        no request waits for the compiler (what a server does at startup, as vLLM captures its
+        CUDA graphs before it serves); returns the seconds it took. A machine that cannot compile
+        (no C++ compiler on CPU) raises :class:`~sleepagent.errors.ConfigError` and leaves it off."""
+        import time
+
+        t0 = time.perf_counter()
+        self.compile_decode = True
+        try:
+            state = self.new_state(1, device=self.tok_emb.weight.device)
+            self.prefill(torch.zeros(1, 2, dtype=torch.long, device=state.device), state)
+            self.step(torch.zeros(1, dtype=torch.long, device=state.device), state)
+        except Exception as e:
+            self.compile_decode = False
+            self.__dict__.pop("_compiled", None)
+            raise ConfigError(f"compile_decode: torch.compile could not build the decode step ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); on a CPU it needs a C++ compiler",
+                              field="compile_decode") from None
+        return time.perf_counter() - t0
+
     @torch.no_grad()
     def step_many(
         self, ids: torch.Tensor, states: list[HybridState], consolidate: list[bool] | None = None

@@ -99,6 +99,9 @@ class ServeConfig(BaseModel):
     persist_window: bool = False
     ttl: float | None = Field(default=None, gt=0)
     on_wake: str = Field(default="resume", pattern="^(resume|finish|commit|abort)$")
+    # a one-session decode step as one torch.compile graph, compiled at startup (a sleepagent
+    # checkpoint; on a CPU, a C++ compiler): see SleepHybridLM.compile_decode
+    compile_decode: bool = False
 
 
 def load_api_keys(path: str | None = None, env: str | None = None) -> dict[str, str]:
@@ -267,6 +270,12 @@ class _Server:
         self.cfg = cfg
         sm = cfg.model if isinstance(cfg.model, SleepModel) else SleepModel.from_pretrained(cfg.model)
         self.model_name = cfg.model_name or sm.name
+        if cfg.compile_decode:
+            warm = getattr(sm.model, "warm_compiled_decode", None)
+            if warm is None:
+                raise ConfigError(f"--compile-decode needs a sleepagent checkpoint; {self.model_name!r} is a "
+                                  f"{type(sm.model).__name__}", field="compile_decode")
+            logger.info("decode step compiled in %.1f s", warm())
         self.engine = Engine(sm)
         self.store = open_store(cfg.store)
         # cfg.on_wake's pattern admits only SleepPolicy's values
