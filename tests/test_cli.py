@@ -35,6 +35,16 @@ def test_bench_kernels_json():
     assert all(c["fwd_ratio"] > 0 and c["fwdbwd_ratio"] > 0 for c in data["cases"])
 
 
+def test_bench_kernels_takes_a_head_shape_and_a_backend():
+    result = runner.invoke(app, ["bench", "kernels", "--lengths", "64", "--repeats", "1", "--batch", "2", "--heads",
+                                 "3", "--head-dim", "8", "--backend", "torch_chunk", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["batch"], data["heads"], data["head_dim"], data["backend"]) == (2, 3, 8, "torch_chunk")
+    bad = runner.invoke(app, ["bench", "kernels", "--backend", "triton"])
+    assert bad.exit_code != 0 and "--backend must be auto, torch_chunk or fla" in bad.output
+
+
 def test_bench_wake_json():
     result = runner.invoke(app, ["bench", "wake", "--loops", "1,2", "--tokens", "80", "--rounds", "1", "--json"])
     assert result.exit_code == 0, result.output

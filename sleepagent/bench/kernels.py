@@ -63,4 +63,5 @@ def bench_kernels(
     if device.type == "cuda" and fast_backend == "auto" and fla_available():
         # "auto" trains with torch_chunk where fla's backward is known wrong (see fla_backward_ok)
         used = "fla" if fla_backward_ok(device) else "fla forward, torch_chunk forward+backward"
-    return {"device": str(device), "backend": used, "heads": heads, "head_dim": head_dim, "cases": cases}
+    return {"device": str(device), "backend": used, "batch": batch, "heads": heads, "head_dim": head_dim,
+            "cases": cases}

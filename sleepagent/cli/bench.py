@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._common import check_device, console, new_file, positive_ints
+from ._common import check_device, console, fail, new_file, positive_ints
 
 __all__ = ["app"]
 
@@ -47,13 +47,21 @@ def bench_kernels_cmd(
     lengths: Annotated[str, typer.Option(help="sequence lengths T, comma-separated")] = "512,2048,8192",
     repeats: Annotated[int, typer.Option(min=1)] = 3,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    batch: Annotated[int, typer.Option(min=1, help="sequences B")] = 1,
+    heads: Annotated[int, typer.Option(min=1, help="heads H (Qwen3.5's linear attention: 16 key heads)")] = 4,
+    head_dim: Annotated[int, typer.Option(min=1, help="head dimension K = V (Qwen3.5's: 128)")] = 64,
+    backend: Annotated[str, typer.Option(help="the chunked side: auto (fla on CUDA when installed), "
+                                              "torch_chunk or fla")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Chunked GDN kernel vs the recurrent reference: forward and forward+backward time and ratio."""
     from ..bench import bench_kernels
 
     check_device(device)
-    result = bench_kernels(positive_ints(lengths), repeats=repeats, device=device)
+    if backend not in ("auto", "torch_chunk", "fla"):
+        raise fail(f"--backend must be auto, torch_chunk or fla, not {backend!r}")
+    result = bench_kernels(positive_ints(lengths), repeats=repeats, device=device, batch=batch, heads=heads,
+                           head_dim=head_dim, fast_backend=backend)  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(result))
         return
