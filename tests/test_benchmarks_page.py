@@ -12,7 +12,7 @@ import pytest
 from sleepagent.bench.decode import DECODE_SECTION, decode_markdown
 from sleepagent.bench.engine import HF_SECTION, hf_markdown
 from sleepagent.bench.report import to_markdown
-from sleepagent.bench.serve import SWEEP_SECTION, sweep_markdown
+from sleepagent.bench.serve import SWEEP_HF_SECTION, SWEEP_SECTION, sweep_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = (DOCS / "benchmarks.md").read_text()
@@ -26,6 +26,7 @@ def section(heading: str) -> str:
 
 @pytest.mark.parametrize(("heading", "render", "data"), [
     (SWEEP_SECTION, sweep_markdown, "benchmarks_serve_sweep.json"),
+    (SWEEP_HF_SECTION, sweep_markdown, "benchmarks_serve_sweep_hf.json"),
     (DECODE_SECTION, decode_markdown, "benchmarks_decode.json"),
     (HF_SECTION, hf_markdown, "benchmarks_engine_hf.json"),
 ])

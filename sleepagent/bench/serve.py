@@ -6,13 +6,16 @@ client sees them; with replicas, the same load on Ray Serve and a timed failover
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from .server_process import metrics, server_process
 from .timing import percentile_ms
 
-__all__ = ["SWEEP_SECTION", "bench_serve", "bench_serve_sweep", "sweep_markdown"]
+__all__ = ["HF_SWEEP_MODEL", "SWEEP_HF_SECTION", "SWEEP_SECTION", "bench_serve", "bench_serve_sweep", "sweep_markdown"]
 
 
 def bench_serve(*, conversations: int = 8, concurrency: int | None = None, rounds: int = 2, tool_s: float = 0.3,
@@ -114,8 +117,15 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
     latency and share of sleep hidden (from the server's metrics before and after the row), and
     its ratios to the concurrency-1 row measured first on the same server (the baseline).
 
-    ``model``: a shipped checkpoint's name or a checkpoint directory (a transformers hybrid too);
+    ``model``: a shipped checkpoint's name or a checkpoint directory (a transformers hybrid too),
+    or ``"hf"`` (:data:`HF_SWEEP_MODEL`: ``bench engine --model hf``'s 27M-parameter qwen3_5
+    hybrid, random weights, saved to a temporary directory with a 256-token window and N = 2);
     ``max_tokens``: each request's completion budget (a random model writes up to it)."""
+    if model == "hf":
+        with tempfile.TemporaryDirectory() as tmp:
+            r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s,
+                                  model=str(_hf_checkpoint(Path(tmp))), threads=threads, max_tokens=max_tokens)
+        return {**r, "model": HF_SWEEP_MODEL}
     levels = tuple(sorted(set(levels) | {1}))
     cfg = {"model": model, "no_auth": True, "max_in_flight": max(64, 2 * levels[-1]),
            "max_sessions": max(1024, 4 * per_slot * sum(levels))}
@@ -146,6 +156,20 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
 
 
 SWEEP_SECTION = "## Serving at several concurrencies (`sleepagent bench serve --concurrency ...`)"
+SWEEP_HF_SECTION = "## Serving a transformers hybrid at several concurrencies (`sleepagent bench serve --model hf`)"
+HF_SWEEP_MODEL = "a 27.4M-parameter qwen3_5 hybrid (random weights; window 256, N = 2)"
+
+
+def _hf_checkpoint(root: Path) -> Path:
+    """``bench engine --model hf``'s qwen3_5 hybrid as a checkpoint directory a server loads, its
+    sleep settings in ``sleepagent.json`` (a window the conversations fill, so that they sleep)."""
+    from ..model.hf_tiny import save_tiny_hybrid
+    from .engine import HF_BENCH_LAYERS, HF_BENCH_SIZES
+
+    path = save_tiny_hybrid(root / "qwen3_5-27M", "qwen3_5_text", seed=0, layer_types=HF_BENCH_LAYERS,
+                            sizes=HF_BENCH_SIZES)
+    (path / "sleepagent.json").write_text(json.dumps({"window": 256, "loops": 2}))
+    return path
 
 
 def sweep_markdown(r: dict[str, Any], command: str) -> str:

@@ -267,7 +267,8 @@ def bench_serve_cmd(
         help="at a time (default: all); several, e.g. 1,4,8,16: a sweep on one server, each against 1")] = None,
     per_slot: Annotated[int, typer.Option(min=1, help="a sweep's conversations per concurrent slot")] = 2,
     model: Annotated[str, typer.Option(help="a sweep's model: a shipped name or a checkpoint directory "
-                                            "(a transformers hybrid too)")] = "docqa-small",
+                                            "(a transformers hybrid too), or hf: a 27M qwen3_5 hybrid "
+                                            "built here")] = "docqa-small",
     max_tokens: Annotated[int | None, typer.Option(min=1, help="a sweep's completion budget per request")] = None,
     rounds: Annotated[int, typer.Option(min=0, help="questions after the document")] = 2,
     tool_latency: Annotated[float, typer.Option(min=0.0, help="seconds the tool takes")] = 0.3,
@@ -307,7 +308,7 @@ def bench_serve_cmd(
 def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, rounds: int, tool_s: float, think_s: float,
                        model: str, max_tokens: int | None, out: Path | None, as_json: bool) -> None:
     from ..bench.sections import write_section
-    from ..bench.serve import SWEEP_SECTION, bench_serve_sweep, sweep_markdown
+    from ..bench.serve import SWEEP_HF_SECTION, SWEEP_SECTION, bench_serve_sweep, sweep_markdown
 
     r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s, model=model,
                           max_tokens=max_tokens)
@@ -318,8 +319,10 @@ def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, rounds: int, tool
     markdown = sweep_markdown(r, command)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_section(out, SWEEP_SECTION, markdown)
-        out.with_name(out.stem + "_serve_sweep.json").write_text(json.dumps(r, indent=1) + "\n")
+        hf = model == "hf"  # its own section: the shipped model's stays
+        write_section(out, SWEEP_HF_SECTION if hf else SWEEP_SECTION, markdown)
+        out.with_name(out.stem + ("_serve_sweep_hf.json" if hf else "_serve_sweep.json")).write_text(
+            json.dumps(r, indent=1) + "\n")
     print(json.dumps(r) if as_json else markdown)
 
 

@@ -47,3 +47,26 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
     write_section(page, "## B", "two")
     write_section(page, "## A", "three")
     assert page.read_text() == "## A\n\nthree\n\n## B\n\ntwo\n"
+
+
+@pytest.mark.slow
+def test_the_transformers_hybrid_sweep_writes_its_own_section(tmp_path):
+    """``--model hf``: the 27M qwen3_5 hybrid served from a checkpoint directory made for the run,
+    its window filled so that it sleeps; its section and JSON beside the shipped model's, which stay."""
+    from typer.testing import CliRunner
+
+    from sleepagent.bench.serve import HF_SWEEP_MODEL, SWEEP_HF_SECTION, SWEEP_SECTION
+    from sleepagent.cli import app
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\n{SWEEP_SECTION}\n\nthe shipped model's\n")
+    args = ["bench", "serve", "--concurrency", "1,2", "--per-slot", "1", "--rounds", "1", "--tool-latency", "0.05",
+            "--think", "0.05", "--model", "hf", "--max-tokens", "8", "--out", str(page)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "benchmarks_serve_sweep_hf.json").read_text())
+    assert r["model"] == HF_SWEEP_MODEL and not (tmp_path / "benchmarks_serve_sweep.json").exists()
+    assert all(row["lost"] == 0 and row["requests"] >= 2 * row["conversations"] for row in r["rows"])
+    assert sum(row["sleeps"] for row in r["rows"]) > 0  # its 256-token window fills: it sleeps
+    text = page.read_text()
+    assert "the shipped model's" in text and text.count(SWEEP_HF_SECTION) == 1
