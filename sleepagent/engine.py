@@ -236,8 +236,8 @@ class Engine:
     it (0: never). A burst of new conversations then reads only what differs, so their first
     tokens do not wait for each other's identical system prompts (vLLM's and SGLang's prefix
     caching; for a recurrent model the whole state at the boundary is the prefix, as their Mamba
-    caching keeps it). The state is a function of the tokens alone, so a copy answers as the
-    read would (up to float rounding, as any read split into pieces). Its bytes count against
+    caching keeps it; a transformers hybrid's state too, its cache deep-copied). The state is a
+    function of the tokens alone, so a copy answers as the read would (up to float rounding, as any read split into pieces). Its bytes count against
     a session table's state budget (:meth:`prefix_cache_bytes`), which evicts them before it
     releases a session (:meth:`evict_prefixes`: a cached prefix costs one read to rebuild).
     """
@@ -860,7 +860,7 @@ class Engine:
         s = session
         st = s.state
         if (not self.prefix_cache or s._prefix_key is not None or not s.pending or s.pending_offset
-                or not isinstance(st, HybridState) or st.tokens_seen or st.window_len or s._job is not None
+                or not hasattr(st, "clone") or st.tokens_seen or st.window_len or s._job is not None
                 or s._sleep_requested):
             return
         ids, flag = s.pending[0]

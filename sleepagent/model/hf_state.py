@@ -8,6 +8,7 @@ window's ids whenever it is needed, so a snapshot holds only those.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,17 @@ class HFState:
                     kv += t.numel() * t.element_size()
         h = self.window_h.numel() * self.window_h.element_size() if self.window_h is not None else 0
         return 2 * self.fast.nbytes + kv + h
+
+    def clone(self) -> HFState:
+        """An independent copy (what the engine's prefix cache keeps, and what a hit starts
+        from): the transformers cache deep-copied, so that reading on into one leaves the other."""
+        return HFState(
+            fast=self.fast.clone(), cache=copy.deepcopy(self.cache), window=self.window,
+            linear_layers=self.linear_layers, window_ids=list(self.window_ids),
+            consolidate_mask=list(self.consolidate_mask), tokens_seen=self.tokens_seen,
+            tokens_consolidated=self.tokens_consolidated, sleeps=self.sleeps, shed=self.shed,
+            window_h=None if self.window_h is None else self.window_h.clone(),
+        )
 
     def without_window(self) -> HFState:
         """The committed state alone (what a snapshot holds when the raw window must not persist)."""

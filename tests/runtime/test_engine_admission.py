@@ -208,3 +208,28 @@ async def test_prefix_cache_entries_are_shared_within_a_cache_scope_only():
         assert (await header_then("tenant-b")).stats.prefix_tokens == 0  # another tenant: a miss
         assert (await header_then("tenant-a")).stats.prefix_tokens == len(ids(engine, HEADER))
         assert engine.prefix_hits == 1 and len(engine._prefixes) == 2
+
+
+async def test_a_transformers_hybrid_starts_from_the_cached_header_too(tmp_path):
+    """The prefix cache holds a transformers hybrid's state as well (its cache deep-copied): the
+    second conversation reads only its own message, answers as a full read would, and a third
+    starts from the same cached state after the second read on into its copy."""
+    from sleepagent.model import SleepModel
+    from sleepagent.model.hf_tiny import save_tiny_hybrid
+
+    sm = SleepModel.from_pretrained(save_tiny_hybrid(tmp_path / "qwen3_5", "qwen3_5", seed=1), window=128)
+    with Engine(sm) as engine:
+        header = ids(engine, HEADER)
+        a, _ = await first_turn(engine, HEADER, "user: hello")
+        b, got = await first_turn(engine, HEADER, "user: read the document")
+        user = ids(engine, "user: read the document")
+        assert (a.stats.prefix_tokens, b.stats.prefix_tokens) == (0, len(header))
+        assert b.stats.prefill_tokens == len(user) and engine.prefix_hits == 1
+        ref = sm.model.new_state()
+        want = sm.model.prefill(torch.tensor([header + user]), ref)[0, -1]
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        assert b.state.window_ids == ref.window_ids
+        await engine.decode(b, 7)  # b reads on: the cached state must not move
+        _, again = await first_turn(engine, HEADER, "user: read the document")
+        torch.testing.assert_close(again, got, atol=0, rtol=0)
+        assert engine.prefix_hits == 2 and engine.prefix_cache_bytes() > 0
