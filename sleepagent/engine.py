@@ -237,9 +237,10 @@ class Engine:
     tokens do not wait for each other's identical system prompts (vLLM's and SGLang's prefix
     caching; for a recurrent model the whole state at the boundary is the prefix, as their Mamba
     caching keeps it; a transformers hybrid's state too, its cache deep-copied). The state is a
-    function of the tokens alone, so a copy answers as the read would (up to float rounding, as any read split into pieces). Its bytes count against
-    a session table's state budget (:meth:`prefix_cache_bytes`), which evicts them before it
-    releases a session (:meth:`evict_prefixes`: a cached prefix costs one read to rebuild).
+    function of the tokens alone, so a copy answers as the read would (up to float rounding, as
+    any read split into pieces). Its bytes count against a session table's state budget
+    (:meth:`prefix_cache_bytes`), which evicts them before it releases a session
+    (:meth:`evict_prefixes`: a cached prefix costs one read to rebuild).
     """
 
     def __init__(self, model: SleepModel | str, *, batch_wake: bool = True, max_batch: int = 32,

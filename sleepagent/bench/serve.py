@@ -119,7 +119,7 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
 
     ``model``: a shipped checkpoint's name or a checkpoint directory (a transformers hybrid too),
     or ``"hf"`` (:data:`HF_SWEEP_MODEL`: ``bench engine --model hf``'s 27M-parameter qwen3_5
-    hybrid, random weights, saved to a temporary directory with a 256-token window and N = 2);
+    hybrid, random weights, saved to a temporary directory with a 384-token window and N = 2);
     ``max_tokens``: each request's completion budget (a random model writes up to it)."""
     if model == "hf":
         with tempfile.TemporaryDirectory() as tmp:
@@ -157,18 +157,21 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
 
 SWEEP_SECTION = "## Serving at several concurrencies (`sleepagent bench serve --concurrency ...`)"
 SWEEP_HF_SECTION = "## Serving a transformers hybrid at several concurrencies (`sleepagent bench serve --model hf`)"
-HF_SWEEP_MODEL = "a 27.4M-parameter qwen3_5 hybrid (random weights; window 256, N = 2)"
+HF_SWEEP_MODEL = "a 27.4M-parameter qwen3_5 hybrid (random weights; window 384, N = 2)"
 
 
 def _hf_checkpoint(root: Path) -> Path:
     """``bench engine --model hf``'s qwen3_5 hybrid as a checkpoint directory a server loads, its
-    sleep settings in ``sleepagent.json`` (a window the conversations fill, so that they sleep)."""
+    sleep settings in ``sleepagent.json``: a window that holds its 288-token system turn with the
+    tools (so that the prefix cache keeps it, as for the shipped model) and that the tool's page
+    overflows (so that the conversation sleeps in the tool call's pause, as the shipped model's
+    does in its 256-token window)."""
     from ..model.hf_tiny import save_tiny_hybrid
     from .engine import HF_BENCH_LAYERS, HF_BENCH_SIZES
 
     path = save_tiny_hybrid(root / "qwen3_5-27M", "qwen3_5_text", seed=0, layer_types=HF_BENCH_LAYERS,
                             sizes=HF_BENCH_SIZES)
-    (path / "sleepagent.json").write_text(json.dumps({"window": 256, "loops": 2}))
+    (path / "sleepagent.json").write_text(json.dumps({"window": 384, "loops": 2}))
     return path
 
 

@@ -76,6 +76,19 @@ logger = logging.getLogger(__name__)
 OnWake = Literal["resume", "finish", "commit", "abort"]  # SleepPolicy.on_wake
 
 
+# characters json.dumps leaves raw (ensure_ascii=False) that Python's str.splitlines, and so
+# httpx's aiter_lines, takes for line ends: one in a streamed string would cut a data line in two
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def sse_json(obj: Any) -> str:
+    """``obj`` as JSON for one server-sent-events data line: UTF-8 as it is, but for the three
+    characters some clients split lines at (NEL, LINE and PARAGRAPH SEPARATOR), written as \\u
+    escapes: the same JSON value, on one line for every client (control characters json.dumps
+    escapes already)."""
+    return json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 class ServeConfig(BaseModel):
     """Everything ``sleepagent serve`` is started with (validated: a bad value is one clear error)."""
 
@@ -456,7 +469,7 @@ async def _stream(server: _Server, job: PreparedTurn, req: ChatRequest, rid: str
     model = server.model_name
 
     def line(obj: Any) -> bytes:
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+        return f"data: {sse_json(obj)}\n\n".encode()
 
     async def produce() -> None:
         try:

@@ -9,6 +9,8 @@ import time
 import anyio
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'sleepagent[serve]'")
 
@@ -228,3 +230,16 @@ def test_beyond_max_sessions_the_least_recently_used_is_released_and_resumed(tmp
         first = post(url, ask(histories[0], tools=TOOLS), key=None)  # A was the least recently used
         assert first.json()["session"] == {**first.json()["session"], "id": ids[0], "status": "resumed"}
         assert first.json()["choices"][0]["message"]["content"] == "Done."
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.text() | st.integers() | st.none(),
+                    lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids)))
+def test_a_streamed_chunk_is_one_line_for_every_client(obj):
+    """A data line stays one line whatever the model wrote: httpx's aiter_lines (Python's
+    str.splitlines) also splits at NEL and the Unicode line and paragraph separators, which
+    json.dumps leaves raw; the server escapes them (the same JSON value)."""
+    from sleepagent.serve.app import sse_json
+
+    text = sse_json(obj)
+    assert text.splitlines() == [text] and json.loads(text) == obj
