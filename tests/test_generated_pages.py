@@ -8,6 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from sleepagent.train.capacity import render
 from sleepagent.train.ship import scores_markdown
 
@@ -134,13 +136,14 @@ def test_the_fine_tuning_tables_quote_their_study_json():
         assert len(figures) >= 7 and not [x for x in figures if x not in have], page
 
 
-def test_a_row_probe_in_the_json_is_a_table_on_the_page():
+@pytest.mark.parametrize("name", ["finetune-rule110", "finetune-rule110-sliding"])
+def test_a_row_probe_in_the_json_is_a_table_on_the_page(name):
     from sleepagent.train.study import markdown
 
-    report = _study("finetune-rule110")
+    report = _study(name)
     assert "row_probe" in report  # python -m sleepagent.train.probes --into wrote it
     page = markdown(report)
-    assert (STUDIES / "finetune-rule110.md").read_text() == page
+    assert (STUDIES / f"{name}.md").read_text() == page
     for name, r in report["row_probe"].items():
         for N, rows in r["rows"].items():
             assert f"| {name} | {N} | " + " | ".join(f"{a:.3f}" for a in rows) in page
