@@ -147,3 +147,14 @@ def test_a_row_probe_in_the_json_is_a_table_on_the_page(name):
     for name, r in report["row_probe"].items():
         for N, rows in r["rows"].items():
             assert f"| {name} | {N} | " + " | ".join(f"{a:.3f}" for a in rows) in page
+
+
+@pytest.mark.parametrize("page", ["finetune.md", "transformers.md"])
+def test_every_three_place_figure_in_the_fine_tuning_guides_is_in_a_study_json(page):
+    """The prose too, not only the tables: each figure the guide quotes is one of the fine-tuning
+    studies' (or the native sliding study's it compares with)."""
+    have: set[str] = set()
+    for name in ("finetune-rule110", "finetune-rule110-sliding", "rule110-sliding"):
+        _numbers(_study(name), have)
+    figures = re.findall(r"\d\.\d{3}", (ROOT / "docs" / "guides" / page).read_text())
+    assert len(figures) >= 7 and [x for x in figures if x not in have] == [], page
