@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -238,7 +238,7 @@ class ChatRuntime:
         malformed = [c for c in parsed if isinstance(c, MalformedToolCall)]
         self.sessions.record(s, [ChatTurn("assistant", turn.content, tuple((c.name, c.arguments) for c in calls))])
         if self.checkpoint_turns:  # before the sleep starts: another engine may take over, or a retry fork
-            await self.persistence.checkpoint(es, s.tenant, s.meta)
+            await self.persistence.checkpoint(es, s.tenant, replace(s.meta, paused=True))
             self.sessions.snapshotted(s)
         engine.pause(es)  # the client runs its tools, or the user reads: sleep now
         return Reply(turn=turn, calls=calls, malformed=malformed, prompt_tokens=cached + job.new_tokens,

@@ -81,10 +81,15 @@ class SessionMeta:
     ``system_read``: the system turn (with the tool list) was read; later turns do not repeat it.
     ``messages_read``: how many messages of the client's history the session holds (the server
     and LangChain replay histories; a resume by name skips that many).
+    ``paused``: taken as a reply ended, before the pause that follows it (a turn's checkpoint): a
+    session restored from it pauses at once, so that it sleeps over the same window as the
+    session it continues did, whether or not that sleep had committed (and been saved) before
+    the engine that held it went away.
     """
 
     system_read: bool = False
     messages_read: int = 0
+    paused: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +97,8 @@ class SessionMeta:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> SessionMeta:
         data = data or {}
-        return cls(system_read=bool(data.get("system_read", False)), messages_read=int(data.get("messages_read", 0)))
+        return cls(system_read=bool(data.get("system_read", False)), messages_read=int(data.get("messages_read", 0)),
+                   paused=bool(data.get("paused", False)))
 
 
 @dataclass(frozen=True)

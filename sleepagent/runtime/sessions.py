@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, TypeVar
 
 import anyio
@@ -329,7 +329,15 @@ class SessionTable:
     def _restore(self, s: ChatSession) -> None:
         restored = self.persistence.resume(s.engine_session, s.tenant)
         if restored is not None:
-            s.resume, s.meta = restored
+            self._resumed(s, *restored)
+
+    def _resumed(self, s: ChatSession, info: ResumeInfo, meta: SessionMeta) -> None:
+        """``s`` restored from a snapshot: a turn's checkpoint (``meta.paused``) pauses it now, as
+        the reply it ends paused the session it continues (the same window boundary for its
+        sleep, whatever had committed before that engine went away)."""
+        s.resume, s.meta = info, replace(meta, paused=False)
+        if meta.paused:
+            self.engine.pause(s.engine_session)
 
     def _attach(self, s: ChatSession) -> None:
         self.persistence.hook(s.engine_session, s.tenant, lambda: s.meta)
@@ -446,7 +454,7 @@ class SessionTable:
             restored = restore(model, _OneSnapshot(_Restored(info, payload, skipped, state)), s.engine_session,
                                tenant=tenant)
             assert restored is not None
-            s.resume, s.meta = restored
+            self._resumed(s, *restored)
             return s
         return None
 
