@@ -191,6 +191,18 @@ def sweep_markdown(r: dict[str, Any], command: str) -> str:
                      f"{x['tokens_per_s']:.0f} | **{x['tokens_per_s_ratio']:.2f}x** | {x['ttft_p50_ms']:.0f} / "
                      f"{x['ttft_p99_ms']:.0f} | {x['ttft_p99_ratio']:.2f}x | {x['itl_p50_ms']:.1f} / "
                      f"{x['itl_p99_ms']:.1f} | {100 * x['hidden_share']:.0f}% |")
+    turns = [("first", "first turn (document request)"), ("after_tool", "after the tool call (its page)"),
+             ("question", "the questions")]
+    if all("ttft_by_turn" in x for x in r["rows"]):
+        lines += ["", "Time to first token by turn, p50 / p99 ms (n): which turns hold the tail.", "",
+                  "| concurrency | " + " | ".join(label for _, label in turns) + " |",
+                  "|---:|" + "---:|" * len(turns)]
+        for x in r["rows"]:
+            cells = []
+            for turn, _ in turns:
+                t = x["ttft_by_turn"].get(turn)
+                cells.append(f"{t['p50_ms']:.0f} / {t['p99_ms']:.0f} ({t['n']})" if t else "-")
+            lines.append(f"| {x['concurrency']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -210,24 +222,35 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
         else:
             times[kind].append(value)
 
+    def record_turn(turn: str):
+        """``record`` that also files a time to first token under its turn: which turns hold
+        the tail is what the table of turns shows."""
+        def rec(kind: str, value: float) -> None:
+            record(kind, value)
+            if kind == "ttft":
+                times.setdefault(f"ttft_{turn}", []).append(value)
+        return rec
+
     async def conversation(limiter: anyio.CapacityLimiter, client: httpx.AsyncClient) -> None:
         async with limiter:
             try:
                 messages = [{"role": "user", "content": "Read the document."}]
-                reply, sid = await _stream_turn(client, url, model, messages, None, record, max_tokens)
+                reply, sid = await _stream_turn(client, url, model, messages, None, record_turn("first"), max_tokens)
                 counts["requests"] += 1
                 messages.append(reply)
                 for call in reply.get("tool_calls", []):
                     await anyio.sleep(tool_s)  # the tool runs: the server sleeps meanwhile
                     messages.append({"role": "tool", "tool_call_id": call["id"], "content": _PAGE})
                 if reply.get("tool_calls"):
-                    reply, sid = await _stream_turn(client, url, model, messages, sid, record, max_tokens)
+                    reply, sid = await _stream_turn(client, url, model, messages, sid, record_turn("after_tool"),
+                                                    max_tokens)
                     counts["requests"] += 1
                     messages.append(reply)
                 for q in range(rounds):
                     await anyio.sleep(think_s)  # the user reads and thinks
                     messages.append({"role": "user", "content": f"Where does 1 road from {'KMQ'[q % 3]} lead?"})
-                    reply, sid = await _stream_turn(client, url, model, messages, sid, record, max_tokens)
+                    reply, sid = await _stream_turn(client, url, model, messages, sid, record_turn("question"),
+                                                    max_tokens)
                     counts["requests"] += 1
                     messages.append(reply)
             except (RuntimeError, httpx.HTTPError) as e:
@@ -268,6 +291,11 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
         "ttft_p99_ms": percentile_ms(times["ttft"], 0.99),
         "itl_p50_ms": percentile_ms(times["itl"], 0.5),
         "itl_p99_ms": percentile_ms(times["itl"], 0.99),
+        # each turn's times to first token: the document's first turn, the one after the tool
+        # call (its page), the questions
+        "ttft_by_turn": {turn: {"n": len(times[f"ttft_{turn}"]), "p50_ms": percentile_ms(times[f"ttft_{turn}"], 0.5),
+                                "p99_ms": percentile_ms(times[f"ttft_{turn}"], 0.99)}
+                         for turn in ("first", "after_tool", "question") if times.get(f"ttft_{turn}")},
     }
 
 

@@ -28,6 +28,13 @@ def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(
         # the shipped model reads the page through its tool: a call, the reply after it, one question
         assert row["requests"] == 3 * row["conversations"] and row["conversations"] == row["concurrency"]
         assert row["tokens_per_s"] > 0 and row["ttft_p50_ms"] > 0 and 0 <= row["hidden_share"] <= 1
+        # each turn's times on their own: the first, the one after the tool call, the question
+        by_turn = row["ttft_by_turn"]
+        assert {t: v["n"] for t, v in by_turn.items()} == {"first": row["conversations"],
+                                                          "after_tool": row["conversations"],
+                                                          "question": row["conversations"]}
+        # under 100 requests a p99 is the slowest one: the slowest turn's
+        assert max(v["p99_ms"] for v in by_turn.values()) == pytest.approx(row["ttft_p99_ms"])
     assert r["rows"][0]["tokens_per_s_ratio"] == 1.0 and r["rows"][0]["ttft_p99_ratio"] == 1.0
     ratio = r["rows"][1]["tokens_per_s"] / r["rows"][0]["tokens_per_s"]
     assert r["rows"][1]["tokens_per_s_ratio"] == pytest.approx(ratio)
@@ -37,6 +44,7 @@ def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(
     assert "`sleepagent bench serve --concurrency 1,2 --per-slot 1 --rounds 1 --tool-latency 0.05 --think 0.05" in text
     assert "## Before\n\nkept\n" in text and "## After\n\nkept too\n" in text
     assert text.index("## Before") < text.index("| 2 | 6 | 0 |") < text.index("## After")
+    assert text.index("Time to first token by turn") < text.index("## After")
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
