@@ -230,7 +230,7 @@ def test_plain_clients_without_a_session_id_are_reused_across_replicas(cluster):
     for opening, responses in runs.items():
         sessions = [r.model_extra["session"] for r in responses]
         assert [s["status"] for s in sessions] == ["new"] + ["reused"] * 9, (opening, sessions)
-        assert len({s["replica"] for s in sessions}) == 1 and len({s["id"] for s in sessions}) == 1
+        assert len({s["replica"] for s in sessions}) == 1 and len({s["id"] for s in sessions}) == 1, (opening, sessions)
     same = runs["Read the document."]
     assert [sdk_uncached(r) for r in same] == [sdk_uncached(r) for r in reference]
     assert [r.choices[0].message.content for r in same] == [r.choices[0].message.content for r in reference]
