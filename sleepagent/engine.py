@@ -907,11 +907,16 @@ class Engine:
                 while len(self._prefixes) > self.prefix_cache:
                     self._prefixes.popitem(last=False)
 
+    @staticmethod
+    def _prefix_bytes(entry: tuple[HybridState, torch.Tensor]) -> int:
+        state, logits = entry
+        return state.nbytes + logits.numel() * logits.element_size()
+
     def prefix_cache_bytes(self) -> int:
         """Bytes the prefix cache holds (its states and logits)."""
         with self._cv:
             entries = list(self._prefixes.values())
-        return sum(state.nbytes + logits.numel() * logits.element_size() for state, logits in entries)
+        return sum(map(self._prefix_bytes, entries))
 
     def evict_prefixes(self, nbytes: int) -> int:
         """Drop the least recently used cached prefixes until ``nbytes`` are freed or none is
@@ -919,8 +924,7 @@ class Engine:
         freed = 0
         with self._cv:
             while freed < nbytes and self._prefixes:
-                state, logits = self._prefixes.popitem(last=False)[1]
-                freed += state.nbytes + logits.numel() * logits.element_size()
+                freed += self._prefix_bytes(self._prefixes.popitem(last=False)[1])
         return freed
 
     @staticmethod

@@ -160,6 +160,12 @@ SWEEP_HF_SECTION = "## Serving a transformers hybrid at several concurrencies (`
 HF_SWEEP_MODEL = "a 27.4M-parameter qwen3_5 hybrid (random weights; window 384, N = 2)"
 
 
+# the turns of a simulated conversation whose times to first token are also kept apart, and
+# their labels in the sweep's table
+_TURNS = {"first": "first turn (document request)", "after_tool": "after the tool call (its page)",
+          "question": "the questions"}
+
+
 def _hf_checkpoint(root: Path) -> Path:
     """``bench engine --model hf``'s qwen3_5 hybrid as a checkpoint directory a server loads, its
     sleep settings in ``sleepagent.json``: a window that holds its 288-token system turn with the
@@ -191,8 +197,7 @@ def sweep_markdown(r: dict[str, Any], command: str) -> str:
                      f"{x['tokens_per_s']:.0f} | **{x['tokens_per_s_ratio']:.2f}x** | {x['ttft_p50_ms']:.0f} / "
                      f"{x['ttft_p99_ms']:.0f} | {x['ttft_p99_ratio']:.2f}x | {x['itl_p50_ms']:.1f} / "
                      f"{x['itl_p99_ms']:.1f} | {100 * x['hidden_share']:.0f}% |")
-    turns = [("first", "first turn (document request)"), ("after_tool", "after the tool call (its page)"),
-             ("question", "the questions")]
+    turns = list(_TURNS.items())
     if all("ttft_by_turn" in x for x in r["rows"]):
         lines += ["", "Time to first token by turn, p50 / p99 ms (n): which turns hold the tail.", "",
                   "| concurrency | " + " | ".join(label for _, label in turns) + " |",
@@ -295,7 +300,7 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
         # call (its page), the questions
         "ttft_by_turn": {turn: {"n": len(times[f"ttft_{turn}"]), "p50_ms": percentile_ms(times[f"ttft_{turn}"], 0.5),
                                 "p99_ms": percentile_ms(times[f"ttft_{turn}"], 0.99)}
-                         for turn in ("first", "after_tool", "question") if times.get(f"ttft_{turn}")},
+                         for turn in _TURNS if times.get(f"ttft_{turn}")},
     }
 
 
