@@ -288,6 +288,10 @@ class Engine:
         self.batched_steps = 0  # decode steps that served more than one session
         self.mixed_steps = 0  # engine steps that served decode steps and reads together
         self.forwards = 0  # model forwards run for wake steps (a step runs one or a few)
+        # seconds the worker spent running wake steps and sleep blocks (its busy time): against
+        # wall time, how close to saturation the engine ran (``sleepagent bench serve`` reports it)
+        self.busy_s = 0.0
+        self._busy_since: float | None = None  # when the step in progress began
         self.idle_exit_s = 30.0
         _ENGINES.add(self)
 
@@ -513,11 +517,20 @@ class Engine:
                             self._last_wake = 0.0  # the gap is real: sleep may run now
                         continue
                 batch, sleepers = self._take_work()
+            self._busy_since = t0 = time.perf_counter()
             if batch is not None:
                 self._run_wake(batch)
                 self._last_wake = time.perf_counter()
             elif sleepers:
                 self._run_sleep_steps(sleepers)
+            self.busy_s += time.perf_counter() - t0
+            self._busy_since = None
+
+    def busy_seconds(self) -> float:
+        """The worker's busy seconds so far (:attr:`busy_s`) with the step in progress counted up
+        to now: read twice, the difference is the busy time between the reads."""
+        since = self._busy_since
+        return self.busy_s + (time.perf_counter() - since if since is not None else 0.0)
 
     def _take_work(self) -> tuple[list[_Request] | None, list[EngineSession]]:
         """The worker's next turn (called under the lock): wake work whenever any waits (unless

@@ -110,7 +110,7 @@ async def _stream_turn(
 
 def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int = 2, rounds: int = 2,
                       tool_s: float = 0.3, think_s: float = 0.3, model: str = "docqa-small",
-                      threads: int = 1, max_tokens: int | None = None) -> dict[str, Any]:
+                      threads: int = 1, max_tokens: int | None = None, ramp_s: float = 0.0) -> dict[str, Any]:
     """The same conversations (:func:`bench_serve`'s) at several concurrencies against ONE server
     in a process of its own (``threads`` torch threads): at concurrency ``c``, ``c * per_slot``
     conversations, ``c`` at a time. Each row's throughput, time to first token, inter-token
@@ -120,39 +120,62 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
     ``model``: a shipped checkpoint's name or a checkpoint directory (a transformers hybrid too),
     or ``"hf"`` (:data:`HF_SWEEP_MODEL`: ``bench engine --model hf``'s 27M-parameter qwen3_5
     hybrid, random weights, saved to a temporary directory with a 384-token window and N = 2);
-    ``max_tokens``: each request's completion budget (a random model writes up to it)."""
+    ``max_tokens``: each request's completion budget (a random model writes up to it).
+
+    Each level's conversations start together (a burst: identical conversations then keep in
+    step, so their sleeps fall in the same pauses). ``ramp_s`` > 0: the levels above 1 again
+    (``ramped_rows``), their first ``c`` conversations starting evenly over ``ramp_s`` seconds
+    (vLLM's benchmark ramps arrivals up the same way), which tells a burst's tail from a
+    saturated engine's. Every row's ``busy_share`` is the engine worker's busy seconds (from the
+    server's metrics) over the row's time between its two reads of them: near 1, the engine is
+    saturated and requests queue for compute, whatever the order it serves them in."""
     if model == "hf":
         with tempfile.TemporaryDirectory() as tmp:
             r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s,
-                                  model=str(_hf_checkpoint(Path(tmp))), threads=threads, max_tokens=max_tokens)
+                                  model=str(_hf_checkpoint(Path(tmp))), threads=threads, max_tokens=max_tokens,
+                                  ramp_s=ramp_s)
         return {**r, "model": HF_SWEEP_MODEL}
     levels = tuple(sorted(set(levels) | {1}))
     cfg = {"model": model, "no_auth": True, "max_in_flight": max(64, 2 * levels[-1]),
            "max_sessions": max(1024, 4 * per_slot * sum(levels))}
     rows: list[dict[str, Any]] = []
+    ramped: list[dict[str, Any]] = []
     with server_process(cfg, threads=threads) as (url, _):
         import httpx
 
         served = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]  # a directory's name
         _drive(f"{url}/v1", served, 1, 1, 0, 0.0, 0.0, max_tokens)  # warm up: first-call allocations, the grammar cache
-        for c in levels:
+
+        def row(c: int, ramp: float) -> dict[str, Any]:
+            t0 = time.perf_counter()  # the busy share's interval holds both reads of the metrics
             before = metrics(url)
-            row = _drive(f"{url}/v1", served, c * per_slot, c, rounds, tool_s, think_s, max_tokens)
+            r = _drive(f"{url}/v1", served, c * per_slot, c, rounds, tool_s, think_s, max_tokens, ramp)
             after = metrics(url)
-            hidden = after["sleepagent_sleep_hidden_seconds_total"] - before["sleepagent_sleep_hidden_seconds_total"]
-            exposed = (after["sleepagent_sleep_exposed_seconds_total"]
-                       - before["sleepagent_sleep_exposed_seconds_total"])
-            row.update({"sleeps": after["sleepagent_sleeps_total"] - before["sleepagent_sleeps_total"],
-                        "sleep_hidden_s": hidden, "sleep_exposed_s": exposed,
-                        "hidden_share": hidden / (hidden + exposed) if hidden + exposed else 1.0})
-            rows.append(row)
+            span = time.perf_counter() - t0
+
+            def delta(name: str) -> float:
+                return after.get(name, 0.0) - before.get(name, 0.0)
+
+            hidden, exposed = delta("sleepagent_sleep_hidden_seconds_total"), delta(
+                "sleepagent_sleep_exposed_seconds_total")
+            r.update({"sleeps": delta("sleepagent_sleeps_total"), "sleep_hidden_s": hidden, "sleep_exposed_s": exposed,
+                      "hidden_share": hidden / (hidden + exposed) if hidden + exposed else 1.0,
+                      "busy_share": delta("sleepagent_engine_busy_seconds_total") / span})
+            return r
+
+        rows = [row(c, 0.0) for c in levels]
+        if ramp_s > 0:
+            ramped = [row(c, ramp_s) for c in levels if c > 1]
     base = rows[0]
-    for row in rows:
-        row["tokens_per_s_ratio"] = row["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else 0.0
-        row["requests_per_s_ratio"] = row["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else 0.0
-        row["ttft_p99_ratio"] = row["ttft_p99_ms"] / base["ttft_p99_ms"] if base["ttft_p99_ms"] else 0.0
-    return {"model": model, "max_tokens": max_tokens, "levels": list(levels), "per_slot": per_slot,
-            "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "threads": threads, "rows": rows}
+    for r in rows + ramped:
+        r["tokens_per_s_ratio"] = r["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else 0.0
+        r["requests_per_s_ratio"] = r["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else 0.0
+        r["ttft_p99_ratio"] = r["ttft_p99_ms"] / base["ttft_p99_ms"] if base["ttft_p99_ms"] else 0.0
+    out = {"model": model, "max_tokens": max_tokens, "levels": list(levels), "per_slot": per_slot,
+           "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "threads": threads, "rows": rows}
+    if ramp_s > 0:
+        out.update({"ramp_s": ramp_s, "ramped_rows": ramped})
+    return out
 
 
 SWEEP_SECTION = "## Serving at several concurrencies (`sleepagent bench serve --concurrency ...`)"
@@ -189,31 +212,50 @@ def sweep_markdown(r: dict[str, Any], command: str) -> str:
              f"concurrency c, {r['per_slot']}c conversations, c at a time, each reading a document through a tool "
              f"call ({r['tool_s']} s) and asking {r['rounds']} question(s) after {r['think_s']} s of think time. "
              "Ratios against the concurrency-1 row, measured first on the same server.", "",
-             "| concurrency | requests | lost | requests/s | tokens/s | tokens/s ratio | TTFT p50 / p99 (ms) "
-             "| TTFT p99 ratio | inter-token p50 / p99 (ms) | sleep hidden |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for x in r["rows"]:
-        lines.append(f"| {x['concurrency']} | {x['requests']} | {x['lost']} | {x['requests_per_s']:.1f} | "
-                     f"{x['tokens_per_s']:.0f} | **{x['tokens_per_s_ratio']:.2f}x** | {x['ttft_p50_ms']:.0f} / "
-                     f"{x['ttft_p99_ms']:.0f} | {x['ttft_p99_ratio']:.2f}x | {x['itl_p50_ms']:.1f} / "
-                     f"{x['itl_p99_ms']:.1f} | {100 * x['hidden_share']:.0f}% |")
-    turns = list(_TURNS.items())
-    if all("ttft_by_turn" in x for x in r["rows"]):
-        lines += ["", "Time to first token by turn, p50 / p99 ms (n): which turns hold the tail.", "",
-                  "| concurrency | " + " | ".join(label for _, label in turns) + " |",
-                  "|---:|" + "---:|" * len(turns)]
-        for x in r["rows"]:
-            cells = []
-            for turn, _ in turns:
-                t = x["ttft_by_turn"].get(turn)
-                cells.append(f"{t['p50_ms']:.0f} / {t['p99_ms']:.0f} ({t['n']})" if t else "-")
-            lines.append(f"| {x['concurrency']} | " + " | ".join(cells) + " |")
+             *_rows_table(r["rows"])]
+    lines += _turns_table(r["rows"], "Time to first token by turn, p50 / p99 ms (n): which turns hold the tail.")
+    if r.get("ramped_rows"):
+        lines += ["", f"The same levels with each level's first c conversations starting evenly over "
+                  f"{r['ramp_s']:g} s instead of together (`--ramp {r['ramp_s']:g}`; ratios against the same "
+                  "concurrency-1 row): no burst, the same closed loop.", "", *_rows_table(r["ramped_rows"])]
+        lines += _turns_table(r["ramped_rows"], "By turn, starts spread, p50 / p99 ms (n).")
     return "\n".join(lines)
 
 
+def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The sweep's main table; "engine busy" (when measured): the worker's busy share of the row's time."""
+    busy = all("busy_share" in x for x in rows)
+    lines = ["| concurrency | requests | lost | requests/s | tokens/s | tokens/s ratio | TTFT p50 / p99 (ms) "
+             "| TTFT p99 ratio | inter-token p50 / p99 (ms) | sleep hidden |" + (" engine busy |" if busy else ""),
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if busy else "")]
+    for x in rows:
+        lines.append(f"| {x['concurrency']} | {x['requests']} | {x['lost']} | {x['requests_per_s']:.1f} | "
+                     f"{x['tokens_per_s']:.0f} | **{x['tokens_per_s_ratio']:.2f}x** | {x['ttft_p50_ms']:.0f} / "
+                     f"{x['ttft_p99_ms']:.0f} | {x['ttft_p99_ratio']:.2f}x | {x['itl_p50_ms']:.1f} / "
+                     f"{x['itl_p99_ms']:.1f} | {100 * x['hidden_share']:.0f}% |"
+                     + (f" {100 * x['busy_share']:.0f}% |" if busy else ""))
+    return lines
+
+
+def _turns_table(rows: list[dict[str, Any]], caption: str) -> list[str]:
+    turns = list(_TURNS.items())
+    if not all("ttft_by_turn" in x for x in rows):
+        return []
+    lines = ["", caption, "", "| concurrency | " + " | ".join(label for _, label in turns) + " |",
+             "|---:|" + "---:|" * len(turns)]
+    for x in rows:
+        cells = []
+        for turn, _ in turns:
+            t = x["ttft_by_turn"].get(turn)
+            cells.append(f"{t['p50_ms']:.0f} / {t['p99_ms']:.0f} ({t['n']})" if t else "-")
+        lines.append(f"| {x['concurrency']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _drive(url: str, model: str, conversations: int, concurrency: int | None, rounds: int, tool_s: float,
-           think_s: float, max_tokens: int | None = None) -> dict:
-    """The simulated conversations of :func:`bench_serve` against ``url``."""
+           think_s: float, max_tokens: int | None = None, ramp_s: float = 0.0) -> dict:
+    """The simulated conversations of :func:`bench_serve` against ``url``; the first ``concurrency``
+    start evenly over ``ramp_s`` seconds (0: together), the others as slots free up."""
     import anyio
     import httpx
 
@@ -236,8 +278,9 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
                 times.setdefault(f"ttft_{turn}", []).append(value)
         return rec
 
-    async def conversation(limiter: anyio.CapacityLimiter, client: httpx.AsyncClient) -> None:
+    async def conversation(limiter: anyio.CapacityLimiter, client: httpx.AsyncClient, delay: float) -> None:
         async with limiter:
+            await anyio.sleep(delay)  # the ramp: this slot's first conversation starts later
             try:
                 messages = [{"role": "user", "content": "Read the document."}]
                 reply, sid = await _stream_turn(client, url, model, messages, None, record_turn("first"), max_tokens)
@@ -273,8 +316,8 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
         async with httpx.AsyncClient(timeout=300, limits=limits) as client:
             t0 = time.perf_counter()
             async with anyio.create_task_group() as tg:
-                for _ in range(conversations):
-                    tg.start_soon(conversation, limiter, client)
+                for i in range(conversations):
+                    tg.start_soon(conversation, limiter, client, ramp_s * i / n if i < n else 0.0)
             return time.perf_counter() - t0
 
     wall = anyio.run(main)
@@ -286,6 +329,7 @@ def _drive(url: str, model: str, conversations: int, concurrency: int | None, ro
         "rounds": rounds,
         "tool_s": tool_s,
         "think_s": think_s,
+        "ramp_s": ramp_s,
         "wall_s": wall,
         "requests": counts["requests"],
         "lost": counts["lost"],

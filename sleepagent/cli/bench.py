@@ -270,6 +270,8 @@ def bench_serve_cmd(
                                             "(a transformers hybrid too), or hf: a 27M qwen3_5 hybrid "
                                             "built here")] = "docqa-small",
     max_tokens: Annotated[int | None, typer.Option(min=1, help="a sweep's completion budget per request")] = None,
+    ramp: Annotated[float, typer.Option(min=0.0, help="a sweep: the levels again, each level's first conversations "
+                                                      "starting evenly over this many seconds (0: not run)")] = 0.0,
     rounds: Annotated[int, typer.Option(min=0, help="questions after the document")] = 2,
     tool_latency: Annotated[float, typer.Option(min=0.0, help="seconds the tool takes")] = 0.3,
     think: Annotated[float, typer.Option(min=0.0, help="user think time before each question")] = 0.3,
@@ -285,7 +287,7 @@ def bench_serve_cmd(
 
     levels = positive_ints(concurrency, "--concurrency") if concurrency else ()
     if len(levels) > 1:
-        _bench_serve_sweep(levels, per_slot, rounds, tool_latency, think, model, max_tokens, out, as_json)
+        _bench_serve_sweep(levels, per_slot, rounds, tool_latency, think, model, max_tokens, ramp, out, as_json)
         return
     r = bench_serve(conversations=conversations, concurrency=levels[0] if levels else None, rounds=rounds,
                     tool_s=tool_latency, think_s=think, replicas=positive_ints(replicas) if replicas else ())
@@ -306,14 +308,15 @@ def bench_serve_cmd(
 
 
 def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, rounds: int, tool_s: float, think_s: float,
-                       model: str, max_tokens: int | None, out: Path | None, as_json: bool) -> None:
+                       model: str, max_tokens: int | None, ramp: float, out: Path | None, as_json: bool) -> None:
     from ..bench.sections import write_section
     from ..bench.serve import SWEEP_HF_SECTION, SWEEP_SECTION, bench_serve_sweep, sweep_markdown
 
     r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s, model=model,
-                          max_tokens=max_tokens)
+                          max_tokens=max_tokens, ramp_s=ramp)
     given = {"--per-slot": (per_slot, 2), "--rounds": (rounds, 2), "--tool-latency": (tool_s, 0.3),
-             "--think": (think_s, 0.3), "--model": (model, "docqa-small"), "--max-tokens": (max_tokens, None)}
+             "--think": (think_s, 0.3), "--model": (model, "docqa-small"), "--max-tokens": (max_tokens, None),
+             "--ramp": (ramp, 0.0)}
     command = f"sleepagent bench serve --concurrency {','.join(map(str, r['levels']))}" + "".join(
         f" {k} {v}" for k, (v, default) in given.items() if v != default) + (f" --out {out}" if out else "")
     markdown = sweep_markdown(r, command)

@@ -581,6 +581,9 @@ def _metrics(server: _Server):
                 ("sleepagent_sleep_hidden_seconds", totals["sleep_s_hidden"], "Sleep time overlapped with a pause."),
                 ("sleepagent_sleep_exposed_seconds", totals["sleep_s_exposed"], "Sleep time a request waited for."),
                 ("sleepagent_sessions_released", server.sessions.released_total, "Sessions released to the store."),
+                ("sleepagent_engine_busy_seconds", server.engine.busy_seconds(),
+                 "Seconds the engine's worker spent on wake steps and sleep blocks (its share of wall time: "
+                 "how close to saturation it runs)."),
             ):
                 yield CounterMetricFamily(name, doc, value=value)
             engine = server.engine

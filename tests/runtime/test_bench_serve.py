@@ -18,13 +18,20 @@ def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(
     page = tmp_path / "benchmarks.md"
     page.write_text(f"# Benchmarks\n\n## Before\n\nkept\n\n{SWEEP_SECTION}\n\nstale figures\n\n## After\n\nkept too\n")
     args = ["bench", "serve", "--concurrency", "2,1", "--per-slot", "1", "--rounds", "1", "--tool-latency", "0.05",
-            "--think", "0.05", "--out", str(page)]
+            "--think", "0.05", "--ramp", "0.4", "--out", str(page)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "benchmarks_serve_sweep.json").read_text())
     assert r["levels"] == [1, 2] and [row["concurrency"] for row in r["rows"]] == [1, 2]
-    for row in r["rows"]:
+    # --ramp: the levels above 1 again, the second conversation starting 0.2 s after the first
+    assert r["ramp_s"] == 0.4 and [row["concurrency"] for row in r["ramped_rows"]] == [2]
+    ramped = r["ramped_rows"][0]
+    assert ramped["ramp_s"] == 0.4 and ramped["lost"] == 0 and ramped["wall_s"] >= 0.2
+    assert ramped["wall_s"] > r["rows"][1]["wall_s"]  # the same two conversations, one of them later
+    for row in r["rows"] + r["ramped_rows"]:
         assert row["lost"] == 0
+        # the engine worked part of the time: its busy seconds (from /metrics) over the wall time
+        assert 0 < row["busy_share"] <= 1
         # the shipped model reads the page through its tool: a call, the reply after it, one question
         assert row["requests"] == 3 * row["conversations"] and row["conversations"] == row["concurrency"]
         assert row["tokens_per_s"] > 0 and row["ttft_p50_ms"] > 0 and 0 <= row["hidden_share"] <= 1
@@ -41,7 +48,9 @@ def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(
     text = page.read_text()
     # its own section written in place; the page's other sections as they were
     assert text.count(SWEEP_SECTION) == 1 and "stale figures" not in text
-    assert "`sleepagent bench serve --concurrency 1,2 --per-slot 1 --rounds 1 --tool-latency 0.05 --think 0.05" in text
+    assert ("`sleepagent bench serve --concurrency 1,2 --per-slot 1 --rounds 1 --tool-latency 0.05 --think 0.05 "
+            "--ramp 0.4") in text
+    assert "starting evenly over 0.4 s" in text and "engine busy" in text
     assert "## Before\n\nkept\n" in text and "## After\n\nkept too\n" in text
     assert text.index("## Before") < text.index("| 2 | 6 | 0 |") < text.index("## After")
     assert text.index("Time to first token by turn") < text.index("## After")

@@ -62,6 +62,32 @@ async def test_pause_sleep_runs_in_the_background_and_is_hidden(engine):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+async def test_the_worker_counts_its_busy_seconds(engine):
+    """``busy_s`` (``/metrics``' sleepagent_engine_busy_seconds, ``busy_seconds()`` with the step in
+    progress): the worker's time on reads, decode steps and sleep blocks; idle waits are not in it."""
+    import time
+
+    async def busy_after(least: float) -> float:
+        for _ in range(200):  # a result is handed over before the worker adds up the step's time
+            if engine.busy_s > least:
+                break
+            await anyio.sleep(0.01)
+        return engine.busy_s
+
+    t0 = time.perf_counter()
+    s = engine.session(policy=SleepPolicy(loops=3, min_fill=0.5))
+    await engine.prefill(s, text_ids(engine, "b" * 80))
+    assert engine.pause(s)
+    await engine.wait_idle(s)
+    work = s.stats.sleep_s_total + s.stats.prefill_s
+    busy = await busy_after(work)
+    assert work < busy <= time.perf_counter() - t0
+    await anyio.sleep(0.2)  # idle: the counter stands still
+    assert engine.busy_s == busy == engine.busy_seconds()
+    await engine.decode(s, 7)
+    assert await busy_after(busy) > busy
+
+
 @pytest.mark.parametrize("on_wake", ["finish", "commit", "abort"])
 async def test_waking_mid_sleep_follows_on_wake(on_wake):
     # a bigger window makes each pass slow enough to wake in the middle
