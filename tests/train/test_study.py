@@ -80,11 +80,18 @@ def test_presets_build_their_tasks_and_runs():
             assert study.task_kwargs == muon.task_kwargs and study.train["steps"] == muon.train["steps"]
         else:  # every other preset compares N = 4 with N = 1
             assert min(study.loops) == 1 and max(study.loops) == 4
-    sweeps = ("rule110-sweep", "rule110-t4", "rule110-t8-gpu", "depo-sweep", "depo-sweep-gpu", "depo-windows-gpu")
+    sweeps = ("rule110-sweep", "rule110-t4", "rule110-t8-gpu", "depo-sweep", "depo-sweep-gpu", "depo-windows-gpu",
+              "depo-windows")
     assert all(STUDIES[name].loops == (1, 2, 3, 4) for name in sweeps)
-    # the two-window Depo variant: the cycle's edges need more than one evicted window
-    windows = make_task("depo", **STUDIES["depo-windows-gpu"].task_kwargs)
-    assert windows.edge_windows == 2 and 2 * windows.n_max > windows.window - 1
+    # the two-window Depo variants: the cycle's edges need more than one evicted window
+    for name in ("depo-windows-gpu", "depo-windows"):
+        windows = make_task("depo", **STUDIES[name].task_kwargs)
+        assert windows.edge_windows == 2 and 2 * windows.n_max > windows.window - 1
+    # the CPU one is the one-window preset's model and optimiser over the GPU one's windows
+    cpu, one = STUDIES["depo-windows"], STUDIES["depo"]
+    assert {k: v for k, v in cpu.train.items() if k not in ("steps", "schedule")} == {
+        k: v for k, v in one.train.items() if k not in ("steps", "schedule")}
+    assert cpu.task_kwargs["window"] == STUDIES["depo-windows-gpu"].task_kwargs["window"]
     assert {name for name, s in STUDIES.items() if _baseline(s)} == {"rule110-attn", "rule110-attn-full"}
 
 

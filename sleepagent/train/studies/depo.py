@@ -69,6 +69,18 @@ PRESETS: tuple[Study, ...] = (
         notes_from=("depo-deep", "depo-sweep-gpu"),
     ),
     replace(
+        DEPO,  # the one-window preset's model and optimiser; the edges over two windows, N = 1 to 4
+        name="depo-windows",
+        summary="queries of 1 and 2 hops over a 12-node cycle whose edges span two evicted windows; N = 1 to 4 "
+                "(CPU)",
+        task_kwargs={**DEPO.task_kwargs, "window": 16, "edge_windows": 2, "hop_counts": "all"},
+        train={**DEPO.train, "steps": 6000, "schedule": "constant"},
+        loops=(1, 2, 3, 4),
+        deep=(1, 2),
+        extend=None,
+        notes_from=("depo-windows-gpu", "depo-windows"),
+    ),
+    replace(
         DEEP,
         name="depo-windows-gpu",
         summary="queries of 1 to 4 hops over a 12-node cycle whose edges span two evicted windows; N = 1 to 4 (GPU)",
