@@ -40,3 +40,17 @@ def test_each_written_section_is_its_json(heading, render, data):
 def test_the_report_part_is_benchmarks_json():
     report = to_markdown(json.loads((DOCS / "benchmarks.json").read_text()), "sleepagent bench").strip("\n")
     assert PAGE.startswith(report)
+
+
+def test_the_saturation_the_ttft_section_states_is_the_sweeps_json():
+    """"Where it goes" says the engine is saturated at the top concurrency with starts together
+    and spread (so the tail is not a burst's), and the transformers hybrid's from 4 on."""
+    native = json.loads((DOCS / "benchmarks_serve_sweep.json").read_text())
+    top, spread = native["rows"][-1], native["ramped_rows"][-1]
+    assert top["concurrency"] == spread["concurrency"] == 16
+    assert top["busy_share"] >= 0.9 and spread["busy_share"] >= 0.9
+    assert top["ttft_p99_ratio"] > 4 and spread["ttft_p99_ratio"] > 4
+    hf = json.loads((DOCS / "benchmarks_serve_sweep_hf.json").read_text())
+    assert all(row["busy_share"] >= 0.9 for row in hf["rows"] if row["concurrency"] >= 4)
+    assert "`--ramp 1`" in PAGE and "engine busy" in PAGE
+
