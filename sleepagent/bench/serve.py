@@ -110,7 +110,8 @@ async def _stream_turn(
 
 def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int = 2, rounds: int = 2,
                       tool_s: float = 0.3, think_s: float = 0.3, model: str = "docqa-small",
-                      threads: int = 1, max_tokens: int | None = None, ramp_s: float = 0.0) -> dict[str, Any]:
+                      threads: int = 1, max_tokens: int | None = None, ramp_s: float = 0.0,
+                      baseline: int = 8) -> dict[str, Any]:
     """The same conversations (:func:`bench_serve`'s) at several concurrencies against ONE server
     in a process of its own (``threads`` torch threads): at concurrency ``c``, ``c * per_slot``
     conversations, ``c`` at a time. Each row's throughput, time to first token, inter-token
@@ -121,6 +122,8 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
     or ``"hf"`` (:data:`HF_SWEEP_MODEL`: ``bench engine --model hf``'s 27M-parameter qwen3_5
     hybrid, random weights, saved to a temporary directory with a 384-token window and N = 2);
     ``max_tokens``: each request's completion budget (a random model writes up to it).
+    ``baseline``: the concurrency-1 row's conversations (at least ``per_slot``): every ratio
+    divides by that row, and a p99 over a handful of requests is just their slowest.
 
     Each level's conversations start together (a burst: identical conversations then keep in
     step, so their sleeps fall in the same pauses). ``ramp_s`` > 0: the levels above 1 again
@@ -133,7 +136,7 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
         with tempfile.TemporaryDirectory() as tmp:
             r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s,
                                   model=str(_hf_checkpoint(Path(tmp))), threads=threads, max_tokens=max_tokens,
-                                  ramp_s=ramp_s)
+                                  ramp_s=ramp_s, baseline=baseline)
         return {**r, "model": HF_SWEEP_MODEL}
     levels = tuple(sorted(set(levels) | {1}))
     cfg = {"model": model, "no_auth": True, "max_in_flight": max(64, 2 * levels[-1]),
@@ -149,7 +152,8 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
         def row(c: int, ramp: float) -> dict[str, Any]:
             t0 = time.perf_counter()  # the busy share's interval holds both reads of the metrics
             before = metrics(url)
-            r = _drive(f"{url}/v1", served, c * per_slot, c, rounds, tool_s, think_s, max_tokens, ramp)
+            n = max(per_slot, baseline) if c == 1 else c * per_slot
+            r = _drive(f"{url}/v1", served, n, c, rounds, tool_s, think_s, max_tokens, ramp)
             after = metrics(url)
             span = time.perf_counter() - t0
 
@@ -172,6 +176,7 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
         r["requests_per_s_ratio"] = r["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else 0.0
         r["ttft_p99_ratio"] = r["ttft_p99_ms"] / base["ttft_p99_ms"] if base["ttft_p99_ms"] else 0.0
     out = {"model": model, "max_tokens": max_tokens, "levels": list(levels), "per_slot": per_slot,
+           "baseline": max(per_slot, baseline),
            "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "threads": threads, "rows": rows}
     if ramp_s > 0:
         out.update({"ramp_s": ramp_s, "ramped_rows": ramped})
@@ -209,7 +214,8 @@ def sweep_markdown(r: dict[str, Any], command: str) -> str:
     budget = f", at most {r['max_tokens']} tokens a reply" if r.get("max_tokens") else ""
     lines = [f"`{command}`: one server in its own process ({r['threads']} torch thread(s), model {r['model']}"
              f"{budget}); at "
-             f"concurrency c, {r['per_slot']}c conversations, c at a time, each reading a document through a tool "
+             f"concurrency c, {r['per_slot']}c conversations{_baseline_note(r)}, c at a time, each reading a "
+             "document through a tool "
              f"call ({r['tool_s']} s) and asking {r['rounds']} question(s) after {r['think_s']} s of think time. "
              "Ratios against the concurrency-1 row, measured first on the same server.", "",
              *_rows_table(r["rows"])]
@@ -220,6 +226,12 @@ def sweep_markdown(r: dict[str, Any], command: str) -> str:
                   "concurrency-1 row): no burst, the same closed loop.", "", *_rows_table(r["ramped_rows"])]
         lines += _turns_table(r["ramped_rows"], "By turn, starts spread, p50 / p99 ms (n).")
     return "\n".join(lines)
+
+
+def _baseline_note(r: dict[str, Any]) -> str:
+    """The concurrency-1 row's conversations, where they are not ``per_slot`` (the baseline)."""
+    n = r.get("baseline", r["per_slot"])
+    return f" (at concurrency 1, the baseline: {n})" if n != r["per_slot"] else ""
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> list[str]:

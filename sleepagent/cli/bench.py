@@ -266,6 +266,8 @@ def bench_serve_cmd(
     concurrency: Annotated[str | None, typer.Option(
         help="at a time (default: all); several, e.g. 1,4,8,16: a sweep on one server, each against 1")] = None,
     per_slot: Annotated[int, typer.Option(min=1, help="a sweep's conversations per concurrent slot")] = 2,
+    baseline: Annotated[int, typer.Option(min=1, help="a sweep's conversations at concurrency 1, the row every "
+                                                      "ratio divides by (at least --per-slot)")] = 8,
     model: Annotated[str, typer.Option(help="a sweep's model: a shipped name or a checkpoint directory "
                                             "(a transformers hybrid too), or hf: a 27M qwen3_5 hybrid "
                                             "built here")] = "docqa-small",
@@ -287,7 +289,8 @@ def bench_serve_cmd(
 
     levels = positive_ints(concurrency, "--concurrency") if concurrency else ()
     if len(levels) > 1:
-        _bench_serve_sweep(levels, per_slot, rounds, tool_latency, think, model, max_tokens, ramp, out, as_json)
+        _bench_serve_sweep(levels, per_slot, baseline, rounds, tool_latency, think, model, max_tokens, ramp, out,
+                           as_json)
         return
     r = bench_serve(conversations=conversations, concurrency=levels[0] if levels else None, rounds=rounds,
                     tool_s=tool_latency, think_s=think, replicas=positive_ints(replicas) if replicas else ())
@@ -307,15 +310,17 @@ def bench_serve_cmd(
                       f"p99 {row['ttft_p99_ms']:.1f} ms{fail}")
 
 
-def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, rounds: int, tool_s: float, think_s: float,
-                       model: str, max_tokens: int | None, ramp: float, out: Path | None, as_json: bool) -> None:
+def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, baseline: int, rounds: int, tool_s: float,
+                       think_s: float, model: str, max_tokens: int | None, ramp: float, out: Path | None,
+                       as_json: bool) -> None:
     from ..bench.sections import write_section
     from ..bench.serve import SWEEP_HF_SECTION, SWEEP_SECTION, bench_serve_sweep, sweep_markdown
 
     r = bench_serve_sweep(levels, per_slot=per_slot, rounds=rounds, tool_s=tool_s, think_s=think_s, model=model,
-                          max_tokens=max_tokens, ramp_s=ramp)
-    given = {"--per-slot": (per_slot, 2), "--rounds": (rounds, 2), "--tool-latency": (tool_s, 0.3),
-             "--think": (think_s, 0.3), "--model": (model, "docqa-small"), "--max-tokens": (max_tokens, None),
+                          max_tokens=max_tokens, ramp_s=ramp, baseline=baseline)
+    given = {"--per-slot": (per_slot, 2), "--baseline": (baseline, 8), "--rounds": (rounds, 2),
+             "--tool-latency": (tool_s, 0.3), "--think": (think_s, 0.3), "--model": (model, "docqa-small"),
+             "--max-tokens": (max_tokens, None),
              "--ramp": (ramp, 0.0)}
     command = f"sleepagent bench serve --concurrency {','.join(map(str, r['levels']))}" + "".join(
         f" {k} {v}" for k, (v, default) in given.items() if v != default) + (f" --out {out}" if out else "")

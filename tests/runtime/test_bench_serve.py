@@ -17,7 +17,8 @@ def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(
 
     page = tmp_path / "benchmarks.md"
     page.write_text(f"# Benchmarks\n\n## Before\n\nkept\n\n{SWEEP_SECTION}\n\nstale figures\n\n## After\n\nkept too\n")
-    args = ["bench", "serve", "--concurrency", "2,1", "--per-slot", "1", "--rounds", "1", "--tool-latency", "0.05",
+    args = ["bench", "serve", "--concurrency", "2,1", "--per-slot", "1", "--baseline", "3", "--rounds", "1",
+            "--tool-latency", "0.05",
             "--think", "0.05", "--ramp", "0.4", "--out", str(page)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -33,7 +34,9 @@ def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(
         # the engine worked part of the time: its busy seconds (from /metrics) over the wall time
         assert 0 < row["busy_share"] <= 1
         # the shipped model reads the page through its tool: a call, the reply after it, one question
-        assert row["requests"] == 3 * row["conversations"] and row["conversations"] == row["concurrency"]
+        assert row["requests"] == 3 * row["conversations"]
+        # the baseline row: --baseline conversations one at a time; the others per slot
+        assert row["conversations"] == (3 if row["concurrency"] == 1 else row["concurrency"])
         assert row["tokens_per_s"] > 0 and row["ttft_p50_ms"] > 0 and 0 <= row["hidden_share"] <= 1
         # each turn's times on their own: the first, the one after the tool call, the question
         by_turn = row["ttft_by_turn"]
@@ -48,8 +51,9 @@ def test_the_sweep_measures_each_concurrency_against_one_and_writes_its_section(
     text = page.read_text()
     # its own section written in place; the page's other sections as they were
     assert text.count(SWEEP_SECTION) == 1 and "stale figures" not in text
-    assert ("`sleepagent bench serve --concurrency 1,2 --per-slot 1 --rounds 1 --tool-latency 0.05 --think 0.05 "
-            "--ramp 0.4") in text
+    assert ("`sleepagent bench serve --concurrency 1,2 --per-slot 1 --baseline 3 --rounds 1 --tool-latency 0.05 "
+            "--think 0.05 --ramp 0.4") in text
+    assert r["baseline"] == 3 and "(at concurrency 1, the baseline: 3)" in text
     assert "starting evenly over 0.4 s" in text and "engine busy" in text
     assert "## Before\n\nkept\n" in text and "## After\n\nkept too\n" in text
     assert text.index("## Before") < text.index("| 2 | 6 | 0 |") < text.index("## After")
