@@ -139,6 +139,7 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
                                   ramp_s=ramp_s, baseline=baseline)
         return {**r, "model": HF_SWEEP_MODEL}
     levels = tuple(sorted(set(levels) | {1}))
+    baseline = max(per_slot, baseline)
     cfg = {"model": model, "no_auth": True, "max_in_flight": max(64, 2 * levels[-1]),
            "max_sessions": max(1024, 4 * per_slot * sum(levels))}
     rows: list[dict[str, Any]] = []
@@ -152,7 +153,7 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
         def row(c: int, ramp: float) -> dict[str, Any]:
             t0 = time.perf_counter()  # the busy share's interval holds both reads of the metrics
             before = metrics(url)
-            n = max(per_slot, baseline) if c == 1 else c * per_slot
+            n = baseline if c == 1 else c * per_slot
             r = _drive(f"{url}/v1", served, n, c, rounds, tool_s, think_s, max_tokens, ramp)
             after = metrics(url)
             span = time.perf_counter() - t0
@@ -176,8 +177,8 @@ def bench_serve_sweep(levels: tuple[int, ...] = (1, 4, 8, 16), *, per_slot: int 
         r["requests_per_s_ratio"] = r["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else 0.0
         r["ttft_p99_ratio"] = r["ttft_p99_ms"] / base["ttft_p99_ms"] if base["ttft_p99_ms"] else 0.0
     out = {"model": model, "max_tokens": max_tokens, "levels": list(levels), "per_slot": per_slot,
-           "baseline": max(per_slot, baseline),
-           "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "threads": threads, "rows": rows}
+           "baseline": baseline, "rounds": rounds, "tool_s": tool_s, "think_s": think_s, "threads": threads,
+           "rows": rows}
     if ramp_s > 0:
         out.update({"ramp_s": ramp_s, "ramped_rows": ramped})
     return out

@@ -320,8 +320,7 @@ def _bench_serve_sweep(levels: tuple[int, ...], per_slot: int, baseline: int, ro
                           max_tokens=max_tokens, ramp_s=ramp, baseline=baseline)
     given = {"--per-slot": (per_slot, 2), "--baseline": (baseline, 8), "--rounds": (rounds, 2),
              "--tool-latency": (tool_s, 0.3), "--think": (think_s, 0.3), "--model": (model, "docqa-small"),
-             "--max-tokens": (max_tokens, None),
-             "--ramp": (ramp, 0.0)}
+             "--max-tokens": (max_tokens, None), "--ramp": (ramp, 0.0)}
     command = f"sleepagent bench serve --concurrency {','.join(map(str, r['levels']))}" + "".join(
         f" {k} {v}" for k, (v, default) in given.items() if v != default) + (f" --out {out}" if out else "")
     markdown = sweep_markdown(r, command)
